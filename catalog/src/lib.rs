@@ -1,0 +1,29 @@
+//! The catalog: where the warehouse is, which tables it holds and what their fields mean.
+//!
+//! Everything Shoal stores lives in one warehouse, an object_store location (`file://` by
+//! default, `s3://` when shared) whose tables are Delta Lake tables. This crate opens the
+//! warehouse, creates and writes tables (append, overwrite, MERGE — each write one atomic
+//! commit), reads any snapshot back (time travel), and keeps the catalog definition: field
+//! standards, derived conditions, roles and data-quality monitors. Every other crate reads
+//! and writes tables through it; it depends on no other Shoal crate.
+
+mod definition;
+mod error;
+mod monitor;
+mod role;
+mod standard;
+mod table;
+mod warehouse;
+
+pub use definition::{
+    CATALOG_TABLE, Catalog, CatalogDefinition, CatalogRevision, DEFAULT_DEFINITION, parse_duration,
+};
+pub use error::{Error, Result, SnapshotRef};
+pub use monitor::{MonitorKind, MonitorResult, Status, check_all, check_table};
+pub use role::{LevelGrant, Role, RolePolicy, Roles, Visibility};
+pub use standard::{
+    DECIMAL_PRECISION, DECIMAL_SCALE, DerivedCondition, DerivedConditions, FieldStandard,
+    MonitorConfig, Sensitivity, TableDefinition, Thresholds, ValueType,
+};
+pub use table::{Commit, CommitNote, MergeOutcome, Table};
+pub use warehouse::{DEFAULT_WAREHOUSE, Warehouse, validate_table_name};

@@ -1,0 +1,493 @@
+//! Delta tables of the warehouse: create, append, overwrite, merge, time travel, history.
+//!
+//! Every write is one Delta commit: it becomes visible whole or not at all. A write that
+//! fails before its commit leaves the previous snapshot as the table's current state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use chrono::{DateTime, TimeZone, Utc};
+use datafusion::catalog::TableProvider;
+use datafusion::prelude::{SessionContext, col};
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::TryStreamExt;
+use serde::Serialize;
+
+use crate::error::{Error, Result, SnapshotRef};
+use crate::warehouse::{Warehouse, storage_options};
+
+/// A Delta table of the warehouse, pinned at one snapshot.
+#[derive(Debug, Clone)]
+pub struct Table {
+    name: String,
+    delta: DeltaTable,
+}
+
+/// One entry of a table's history.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Commit {
+    /// Delta version number.
+    pub version: u64,
+    /// Commit time.
+    pub timestamp: Option<DateTime<Utc>>,
+    /// Delta operation (`CREATE TABLE`, `WRITE`, `MERGE`, ...).
+    pub operation: String,
+    /// Operation parameters as Delta records them (mode, predicate, ...).
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// What Shoal attached to the commit (`shoal.*` keys: batch id, author, reason).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a MERGE did.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// The version the merge committed.
+    pub version: u64,
+    /// Source rows that matched no target row and were inserted.
+    pub inserted: usize,
+    /// Target rows replaced by a source row with the same key.
+    pub updated: usize,
+}
+
+/// Provenance attached to a commit: who or what wrote, and why.
+#[derive(Debug, Clone, Default)]
+pub struct CommitNote {
+    entries: HashMap<String, serde_json::Value>,
+}
+
+impl CommitNote {
+    /// A note with one `shoal.<key>` entry.
+    pub fn new(key: &str, value: impl Into<serde_json::Value>) -> Self {
+        CommitNote::default().with(key, value)
+    }
+
+    /// Adds a `shoal.<key>` entry.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.entries.insert(format!("shoal.{key}"), value.into());
+        self
+    }
+
+    fn properties(&self) -> CommitProperties {
+        CommitProperties::default().with_metadata(self.entries.clone())
+    }
+}
+
+impl Table {
+    /// Creates table `name` with `schema` if it does not exist yet; opens it otherwise.
+    ///
+    /// An existing table keeps its schema; new nullable columns in `schema` are added to it
+    /// (schema evolution), so a catalog that grows a field upgrades old warehouses.
+    pub async fn create_if_missing(
+        warehouse: &Warehouse,
+        name: &str,
+        schema: SchemaRef,
+        partition_by: &[String],
+    ) -> Result<Table> {
+        let url = warehouse.table_url(name)?;
+        if let Ok(path) = url.to_file_path() {
+            std::fs::create_dir_all(&path).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let delta = DeltaTable::try_from_url_with_storage_options(url, storage_options())
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        if delta.version().is_some() {
+            let table = Table {
+                name: name.to_string(),
+                delta,
+            };
+            return table.add_missing_columns(&schema).await;
+        }
+        let struct_type = StructType::try_from_arrow(schema.as_ref())?;
+        let delta = delta
+            .create()
+            .with_table_name(name)
+            .with_columns(struct_type.fields().cloned())
+            .with_partition_columns(partition_by.to_vec())
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(|e| Error::delta(name, e))?;
+        Ok(Table {
+            name: name.to_string(),
+            delta,
+        })
+    }
+
+    /// Opens the latest snapshot of table `name`.
+    pub async fn open(warehouse: &Warehouse, name: &str) -> Result<Table> {
+        Table::open_at(warehouse, name, SnapshotRef::Latest).await
+    }
+
+    /// Opens table `name` at a version or commit time.
+    pub async fn open_at(warehouse: &Warehouse, name: &str, at: SnapshotRef) -> Result<Table> {
+        let url = warehouse.table_url(name)?;
+        if url
+            .to_file_path()
+            .is_ok_and(|p| !p.join("_delta_log").is_dir())
+        {
+            return Err(Error::UnknownTable {
+                name: name.to_string(),
+            });
+        }
+        let mut delta = DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.with_storage_options(storage_options()).build())
+            .map_err(|e| Error::delta(name, e))?;
+        let loaded = match at {
+            SnapshotRef::Latest => delta.load().await,
+            SnapshotRef::Version(v) => delta.load_version(v).await,
+            SnapshotRef::Timestamp(t) => delta.load_with_datetime(t).await,
+        };
+        match loaded {
+            Ok(()) => Ok(Table {
+                name: name.to_string(),
+                delta,
+            }),
+            Err(DeltaTableError::NotATable(_)) => Err(Error::UnknownTable {
+                name: name.to_string(),
+            }),
+            Err(
+                DeltaTableError::InvalidVersion(_)
+                | DeltaTableError::InvalidDateTimeString { .. }
+                | DeltaTableError::NotInitialized,
+            ) => Err(Error::NoSuchSnapshot {
+                table: name.to_string(),
+                at,
+            }),
+            Err(e) if !matches!(at, SnapshotRef::Latest) && is_missing_version(&e) => {
+                Err(Error::NoSuchSnapshot {
+                    table: name.to_string(),
+                    at,
+                })
+            }
+            Err(e) => Err(Error::delta(name, e)),
+        }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The snapshot version this handle reads.
+    pub fn version(&self) -> u64 {
+        self.delta.version().unwrap_or(0)
+    }
+
+    /// The table's Arrow schema at this snapshot.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
+        Ok(snapshot.snapshot().arrow_schema())
+    }
+
+    /// A DataFusion provider reading this snapshot.
+    pub async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
+        Ok(self.delta.table_provider().await?)
+    }
+
+    /// Number of rows at this snapshot (answered from file statistics where Delta has them).
+    pub async fn row_count(&self) -> Result<u64> {
+        let ctx = SessionContext::new();
+        let count = ctx.read_table(self.provider().await?)?.count().await?;
+        Ok(count as u64)
+    }
+
+    /// Reads every row of this snapshot. For small tables (catalog, tokens, test checks).
+    pub async fn read_all(&self) -> Result<Vec<RecordBatch>> {
+        let ctx = SessionContext::new();
+        Ok(ctx.read_table(self.provider().await?)?.collect().await?)
+    }
+
+    /// Appends `batches` in one commit and returns the new version.
+    pub async fn append(&mut self, batches: Vec<RecordBatch>, note: CommitNote) -> Result<u64> {
+        self.write(batches, SaveMode::Append, note).await
+    }
+
+    /// Replaces the whole content with `batches` in one commit.
+    pub async fn overwrite(&mut self, batches: Vec<RecordBatch>, note: CommitNote) -> Result<u64> {
+        self.write(batches, SaveMode::Overwrite, note).await
+    }
+
+    async fn write(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        mode: SaveMode,
+        note: CommitNote,
+    ) -> Result<u64> {
+        self.check_batches(&batches)?;
+        let partitions = self.partition_columns()?;
+        let written = self
+            .delta
+            .clone()
+            .write(batches)
+            .with_save_mode(mode)
+            .with_partition_columns(partitions)
+            .with_commit_properties(note.properties())
+            .await
+            .map_err(|e| self.write_error(e))?;
+        self.delta = written;
+        Ok(self.version())
+    }
+
+    /// Upserts `batches` by `keys`: rows whose key exists are replaced, others inserted.
+    /// Duplicate keys inside `batches` are an error (MERGE would be ambiguous).
+    pub async fn merge(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        keys: &[&str],
+        note: CommitNote,
+    ) -> Result<MergeOutcome> {
+        self.check_batches(&batches)?;
+        if keys.is_empty() {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: "merge needs at least one key column".into(),
+            });
+        }
+        let schema = self.schema()?;
+        for key in keys {
+            if schema.field_with_name(key).is_err() {
+                return Err(Error::UnknownField {
+                    table: self.name.clone(),
+                    field: (*key).to_string(),
+                });
+            }
+        }
+        let ctx = SessionContext::new();
+        let source = ctx.read_batches(batches)?;
+        let distinct_keys = source
+            .clone()
+            .select_columns(keys)?
+            .distinct()?
+            .count()
+            .await?;
+        let total = source.clone().count().await?;
+        if distinct_keys != total {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: format!(
+                    "{} rows share a key ({}) with another row of the same write",
+                    total - distinct_keys,
+                    keys.join(", ")
+                ),
+            });
+        }
+        let predicate = keys
+            .iter()
+            .map(|k| col(format!("target.{k}")).eq(col(format!("source.{k}"))))
+            .reduce(|a, b| a.and(b))
+            .ok_or_else(|| Error::Internal("no merge keys".into()))?;
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let (delta, metrics) = self
+            .delta
+            .clone()
+            .merge(source, predicate)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_commit_properties(note.properties())
+            .when_matched_update(|update| {
+                columns.iter().fold(update, |u, c| {
+                    u.update(c.as_str(), col(format!("source.{c}")))
+                })
+            })
+            .and_then(|m| {
+                m.when_not_matched_insert(|insert| {
+                    columns
+                        .iter()
+                        .fold(insert, |i, c| i.set(c.as_str(), col(format!("source.{c}"))))
+                })
+            })
+            .map_err(|e| self.write_error(e))?
+            .await
+            .map_err(|e| self.write_error(e))?;
+        self.delta = delta;
+        Ok(MergeOutcome {
+            version: self.version(),
+            inserted: metrics.num_target_rows_inserted,
+            updated: metrics.num_target_rows_updated,
+        })
+    }
+
+    /// The table's commits, newest first (at most `limit`).
+    pub async fn history(&self, limit: Option<usize>) -> Result<Vec<Commit>> {
+        let infos: Vec<_> = self
+            .delta
+            .history(limit)
+            .try_collect()
+            .await
+            .map_err(|e| Error::delta(&self.name, e))?;
+        let newest = self.version();
+        let mut commits = Vec::with_capacity(infos.len());
+        for (i, info) in infos.into_iter().enumerate() {
+            let version = info
+                .read_version
+                .map(|v| v + 1)
+                .unwrap_or(newest.saturating_sub(i as u64));
+            let timestamp = info
+                .timestamp
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+            let parameters = info
+                .operation_parameters
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let metadata = info
+                .info
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("shoal."))
+                .collect();
+            commits.push(Commit {
+                version,
+                timestamp,
+                operation: info.operation.unwrap_or_default(),
+                parameters,
+                metadata,
+            });
+        }
+        Ok(commits)
+    }
+
+    /// Time of the newest commit of this snapshot.
+    pub async fn last_commit_time(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .history(Some(1))
+            .await?
+            .first()
+            .and_then(|c| c.timestamp))
+    }
+
+    fn partition_columns(&self) -> Result<Vec<String>> {
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
+        Ok(snapshot.metadata().partition_columns().to_vec())
+    }
+
+    fn check_batches(&self, batches: &[RecordBatch]) -> Result<()> {
+        let schema = self.schema()?;
+        if let Some(first) = batches.first()
+            && let Some(i) = batches.iter().position(|b| b.schema() != first.schema())
+        {
+            // Delta's writer assumes one schema for the whole input.
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: format!("batch {i} has a different schema from batch 0"),
+            });
+        }
+        for (i, batch) in batches.iter().enumerate() {
+            for field in schema.fields() {
+                let Ok(column) = batch.schema().index_of(field.name()) else {
+                    if field.is_nullable() {
+                        continue;
+                    }
+                    return Err(Error::InvalidData {
+                        table: self.name.clone(),
+                        reason: format!("batch {i} lacks required column '{}'", field.name()),
+                    });
+                };
+                let data_type = batch.schema().field(column).data_type().clone();
+                if !types_compatible(&data_type, field.data_type()) {
+                    return Err(Error::InvalidData {
+                        table: self.name.clone(),
+                        reason: format!(
+                            "batch {i} column '{}' is {data_type}, table has {}",
+                            field.name(),
+                            field.data_type()
+                        ),
+                    });
+                }
+            }
+            for field in batch.schema().fields() {
+                if schema.field_with_name(field.name()).is_err() {
+                    return Err(Error::UnknownField {
+                        table: self.name.clone(),
+                        field: field.name().clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_missing_columns(self, wanted: &SchemaRef) -> Result<Table> {
+        let current = self.schema()?;
+        let missing: Vec<_> = wanted
+            .fields()
+            .iter()
+            .filter(|f| current.field_with_name(f.name()).is_err())
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(self);
+        }
+        let missing = arrow::datatypes::Schema::new(
+            missing
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        );
+        let fields = StructType::try_from_arrow(&missing)?;
+        let delta = self
+            .delta
+            .add_columns()
+            .with_fields(fields.fields().cloned().collect::<Vec<_>>())
+            .await
+            .map_err(|e| Error::delta(&self.name, e))?;
+        Ok(Table {
+            name: self.name,
+            delta,
+        })
+    }
+
+    fn write_error(&self, e: DeltaTableError) -> Error {
+        match e {
+            DeltaTableError::InvalidData { .. }
+            | DeltaTableError::SchemaMismatch { .. }
+            | DeltaTableError::Arrow { .. } => Error::InvalidData {
+                table: self.name.clone(),
+                reason: e.to_string(),
+            },
+            other => Error::delta(&self.name, other),
+        }
+    }
+}
+
+/// Delta stores some Arrow types under another physical type (views, dictionaries, timezones);
+/// these pairs are written by casting.
+fn types_compatible(
+    given: &arrow::datatypes::DataType,
+    table: &arrow::datatypes::DataType,
+) -> bool {
+    use arrow::datatypes::DataType as T;
+    let given = match given {
+        T::Utf8View | T::LargeUtf8 => &T::Utf8,
+        T::BinaryView | T::LargeBinary => &T::Binary,
+        other => other,
+    };
+    let table = match table {
+        T::Utf8View | T::LargeUtf8 => &T::Utf8,
+        T::BinaryView | T::LargeBinary => &T::Binary,
+        other => other,
+    };
+    match (given, table) {
+        (T::Timestamp(a, _), T::Timestamp(b, _)) => a == b,
+        (T::Dictionary(_, v), t) => types_compatible(v, t),
+        (a, b) => a == b,
+    }
+}
+
+fn is_missing_version(e: &DeltaTableError) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("version") || text.contains("not found") || text.contains("no files")
+}

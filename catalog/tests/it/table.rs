@@ -1,0 +1,372 @@
+//! Delta table registry: writes, merge, time travel, history, failed writes.
+
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use shoal_catalog::{CommitNote, Error, SnapshotRef, Table};
+
+use crate::{people, people_schema, rows_of, temp_warehouse};
+
+#[tokio::test]
+async fn create_append_and_read_back() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    assert_eq!(table.version(), 0);
+    assert_eq!(table.row_count().await.expect("count"), 0);
+    let v1 = table
+        .append(
+            vec![people(&[(1, "Ann", "上海"), (2, "Bo", "杭州")])],
+            CommitNote::new("batch_id", "b1"),
+        )
+        .await
+        .expect("append");
+    let v2 = table
+        .append(
+            vec![people(&[(3, "Cy", "北京")])],
+            CommitNote::new("batch_id", "b2"),
+        )
+        .await
+        .expect("append");
+    assert_eq!((v1, v2), (1, 2));
+
+    // A second handle sees the same rows: the data is in the warehouse, not in memory.
+    let reopened = Table::open(&warehouse, "people").await.expect("open");
+    assert_eq!(reopened.version(), 2);
+    assert_eq!(
+        rows_of(&reopened).await,
+        vec![
+            (1, "Ann".into(), "上海".into()),
+            (2, "Bo".into(), "杭州".into()),
+            (3, "Cy".into(), "北京".into())
+        ]
+    );
+    // Creating again is harmless and keeps the data.
+    let again = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create again");
+    assert_eq!(again.version(), 2);
+    assert_eq!(
+        warehouse.table_names().await.expect("names"),
+        vec!["people".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn time_travel_by_version_and_timestamp() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    table
+        .append(vec![people(&[(1, "Ann", "上海")])], CommitNote::default())
+        .await
+        .expect("v1");
+    let between = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    table
+        .overwrite(vec![people(&[(9, "Zed", "成都")])], CommitNote::default())
+        .await
+        .expect("v2");
+
+    let v1 = Table::open_at(&warehouse, "people", SnapshotRef::Version(1))
+        .await
+        .expect("v1");
+    assert_eq!(rows_of(&v1).await, vec![(1, "Ann".into(), "上海".into())]);
+    let latest = Table::open(&warehouse, "people").await.expect("latest");
+    assert_eq!(
+        rows_of(&latest).await,
+        vec![(9, "Zed".into(), "成都".into())]
+    );
+    let at = Table::open_at(&warehouse, "people", SnapshotRef::Timestamp(between))
+        .await
+        .expect("at");
+    assert_eq!(at.version(), 1);
+    assert_eq!(rows_of(&at).await, vec![(1, "Ann".into(), "上海".into())]);
+
+    let missing = Table::open_at(&warehouse, "people", SnapshotRef::Version(7)).await;
+    assert!(
+        matches!(missing, Err(Error::NoSuchSnapshot { .. })),
+        "{missing:?}"
+    );
+    let unknown = Table::open(&warehouse, "nobody").await;
+    assert!(
+        matches!(unknown, Err(Error::UnknownTable { .. })),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test]
+async fn merge_upserts_by_key() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    table
+        .append(
+            vec![people(&[(1, "Ann", "上海"), (2, "Bo", "杭州")])],
+            CommitNote::default(),
+        )
+        .await
+        .expect("append");
+    let outcome = table
+        .merge(
+            vec![people(&[(2, "Bo", "深圳"), (3, "Cy", "北京")])],
+            &["id"],
+            CommitNote::new("reason", "re-import"),
+        )
+        .await
+        .expect("merge");
+    assert_eq!((outcome.inserted, outcome.updated), (1, 1));
+    assert_eq!(outcome.version, 2);
+    assert_eq!(
+        rows_of(&table).await,
+        vec![
+            (1, "Ann".into(), "上海".into()),
+            (2, "Bo".into(), "深圳".into()),
+            (3, "Cy".into(), "北京".into())
+        ]
+    );
+    // The same merge again changes nothing but the version.
+    let again = table
+        .merge(
+            vec![people(&[(2, "Bo", "深圳"), (3, "Cy", "北京")])],
+            &["id"],
+            CommitNote::default(),
+        )
+        .await
+        .expect("merge again");
+    assert_eq!((again.inserted, again.updated), (0, 2));
+    assert_eq!(table.row_count().await.expect("count"), 3);
+}
+
+#[tokio::test]
+async fn ambiguous_merge_is_refused_and_changes_nothing() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    table
+        .append(vec![people(&[(1, "Ann", "上海")])], CommitNote::default())
+        .await
+        .expect("append");
+    let err = table
+        .merge(
+            vec![people(&[(1, "A1", "x"), (1, "A2", "y")])],
+            &["id"],
+            CommitNote::default(),
+        )
+        .await
+        .expect_err("duplicate keys");
+    assert!(matches!(err, Error::InvalidData { .. }), "{err}");
+    assert!(err.to_string().contains("share a key"), "{err}");
+    let err = table
+        .merge(
+            vec![people(&[(1, "A1", "x")])],
+            &["nope"],
+            CommitNote::default(),
+        )
+        .await
+        .expect_err("unknown key");
+    assert!(matches!(err, Error::UnknownField { .. }), "{err}");
+    let latest = Table::open(&warehouse, "people").await.expect("open");
+    assert_eq!(latest.version(), 1);
+    assert_eq!(
+        rows_of(&latest).await,
+        vec![(1, "Ann".into(), "上海".into())]
+    );
+}
+
+#[tokio::test]
+async fn a_write_failing_midway_leaves_the_previous_snapshot() {
+    let (dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    table
+        .append(
+            vec![people(&[(1, "Ann", "上海"), (2, "Bo", "杭州")])],
+            CommitNote::default(),
+        )
+        .await
+        .expect("append");
+    let files_before = parquet_files(&dir.path().join("people"));
+
+    // Three good batches, then one whose id (required in the table) holds a null: the writer
+    // is streaming the input when it meets the bad batch.
+    let loose = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
+        arrow::datatypes::Field::new("name", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new("city", arrow::datatypes::DataType::Utf8, true),
+    ]));
+    let batch = |ids: Vec<Option<i64>>| {
+        let n = ids.len();
+        RecordBatch::try_new(
+            loose.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(vec!["Good"; n])),
+                Arc::new(StringArray::from(vec!["苏州"; n])),
+            ],
+        )
+        .expect("batch")
+    };
+    let mut batches: Vec<RecordBatch> = (0..3).map(|i| batch(vec![Some(10 + i)])).collect();
+    batches.push(batch(vec![Some(20), None]));
+    let result = table.append(batches, CommitNote::default()).await;
+    assert!(
+        result.is_err(),
+        "a null in a required column must fail the write"
+    );
+
+    // The handle and a fresh reader both still see version 1 with its two rows.
+    assert_eq!(table.version(), 1);
+    let latest = Table::open(&warehouse, "people").await.expect("open");
+    assert_eq!(latest.version(), 1);
+    assert_eq!(
+        rows_of(&latest).await,
+        vec![
+            (1, "Ann".into(), "上海".into()),
+            (2, "Bo".into(), "杭州".into())
+        ]
+    );
+    // Whatever files the failed write left are not part of any snapshot.
+    let log = std::fs::read_dir(dir.path().join("people/_delta_log"))
+        .expect("log")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        })
+        .count();
+    assert_eq!(log, 2, "only the create and the first append are committed");
+    assert!(parquet_files(&dir.path().join("people")).len() >= files_before.len());
+
+    // And the table keeps working.
+    table
+        .append(vec![people(&[(3, "Cy", "北京")])], CommitNote::default())
+        .await
+        .expect("append");
+    assert_eq!(table.row_count().await.expect("count"), 3);
+}
+
+#[tokio::test]
+async fn writes_check_columns_before_touching_storage() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    let wrong = RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Utf8, false),
+        ])),
+        vec![Arc::new(StringArray::from(vec!["one"]))],
+    )
+    .expect("batch");
+    let err = table
+        .append(vec![wrong], CommitNote::default())
+        .await
+        .expect_err("type");
+    assert!(err.to_string().contains("column 'id' is Utf8"), "{err}");
+    assert!(err.is_user_error());
+    let extra = RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("shoe_size", arrow::datatypes::DataType::Int64, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(Int64Array::from(vec![42])),
+        ],
+    )
+    .expect("batch");
+    let err = table
+        .append(vec![extra], CommitNote::default())
+        .await
+        .expect_err("extra");
+    assert!(
+        matches!(err, Error::UnknownField { ref field, .. } if field == "shoe_size"),
+        "{err}"
+    );
+    assert_eq!(
+        Table::open(&warehouse, "people")
+            .await
+            .expect("open")
+            .version(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn history_lists_commits_with_their_notes() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    table
+        .append(
+            vec![people(&[(1, "Ann", "上海")])],
+            CommitNote::new("batch_id", "b-1").with("author", "test"),
+        )
+        .await
+        .expect("append");
+    table
+        .merge(
+            vec![people(&[(1, "Ann", "杭州")])],
+            &["id"],
+            CommitNote::new("batch_id", "b-2"),
+        )
+        .await
+        .expect("merge");
+    let history = table.history(None).await.expect("history");
+    let versions: Vec<u64> = history.iter().map(|c| c.version).collect();
+    assert_eq!(versions, vec![2, 1, 0]);
+    assert_eq!(history[0].operation, "MERGE");
+    assert_eq!(history[1].operation, "WRITE");
+    assert_eq!(history[2].operation, "CREATE TABLE");
+    assert_eq!(history[0].metadata["shoal.batch_id"], "b-2");
+    assert_eq!(history[1].metadata["shoal.author"], "test");
+    assert!(history.iter().all(|c| c.timestamp.is_some()));
+    let limited = table.history(Some(1)).await.expect("limited");
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0].version, 2);
+}
+
+#[tokio::test]
+async fn partitioned_tables_write_one_folder_per_value() {
+    let (dir, warehouse) = temp_warehouse();
+    let mut table =
+        Table::create_if_missing(&warehouse, "people", people_schema(), &["city".to_string()])
+            .await
+            .expect("create");
+    table
+        .append(
+            vec![people(&[
+                (1, "Ann", "sh"),
+                (2, "Bo", "hz"),
+                (3, "Cy", "sh"),
+            ])],
+            CommitNote::default(),
+        )
+        .await
+        .expect("append");
+    assert!(dir.path().join("people/city=sh").is_dir());
+    assert!(dir.path().join("people/city=hz").is_dir());
+    assert_eq!(table.row_count().await.expect("count"), 3);
+}
+
+fn parquet_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,11 @@
+//! Ingest: how behaviour events and orders reach the warehouse.
+//!
+//! Sources (Segment-compatible tracking messages, Youzan and Tmall order exports) are
+//! parsed, cleaned against the catalog's field standards, deduplicated and written to Delta
+//! tables; rows that cannot be cleaned go to the `quarantine` table with a reason. This crate
+//! also writes the deterministic sample world those sources look like (`sample`).
+
+mod error;
+pub mod sample;
+
+pub use error::{Error, Result};

@@ -1,0 +1,122 @@
+//! The command line: `shoal [--warehouse URL] <command>`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Shoal: ingest behaviour events and orders, merge identities, pick audiences, measure campaigns.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Warehouse location: file://PATH (default ./data/warehouse) or s3://BUCKET/PREFIX.
+    #[arg(long, global = true, env = "SHOAL_WAREHOUSE", default_value = shoal_catalog::DEFAULT_WAREHOUSE)]
+    pub warehouse: String,
+
+    /// Hide progress bars (they are drawn on stderr only when it is a terminal).
+    #[arg(long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole main job on the embedded default: sample data → warehouse → serve.
+    Demo(DemoArgs),
+    /// Write the deterministic sample world (Segment JSON lines, Youzan and Tmall exports).
+    DemoData(DemoDataArgs),
+    /// Show or check the catalog: tables, field standards, roles, quality monitors.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoDataArgs {
+    /// Folder to write into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of people.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u32,
+    /// Seed of every random draw: the same seed writes the same bytes.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Last day of the window (YYYY-MM-DD, Beijing time).
+    #[arg(long, default_value = "2026-11-20")]
+    pub end: chrono::NaiveDate,
+    /// Length of the window in days.
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    /// Print the manifest as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the sample inputs.
+    #[arg(long, default_value = "data/demo")]
+    pub data: PathBuf,
+    /// Number of people in the sample world.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u32,
+    /// Seed of the sample world.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Stop after preparing the warehouse instead of serving.
+    #[arg(long)]
+    pub no_serve: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Print the tables and field standards in force.
+    Show {
+        /// Only this table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Print the whole definition as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the data-quality monitors; exits non-zero when one fails.
+    Check {
+        /// Print the results as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the warehouse's tables with their versions and row counts.
+    Tables {
+        /// Print as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a table's commits, newest first.
+    History {
+        /// Table name.
+        table: String,
+        /// At most this many commits.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the catalog definition with a TOML file (checked first; a new revision).
+    Apply {
+        /// The definition, in the format of data/catalog.toml.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: String,
+}

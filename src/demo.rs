@@ -1,0 +1,115 @@
+//! `shoal demo-data` and `shoal demo`.
+
+use std::path::Path;
+
+use shoal_catalog::{Catalog, Warehouse};
+use shoal_ingest::sample::{SampleManifest, SampleOptions, write_sample};
+
+use crate::cli::{DemoArgs, DemoDataArgs};
+use crate::error::AppResult;
+use crate::progress;
+
+/// Writes the sample world and prints its manifest.
+pub fn demo_data(args: &DemoDataArgs, quiet: bool) -> AppResult<()> {
+    let options = SampleOptions {
+        users: args.users,
+        seed: args.seed,
+        end: args.end,
+        days: args.days,
+    };
+    let manifest = generate(&args.out, &options, quiet)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&manifest).unwrap_or_default());
+    } else {
+        print_manifest(&args.out, &manifest);
+    }
+    Ok(())
+}
+
+fn generate(out: &Path, options: &SampleOptions, quiet: bool) -> AppResult<SampleManifest> {
+    let bar = progress::bar(quiet, "sample", u64::from(options.users));
+    let mut phase = String::new();
+    let manifest = write_sample(out, options, &mut |name, done, total| {
+        if name != phase {
+            phase = name.to_string();
+            bar.set_message(name.to_string());
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    Ok(manifest)
+}
+
+fn print_manifest(out: &Path, manifest: &SampleManifest) {
+    println!(
+        "sample world: {} people, seed {}, {} days to {}, in {}",
+        manifest.users,
+        manifest.seed,
+        manifest.days,
+        manifest.end,
+        out.display()
+    );
+    for file in &manifest.files {
+        let planted: u64 = file.planted.values().sum();
+        let kinds: Vec<String> = file
+            .planted
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!(
+            "  {:<22} {:>9} rows  {:<8} planted bad rows {planted:>5} ({})",
+            file.file,
+            file.rows,
+            file.source,
+            kinds.join(", ")
+        );
+    }
+}
+
+/// The main job on the embedded default: sample world → warehouse → serve.
+pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()> {
+    let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset");
+    let end = chrono::Utc::now().with_timezone(&beijing).date_naive();
+    let options = SampleOptions {
+        users: args.users,
+        seed: args.seed,
+        end,
+        days: 90,
+    };
+    let manifest_path = args.data.join("manifest.json");
+    let existing: Option<SampleManifest> = std::fs::read_to_string(&manifest_path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let manifest = match existing {
+        Some(m) if m.users == options.users && m.seed == options.seed && m.end == options.end => {
+            progress::note(
+                quiet,
+                &format!("sample world already in {}", args.data.display()),
+            );
+            m
+        }
+        _ => {
+            let out = args.data.clone();
+            let opts = options.clone();
+            tokio::task::spawn_blocking(move || generate(&out, &opts, quiet))
+                .await
+                .map_err(|e| crate::error::AppError::Internal(e.to_string()))??
+        }
+    };
+    print_manifest(&args.data, &manifest);
+
+    let warehouse = Warehouse::open(warehouse)?;
+    let catalog = Catalog::open(warehouse).await?;
+    let tables = catalog.warehouse().table_names().await?;
+    println!(
+        "warehouse {} ready: catalog revision {}, tables {}",
+        catalog.warehouse().root(),
+        catalog.revision(),
+        tables.join(", ")
+    );
+    if args.no_serve {
+        return Ok(());
+    }
+    crate::serve::serve(catalog, &args.serve).await
+}

@@ -1,0 +1,58 @@
+//! Errors of the binary, and how they reach HTTP clients and the terminal.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error of a command or request.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// From the catalog crate.
+    #[error(transparent)]
+    Catalog(#[from] shoal_catalog::Error),
+    /// From the ingest crate.
+    #[error(transparent)]
+    Ingest(#[from] shoal_ingest::Error),
+    /// A request or argument the caller got wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Anything else that failed on our side.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+impl AppError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AppError::Catalog(shoal_catalog::Error::UnknownTable { .. }) => StatusCode::NOT_FOUND,
+            AppError::Catalog(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
+            AppError::Ingest(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (code, message) = if status.is_server_error() {
+            // Detail goes to the log under an id; the client gets the id only.
+            let id = format!("{:016x}", rand::random::<u64>());
+            tracing::error!(error_id = %id, error = %self, "request failed");
+            ("internal", format!("internal error (id {id})"))
+        } else if status == StatusCode::NOT_FOUND {
+            ("not_found", self.to_string())
+        } else {
+            ("bad_request", self.to_string())
+        };
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,71 @@
+//! `shoal`: the command line and server that wire the Shoal crates together.
+
+mod catalog_commands;
+mod cli;
+mod demo;
+mod error;
+mod progress;
+mod serve;
+
+use clap::Parser;
+use shoal_catalog::{Catalog, Warehouse};
+
+use cli::{Cli, Command};
+use error::AppResult;
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> AppResult<i32> {
+    let quiet = cli.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match &cli.command {
+        Command::DemoData(args) => {
+            demo::demo_data(args, quiet)?;
+            Ok(0)
+        }
+        Command::Demo(args) => {
+            demo::demo(args, &cli.warehouse, quiet).await?;
+            Ok(0)
+        }
+        Command::Catalog(command) => {
+            let mut catalog = open_catalog(&cli.warehouse).await?;
+            catalog_commands::run(&mut catalog, command).await
+        }
+        Command::Serve(args) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            serve::serve(catalog, args).await?;
+            Ok(0)
+        }
+    }
+}
+
+async fn open_catalog(location: &str) -> AppResult<Catalog> {
+    let warehouse = Warehouse::open(location)?;
+    Ok(Catalog::open(warehouse).await?)
+}

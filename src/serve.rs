@@ -1,0 +1,105 @@
+//! `shoal serve`: the HTTP API.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shoal_catalog::{Catalog, Table, check_all};
+use tokio::sync::RwLock;
+
+use crate::cli::ServeArgs;
+use crate::error::{AppError, AppResult};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    catalog: Arc<RwLock<Catalog>>,
+}
+
+/// The HTTP application: routes over a catalog.
+pub fn app(catalog: Catalog) -> Router {
+    let state = AppState {
+        catalog: Arc::new(RwLock::new(catalog)),
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/api/catalog", get(catalog_definition))
+        .route("/api/catalog/check", get(catalog_check))
+        .route("/api/tables", get(tables))
+        .route("/api/tables/{name}/history", get(table_history))
+        .with_state(state)
+}
+
+/// Serves until Ctrl-C.
+pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
+    let listener = tokio::net::TcpListener::bind(&args.http)
+        .await
+        .map_err(|e| AppError::BadRequest(format!("cannot listen on {}: {e}", args.http)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    eprintln!("serving http://{address}  (Ctrl-C to stop)");
+    axum::serve(listener, app(catalog))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
+
+async fn readyz(State(state): State<AppState>) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await;
+    let tables = catalog.warehouse().table_names().await?;
+    Ok(Json(json!({"status": "ready", "tables": tables.len()})))
+}
+
+async fn catalog_definition(State(state): State<AppState>) -> Json<Value> {
+    let catalog = state.catalog.read().await;
+    Json(json!({"revision": catalog.revision(), "definition": catalog.definition()}))
+}
+
+async fn catalog_check(State(state): State<AppState>) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await;
+    let results = check_all(&catalog, chrono::Utc::now()).await?;
+    let worst = results.iter().map(|r| r.status).max();
+    Ok(Json(json!({"status": worst, "monitors": results})))
+}
+
+async fn tables(State(state): State<AppState>) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await;
+    let mut rows = Vec::new();
+    for name in catalog.warehouse().table_names().await? {
+        let table = Table::open(catalog.warehouse(), &name).await?;
+        rows.push(json!({
+            "table": name,
+            "version": table.version(),
+            "rows": table.row_count().await?,
+            "last_commit": table.last_commit_time().await?,
+        }));
+    }
+    Ok(Json(json!({"tables": rows})))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn table_history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await;
+    let table = Table::open(catalog.warehouse(), &name).await?;
+    let commits = table
+        .history(Some(query.limit.unwrap_or(20).min(1000)))
+        .await?;
+    Ok(Json(
+        json!({"table": name, "version": table.version(), "commits": commits}),
+    ))
+}
