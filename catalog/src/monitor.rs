@@ -108,8 +108,8 @@ pub async fn check_table(
     let mut results = Vec::new();
     let name = definition.name.clone();
     if let Some(t) = &definition.monitors.freshness {
-        let warn = parse_duration(&t.warn).map_err(|e| Error::Internal(e))?;
-        let fail = parse_duration(&t.fail).map_err(|e| Error::Internal(e))?;
+        let warn = parse_duration(&t.warn).map_err(Error::Internal)?;
+        let fail = parse_duration(&t.fail).map_err(Error::Internal)?;
         let (status, value) = match table.last_commit_time().await? {
             Some(at) => {
                 let age = now - at;
