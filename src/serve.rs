@@ -34,7 +34,7 @@ pub fn app(catalog: Catalog) -> Router {
         .with_state(state)
 }
 
-/// Serves until Ctrl-C.
+/// Serves until Ctrl-C is pressed.
 pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
     let listener = tokio::net::TcpListener::bind(&args.http)
         .await

@@ -88,7 +88,7 @@ const DEFAULT_OUT_OF_RANGE: Thresholds<f64> = Thresholds {
     fail: 0.01,
 };
 
-/// Runs every monitor of every table, as of `now`.
+/// Runs every monitor of every table as of `now`.
 pub async fn check_all(catalog: &Catalog, now: DateTime<Utc>) -> Result<Vec<MonitorResult>> {
     let mut results = Vec::new();
     for definition in &catalog.definition().tables {

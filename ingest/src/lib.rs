@@ -5,6 +5,7 @@
 //! tables; rows that cannot be cleaned go to the `quarantine` table with a reason. This crate
 //! also writes the deterministic sample world those sources look like (`sample`).
 
+pub mod clean;
 mod error;
 pub mod sample;
 

@@ -2,6 +2,7 @@
 
 mod catalog_cli;
 mod sample;
+mod s3;
 mod serve;
 
 use std::path::Path;
