@@ -26,6 +26,11 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write the deterministic sample world (Segment JSON lines, Youzan and Tmall exports).
     DemoData(DemoDataArgs),
+    /// Import files: clean, dedup and land them; quarantine what cannot be cleaned.
+    Ingest(IngestArgs),
+    /// Inspect quarantined rows.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Show or check the catalog: tables, field standards, roles, quality monitors.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -53,6 +58,38 @@ pub struct DemoDataArgs {
     /// Print the manifest as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Source kind: segment (JSON lines), youzan (API JSON lines or console CSV), tmall (CSV).
+    #[arg(long)]
+    pub source: shoal_ingest::SourceKind,
+    /// Files to import as one batch.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print the batch report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined rows, newest batch first.
+    List {
+        /// Only this batch.
+        #[arg(long)]
+        batch: Option<String>,
+        /// Only this reason code.
+        #[arg(long)]
+        reason: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

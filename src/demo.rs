@@ -101,6 +101,16 @@ pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()
 
     let warehouse = Warehouse::open(warehouse)?;
     let catalog = Catalog::open(warehouse).await?;
+    for file in &manifest.files {
+        let source: shoal_ingest::SourceKind = file
+            .source
+            .parse()
+            .map_err(crate::error::AppError::Internal)?;
+        let path = args.data.join(&file.file);
+        let report =
+            crate::ingest_commands::run(&catalog, source, &[path.as_path()], quiet).await?;
+        println!("{}: {}", file.file, shoal_ingest::describe(&report));
+    }
     let tables = catalog.warehouse().table_names().await?;
     println!(
         "warehouse {} ready: catalog revision {}, tables {}",

@@ -4,6 +4,7 @@ mod catalog_commands;
 mod cli;
 mod demo;
 mod error;
+mod ingest_commands;
 mod progress;
 mod serve;
 
@@ -13,12 +14,16 @@ use shoal_catalog::{Catalog, Warehouse};
 use cli::{Cli, Command};
 use error::AppResult;
 
+/// Our warnings; the storage libraries' own chatter (expected misses while probing for tables,
+/// merge metrics) only when asked for with `SHOAL_LOG`.
+const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,deltalake_core=error";
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -51,6 +56,16 @@ async fn run(cli: Cli) -> AppResult<i32> {
         }
         Command::Demo(args) => {
             demo::demo(args, &cli.warehouse, quiet).await?;
+            Ok(0)
+        }
+        Command::Ingest(args) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            let report = ingest_commands::ingest(&catalog, args, quiet).await?;
+            Ok(if report.counts.balances() { 0 } else { 1 })
+        }
+        Command::Quarantine(command) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            ingest_commands::quarantine(&catalog, command).await?;
             Ok(0)
         }
         Command::Catalog(command) => {

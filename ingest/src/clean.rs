@@ -68,7 +68,12 @@ pub fn phone(field: &str, raw: &str) -> Result<Phone, Rejection> {
     if text.contains('*') {
         return Ok(Phone::Masked);
     }
-    let bad = || Rejection::new(reason::BAD_PHONE, format!("{field}: '{raw}' is not a phone number"));
+    let bad = || {
+        Rejection::new(
+            reason::BAD_PHONE,
+            format!("{field}: '{raw}' is not a phone number"),
+        )
+    };
     let plus = text.starts_with('+');
     let mut digits = String::with_capacity(text.len());
     for c in text.chars().skip(usize::from(plus)) {
@@ -132,14 +137,14 @@ const EARLIEST: i64 = 946_684_800_000_000; // 2000-01-01T00:00:00Z
 /// `YYYY-MM-DD HH:MM[:SS[.fff]]`, `YYYY/MM/DD HH:MM[:SS]`, `YYYY-MM-DD`, epoch seconds or
 /// milliseconds — into UTC microseconds. Times without a zone are in `zone`. Times before 2000
 /// or more than a day after `now` are refused.
-pub fn timestamp(field: &str, raw: &str, zone: FixedOffset, now: DateTime<Utc>) -> Result<i64, Rejection> {
+pub fn timestamp(
+    field: &str,
+    raw: &str,
+    zone: FixedOffset,
+    now: DateTime<Utc>,
+) -> Result<i64, Rejection> {
     let text = raw.trim();
-    let bad = |why: &str| {
-        Rejection::new(
-            reason::BAD_TIMESTAMP,
-            format!("{field}: '{raw}' {why}"),
-        )
-    };
+    let bad = |why: &str| Rejection::new(reason::BAD_TIMESTAMP, format!("{field}: '{raw}' {why}"));
     if text.is_empty() {
         return Err(bad("is empty"));
     }
@@ -210,7 +215,11 @@ pub fn amount_fen(field: &str, raw: &str) -> Result<i64, Rejection> {
     {
         return Err(bad());
     }
-    let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
     let cents: i64 = format!("{fraction:0<2}").parse().map_err(|_| bad())?;
     let fen = whole * 100 + cents;
     if negative && fen != 0 {
@@ -225,7 +234,10 @@ pub fn amount_fen(field: &str, raw: &str) -> Result<i64, Rejection> {
 /// Converts a JSON number of yuan into fen, refusing negatives and NaN.
 pub fn number_fen(field: &str, value: f64) -> Result<i64, Rejection> {
     if !value.is_finite() {
-        return Err(Rejection::new(reason::BAD_AMOUNT, format!("{field}: not a number")));
+        return Err(Rejection::new(
+            reason::BAD_AMOUNT,
+            format!("{field}: not a number"),
+        ));
     }
     if value < 0.0 {
         return Err(Rejection::new(
@@ -234,7 +246,10 @@ pub fn number_fen(field: &str, value: f64) -> Result<i64, Rejection> {
         ));
     }
     if value > 1e13 {
-        return Err(Rejection::new(reason::OUT_OF_RANGE, format!("{field}: {value} is too large")));
+        return Err(Rejection::new(
+            reason::OUT_OF_RANGE,
+            format!("{field}: {value} is too large"),
+        ));
     }
     Ok((value * 100.0).round() as i64)
 }
@@ -250,7 +265,9 @@ mod tests {
     use super::*;
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).single().expect("valid")
+        Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0)
+            .single()
+            .expect("valid")
     }
 
     fn shanghai() -> FixedOffset {
@@ -269,12 +286,26 @@ mod tests {
             "'13812345678",
             " 138 1234 5678 ",
         ] {
-            assert_eq!(phone("phone", raw), Ok(Phone::Valid("+8613812345678".into())), "{raw}");
+            assert_eq!(
+                phone("phone", raw),
+                Ok(Phone::Valid("+8613812345678".into())),
+                "{raw}"
+            );
         }
-        assert_eq!(phone("phone", "+1 415 555 0100"), Ok(Phone::Valid("+14155550100".into())));
+        assert_eq!(
+            phone("phone", "+1 415 555 0100"),
+            Ok(Phone::Valid("+14155550100".into()))
+        );
         assert_eq!(phone("phone", "138****5678"), Ok(Phone::Masked));
         assert_eq!(phone("phone", "  "), Ok(Phone::Missing));
-        for raw in ["12345", "138abcd5678", "1381234567", "000-0000", "+86 1234", "12812345678"] {
+        for raw in [
+            "12345",
+            "138abcd5678",
+            "1381234567",
+            "000-0000",
+            "+86 1234",
+            "12812345678",
+        ] {
             let err = phone("traits.phone", raw).expect_err(raw);
             assert_eq!(err.code, reason::BAD_PHONE);
             assert!(err.message.contains("traits.phone"), "{}", err.message);
@@ -283,7 +314,11 @@ mod tests {
 
     #[test]
     fn times_in_many_forms_become_utc_micros() {
-        let expected = Utc.with_ymd_and_hms(2026, 10, 1, 4, 34, 56).single().expect("t").timestamp_micros();
+        let expected = Utc
+            .with_ymd_and_hms(2026, 10, 1, 4, 34, 56)
+            .single()
+            .expect("t")
+            .timestamp_micros();
         let zone = shanghai();
         for raw in [
             "2026-10-01T04:34:56Z",
@@ -304,7 +339,16 @@ mod tests {
             timestamp("t", "2026-10-01T04:34:56.123456Z", zone, now()),
             Ok(expected + 123_456)
         );
-        for raw in ["2026-02-30T10:00:00Z", "2026-13-01T08:00:00Z", "1970-01-01T00:00:00Z", "2099-12-31T23:59:59Z", "yesterday", "", "0000-00-00 00:00:00", "31/02/2026"] {
+        for raw in [
+            "2026-02-30T10:00:00Z",
+            "2026-13-01T08:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "2099-12-31T23:59:59Z",
+            "yesterday",
+            "",
+            "0000-00-00 00:00:00",
+            "31/02/2026",
+        ] {
             let err = timestamp("timestamp", raw, zone, now()).expect_err(raw);
             assert_eq!(err.code, reason::BAD_TIMESTAMP, "{raw}");
         }
@@ -318,18 +362,31 @@ mod tests {
         assert_eq!(amount_fen("a", "¥0.07"), Ok(7));
         assert_eq!(amount_fen("a", "12"), Ok(1_200));
         assert_eq!(amount_fen("a", "-0.00"), Ok(0));
-        assert_eq!(amount_fen("a", "-199.00").map_err(|e| e.code), Err(reason::NEGATIVE_AMOUNT));
+        assert_eq!(
+            amount_fen("a", "-199.00").map_err(|e| e.code),
+            Err(reason::NEGATIVE_AMOUNT)
+        );
         for raw in ["", "abc", "1.999", "1.2.3", "--1", "1e5"] {
-            assert_eq!(amount_fen("a", raw).map_err(|e| e.code), Err(reason::BAD_AMOUNT), "{raw}");
+            assert_eq!(
+                amount_fen("a", raw).map_err(|e| e.code),
+                Err(reason::BAD_AMOUNT),
+                "{raw}"
+            );
         }
         assert_eq!(number_fen("price", 99.99), Ok(9_999));
-        assert_eq!(number_fen("price", -1.0).map_err(|e| e.code), Err(reason::NEGATIVE_AMOUNT));
+        assert_eq!(
+            number_fen("price", -1.0).map_err(|e| e.code),
+            Err(reason::NEGATIVE_AMOUNT)
+        );
     }
 
     #[test]
     fn zones_are_fixed_offsets() {
         assert_eq!(zone_offset("UTC"), FixedOffset::east_opt(0));
-        assert_eq!(zone_offset("+05:30"), FixedOffset::east_opt(5 * 3600 + 1800));
+        assert_eq!(
+            zone_offset("+05:30"),
+            FixedOffset::east_opt(5 * 3600 + 1800)
+        );
         assert_eq!(zone_offset("Europe/Nowhere"), None);
     }
 }

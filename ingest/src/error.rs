@@ -12,6 +12,10 @@ pub enum Error {
     #[error("invalid options: {0}")]
     InvalidOptions(String),
 
+    /// A file that cannot be imported at all (wrong columns, unreadable header).
+    #[error("{file}: {reason}")]
+    InvalidInput { file: String, reason: String },
+
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -40,7 +44,7 @@ impl Error {
     /// True when the caller's input caused the error.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::InvalidOptions(_) => true,
+            Error::InvalidOptions(_) | Error::InvalidInput { .. } => true,
             Error::Catalog(e) => e.is_user_error(),
             Error::Io { .. } | Error::Internal(_) => false,
         }

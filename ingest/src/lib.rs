@@ -7,6 +7,12 @@
 
 pub mod clean;
 mod error;
+mod land;
+pub mod orders;
+mod report;
 pub mod sample;
+pub mod segment;
 
 pub use error::{Error, Result};
+pub use land::{CHUNK_ROWS, SourceKind, decode, describe, ingest_files};
+pub use report::{BatchReport, Counts, FileReport};

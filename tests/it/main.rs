@@ -1,8 +1,9 @@
 //! End-to-end tests of the `shoal` binary on generated data.
 
 mod catalog_cli;
-mod sample;
+mod ingest;
 mod s3;
+mod sample;
 mod serve;
 
 use std::path::Path;

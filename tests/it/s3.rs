@@ -82,7 +82,10 @@ async fn the_warehouse_works_on_s3() {
         .iter()
         .map(|t| t["table"].as_str().expect("name"))
         .collect();
-    assert!(names.contains(&"events") && names.contains(&"shoal_catalog"), "{names:?}");
+    assert!(
+        names.contains(&"events") && names.contains(&"shoal_catalog"),
+        "{names:?}"
+    );
     let listing = client
         .get(format!(
             "{}/shoal-test?list-type=2&prefix=warehouse/events/_delta_log/",
@@ -103,8 +106,14 @@ async fn the_warehouse_works_on_s3() {
         .expect("catalog.toml")
         .replace("Men aged 35 to 55.", "Men between 35 and 55.");
     std::fs::write(&file, text).expect("write");
-    crate::stdout_ok(&shoal(&server, &["catalog", "apply", file.to_str().expect("path")]));
-    let history = crate::json_ok(&shoal(&server, &["catalog", "history", "shoal_catalog", "--json"]));
+    crate::stdout_ok(&shoal(
+        &server,
+        &["catalog", "apply", file.to_str().expect("path")],
+    ));
+    let history = crate::json_ok(&shoal(
+        &server,
+        &["catalog", "history", "shoal_catalog", "--json"],
+    ));
     assert_eq!(history["commits"].as_array().expect("commits").len(), 3);
     let shown = crate::json_ok(&shoal(&server, &["catalog", "show", "--json"]));
     assert_eq!(
@@ -112,5 +121,10 @@ async fn the_warehouse_works_on_s3() {
         "Men between 35 and 55."
     );
     let check = shoal(&server, &["catalog", "check", "--json"]);
-    assert_eq!(check.status.code(), Some(0), "{}", String::from_utf8_lossy(&check.stderr));
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

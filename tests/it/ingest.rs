@@ -1,0 +1,329 @@
+//! `shoal ingest` and `shoal quarantine`: accounting, dedup, re-imports, crashes, bad files.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{json_ok, shoal};
+
+fn sample(dir: &Path, users: &str) -> serde_json::Value {
+    json_ok(&shoal(
+        &dir.join("unused"),
+        &[
+            "demo-data",
+            "--out",
+            dir.to_str().expect("path"),
+            "--users",
+            users,
+            "--seed",
+            "11",
+            "--json",
+        ],
+    ))
+}
+
+fn planted(manifest: &serde_json::Value, file: &str) -> serde_json::Map<String, serde_json::Value> {
+    manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["file"] == file)
+        .expect("file in manifest")["planted"]
+        .as_object()
+        .expect("planted")
+        .clone()
+}
+
+fn count(planted: &serde_json::Map<String, serde_json::Value>, kind: &str) -> u64 {
+    planted.get(kind).and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+fn ingest(wh: &Path, source: &str, files: &[&Path]) -> serde_json::Value {
+    let mut args = vec!["ingest", "--source", source, "--json"];
+    let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(paths.iter().map(String::as_str));
+    json_ok(&shoal(wh, &args))
+}
+
+fn balanced(report: &serde_json::Value) {
+    let n = |k: &str| report[k].as_u64().expect(k);
+    assert_eq!(
+        n("received"),
+        n("landed") + n("quarantined") + n("duplicates"),
+        "{report}"
+    );
+    let reasons: u64 = report["reasons"]
+        .as_object()
+        .expect("reasons")
+        .values()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(reasons, n("quarantined"));
+}
+
+#[test]
+fn every_planted_bad_row_is_accounted_for() {
+    let dir = tempfile::tempdir().expect("temp");
+    let data = dir.path().join("data");
+    let wh = dir.path().join("wh");
+    let manifest = sample(&data, "1500");
+
+    let report = ingest(&wh, "segment", &[&data.join("events.jsonl")]);
+    balanced(&report);
+    let p = planted(&manifest, "events.jsonl");
+    let reasons = &report["reasons"];
+    assert_eq!(
+        reasons["invalid_json"].as_u64(),
+        Some(count(&p, "broken_json"))
+    );
+    assert_eq!(
+        reasons["bad_timestamp"].as_u64(),
+        Some(count(&p, "bad_timestamp"))
+    );
+    assert_eq!(reasons["bad_phone"].as_u64(), Some(count(&p, "bad_phone")));
+    assert_eq!(
+        reasons["negative_amount"].as_u64(),
+        Some(count(&p, "negative_amount"))
+    );
+    assert_eq!(
+        reasons["missing_required"].as_u64(),
+        Some(count(&p, "missing_required"))
+    );
+    assert_eq!(
+        report["duplicates"].as_u64(),
+        Some(count(&p, "duplicate_message_id"))
+    );
+
+    let p = planted(&manifest, "tmall_orders.csv");
+    let report = ingest(&wh, "tmall", &[&data.join("tmall_orders.csv")]);
+    balanced(&report);
+    assert_eq!(
+        report["duplicates"].as_u64(),
+        Some(count(&p, "duplicate_order"))
+    );
+    assert_eq!(
+        report["reasons"]["negative_amount"].as_u64(),
+        Some(count(&p, "negative_amount"))
+    );
+    assert_eq!(
+        report["reasons"]["broken_record"].as_u64(),
+        Some(count(&p, "broken_record"))
+    );
+    let planted_bad: u64 = [
+        "missing_required",
+        "negative_amount",
+        "bad_timestamp",
+        "bad_phone",
+        "broken_record",
+    ]
+    .iter()
+    .map(|k| count(&p, k))
+    .sum();
+    assert_eq!(report["quarantined"].as_u64(), Some(planted_bad));
+
+    // The batches table holds each report; the quarantine holds each rejected row.
+    let list = json_ok(&shoal(
+        &wh,
+        &[
+            "quarantine",
+            "list",
+            "--reason",
+            "negative_amount",
+            "--limit",
+            "1000",
+            "--json",
+        ],
+    ));
+    let rows = list["rows"].as_array().expect("rows");
+    assert_eq!(
+        rows.len() as u64,
+        count(&planted(&manifest, "events.jsonl"), "negative_amount")
+            + count(&p, "negative_amount")
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["raw"].as_str().is_some_and(|raw| raw.contains('-')))
+    );
+    let tables = json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
+    let batches = tables["tables"]
+        .as_array()
+        .expect("t")
+        .iter()
+        .find(|t| t["table"] == "batches")
+        .expect("batches");
+    assert_eq!(batches["rows"], 2);
+}
+
+#[test]
+fn re_imports_dedup_events_and_update_orders() {
+    let dir = tempfile::tempdir().expect("temp");
+    let data = dir.path().join("data");
+    let wh = dir.path().join("wh");
+    sample(&data, "800");
+    let events = data.join("events.jsonl");
+    let first = ingest(&wh, "segment", &[&events]);
+    let again = ingest(&wh, "segment", &[&events]);
+    balanced(&again);
+    assert_eq!(again["landed"], 0, "nothing lands twice");
+    assert_eq!(
+        again["duplicates"].as_u64(),
+        Some(first["landed"].as_u64().expect("l") + first["duplicates"].as_u64().expect("d"))
+    );
+
+    // Youzan: the console export taken later moves statuses on; rows are updated, not added.
+    let api = ingest(&wh, "youzan", &[&data.join("youzan_trades.jsonl")]);
+    let api_again = ingest(&wh, "youzan", &[&data.join("youzan_trades.jsonl")]);
+    assert_eq!(api_again["landed"], 0);
+    assert_eq!(api_again["duplicates"], api["landed"]);
+    let export = ingest(&wh, "youzan", &[&data.join("youzan_export.csv")]);
+    balanced(&export);
+    assert!(export["updated"].as_u64().expect("updated") > 0, "{export}");
+    let tables = json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
+    let orders = tables["tables"]
+        .as_array()
+        .expect("t")
+        .iter()
+        .find(|t| t["table"] == "orders")
+        .expect("orders");
+    let new = export["landed"].as_u64().expect("l") - export["updated"].as_u64().expect("u");
+    assert_eq!(
+        orders["rows"].as_u64(),
+        Some(api["landed"].as_u64().expect("l") + new)
+    );
+}
+
+#[test]
+fn edge_files_and_bad_files() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").expect("write");
+    let report = ingest(&wh, "segment", &[&empty]);
+    assert_eq!(
+        (report["received"].as_u64(), report["landed"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"type\":\"track\"\nnot json\n\n{\"type\":\"track\",\"event\":\"x\"}\n[1]\n",
+    )
+    .expect("write");
+    let report = ingest(&wh, "segment", &[&bad]);
+    balanced(&report);
+    assert_eq!(
+        (report["received"].as_u64(), report["quarantined"].as_u64()),
+        (Some(4), Some(4)),
+        "blank lines are not records"
+    );
+    let list = json_ok(&shoal(&wh, &["quarantine", "list", "--json"]));
+    let locations: Vec<&str> = list["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["location"].as_str().expect("l"))
+        .collect();
+    for line in ["bad.jsonl:1", "bad.jsonl:2", "bad.jsonl:4", "bad.jsonl:5"] {
+        assert!(locations.contains(&line), "{line} in {locations:?}");
+    }
+
+    // A Tmall report without its amount column is refused whole, naming what is missing.
+    let csv = dir.path().join("tmall.csv");
+    std::fs::write(
+        &csv,
+        "订单编号,买家会员名,订单状态,订单创建时间\n1,tb,交易成功,2026-10-01 12:00:00\n",
+    )
+    .expect("write");
+    let out = shoal(
+        &wh,
+        &["ingest", "--source", "tmall", csv.to_str().expect("p")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lacks required columns 买家实际支付金额") && err.contains("found 订单编号"),
+        "{err}"
+    );
+    let out = shoal(
+        &wh,
+        &["ingest", "--source", "wechat", csv.to_str().expect("p")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown source 'wechat'"));
+    let out = shoal(
+        &wh,
+        &["ingest", "--source", "segment", "/no/such/file.jsonl"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+
+    // A UTF-8 Tmall report (with BOM) reads like the GBK one.
+    let utf8 = dir.path().join("tmall-utf8.csv");
+    std::fs::write(&utf8, "\u{feff}订单编号,买家会员名,买家实际支付金额,订单状态,订单创建时间,联系手机\n9,tb,10.00,交易成功,2026-10-01 12:00:00,'13812345678\n").expect("write");
+    let report = ingest(&wh, "tmall", &[&utf8]);
+    assert_eq!(report["landed"], 1);
+}
+
+#[test]
+fn a_batch_killed_midway_and_retried_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("temp");
+    let data = dir.path().join("data");
+    sample(&data, "1500");
+    let events = data.join("events.jsonl");
+
+    // The reference: one clean import into its own warehouse.
+    let reference = ingest(&dir.path().join("ref"), "segment", &[&events]);
+
+    // Small chunks so the import commits many times; kill it after a few commits.
+    let wh = dir.path().join("wh");
+    let log = wh.join("events/_delta_log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--warehouse")
+        .arg(format!("file://{}", wh.display()))
+        .args(["ingest", "--source", "segment"])
+        .arg(&events)
+        .env("SHOAL_CHUNK_ROWS", "2000")
+        .spawn()
+        .expect("start");
+    let commits = || {
+        std::fs::read_dir(&log)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while commits() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "the import was killed before it finished"
+    );
+    let landed_before = commits();
+    assert!(
+        landed_before >= 4,
+        "some chunks were committed before the kill"
+    );
+
+    let retry = ingest(&wh, "segment", &[&events]);
+    balanced(&retry);
+    let tables = json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
+    let rows = tables["tables"]
+        .as_array()
+        .expect("t")
+        .iter()
+        .find(|t| t["table"] == "events")
+        .expect("events")["rows"]
+        .as_u64();
+    assert_eq!(
+        rows,
+        reference["landed"].as_u64(),
+        "exactly the reference's events, none lost or doubled"
+    );
+    assert!(retry["landed"].as_u64().expect("l") < reference["landed"].as_u64().expect("l"));
+}
