@@ -31,6 +31,9 @@ pub enum Command {
     /// Inspect quarantined rows.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Manage write keys of the tracking API (/v1/*).
+    #[command(subcommand, name = "writekey")]
+    WriteKey(WriteKeyCommand),
     /// Show or check the catalog: tables, field standards, roles, quality monitors.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -87,6 +90,18 @@ pub enum QuarantineCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Print as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WriteKeyCommand {
+    /// Create a write key; it is printed once and stored only as a hash.
+    Create {
+        /// What the key is for (a site, an app).
+        name: String,
+        /// Print `{"write_key", "name"}`.
         #[arg(long)]
         json: bool,
     },

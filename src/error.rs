@@ -17,6 +17,12 @@ pub enum AppError {
     /// A request or argument the caller got wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// No credentials, or credentials we do not know.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A body over a size limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// Anything else that failed on our side.
     #[error("{0}")]
     Internal(String),
@@ -31,6 +37,8 @@ impl AppError {
             AppError::Catalog(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::Ingest(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -46,6 +54,10 @@ impl IntoResponse for AppError {
             ("internal", format!("internal error (id {id})"))
         } else if status == StatusCode::NOT_FOUND {
             ("not_found", self.to_string())
+        } else if status == StatusCode::UNAUTHORIZED {
+            ("unauthorized", self.to_string())
+        } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ("too_large", self.to_string())
         } else {
             ("bad_request", self.to_string())
         };

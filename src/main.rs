@@ -7,6 +7,8 @@ mod error;
 mod ingest_commands;
 mod progress;
 mod serve;
+mod tracking;
+mod write_keys;
 
 use clap::Parser;
 use shoal_catalog::{Catalog, Warehouse};
@@ -66,6 +68,21 @@ async fn run(cli: Cli) -> AppResult<i32> {
         Command::Quarantine(command) => {
             let catalog = open_catalog(&cli.warehouse).await?;
             ingest_commands::quarantine(&catalog, command).await?;
+            Ok(0)
+        }
+        Command::WriteKey(command) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            match command {
+                cli::WriteKeyCommand::Create { name, json } => {
+                    let key = write_keys::create(&catalog, name).await?;
+                    if *json {
+                        println!("{}", serde_json::json!({"write_key": key, "name": name}));
+                    } else {
+                        println!("{key}");
+                        eprintln!("write key '{name}' created; it is shown only now");
+                    }
+                }
+            }
             Ok(0)
         }
         Command::Catalog(command) => {

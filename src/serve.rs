@@ -16,13 +16,15 @@ use crate::error::{AppError, AppResult};
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    catalog: Arc<RwLock<Catalog>>,
+    pub(crate) catalog: Arc<RwLock<Catalog>>,
+    pub(crate) tracking: Arc<crate::tracking::Tracking>,
 }
 
 /// The HTTP application: routes over a catalog.
 pub fn app(catalog: Catalog) -> Router {
     let state = AppState {
         catalog: Arc::new(RwLock::new(catalog)),
+        tracking: crate::tracking::state(),
     };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -31,6 +33,12 @@ pub fn app(catalog: Catalog) -> Router {
         .route("/api/catalog/check", get(catalog_check))
         .route("/api/tables", get(tables))
         .route("/api/tables/{name}/history", get(table_history))
+        .route(
+            "/v1/{kind}",
+            axum::routing::post(crate::tracking::receive).layer(
+                axum::extract::DefaultBodyLimit::max(crate::tracking::MAX_BATCH_BYTES * 2),
+            ),
+        )
         .with_state(state)
 }
 

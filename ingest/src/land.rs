@@ -93,24 +93,8 @@ pub async fn ingest_files(
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<BatchReport> {
     let started = Utc::now();
-    let batch_id = format!("b{}-{:08x}", started.format("%Y%m%d%H%M%S"), rand_suffix());
-    let zone = clean::zone_offset(&catalog.definition().time_zone).ok_or_else(|| {
-        Error::InvalidOptions(format!(
-            "catalog time zone '{}' is not supported",
-            catalog.definition().time_zone
-        ))
-    })?;
-    let clock = Clock {
-        received_at: started,
-        zone,
-    };
-    let mut lander = Lander {
-        catalog,
-        batch_id: batch_id.clone(),
-        kind,
-        clock,
-        versions: BTreeMap::new(),
-    };
+    let mut lander = Lander::new(catalog, kind, started)?;
+    let batch_id = lander.batch_id.clone();
     let mut reports = Vec::new();
     for file in files {
         let counts = match kind {
@@ -149,6 +133,34 @@ pub async fn ingest_files(
     Ok(report)
 }
 
+/// Lands Segment messages received over HTTP as one batch; `origin` names the request in
+/// quarantine locations (`origin#index`). Returns when everything is committed.
+pub async fn ingest_segment_messages(
+    catalog: &Catalog,
+    origin: &str,
+    messages: Vec<String>,
+) -> Result<BatchReport> {
+    let started = Utc::now();
+    let mut lander = Lander::new(catalog, SourceKind::Segment, started)?;
+    let lines = messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| Ok((format!("{origin}#{i}"), m.into_bytes())));
+    let counts = lander.segment_lines(lines, &mut |_| {}).await?;
+    let report = BatchReport {
+        batch_id: lander.batch_id.clone(),
+        source: SourceKind::Segment.name().to_string(),
+        files: vec![FileReport {
+            file: origin.to_string(),
+            counts: counts.clone(),
+        }],
+        counts,
+        versions: lander.versions.clone(),
+    };
+    lander.record_batch(&report, started).await?;
+    Ok(report)
+}
+
 fn rand_suffix() -> u32 {
     let nanos = Utc::now().timestamp_subsec_nanos();
     nanos ^ std::process::id().rotate_left(16)
@@ -170,7 +182,26 @@ struct Lander<'a> {
     versions: BTreeMap<String, u64>,
 }
 
-impl Lander<'_> {
+impl<'a> Lander<'a> {
+    fn new(catalog: &'a Catalog, kind: SourceKind, started: DateTime<Utc>) -> Result<Self> {
+        let zone = clean::zone_offset(&catalog.definition().time_zone).ok_or_else(|| {
+            Error::InvalidOptions(format!(
+                "catalog time zone '{}' is not supported",
+                catalog.definition().time_zone
+            ))
+        })?;
+        Ok(Lander {
+            catalog,
+            batch_id: format!("b{}-{:08x}", started.format("%Y%m%d%H%M%S"), rand_suffix()),
+            kind,
+            clock: Clock {
+                received_at: started,
+                zone,
+            },
+            versions: BTreeMap::new(),
+        })
+    }
+
     async fn segment_file(
         &mut self,
         file: &Path,
@@ -181,20 +212,32 @@ impl Lander<'_> {
             1 << 20,
             std::fs::File::open(file).map_err(|e| Error::io(file, e))?,
         );
+        let lines = reader.split(b'\n').enumerate().map(|(number, line)| {
+            line.map(|l| (format!("{name}:{}", number + 1), l))
+                .map_err(|e| Error::io(file, e))
+        });
+        self.segment_lines(lines, progress).await
+    }
+
+    /// Cleans, dedups and lands Segment messages, one per item (`location`, raw bytes).
+    async fn segment_lines(
+        &mut self,
+        lines: impl Iterator<Item = Result<(String, Vec<u8>)>>,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Counts> {
         let chunk = chunk_rows();
         let mut counts = Counts::default();
         let mut seen: HashSet<String> = HashSet::new();
         let mut rows: Vec<EventRow> = Vec::new();
         let mut rejected: Vec<Rejected> = Vec::new();
-        for (number, line) in reader.split(b'\n').enumerate() {
-            let line = line.map_err(|e| Error::io(file, e))?;
+        for item in lines {
+            let (location, line) = item?;
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches('\r');
             if text.trim().is_empty() {
                 continue;
             }
             counts.received += 1;
-            let location = format!("{name}:{}", number + 1);
             let parsed = if std::str::from_utf8(&line).is_err() {
                 Err(Rejection::new(
                     reason::INVALID_JSON,

@@ -5,6 +5,7 @@ mod ingest;
 mod s3;
 mod sample;
 mod serve;
+mod tracking;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,0 +1,203 @@
+//! The tracking API with real clients: Segment's Python SDK, and hostile requests.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(warehouse: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--warehouse")
+        .arg(format!("file://{}", warehouse.display()))
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shoal");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let base = loop {
+        let line = lines.next().expect("address").expect("line");
+        if let Some(rest) = line.strip_prefix("serving ") {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+fn write_key(warehouse: &Path) -> String {
+    let out = crate::shoal(warehouse, &["writekey", "create", "web", "--json"]);
+    crate::json_ok(&out)["write_key"]
+        .as_str()
+        .expect("key")
+        .to_string()
+}
+
+fn python() -> std::path::PathBuf {
+    std::env::var_os("SHOAL_TEST_VENV")
+        .map(|v| Path::new(&v).join("bin/python"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| panic!("the test venv is missing: run ./scripts/test"))
+}
+
+#[test]
+#[ignore = "needs segment-analytics-python and deltalake; ./scripts/test installs them and runs this"]
+fn segments_python_sdk_works_unchanged() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let key = write_key(&wh);
+    let server = serve(&wh);
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/segment_sdk.py"
+        ))
+        .arg(&server.base)
+        .arg(&key)
+        .arg(wh.join("events"))
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(result["landed"], 125);
+    assert_eq!(result["identify_phone"], "+8613812345678");
+    assert_eq!(
+        result["types"],
+        serde_json::json!(["alias", "group", "identify", "page", "screen", "track"])
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_good_ones_are_committed_before_200() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let key = write_key(&wh);
+    let server = serve(&wh);
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: String, key: Option<&str>| {
+        let mut request = client.post(format!("{}{path}", server.base)).body(body);
+        if let Some(key) = key {
+            request = request.basic_auth(key, Some(""));
+        }
+        request.send()
+    };
+    let error = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("json error");
+        (
+            status,
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+
+    let (status, message) = error(post("/v1/track", "{}".into(), None).await.expect("send")).await;
+    assert_eq!(status, 401);
+    assert!(message.contains("write key"), "{message}");
+    let (status, _) = error(
+        post("/v1/track", "{}".into(), Some("wk_wrong"))
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, message) = error(
+        post("/v1/track", "{not json".into(), Some(&key))
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, message.starts_with("body: not JSON")),
+        (400, true),
+        "{message}"
+    );
+    let (status, message) = error(
+        post("/v1/batch", r#"{"batch": 3}"#.into(), Some(&key))
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(message.starts_with("batch:"), "{message}");
+    let huge = format!(
+        r#"{{"batch":[{}]}}"#,
+        vec![
+            format!(
+                r#"{{"type":"track","anonymousId":"a","event":"{}"}}"#,
+                "x".repeat(1000)
+            );
+            600
+        ]
+        .join(",")
+    );
+    let (status, message) = error(post("/v1/batch", huge, Some(&key)).await.expect("send")).await;
+    assert_eq!(status, 413);
+    assert!(message.contains("512000"), "{message}");
+    // The write key may also come in the body, as some server-side libraries send it.
+    let ok = post(
+        "/v1/track",
+        format!(r#"{{"writeKey":"{key}","anonymousId":"a","event":"opened","messageId":"k-1"}}"#),
+        None,
+    )
+    .await
+    .expect("send");
+    assert_eq!(ok.status(), 200);
+
+    // One good, one too large (32 KB per message), one without an event: 200, and all accounted.
+    let big = format!(
+        r#"{{"type":"track","anonymousId":"a","event":"x","messageId":"k-big","properties":{{"blob":"{}"}}}}"#,
+        "y".repeat(33 * 1024)
+    );
+    let body = format!(
+        r#"{{"batch":[{{"type":"track","anonymousId":"a","event":"bought","messageId":"k-2"}},{big},{{"type":"track","anonymousId":"a","messageId":"k-3"}}]}}"#
+    );
+    let response = post("/v1/batch", body, Some(&key)).await.expect("send");
+    assert_eq!(response.status(), 200);
+    let report: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(
+        (
+            report["received"].as_u64(),
+            report["landed"].as_u64(),
+            report["quarantined"].as_u64()
+        ),
+        (Some(3), Some(1), Some(2))
+    );
+
+    // Acknowledged means committed: a fresh reader sees the rows right away.
+    let tables = crate::json_ok(&crate::shoal(&wh, &["catalog", "tables", "--json"]));
+    let rows = |name: &str| {
+        tables["tables"]
+            .as_array()
+            .expect("t")
+            .iter()
+            .find(|t| t["table"] == name)
+            .expect("table")["rows"]
+            .as_u64()
+    };
+    assert_eq!(rows("events"), Some(2));
+    assert_eq!(rows("quarantine"), Some(2));
+    let list = crate::json_ok(&crate::shoal(
+        &wh,
+        &["quarantine", "list", "--reason", "too_large", "--json"],
+    ));
+    assert_eq!(list["rows"][0]["location"], "POST /v1/batch#1");
+}
