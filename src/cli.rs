@@ -93,6 +93,24 @@ pub enum QuarantineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Re-submit quarantined rows (not yet replayed) as a new batch, as stored or corrected.
+    Replay {
+        /// Only rows of this batch.
+        #[arg(long)]
+        batch: Option<String>,
+        /// Only the row at this location (e.g. events.jsonl:42).
+        #[arg(long)]
+        location: Option<String>,
+        /// Only rows with this reason code.
+        #[arg(long)]
+        reason: Option<String>,
+        /// A file holding the corrected raw text; needs exactly one selected row.
+        #[arg(long)]
+        fix: Option<PathBuf>,
+        /// Print the batch report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

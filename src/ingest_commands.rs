@@ -55,6 +55,62 @@ pub async fn run(
 /// `shoal quarantine …`.
 pub async fn quarantine(catalog: &Catalog, command: &QuarantineCommand) -> AppResult<()> {
     match command {
+        QuarantineCommand::Replay {
+            batch,
+            location,
+            reason,
+            fix,
+            json,
+        } => {
+            let table = catalog.table("quarantine").await?;
+            let frame = select(&table, batch, reason, location.as_deref(), true).await?;
+            let batches = frame.collect().await.map_err(shoal_catalog::Error::from)?;
+            let rows = to_json_rows(&batches)?;
+            if rows.is_empty() {
+                return Err(AppError::BadRequest(
+                    "no quarantined rows awaiting replay match".into(),
+                ));
+            }
+            let fixed = match fix {
+                Some(path) if rows.len() == 1 => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| AppError::BadRequest(format!("{}: {e}", path.display())))?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string(),
+                ),
+                Some(_) => {
+                    return Err(AppError::BadRequest(format!(
+                        "--fix needs exactly one selected row; {} match",
+                        rows.len()
+                    )));
+                }
+                None => None,
+            };
+            let mut by_source: std::collections::BTreeMap<String, Vec<(String, String)>> =
+                Default::default();
+            for row in &rows {
+                let text = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+                let raw = fixed.clone().unwrap_or_else(|| text("raw"));
+                by_source
+                    .entry(text("source"))
+                    .or_default()
+                    .push((text("location"), raw));
+            }
+            let mut reports = Vec::new();
+            for (source, items) in by_source {
+                let kind: SourceKind = source.parse().map_err(AppError::Internal)?;
+                reports.push(shoal_ingest::replay(catalog, kind, items).await?);
+            }
+            mark_replayed(catalog, batches).await?;
+            if *json {
+                println!("{}", json!({"replayed": rows.len(), "batches": reports}));
+            } else {
+                for report in &reports {
+                    println!("{}", describe(report));
+                }
+            }
+            Ok(())
+        }
         QuarantineCommand::List {
             batch,
             reason,
@@ -62,20 +118,7 @@ pub async fn quarantine(catalog: &Catalog, command: &QuarantineCommand) -> AppRe
             json,
         } => {
             let table = catalog.table("quarantine").await?;
-            let ctx = SessionContext::new();
-            let mut frame = ctx
-                .read_table(table.provider().await?)
-                .map_err(shoal_catalog::Error::from)?;
-            if let Some(batch) = batch {
-                frame = frame
-                    .filter(col("batch_id").eq(lit(batch.as_str())))
-                    .map_err(shoal_catalog::Error::from)?;
-            }
-            if let Some(reason) = reason {
-                frame = frame
-                    .filter(col("reason").eq(lit(reason.as_str())))
-                    .map_err(shoal_catalog::Error::from)?;
-            }
+            let frame = select(&table, batch, reason, None, false).await?;
             let frame = frame
                 .sort(vec![
                     col("quarantined_at").sort(false, false),
@@ -102,6 +145,81 @@ pub async fn quarantine(catalog: &Catalog, command: &QuarantineCommand) -> AppRe
             Ok(())
         }
     }
+}
+
+async fn select(
+    table: &shoal_catalog::Table,
+    batch: &Option<String>,
+    reason: &Option<String>,
+    location: Option<&str>,
+    pending_only: bool,
+) -> AppResult<datafusion::dataframe::DataFrame> {
+    let ctx = SessionContext::new();
+    let mut frame = ctx
+        .read_table(table.provider().await?)
+        .map_err(shoal_catalog::Error::from)?;
+    let mut filters = Vec::new();
+    if let Some(batch) = batch {
+        filters.push(col("batch_id").eq(lit(batch.as_str())));
+    }
+    if let Some(reason) = reason {
+        filters.push(col("reason").eq(lit(reason.as_str())));
+    }
+    if let Some(location) = location {
+        filters.push(col("location").eq(lit(location)));
+    }
+    if pending_only {
+        filters.push(col("replayed").is_not_true());
+    }
+    for filter in filters {
+        frame = frame.filter(filter).map_err(shoal_catalog::Error::from)?;
+    }
+    Ok(frame)
+}
+
+/// Marks rows as replayed: one MERGE on (batch_id, location).
+async fn mark_replayed(
+    catalog: &Catalog,
+    batches: Vec<arrow::array::RecordBatch>,
+) -> AppResult<()> {
+    let mut table = catalog.table("quarantine").await?;
+    let schema = table.schema()?;
+    let mut marked = Vec::new();
+    for batch in batches {
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.name() == "replayed" {
+                    Ok(std::sync::Arc::new(arrow::array::BooleanArray::from(vec![
+                        true;
+                        batch.num_rows()
+                    ])) as arrow::array::ArrayRef)
+                } else {
+                    let column = batch.column_by_name(f.name()).ok_or_else(|| {
+                        AppError::Internal(format!("quarantine.{} missing", f.name()))
+                    })?;
+                    arrow::compute::cast(column, f.data_type())
+                        .map_err(|e| AppError::Internal(e.to_string()))
+                }
+            })
+            .collect::<AppResult<Vec<_>>>()?;
+        marked.push(
+            arrow::array::RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| AppError::Internal(e.to_string()))?,
+        );
+    }
+    if marked.is_empty() {
+        return Ok(());
+    }
+    table
+        .merge(
+            marked,
+            &["batch_id", "location"],
+            shoal_catalog::CommitNote::new("reason", "replayed"),
+        )
+        .await?;
+    Ok(())
 }
 
 fn to_json_rows(batches: &[arrow::array::RecordBatch]) -> AppResult<Vec<Value>> {

@@ -8,6 +8,7 @@ mod ingest_commands;
 mod progress;
 mod serve;
 mod tracking;
+mod uploads;
 mod write_keys;
 
 use clap::Parser;

@@ -34,6 +34,11 @@ pub fn app(catalog: Catalog) -> Router {
         .route("/api/tables", get(tables))
         .route("/api/tables/{name}/history", get(table_history))
         .route(
+            "/api/ingest",
+            axum::routing::post(crate::uploads::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
             "/v1/{kind}",
             axum::routing::post(crate::tracking::receive).layer(
                 axum::extract::DefaultBodyLimit::max(crate::tracking::MAX_BATCH_BYTES * 2),

@@ -30,7 +30,7 @@ pub struct Tracking {
     /// Hashes of the active write keys, reloaded when an unknown key shows up.
     keys: RwLock<HashSet<String>>,
     /// One writer at a time, so two requests cannot both land one messageId.
-    writer: Mutex<()>,
+    pub(crate) writer: Mutex<()>,
 }
 
 impl Tracking {
@@ -44,7 +44,7 @@ impl Tracking {
 
 const KINDS: &[&str] = &["track", "identify", "alias", "page", "screen", "group"];
 
-fn basic_user(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn basic_user(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("authorization")?.to_str().ok()?;
     let encoded = value
         .strip_prefix("Basic ")
@@ -56,7 +56,7 @@ fn basic_user(headers: &HeaderMap) -> Option<String> {
     Some(text.split(':').next().unwrap_or_default().to_string())
 }
 
-async fn authorise(state: &AppState, key: Option<String>) -> AppResult<()> {
+pub(crate) async fn authorise(state: &AppState, key: Option<String>) -> AppResult<()> {
     let Some(key) = key.filter(|k| !k.is_empty()) else {
         return Err(AppError::Unauthorized(
             "a write key is required: HTTP Basic user name or the body's writeKey".into(),

@@ -161,6 +161,53 @@ pub async fn ingest_segment_messages(
     Ok(report)
 }
 
+/// Re-submits quarantined rows (as stored, or corrected) as a new batch. Each item is
+/// (original location, raw text); rows that fail again are quarantined again under the new
+/// batch with the same location.
+pub async fn replay(
+    catalog: &Catalog,
+    kind: SourceKind,
+    items: Vec<(String, String)>,
+) -> Result<BatchReport> {
+    let started = Utc::now();
+    let mut lander = Lander::new(catalog, kind, started)?;
+    let mut counts = Counts::default();
+    let (json, csv): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .partition(|(_, raw)| raw.trim_start().starts_with('{') || kind == SourceKind::Segment);
+    let lines = json.into_iter().map(|(l, r)| Ok((l, r.into_bytes())));
+    let part = match kind {
+        SourceKind::Segment => lander.segment_lines(lines, &mut |_| {}).await?,
+        _ => lander.youzan_lines(lines, "replay", &mut |_| {}).await?,
+    };
+    counts.add(&part);
+    for (location, raw) in csv {
+        let (layout, parse): (&CsvLayout, RecordParser) = match kind {
+            SourceKind::Tmall => (&orders::TMALL, orders::tmall_record),
+            _ => (&orders::YOUZAN_CSV, orders::youzan_record),
+        };
+        let part = lander
+            .csv_text("replay", &raw, layout, parse, Some(&location))
+            .await?;
+        counts.add(&part);
+    }
+    let report = BatchReport {
+        batch_id: lander.batch_id.clone(),
+        source: kind.name().to_string(),
+        files: vec![FileReport {
+            file: "replay".into(),
+            counts: counts.clone(),
+        }],
+        counts,
+        versions: lander.versions.clone(),
+    };
+    lander.record_batch(&report, started).await?;
+    Ok(report)
+}
+
+type RecordParser =
+    fn(&Record<'_>, chrono::FixedOffset, DateTime<Utc>) -> std::result::Result<OrderRow, Rejection>;
+
 fn rand_suffix() -> u32 {
     let nanos = Utc::now().timestamp_subsec_nanos();
     nanos ^ std::process::id().rotate_left(16)
@@ -310,12 +357,25 @@ impl<'a> Lander<'a> {
     ) -> Result<Counts> {
         let name = file_name(file);
         let reader = BufReader::new(std::fs::File::open(file).map_err(|e| Error::io(file, e))?);
+        let lines = reader.split(b'\n').enumerate().map(|(number, line)| {
+            line.map(|l| (format!("{name}:{}", number + 1), l))
+                .map_err(|e| Error::io(file, e))
+        });
+        self.youzan_lines(lines, &name, progress).await
+    }
+
+    async fn youzan_lines(
+        &mut self,
+        lines: impl Iterator<Item = Result<(String, Vec<u8>)>>,
+        label: &str,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Counts> {
         let chunk = chunk_rows();
         let mut counts = Counts::default();
         let mut rows = Vec::new();
         let mut rejected = Vec::new();
-        for (number, line) in reader.split(b'\n').enumerate() {
-            let line = line.map_err(|e| Error::io(file, e))?;
+        for item in lines {
+            let (location, line) = item?;
             let text = String::from_utf8_lossy(&line)
                 .trim_end_matches('\r')
                 .to_string();
@@ -326,18 +386,18 @@ impl<'a> Lander<'a> {
             match orders::youzan_trade(&text, self.clock.zone, self.clock.received_at) {
                 Ok(row) => rows.push(row),
                 Err(rejection) => rejected.push(Rejected {
-                    location: format!("{name}:{}", number + 1),
+                    location,
                     rejection,
                     raw: text,
                 }),
             }
             if rows.len() >= chunk {
-                self.land_orders(std::mem::take(&mut rows), &name, &mut counts)
+                self.land_orders(std::mem::take(&mut rows), label, &mut counts)
                     .await?;
                 progress(counts.received);
             }
         }
-        self.land_orders(rows, &name, &mut counts).await?;
+        self.land_orders(rows, label, &mut counts).await?;
         self.quarantine(rejected, &mut counts).await?;
         progress(counts.received);
         Ok(counts)
@@ -356,7 +416,27 @@ impl<'a> Lander<'a> {
     ) -> Result<Counts> {
         let name = file_name(file);
         let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-        let text = decode(&bytes);
+        let counts = self
+            .csv_text(&name, &decode(&bytes), layout, parse, None)
+            .await?;
+        progress(counts.received);
+        Ok(counts)
+    }
+
+    /// Lands the records of a CSV text; `location` overrides `name:line` (replays).
+    async fn csv_text(
+        &mut self,
+        name: &str,
+        text: &str,
+        layout: &CsvLayout,
+        parse: fn(
+            &Record<'_>,
+            chrono::FixedOffset,
+            DateTime<Utc>,
+        ) -> std::result::Result<OrderRow, Rejection>,
+        location: Option<&str>,
+    ) -> Result<Counts> {
+        let name = name.to_string();
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .has_headers(true)
@@ -375,6 +455,8 @@ impl<'a> Lander<'a> {
                 file: name.clone(),
                 reason,
             })?;
+        let header_line = csv_record_text(&csv::StringRecord::from(header.clone()));
+        let here = |line: u64| location.map_or_else(|| format!("{name}:{line}"), str::to_string);
         let mut counts = Counts::default();
         let mut rows = Vec::new();
         let mut rejected = Vec::new();
@@ -388,7 +470,7 @@ impl<'a> Lander<'a> {
                 Err(e) => {
                     let line = e.position().map(|p| p.line()).unwrap_or(0);
                     rejected.push(Rejected {
-                        location: format!("{name}:{line}"),
+                        location: here(line),
                         rejection: Rejection::new(
                             reason::BROKEN_RECORD,
                             format!("unreadable record: {e}"),
@@ -398,7 +480,7 @@ impl<'a> Lander<'a> {
                     continue;
                 }
             };
-            let location = format!("{name}:{line}");
+            let location = here(line);
             let parsed = if fields.len() != header.len() {
                 Err(Rejection::new(
                     reason::BROKEN_RECORD,
@@ -420,16 +502,16 @@ impl<'a> Lander<'a> {
             };
             match parsed {
                 Ok(row) => rows.push(row),
+                // The header travels with the record so the row can be replayed on its own.
                 Err(rejection) => rejected.push(Rejected {
                     location,
                     rejection,
-                    raw: csv_text(&fields),
+                    raw: format!("{header_line}\r\n{}", csv_record_text(&fields)),
                 }),
             }
         }
         self.land_orders(rows, &name, &mut counts).await?;
         self.quarantine(rejected, &mut counts).await?;
-        progress(counts.received);
         Ok(counts)
     }
 
@@ -692,7 +774,7 @@ pub fn decode(bytes: &[u8]) -> String {
     }
 }
 
-fn csv_text(record: &csv::StringRecord) -> String {
+fn csv_record_text(record: &csv::StringRecord) -> String {
     let mut writer = csv::Writer::from_writer(Vec::new());
     if writer.write_record(record).is_err() {
         return record.iter().collect::<Vec<_>>().join(",");

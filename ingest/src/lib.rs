@@ -14,5 +14,7 @@ pub mod sample;
 pub mod segment;
 
 pub use error::{Error, Result};
-pub use land::{CHUNK_ROWS, SourceKind, decode, describe, ingest_files, ingest_segment_messages};
+pub use land::{
+    CHUNK_ROWS, SourceKind, decode, describe, ingest_files, ingest_segment_messages, replay,
+};
 pub use report::{BatchReport, Counts, FileReport};

@@ -327,3 +327,90 @@ fn a_batch_killed_midway_and_retried_loses_and_doubles_nothing() {
     );
     assert!(retry["landed"].as_u64().expect("l") < reference["landed"].as_u64().expect("l"));
 }
+
+#[test]
+fn quarantined_rows_can_be_fixed_and_replayed() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        concat!(
+            r#"{"type":"track","messageId":"r-1","anonymousId":"a","event":"view_item","timestamp":"2026-10-01T00:00:00Z"}"#, "\n",
+            r#"{"type":"track","messageId":"r-2","anonymousId":"a","event":"purchase","timestamp":"2026-13-01T00:00:00Z"}"#, "\n",
+            r#"{"type":"identify","messageId":"r-3","userId":"u","timestamp":"2026-10-01T00:00:00Z","traits":{"phone":"138abcd5678"}}"#, "\n",
+        ),
+    )
+    .expect("write");
+    let first = ingest(&wh, "segment", &[&events]);
+    assert_eq!(
+        (first["landed"].as_u64(), first["quarantined"].as_u64()),
+        (Some(1), Some(2))
+    );
+
+    // Fix the timestamp of line 2 and replay just that row.
+    let fix = dir.path().join("fix.json");
+    std::fs::write(&fix, r#"{"type":"track","messageId":"r-2","anonymousId":"a","event":"purchase","timestamp":"2026-10-02T00:00:00Z"}"#).expect("fix");
+    let replayed = json_ok(&shoal(
+        &wh,
+        &[
+            "quarantine",
+            "replay",
+            "--location",
+            "events.jsonl:2",
+            "--fix",
+            fix.to_str().expect("p"),
+            "--json",
+        ],
+    ));
+    assert_eq!(replayed["replayed"], 1);
+    assert_eq!(replayed["batches"][0]["landed"], 1);
+
+    // Replaying the unfixed phone row as stored fails again: it is quarantined again, still tracked.
+    let again = json_ok(&shoal(
+        &wh,
+        &["quarantine", "replay", "--reason", "bad_phone", "--json"],
+    ));
+    assert_eq!(again["batches"][0]["quarantined"], 1);
+    let list = json_ok(&shoal(&wh, &["quarantine", "list", "--json"]));
+    let rows = list["rows"].as_array().expect("rows");
+    assert_eq!(
+        rows.len(),
+        3,
+        "two original rows and the phone row's second failure"
+    );
+    let replayed_flags = rows.iter().filter(|r| r["replayed"] == true).count();
+    assert_eq!(replayed_flags, 2);
+    // Nothing is left to replay but the second failure, and --fix refuses an ambiguous selection.
+    let out = shoal(&wh, &["quarantine", "replay", "--location", "nowhere:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let tables = json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
+    let events_rows = tables["tables"]
+        .as_array()
+        .expect("t")
+        .iter()
+        .find(|t| t["table"] == "events")
+        .expect("e")["rows"]
+        .as_u64();
+    assert_eq!(events_rows, Some(2));
+
+    // A CSV row carries its header, so it replays on its own.
+    let csv = dir.path().join("tmall.csv");
+    std::fs::write(&csv, "订单编号,买家会员名,买家实际支付金额,订单状态,订单创建时间\n7,tb,-10.00,交易成功,2026-10-01 12:00:00\n").expect("csv");
+    ingest(&wh, "tmall", &[&csv]);
+    let fixed = dir.path().join("fixed.csv");
+    std::fs::write(&fixed, "订单编号,买家会员名,买家实际支付金额,订单状态,订单创建时间\n7,tb,10.00,交易成功,2026-10-01 12:00:00\n").expect("csv");
+    let replayed = json_ok(&shoal(
+        &wh,
+        &[
+            "quarantine",
+            "replay",
+            "--location",
+            "tmall.csv:2",
+            "--fix",
+            fixed.to_str().expect("p"),
+            "--json",
+        ],
+    ));
+    assert_eq!(replayed["batches"][0]["landed"], 1, "{replayed}");
+}

@@ -201,3 +201,99 @@ async fn bad_requests_get_clear_errors_and_good_ones_are_committed_before_200() 
     ));
     assert_eq!(list["rows"][0]["location"], "POST /v1/batch#1");
 }
+
+#[tokio::test]
+async fn files_can_be_uploaded_over_http() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let data = dir.path().join("data");
+    crate::json_ok(&crate::shoal(
+        &wh,
+        &[
+            "demo-data",
+            "--out",
+            data.to_str().expect("p"),
+            "--users",
+            "300",
+            "--json",
+        ],
+    ));
+    let key = write_key(&wh);
+    let server = serve(&wh);
+    let client = reqwest::Client::new();
+    let tmall = std::fs::read(data.join("tmall_orders.csv")).expect("tmall");
+    let upload = |query: &str, body: Vec<u8>, key: Option<&str>| {
+        let mut request = client
+            .post(format!("{}/api/ingest?{query}", server.base))
+            .body(body);
+        if let Some(key) = key {
+            request = request.basic_auth(key, Some(""));
+        }
+        request.send()
+    };
+    let response = upload(
+        "source=tmall&filename=tmall_orders.csv",
+        tmall.clone(),
+        Some(&key),
+    )
+    .await
+    .expect("upload");
+    assert_eq!(response.status(), 200);
+    let report: serde_json::Value = response.json().await.expect("json");
+    let n = |k: &str| report[k].as_u64().expect(k);
+    assert!(n("landed") > 0);
+    assert_eq!(
+        n("received"),
+        n("landed") + n("quarantined") + n("duplicates")
+    );
+    // The same upload again lands nothing new.
+    let again: serde_json::Value = upload(
+        "source=tmall&filename=tmall_orders.csv",
+        tmall.clone(),
+        Some(&key),
+    )
+    .await
+    .expect("upload")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(again["landed"], 0);
+
+    assert_eq!(
+        upload("source=tmall", tmall.clone(), None)
+            .await
+            .expect("send")
+            .status(),
+        401
+    );
+    assert_eq!(
+        upload("source=fax", tmall.clone(), Some(&key))
+            .await
+            .expect("send")
+            .status(),
+        400
+    );
+    assert_eq!(
+        upload("source=tmall&filename=..%2F..%2Fx.csv", tmall, Some(&key))
+            .await
+            .expect("send")
+            .status(),
+        400
+    );
+    let wrong = upload(
+        "source=tmall&filename=t.csv",
+        "a,b\n1,2\n".into(),
+        Some(&key),
+    )
+    .await
+    .expect("send");
+    assert_eq!(wrong.status(), 400);
+    let body: serde_json::Value = wrong.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("lacks required columns"),
+        "{body}"
+    );
+}
