@@ -37,6 +37,9 @@ pub enum Command {
     /// Show or check the catalog: tables, field standards, roles, quality monitors.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Benchmarks that print their figures (build with --release).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Serve the HTTP API.
     Serve(ServeArgs),
 }
@@ -108,6 +111,22 @@ pub enum QuarantineCommand {
         #[arg(long)]
         fix: Option<PathBuf>,
         /// Print the batch report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// JSON lines → clean → dedup → Delta commit, next to DuckDB on the same file.
+    Ingest {
+        /// About this many events (a sample world is written unless --data has events.jsonl).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Folder holding events.jsonl to reuse.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },

@@ -1,5 +1,6 @@
 //! `shoal`: the command line and server that wire the Shoal crates together.
 
+mod bench;
 mod catalog_commands;
 mod cli;
 mod demo;
@@ -89,6 +90,10 @@ async fn run(cli: Cli) -> AppResult<i32> {
         Command::Catalog(command) => {
             let mut catalog = open_catalog(&cli.warehouse).await?;
             catalog_commands::run(&mut catalog, command).await
+        }
+        Command::Bench(cli::BenchCommand::Ingest { events, data, json }) => {
+            bench::ingest(*events, data.clone(), *json).await?;
+            Ok(0)
         }
         Command::Serve(args) => {
             let catalog = open_catalog(&cli.warehouse).await?;

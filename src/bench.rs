@@ -1,0 +1,176 @@
+//! `shoal bench ingest`: rows/s of JSON lines → clean → dedup → Delta commit, next to DuckDB
+//! doing read_json → filter → dedup → Parquet on the same file in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::json;
+use shoal_catalog::{Catalog, Warehouse};
+use shoal_ingest::sample::{SampleOptions, write_sample};
+use shoal_ingest::{SourceKind, ingest_files};
+
+use crate::error::{AppError, AppResult};
+
+/// The DuckDB side: same file, same cleaning rules as far as SQL expresses them.
+const DUCKDB_SCRIPT: &str = r#"
+import sys, time, duckdb
+src, out = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET threads TO 2")
+query = f"""COPY (
+  SELECT DISTINCT ON (messageId) messageId AS event_id, coalesce(event, type) AS event_name, type,
+         ts AS event_time, anonymousId AS anonymous_id, userId AS login_id,
+         json_extract_string(properties, '$.item_id') AS item_id,
+         json_extract_string(properties, '$.category') AS category,
+         TRY_CAST(json_extract(properties, '$.price') AS DECIMAL(18,2)) AS price,
+         TRY_CAST(json_extract(properties, '$.revenue') AS DECIMAL(18,2)) AS revenue,
+         CAST(properties AS VARCHAR) AS properties
+  FROM (SELECT *, TRY_CAST(timestamp AS TIMESTAMPTZ) AS ts
+        FROM read_json('{src}', format='newline_delimited', ignore_errors=true,
+             columns={{'type':'VARCHAR','messageId':'VARCHAR','anonymousId':'VARCHAR','userId':'VARCHAR',
+                       'event':'VARCHAR','timestamp':'VARCHAR','properties':'JSON','traits':'JSON'}}))
+  WHERE ts >= TIMESTAMPTZ '2000-01-01' AND ts < now() + INTERVAL 1 DAY
+    AND (anonymousId IS NOT NULL OR userId IS NOT NULL)
+    AND (type <> 'track' OR event IS NOT NULL)
+    AND coalesce(TRY_CAST(json_extract(properties, '$.revenue') AS DOUBLE), 0) >= 0
+    AND (json_extract_string(traits, '$.phone') IS NULL
+         OR regexp_full_match(regexp_replace(json_extract_string(traits, '$.phone'), '[ +-]', '', 'g'), '(86)?1[3-9][0-9]{{9}}'))
+) TO '{out}' (FORMAT parquet, COMPRESSION zstd)"""
+t = time.perf_counter()
+con.execute(query)
+elapsed = time.perf_counter() - t
+rows = con.execute(f"SELECT count(*) FROM '{out}'").fetchone()[0]
+print(elapsed, rows)
+"#;
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("SHOAL_BENCH_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| Path::new(&h).join(".cache/shoal/venv/bin/python"))
+                .filter(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// Runs the ingest benchmark on about `events` events and prints a table (or JSON).
+pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppResult<()> {
+    let scratch = tempfile::tempdir().map_err(|e| AppError::Internal(e.to_string()))?;
+    let data = data.unwrap_or_else(|| scratch.path().join("data"));
+    let file = data.join("events.jsonl");
+    if !file.is_file() {
+        // The sample world averages about 19 messages per person.
+        let users = u32::try_from((events / 19).max(1)).unwrap_or(u32::MAX);
+        eprintln!(
+            "writing a sample world of {users} people to {}",
+            data.display()
+        );
+        let options = SampleOptions {
+            users,
+            seed: 42,
+            end: chrono::NaiveDate::from_ymd_opt(2026, 11, 20).expect("a valid date"),
+            days: 90,
+        };
+        tokio::task::spawn_blocking({
+            let data = data.clone();
+            move || write_sample(&data, &options, &mut |_, _, _| {})
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))??;
+    }
+    let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+
+    let warehouse = Warehouse::open(&format!("file://{}", scratch.path().join("wh").display()))?;
+    let catalog = Catalog::open(warehouse).await?;
+    let started = Instant::now();
+    let report = ingest_files(
+        &catalog,
+        SourceKind::Segment,
+        &[file.as_path()],
+        &mut |_| {},
+    )
+    .await?;
+    let shoal_s = started.elapsed().as_secs_f64();
+    let received = report.counts.received;
+
+    let out = scratch.path().join("duckdb.parquet");
+    let duck = Command::new(python())
+        .arg("-c")
+        .arg(DUCKDB_SCRIPT)
+        .arg(&file)
+        .arg(&out)
+        .output();
+    let duckdb = match duck {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let mut parts = text.split_whitespace();
+            let secs: Option<f64> = parts.next().and_then(|s| s.parse().ok());
+            let rows: Option<u64> = parts.next().and_then(|s| s.parse().ok());
+            secs.zip(rows)
+        }
+        Ok(o) => {
+            eprintln!(
+                "DuckDB not measured: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("python failed")
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("DuckDB not measured: {e}");
+            None
+        }
+    };
+    let result = json!({
+        "events": received,
+        "bytes": bytes,
+        "shoal": {"seconds": shoal_s, "rows_per_s": received as f64 / shoal_s, "landed": report.counts.landed,
+                  "quarantined": report.counts.quarantined, "duplicates": report.counts.duplicates,
+                  "peak_rss_mib": peak_rss_mib()},
+        "duckdb": duckdb.map(|(s, rows)| json!({"seconds": s, "rows_per_s": received as f64 / s, "rows_out": rows})),
+    });
+    if json_out {
+        println!("{result}");
+    } else {
+        println!(
+            "ingest benchmark: {received} Segment messages, {:.0} MB of JSON lines",
+            bytes as f64 / 1e6
+        );
+        println!(
+            "{:<8} {:>9} {:>12} {:>10}  what",
+            "engine", "seconds", "rows/s", "rows out"
+        );
+        println!(
+            "{:<8} {:>9.2} {:>12.0} {:>10}  clean + dedup + quarantine + Delta commit (peak RSS {:.0} MiB)",
+            "shoal",
+            shoal_s,
+            received as f64 / shoal_s,
+            report.counts.landed,
+            peak_rss_mib().unwrap_or(0.0)
+        );
+        match duckdb {
+            Some((s, rows)) => println!(
+                "{:<8} {:>9.2} {:>12.0} {:>10}  read_json + filter + dedup + Parquet (zstd)",
+                "duckdb",
+                s,
+                received as f64 / s,
+                rows
+            ),
+            None => println!(
+                "duckdb   not measured (python3 with duckdb not found; set SHOAL_BENCH_PYTHON)"
+            ),
+        }
+    }
+    Ok(())
+}
