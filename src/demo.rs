@@ -118,6 +118,10 @@ pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()
         catalog.revision(),
         tables.join(", ")
     );
+    if crate::write_keys::active_hashes(&catalog).await?.is_empty() {
+        let key = crate::write_keys::create(&catalog, "demo").await?;
+        println!("tracking API write key (shown once): {key}");
+    }
     if args.no_serve {
         return Ok(());
     }

@@ -75,6 +75,23 @@ impl SourceKind {
     }
 }
 
+/// Where a record came from; formatted only when it is quarantined.
+enum Where {
+    /// Line number in the file being read.
+    Line(usize),
+    /// A location given whole (a request and index, a replayed row's original place).
+    Named(String),
+}
+
+impl Where {
+    fn text(self, file: &str) -> String {
+        match self {
+            Where::Line(n) => format!("{file}:{n}"),
+            Where::Named(s) => s,
+        }
+    }
+}
+
 /// A rejected record on its way to `quarantine`.
 struct Rejected {
     location: String,
@@ -145,8 +162,8 @@ pub async fn ingest_segment_messages(
     let lines = messages
         .into_iter()
         .enumerate()
-        .map(|(i, m)| Ok((format!("{origin}#{i}"), m.into_bytes())));
-    let counts = lander.segment_lines(lines, &mut |_| {}).await?;
+        .map(|(i, m)| Ok((Where::Named(format!("{origin}#{i}")), m.into_bytes())));
+    let counts = lander.segment_lines(lines, origin, &mut |_| {}).await?;
     let report = BatchReport {
         batch_id: lander.batch_id.clone(),
         source: SourceKind::Segment.name().to_string(),
@@ -175,9 +192,11 @@ pub async fn replay(
     let (json, csv): (Vec<_>, Vec<_>) = items
         .into_iter()
         .partition(|(_, raw)| raw.trim_start().starts_with('{') || kind == SourceKind::Segment);
-    let lines = json.into_iter().map(|(l, r)| Ok((l, r.into_bytes())));
+    let lines = json
+        .into_iter()
+        .map(|(l, r)| Ok((Where::Named(l), r.into_bytes())));
     let part = match kind {
-        SourceKind::Segment => lander.segment_lines(lines, &mut |_| {}).await?,
+        SourceKind::Segment => lander.segment_lines(lines, "replay", &mut |_| {}).await?,
         _ => lander.youzan_lines(lines, "replay", &mut |_| {}).await?,
     };
     counts.add(&part);
@@ -227,6 +246,9 @@ struct Lander<'a> {
     kind: SourceKind,
     clock: Clock,
     versions: BTreeMap<String, u64>,
+    /// `events` as it was when the batch began: rows this batch lands are deduped by `seen`
+    /// in memory, so only what came before needs probing, and an empty table none at all.
+    events_before: Option<shoal_catalog::Table>,
 }
 
 impl<'a> Lander<'a> {
@@ -246,6 +268,7 @@ impl<'a> Lander<'a> {
                 zone,
             },
             versions: BTreeMap::new(),
+            events_before: None,
         })
     }
 
@@ -260,16 +283,17 @@ impl<'a> Lander<'a> {
             std::fs::File::open(file).map_err(|e| Error::io(file, e))?,
         );
         let lines = reader.split(b'\n').enumerate().map(|(number, line)| {
-            line.map(|l| (format!("{name}:{}", number + 1), l))
+            line.map(|l| (Where::Line(number + 1), l))
                 .map_err(|e| Error::io(file, e))
         });
-        self.segment_lines(lines, progress).await
+        self.segment_lines(lines, &name, progress).await
     }
 
     /// Cleans, dedups and lands Segment messages, one per item (`location`, raw bytes).
     async fn segment_lines(
         &mut self,
-        lines: impl Iterator<Item = Result<(String, Vec<u8>)>>,
+        lines: impl Iterator<Item = Result<(Where, Vec<u8>)>>,
+        label: &str,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
         let chunk = chunk_rows();
@@ -279,19 +303,22 @@ impl<'a> Lander<'a> {
         let mut rejected: Vec<Rejected> = Vec::new();
         for item in lines {
             let (location, line) = item?;
-            let text = String::from_utf8_lossy(&line);
+            let (text, parsed_text) = match std::str::from_utf8(&line) {
+                Ok(text) => (std::borrow::Cow::Borrowed(text), true),
+                Err(_) => (String::from_utf8_lossy(&line), false),
+            };
             let text = text.trim_end_matches('\r');
             if text.trim().is_empty() {
                 continue;
             }
             counts.received += 1;
-            let parsed = if std::str::from_utf8(&line).is_err() {
+            let parsed = if parsed_text {
+                segment::parse_line(text, self.kind.name(), self.clock)
+            } else {
                 Err(Rejection::new(
                     reason::INVALID_JSON,
                     "line is not valid UTF-8",
                 ))
-            } else {
-                segment::parse_line(text, self.kind.name(), self.clock)
             };
             match parsed {
                 Ok(row) => {
@@ -302,7 +329,7 @@ impl<'a> Lander<'a> {
                     }
                 }
                 Err(rejection) => rejected.push(Rejected {
-                    location,
+                    location: location.text(label),
                     rejection,
                     raw: text.to_string(),
                 }),
@@ -323,30 +350,47 @@ impl<'a> Lander<'a> {
         Ok(counts)
     }
 
-    async fn land_events(&mut self, mut rows: Vec<EventRow>, counts: &mut Counts) -> Result<()> {
+    async fn land_events(&mut self, rows: Vec<EventRow>, counts: &mut Counts) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
-        let existing = self
-            .existing_keys("events", &["event_id"], vec![ids], None)
-            .await?;
-        let before = rows.len();
-        rows.retain(|r| !existing.contains_key(&vec![r.event_id.clone()]));
-        counts.duplicates += (before - rows.len()) as u64;
-        if rows.is_empty() {
+        if self.events_before.is_none() {
+            self.events_before = Some(self.catalog.table("events").await?);
+        }
+        let baseline = self
+            .events_before
+            .as_ref()
+            .ok_or_else(|| Error::Internal("events baseline not opened".into()))?;
+        // Rows are referenced, filtered and sorted by reference: they are large and never move.
+        let mut keep: Vec<&EventRow> = if baseline.version() == 0 {
+            rows.iter().collect()
+        } else {
+            let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+            let existing = self
+                .existing_keys(baseline, &["event_id"], vec![ids], None)
+                .await?;
+            let existing: HashSet<&str> = existing
+                .keys()
+                .filter_map(|k| k.first().map(String::as_str))
+                .collect();
+            rows.iter()
+                .filter(|r| !existing.contains(r.event_id.as_str()))
+                .collect()
+        };
+        counts.duplicates += (rows.len() - keep.len()) as u64;
+        if keep.is_empty() {
             return Ok(());
         }
-        rows.sort_by(|a, b| {
+        keep.sort_unstable_by(|a, b| {
             a.event_time
                 .cmp(&b.event_time)
                 .then_with(|| a.event_id.cmp(&b.event_id))
         });
         let mut table = self.catalog.table("events").await?;
-        let batch = events_batch(&table.schema()?, &rows)?;
+        let batch = events_batch(&table.schema()?, &keep)?;
         let version = table.append(vec![batch], self.note()).await?;
         self.versions.insert("events".into(), version);
-        counts.landed += rows.len() as u64;
+        counts.landed += keep.len() as u64;
         Ok(())
     }
 
@@ -358,7 +402,7 @@ impl<'a> Lander<'a> {
         let name = file_name(file);
         let reader = BufReader::new(std::fs::File::open(file).map_err(|e| Error::io(file, e))?);
         let lines = reader.split(b'\n').enumerate().map(|(number, line)| {
-            line.map(|l| (format!("{name}:{}", number + 1), l))
+            line.map(|l| (Where::Line(number + 1), l))
                 .map_err(|e| Error::io(file, e))
         });
         self.youzan_lines(lines, &name, progress).await
@@ -366,7 +410,7 @@ impl<'a> Lander<'a> {
 
     async fn youzan_lines(
         &mut self,
-        lines: impl Iterator<Item = Result<(String, Vec<u8>)>>,
+        lines: impl Iterator<Item = Result<(Where, Vec<u8>)>>,
         label: &str,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
@@ -386,7 +430,7 @@ impl<'a> Lander<'a> {
             match orders::youzan_trade(&text, self.clock.zone, self.clock.received_at) {
                 Ok(row) => rows.push(row),
                 Err(rejection) => rejected.push(Rejected {
-                    location,
+                    location: location.text(label),
                     rejection,
                     raw: text,
                 }),
@@ -546,9 +590,10 @@ impl<'a> Lander<'a> {
             .collect();
         let platforms: Vec<String> = rows.iter().map(|(r, _)| r.platform.to_string()).collect();
         let ids: Vec<String> = rows.iter().map(|(r, _)| r.order_id.clone()).collect();
+        let orders = self.catalog.table("orders").await?;
         let existing = self
             .existing_keys(
-                "orders",
+                &orders,
                 &["platform", "order_id"],
                 vec![platforms, ids],
                 Some("record_hash"),
@@ -588,12 +633,12 @@ impl<'a> Lander<'a> {
     /// Keys of `table` among `keys` (columns of equal length), with an optional value column.
     async fn existing_keys(
         &self,
-        table: &str,
+        target: &shoal_catalog::Table,
         key_columns: &[&str],
         keys: Vec<Vec<String>>,
         value_column: Option<&str>,
     ) -> Result<HashMap<Vec<String>, Option<String>>> {
-        let target = self.catalog.table(table).await?;
+        let table = target.name();
         if target.version() == 0 {
             return Ok(HashMap::new());
         }
@@ -828,7 +873,7 @@ fn build(
         .map_err(|e| Error::Internal(format!("building a batch: {e}")))
 }
 
-fn events_batch(schema: &SchemaRef, rows: &[EventRow]) -> Result<RecordBatch> {
+fn events_batch(schema: &SchemaRef, rows: &[&EventRow]) -> Result<RecordBatch> {
     build(schema, rows.len(), |name| -> Option<ArrayRef> {
         Some(match name {
             "event_id" => texts(rows.iter().map(|r| Some(r.event_id.as_str()))),
