@@ -326,11 +326,14 @@ fn corrupt_order(
             .find(|(k, _)| k == amount_key)
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        set(
-            fields,
-            amount_key,
-            format!("-{}", amount.trim_start_matches('-')),
-        );
+        // An unpaid order's amount is 0.00, and -0.00 is no negative amount.
+        let amount = amount.trim_start_matches('-');
+        let amount = if amount.trim_start_matches(['0', '.']).is_empty() {
+            "1.00"
+        } else {
+            amount
+        };
+        set(fields, amount_key, format!("-{amount}"));
         planted::NEGATIVE_AMOUNT
     } else if roll < 0.015 {
         set(

@@ -120,6 +120,23 @@ fn every_planted_bad_row_is_accounted_for() {
     .sum();
     assert_eq!(report["quarantined"].as_u64(), Some(planted_bad));
 
+    let p = planted(&manifest, "youzan_trades.jsonl");
+    let report = ingest(&wh, "youzan", &[&data.join("youzan_trades.jsonl")]);
+    balanced(&report);
+    for (reason, kind) in [
+        ("invalid_json", "broken_json"),
+        ("negative_amount", "negative_amount"),
+        ("bad_timestamp", "bad_timestamp"),
+        ("bad_phone", "bad_phone"),
+        ("missing_required", "missing_required"),
+    ] {
+        assert_eq!(
+            report["reasons"][reason].as_u64().unwrap_or(0),
+            count(&p, kind),
+            "{reason}"
+        );
+    }
+
     // The batches table holds each report; the quarantine holds each rejected row.
     let list = json_ok(&shoal(
         &wh,
@@ -136,8 +153,10 @@ fn every_planted_bad_row_is_accounted_for() {
     let rows = list["rows"].as_array().expect("rows");
     assert_eq!(
         rows.len() as u64,
-        count(&planted(&manifest, "events.jsonl"), "negative_amount")
-            + count(&p, "negative_amount")
+        ["events.jsonl", "tmall_orders.csv", "youzan_trades.jsonl"]
+            .iter()
+            .map(|f| count(&planted(&manifest, f), "negative_amount"))
+            .sum::<u64>()
     );
     assert!(
         rows.iter()
@@ -150,7 +169,7 @@ fn every_planted_bad_row_is_accounted_for() {
         .iter()
         .find(|t| t["table"] == "batches")
         .expect("batches");
-    assert_eq!(batches["rows"], 2);
+    assert_eq!(batches["rows"], 3);
 }
 
 #[test]
