@@ -96,6 +96,14 @@ pub enum QuarantineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show every quarantined row at a location (all batches), raw text in full.
+    Show {
+        /// Location as `list` prints it (e.g. events.jsonl:42, "POST /v1/batch#3").
+        location: String,
+        /// Print as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-submit quarantined rows (not yet replayed) as a new batch, as stored or corrected.
     Replay {
         /// Only rows of this batch.

@@ -111,6 +111,33 @@ pub async fn quarantine(catalog: &Catalog, command: &QuarantineCommand) -> AppRe
             }
             Ok(())
         }
+        QuarantineCommand::Show { location, json } => {
+            let table = catalog.table("quarantine").await?;
+            let frame = select(&table, &None, &None, Some(location), false)
+                .await?
+                .sort(vec![col("quarantined_at").sort(true, false)])
+                .map_err(shoal_catalog::Error::from)?;
+            let rows = to_json_rows(&frame.collect().await.map_err(shoal_catalog::Error::from)?)?;
+            if rows.is_empty() {
+                return Err(AppError::BadRequest(format!(
+                    "nothing quarantined at '{location}'"
+                )));
+            }
+            if *json {
+                println!("{}", json!({"rows": rows}));
+            } else {
+                for row in &rows {
+                    let text = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+                    println!("batch      {}", text("batch_id"));
+                    println!("source     {}", text("source"));
+                    println!("at         {}", text("quarantined_at"));
+                    println!("reason     {}: {}", text("reason"), text("message"));
+                    println!("replayed   {}", row["replayed"].as_bool().unwrap_or(false));
+                    println!("raw\n{}\n", text("raw"));
+                }
+            }
+            Ok(())
+        }
         QuarantineCommand::List {
             batch,
             reason,

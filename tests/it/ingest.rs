@@ -367,6 +367,24 @@ fn quarantined_rows_can_be_fixed_and_replayed() {
         (Some(1), Some(2))
     );
 
+    let shown = json_ok(&shoal(
+        &wh,
+        &["quarantine", "show", "events.jsonl:2", "--json"],
+    ));
+    assert_eq!(shown["rows"][0]["reason"], "bad_timestamp");
+    assert!(
+        shown["rows"][0]["raw"]
+            .as_str()
+            .expect("raw")
+            .contains("2026-13-01")
+    );
+    let out = shoal(&wh, &["quarantine", "show", "events.jsonl:1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "line 1 landed; nothing is quarantined there"
+    );
+
     // Fix the timestamp of line 2 and replay just that row.
     let fix = dir.path().join("fix.json");
     std::fs::write(&fix, r#"{"type":"track","messageId":"r-2","anonymousId":"a","event":"purchase","timestamp":"2026-10-02T00:00:00Z"}"#).expect("fix");
