@@ -277,16 +277,8 @@ impl<'a> Lander<'a> {
         file: &Path,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
-        let name = file_name(file);
-        let reader = BufReader::with_capacity(
-            1 << 20,
-            std::fs::File::open(file).map_err(|e| Error::io(file, e))?,
-        );
-        let lines = reader.split(b'\n').enumerate().map(|(number, line)| {
-            line.map(|l| (Where::Line(number + 1), l))
-                .map_err(|e| Error::io(file, e))
-        });
-        self.segment_lines(lines, &name, progress).await
+        self.segment_lines(numbered_lines(file)?, &file_name(file), progress)
+            .await
     }
 
     /// Cleans, dedups and lands Segment messages, one per item (`location`, raw bytes).
@@ -399,13 +391,8 @@ impl<'a> Lander<'a> {
         file: &Path,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
-        let name = file_name(file);
-        let reader = BufReader::new(std::fs::File::open(file).map_err(|e| Error::io(file, e))?);
-        let lines = reader.split(b'\n').enumerate().map(|(number, line)| {
-            line.map(|l| (Where::Line(number + 1), l))
-                .map_err(|e| Error::io(file, e))
-        });
-        self.youzan_lines(lines, &name, progress).await
+        self.youzan_lines(numbered_lines(file)?, &file_name(file), progress)
+            .await
     }
 
     async fn youzan_lines(
@@ -791,6 +778,18 @@ impl<'a> Lander<'a> {
     fn note(&self) -> CommitNote {
         CommitNote::new("batch_id", self.batch_id.as_str()).with("source", self.kind.name())
     }
+}
+
+/// The lines of a file with their numbers, streamed.
+fn numbered_lines(file: &Path) -> Result<impl Iterator<Item = Result<(Where, Vec<u8>)>> + '_> {
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(file).map_err(|e| Error::io(file, e))?,
+    );
+    Ok(reader.split(b'\n').enumerate().map(move |(number, line)| {
+        line.map(|l| (Where::Line(number + 1), l))
+            .map_err(|e| Error::io(file, e))
+    }))
 }
 
 fn file_name(file: &Path) -> String {

@@ -7,8 +7,9 @@ mod sample;
 mod serve;
 mod tracking;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// Runs `shoal` with `args` against `warehouse`.
 pub fn shoal(warehouse: &Path, args: &[&str]) -> Output {
@@ -35,4 +36,44 @@ pub fn stdout_ok(output: &Output) -> String {
 /// Stdout of a successful run, as the one JSON object `--json` promises.
 pub fn json_ok(output: &Output) -> serde_json::Value {
     serde_json::from_str(stdout_ok(output).trim()).expect("one JSON object on stdout")
+}
+
+/// A running `shoal … serve`, stopped when dropped.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `shoal ARGS --http 127.0.0.1:0` and waits until it says where it listens.
+pub fn start_server(args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .args(["--http", "127.0.0.1:0"])
+        .env_remove("SHOAL_WAREHOUSE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shoal");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("server said where it listens")
+            .expect("line");
+        if let Some(rest) = line.strip_prefix("serving ") {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
 }

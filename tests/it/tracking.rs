@@ -1,39 +1,13 @@
 //! The tracking API with real clients: Segment's Python SDK, and hostile requests.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::Server;
 
 fn serve(warehouse: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--warehouse")
-        .arg(format!("file://{}", warehouse.display()))
-        .args(["serve", "--http", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start shoal");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let base = loop {
-        let line = lines.next().expect("address").expect("line");
-        if let Some(rest) = line.strip_prefix("serving ") {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
+    let location = format!("file://{}", warehouse.display());
+    crate::start_server(&["--warehouse", &location, "serve"])
 }
 
 fn write_key(warehouse: &Path) -> String {
