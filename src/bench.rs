@@ -18,6 +18,7 @@ import sys, time, duckdb
 src, out = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+con.execute("SET enable_progress_bar = false")
 query = f"""COPY (
   SELECT DISTINCT ON (messageId) messageId AS event_id, coalesce(event, type) AS event_name, type,
          ts AS event_time, anonymousId AS anonymous_id, userId AS login_id,
@@ -110,22 +111,22 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
         .arg(&out)
         .output();
     let duckdb = match duck {
-        Ok(o) if o.status.success() => {
+        Ok(o) => {
             let text = String::from_utf8_lossy(&o.stdout);
-            let mut parts = text.split_whitespace();
+            let last = text.lines().last().unwrap_or_default();
+            let mut parts = last.split_whitespace();
             let secs: Option<f64> = parts.next().and_then(|s| s.parse().ok());
             let rows: Option<u64> = parts.next().and_then(|s| s.parse().ok());
-            secs.zip(rows)
-        }
-        Ok(o) => {
-            eprintln!(
-                "DuckDB not measured: {}",
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("python failed")
-            );
-            None
+            let measured = secs.zip(rows).filter(|_| o.status.success());
+            if measured.is_none() {
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                eprintln!(
+                    "DuckDB not measured ({}): {}",
+                    o.status,
+                    stderr.lines().last().unwrap_or("no output")
+                );
+            }
+            measured
         }
         Err(e) => {
             eprintln!("DuckDB not measured: {e}");
@@ -168,7 +169,7 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
                 rows
             ),
             None => println!(
-                "duckdb   not measured (python3 with duckdb not found; set SHOAL_BENCH_PYTHON)"
+                "duckdb   not measured (the reason is above; SHOAL_BENCH_PYTHON picks the Python)"
             ),
         }
     }
