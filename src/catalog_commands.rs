@@ -49,26 +49,19 @@ pub async fn run(catalog: &mut Catalog, command: &CatalogCommand) -> AppResult<i
             Ok(if worst == Status::Fail { 1 } else { 0 })
         }
         CatalogCommand::Tables { json } => {
-            let mut rows = Vec::new();
-            for name in catalog.warehouse().table_names().await? {
-                let table = shoal_catalog::Table::open(catalog.warehouse(), &name).await?;
-                rows.push(json!({
-                    "table": name,
-                    "version": table.version(),
-                    "rows": table.row_count().await?,
-                    "last_commit": table.last_commit_time().await?,
-                }));
-            }
+            let tables = shoal_catalog::table_summaries(catalog.warehouse()).await?;
             if *json {
-                println!("{}", json!({"tables": rows}));
+                println!("{}", json!({"tables": tables}));
             } else {
                 let mut g = grid(&["table", "version", "rows", "last commit (UTC)"]);
-                for r in &rows {
+                for t in &tables {
                     g.add_row(vec![
-                        r["table"].as_str().unwrap_or_default().to_string(),
-                        r["version"].to_string(),
-                        r["rows"].to_string(),
-                        r["last_commit"].as_str().unwrap_or("-").to_string(),
+                        t.table.clone(),
+                        t.version.to_string(),
+                        t.rows.to_string(),
+                        t.last_commit
+                            .map(|c| c.to_rfc3339())
+                            .unwrap_or_else(|| "-".into()),
                     ]);
                 }
                 println!("{g}");

@@ -84,17 +84,8 @@ async fn catalog_check(State(state): State<AppState>) -> AppResult<Json<Value>> 
 
 async fn tables(State(state): State<AppState>) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await;
-    let mut rows = Vec::new();
-    for name in catalog.warehouse().table_names().await? {
-        let table = Table::open(catalog.warehouse(), &name).await?;
-        rows.push(json!({
-            "table": name,
-            "version": table.version(),
-            "rows": table.row_count().await?,
-            "last_commit": table.last_commit_time().await?,
-        }));
-    }
-    Ok(Json(json!({"tables": rows})))
+    let tables = shoal_catalog::table_summaries(catalog.warehouse()).await?;
+    Ok(Json(json!({"tables": tables})))
 }
 
 #[derive(Deserialize)]

@@ -25,5 +25,5 @@ pub use standard::{
     DECIMAL_PRECISION, DECIMAL_SCALE, DerivedCondition, DerivedConditions, FieldStandard,
     MonitorConfig, Sensitivity, TableDefinition, Thresholds, ValueType,
 };
-pub use table::{Commit, CommitNote, MergeOutcome, Table};
+pub use table::{Commit, CommitNote, MergeOutcome, Table, TableSummary, table_summaries};
 pub use warehouse::{DEFAULT_WAREHOUSE, Warehouse, validate_table_name};

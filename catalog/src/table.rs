@@ -44,6 +44,34 @@ pub struct Commit {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A table of the warehouse at its latest version, as listings show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TableSummary {
+    /// Table name.
+    pub table: String,
+    /// Latest version.
+    pub version: u64,
+    /// Rows at that version.
+    pub rows: u64,
+    /// Time of the newest commit.
+    pub last_commit: Option<DateTime<Utc>>,
+}
+
+/// Every Delta table of the warehouse with its version, rows and last commit, sorted by name.
+pub async fn table_summaries(warehouse: &Warehouse) -> Result<Vec<TableSummary>> {
+    let mut out = Vec::new();
+    for name in warehouse.table_names().await? {
+        let table = Table::open(warehouse, &name).await?;
+        out.push(TableSummary {
+            version: table.version(),
+            rows: table.row_count().await?,
+            last_commit: table.last_commit_time().await?,
+            table: name,
+        });
+    }
+    Ok(out)
+}
+
 /// What a MERGE did.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct MergeOutcome {

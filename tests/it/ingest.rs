@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::{json_ok, shoal};
+use crate::{json_ok, shoal, table_rows};
 
 fn sample(dir: &Path, users: &str) -> serde_json::Value {
     json_ok(&shoal(
@@ -162,14 +162,7 @@ fn every_planted_bad_row_is_accounted_for() {
         rows.iter()
             .all(|r| r["raw"].as_str().is_some_and(|raw| raw.contains('-')))
     );
-    let tables = json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
-    let batches = tables["tables"]
-        .as_array()
-        .expect("t")
-        .iter()
-        .find(|t| t["table"] == "batches")
-        .expect("batches");
-    assert_eq!(batches["rows"], 3);
+    assert_eq!(table_rows(&wh, "batches"), Some(3));
 }
 
 #[test]
@@ -196,16 +189,9 @@ fn re_imports_dedup_events_and_update_orders() {
     let export = ingest(&wh, "youzan", &[&data.join("youzan_export.csv")]);
     balanced(&export);
     assert!(export["updated"].as_u64().expect("updated") > 0, "{export}");
-    let tables = json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
-    let orders = tables["tables"]
-        .as_array()
-        .expect("t")
-        .iter()
-        .find(|t| t["table"] == "orders")
-        .expect("orders");
     let new = export["landed"].as_u64().expect("l") - export["updated"].as_u64().expect("u");
     assert_eq!(
-        orders["rows"].as_u64(),
+        table_rows(&wh, "orders"),
         Some(api["landed"].as_u64().expect("l") + new)
     );
 }
@@ -331,14 +317,7 @@ fn a_batch_killed_midway_and_retried_loses_and_doubles_nothing() {
 
     let retry = ingest(&wh, "segment", &[&events]);
     balanced(&retry);
-    let tables = json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
-    let rows = tables["tables"]
-        .as_array()
-        .expect("t")
-        .iter()
-        .find(|t| t["table"] == "events")
-        .expect("events")["rows"]
-        .as_u64();
+    let rows = table_rows(&wh, "events");
     assert_eq!(
         rows,
         reference["landed"].as_u64(),
@@ -421,15 +400,7 @@ fn quarantined_rows_can_be_fixed_and_replayed() {
     // Nothing is left to replay but the second failure, and --fix refuses an ambiguous selection.
     let out = shoal(&wh, &["quarantine", "replay", "--location", "nowhere:1"]);
     assert_eq!(out.status.code(), Some(2));
-    let tables = json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
-    let events_rows = tables["tables"]
-        .as_array()
-        .expect("t")
-        .iter()
-        .find(|t| t["table"] == "events")
-        .expect("e")["rows"]
-        .as_u64();
-    assert_eq!(events_rows, Some(2));
+    assert_eq!(table_rows(&wh, "events"), Some(2));
 
     // A CSV row carries its header, so it replays on its own.
     let csv = dir.path().join("tmall.csv");

@@ -38,6 +38,17 @@ pub fn json_ok(output: &Output) -> serde_json::Value {
     serde_json::from_str(stdout_ok(output).trim()).expect("one JSON object on stdout")
 }
 
+/// Rows of `table` as `shoal catalog tables --json` reports them.
+pub fn table_rows(warehouse: &Path, table: &str) -> Option<u64> {
+    let listed = json_ok(&shoal(warehouse, &["catalog", "tables", "--json"]));
+    listed["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .find(|t| t["table"] == table)
+        .and_then(|t| t["rows"].as_u64())
+}
+
 /// A running `shoal … serve`, stopped when dropped.
 pub struct Server {
     child: Child,

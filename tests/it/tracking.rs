@@ -157,16 +157,7 @@ async fn bad_requests_get_clear_errors_and_good_ones_are_committed_before_200() 
     );
 
     // Acknowledged means committed: a fresh reader sees the rows right away.
-    let tables = crate::json_ok(&crate::shoal(&wh, &["catalog", "tables", "--json"]));
-    let rows = |name: &str| {
-        tables["tables"]
-            .as_array()
-            .expect("t")
-            .iter()
-            .find(|t| t["table"] == name)
-            .expect("table")["rows"]
-            .as_u64()
-    };
+    let rows = |name: &str| crate::table_rows(&wh, name);
     assert_eq!(rows("events"), Some(2));
     assert_eq!(rows("quarantine"), Some(2));
     let list = crate::json_ok(&crate::shoal(
