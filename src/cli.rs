@@ -29,6 +29,11 @@ pub enum Command {
     /// Import files: clean, dedup and land them; quarantine what cannot be cleaned.
     Ingest(IngestArgs),
     /// Inspect quarantined rows.
+    /// Identity merge, then the wide tables (users, orders_wide) and tag bitmaps; incremental.
+    Build(BuildArgs),
+    /// Look into identity merge (why identities are one person) and undo a wrong link.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
     /// Manage write keys of the tracking API (/v1/*).
@@ -77,6 +82,44 @@ pub struct IngestArgs {
     /// Print the batch report as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Rewrite every day of events, not only the days with new or moved rows.
+    #[arg(long)]
+    pub full: bool,
+    /// Day that windowed counts and RFM recency count back from (default: today in the
+    /// catalog's zone).
+    #[arg(long)]
+    pub as_of: Option<chrono::NaiveDate>,
+    /// Print the build report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Show a person's identities, the path of links joining each, and refused links.
+    Explain {
+        /// The user id (a merged-away id is followed to its survivor).
+        user_id: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a wrong link (TYPE:VALUE TYPE:VALUE); the person splits when nothing else
+    /// joins the two sides. `shoal build` then moves their events and orders.
+    Unlink {
+        /// One end, e.g. anonymous_id:anon-shop-tablet-1a2b3c4d.
+        a: String,
+        /// The other end, e.g. login_id:u1000007.
+        b: String,
+        /// Why the link is wrong (kept in the log).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -111,6 +111,16 @@ pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()
             crate::ingest_commands::run(&catalog, source, &[path.as_path()], quiet).await?;
         println!("{}: {}", file.file, shoal_ingest::describe(&report));
     }
+    let build = crate::build_commands::run_build(
+        &catalog,
+        &shoal_ingest::build::BuildOptions {
+            full: false,
+            as_of: None,
+        },
+        quiet,
+    )
+    .await?;
+    println!("{}", crate::build_commands::describe(&build));
     let tables = catalog.warehouse().table_names().await?;
     println!(
         "warehouse {} ready: catalog revision {}, tables {}",

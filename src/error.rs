@@ -33,7 +33,8 @@ pub type AppResult<T> = Result<T, AppError>;
 impl AppError {
     fn status(&self) -> StatusCode {
         match self {
-            AppError::Catalog(shoal_catalog::Error::UnknownTable { .. }) => StatusCode::NOT_FOUND,
+            AppError::Catalog(shoal_catalog::Error::UnknownTable { .. })
+            | AppError::Ingest(shoal_ingest::Error::NotFound(_)) => StatusCode::NOT_FOUND,
             AppError::Catalog(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::Ingest(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,

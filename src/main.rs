@@ -1,6 +1,7 @@
 //! `shoal`: the command line and server that wire the Shoal crates together.
 
 mod bench;
+mod build_commands;
 mod catalog_commands;
 mod cli;
 mod demo;
@@ -66,6 +67,16 @@ async fn run(cli: Cli) -> AppResult<i32> {
             let catalog = open_catalog(&cli.warehouse).await?;
             let report = ingest_commands::ingest(&catalog, args, quiet).await?;
             Ok(if report.counts.balances() { 0 } else { 1 })
+        }
+        Command::Build(args) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            build_commands::build_command(&catalog, args, quiet).await?;
+            Ok(0)
+        }
+        Command::Identity(command) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            build_commands::identity_command(&catalog, command).await?;
+            Ok(0)
         }
         Command::Quarantine(command) => {
             let catalog = open_catalog(&cli.warehouse).await?;

@@ -18,6 +18,8 @@ use crate::error::{AppError, AppResult};
 pub struct AppState {
     pub(crate) catalog: Arc<RwLock<Catalog>>,
     pub(crate) tracking: Arc<crate::tracking::Tracking>,
+    /// Builds and identity edits run one at a time.
+    pub(crate) build_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The HTTP application: routes over a catalog.
@@ -25,6 +27,7 @@ pub fn app(catalog: Catalog) -> Router {
     let state = AppState {
         catalog: Arc::new(RwLock::new(catalog)),
         tracking: crate::tracking::state(),
+        build_lock: Arc::new(tokio::sync::Mutex::new(())),
     };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -33,6 +36,18 @@ pub fn app(catalog: Catalog) -> Router {
         .route("/api/catalog/check", get(catalog_check))
         .route("/api/tables", get(tables))
         .route("/api/tables/{name}/history", get(table_history))
+        .route(
+            "/api/build",
+            axum::routing::post(crate::build_commands::build_route),
+        )
+        .route(
+            "/api/identity/{user_id}",
+            get(crate::build_commands::explain_route),
+        )
+        .route(
+            "/api/identity/unlink",
+            axum::routing::post(crate::build_commands::unlink_route),
+        )
         .route(
             "/api/ingest",
             axum::routing::post(crate::uploads::upload)

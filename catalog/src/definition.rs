@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::identity::IdentityRules;
 use crate::role::Roles;
 use crate::standard::{DerivedConditions, TableDefinition, ValueType};
 use crate::table::{CommitNote, Table};
@@ -39,10 +40,24 @@ pub struct CatalogDefinition {
     pub derived: DerivedConditions,
     /// Roles and their grants.
     pub roles: Roles,
+    /// Identity types and the rules of identity merge.
+    #[serde(default = "default_identity")]
+    pub identity: IdentityRules,
 }
 
 fn default_zone() -> String {
     "UTC".to_string()
+}
+
+/// The shipped identity rules, for definitions saved before they existed.
+fn default_identity() -> IdentityRules {
+    #[derive(Deserialize)]
+    struct Shipped {
+        identity: IdentityRules,
+    }
+    toml::from_str::<Shipped>(DEFAULT_DEFINITION)
+        .map(|s| s.identity)
+        .unwrap_or(IdentityRules { types: Vec::new() })
 }
 
 impl CatalogDefinition {
@@ -189,6 +204,9 @@ impl CatalogDefinition {
         self.roles
             .check()
             .map_err(|reason| invalid("roles".into(), reason))?;
+        self.identity
+            .check()
+            .map_err(|(path, reason)| invalid(path, reason))?;
         Ok(())
     }
 }

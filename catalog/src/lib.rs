@@ -9,6 +9,7 @@
 
 mod definition;
 mod error;
+mod identity;
 mod monitor;
 mod role;
 mod standard;
@@ -19,11 +20,14 @@ pub use definition::{
     CATALOG_TABLE, Catalog, CatalogDefinition, CatalogRevision, DEFAULT_DEFINITION, parse_duration,
 };
 pub use error::{Error, Result, SnapshotRef};
+pub use identity::{IdentityRules, IdentityType};
 pub use monitor::{MonitorKind, MonitorResult, Status, check_all, check_table};
 pub use role::{LevelGrant, Role, RolePolicy, Roles, Visibility};
 pub use standard::{
     DECIMAL_PRECISION, DECIMAL_SCALE, DerivedCondition, DerivedConditions, FieldStandard,
     MonitorConfig, Sensitivity, TableDefinition, Thresholds, ValueType,
 };
-pub use table::{Commit, CommitNote, MergeOutcome, Table, TableSummary, table_summaries};
+pub use table::{
+    Commit, CommitNote, MergeOutcome, Table, TableSummary, table_summaries, write_session,
+};
 pub use warehouse::{DEFAULT_WAREHOUSE, Warehouse, validate_table_name};

@@ -10,7 +10,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, TimeZone, Utc};
 use datafusion::catalog::TableProvider;
-use datafusion::prelude::{SessionContext, col};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, col};
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::CommitProperties;
@@ -21,6 +21,12 @@ use serde::Serialize;
 
 use crate::error::{Error, Result, SnapshotRef};
 use crate::warehouse::{Warehouse, storage_options};
+
+/// A DataFusion session able to plan Delta writes: frames given to
+/// [`Table::overwrite_frame`] must be made in one of these.
+pub fn write_session() -> SessionContext {
+    deltalake::delta_datafusion::create_session().into_inner()
+}
 
 /// A Delta table of the warehouse, pinned at one snapshot.
 #[derive(Debug, Clone)]
@@ -246,6 +252,122 @@ impl Table {
         self.write(batches, SaveMode::Overwrite, note).await
     }
 
+    /// Replaces the rows matching `predicate` (a filter on partition columns, e.g. some days
+    /// of `events`) with `batches`, in one commit. Every row of `batches` must match it.
+    pub async fn replace_where(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        predicate: Expr,
+        note: CommitNote,
+    ) -> Result<u64> {
+        self.check_batches(&batches)?;
+        let partitions = self.partition_columns()?;
+        let written = self
+            .delta
+            .clone()
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(predicate)
+            .with_partition_columns(partitions)
+            .with_commit_properties(note.properties())
+            .await
+            .map_err(|e| self.write_error(e))?;
+        self.delta = written;
+        Ok(self.version())
+    }
+
+    /// Replaces the whole content with the rows of `frame`, streamed from its plan (never
+    /// held in memory whole), in one commit. `frame`'s columns must match the table's.
+    pub async fn overwrite_frame(&mut self, frame: DataFrame, note: CommitNote) -> Result<u64> {
+        let schema = self.schema()?;
+        let given = frame.schema().as_arrow();
+        for field in schema.fields() {
+            match given.field_with_name(field.name()) {
+                Ok(g) if types_compatible(g.data_type(), field.data_type()) => {}
+                Ok(g) => {
+                    return Err(Error::InvalidData {
+                        table: self.name.clone(),
+                        reason: format!(
+                            "column '{}' is {}, table has {}",
+                            field.name(),
+                            g.data_type(),
+                            field.data_type()
+                        ),
+                    });
+                }
+                Err(_) if field.is_nullable() => {}
+                Err(_) => {
+                    return Err(Error::InvalidData {
+                        table: self.name.clone(),
+                        reason: format!("lacks required column '{}'", field.name()),
+                    });
+                }
+            }
+        }
+        let partitions = self.partition_columns()?;
+        let (state, plan) = frame.into_parts();
+        let written = self
+            .delta
+            .clone()
+            .write(Vec::new())
+            .with_input_plan(plan)
+            .with_session_state(Arc::new(state))
+            .with_save_mode(SaveMode::Overwrite)
+            .with_partition_columns(partitions)
+            .with_commit_properties(note.properties())
+            .await
+            .map_err(|e| self.write_error(e))?;
+        self.delta = written;
+        Ok(self.version())
+    }
+
+    /// Sets `columns` of the rows whose `keys` match a row of `batches` (which hold the keys
+    /// and those columns); rows without a match are left alone. One commit.
+    pub async fn update_by_key(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        keys: &[&str],
+        columns: &[&str],
+        note: CommitNote,
+    ) -> Result<MergeOutcome> {
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(MergeOutcome {
+                version: self.version(),
+                inserted: 0,
+                updated: 0,
+            });
+        }
+        self.check_columns(&batches, true)?;
+        let ctx = SessionContext::new();
+        let source = ctx.read_batches(batches)?;
+        let predicate = keys
+            .iter()
+            .map(|k| col(format!("target.{k}")).eq(col(format!("source.{k}"))))
+            .reduce(|a, b| a.and(b))
+            .ok_or_else(|| Error::Internal("no update keys".into()))?;
+        let (delta, metrics) = self
+            .delta
+            .clone()
+            .merge(source, predicate)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_commit_properties(note.properties())
+            .when_matched_update(|update| {
+                columns
+                    .iter()
+                    .fold(update, |u, c| u.update(*c, col(format!("source.{c}"))))
+            })
+            .map_err(|e| self.write_error(e))?
+            .await
+            .map_err(|e| self.write_error(e))?;
+        self.delta = delta;
+        Ok(MergeOutcome {
+            version: self.version(),
+            inserted: metrics.num_target_rows_inserted,
+            updated: metrics.num_target_rows_updated,
+        })
+    }
+
     async fn write(
         &mut self,
         batches: Vec<RecordBatch>,
@@ -403,6 +525,11 @@ impl Table {
     }
 
     fn check_batches(&self, batches: &[RecordBatch]) -> Result<()> {
+        self.check_columns(batches, false)
+    }
+
+    /// `partial`: the batches may hold only some columns (an update of those).
+    fn check_columns(&self, batches: &[RecordBatch], partial: bool) -> Result<()> {
         let schema = self.schema()?;
         if let Some(first) = batches.first()
             && let Some(i) = batches.iter().position(|b| b.schema() != first.schema())
@@ -416,7 +543,7 @@ impl Table {
         for (i, batch) in batches.iter().enumerate() {
             for field in schema.fields() {
                 let Ok(column) = batch.schema().index_of(field.name()) else {
-                    if field.is_nullable() {
+                    if field.is_nullable() || partial {
                         continue;
                     }
                     return Err(Error::InvalidData {

@@ -24,6 +24,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// What was asked for does not exist (a user id, an identity, a link).
+    #[error("{0}")]
+    NotFound(String),
+
     /// A catalog operation failed.
     #[error(transparent)]
     Catalog(#[from] shoal_catalog::Error),
@@ -44,9 +48,21 @@ impl Error {
     /// True when the caller's input caused the error.
     pub fn is_user_error(&self) -> bool {
         match self {
-            Error::InvalidOptions(_) | Error::InvalidInput { .. } => true,
+            Error::InvalidOptions(_) | Error::InvalidInput { .. } | Error::NotFound(_) => true,
             Error::Catalog(e) => e.is_user_error(),
             Error::Io { .. } | Error::Internal(_) => false,
         }
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::Catalog(e.into())
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::Catalog(e.into())
     }
 }

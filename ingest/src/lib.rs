@@ -3,10 +3,15 @@
 //! Sources (Segment-compatible tracking messages, Youzan and Tmall order exports) are
 //! parsed, cleaned against the catalog's field standards, deduplicated and written to Delta
 //! tables; rows that cannot be cleaned go to the `quarantine` table with a reason. This crate
-//! also writes the deterministic sample world those sources look like (`sample`).
+//! also writes the deterministic sample world those sources look like (`sample`), merges
+//! identities into one dense user id per person (`identity`) and builds the wide tables
+//! (`build`).
 
+pub mod build;
 pub mod clean;
+mod columns;
 mod error;
+pub mod identity;
 mod land;
 pub mod orders;
 mod report;

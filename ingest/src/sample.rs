@@ -127,6 +127,7 @@ pub fn write_sample(
     files.push(write_tmall(dir, options, &people, &calendar)?);
     progress("orders", 3, 3);
 
+    write_truth(dir, &people)?;
     let manifest = SampleManifest {
         users: options.users,
         seed: options.seed,
@@ -140,6 +141,48 @@ pub fn write_sample(
         .map_err(|e| Error::Internal(format!("manifest: {e}")))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
     Ok(manifest)
+}
+
+/// The file holding every person's true identities (not for import: tests compare identity
+/// merge with it).
+pub const TRUTH_FILE: &str = "truth.jsonl";
+
+/// One person as the world made them, in `truth.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TruePerson {
+    /// Index of the person.
+    pub person: u32,
+    /// Identities by catalog type (`anonymous_id`, `login_id`, `phone` in E.164, …).
+    pub identities: BTreeMap<String, Vec<String>>,
+}
+
+fn write_truth(dir: &Path, people: &[Person]) -> Result<()> {
+    let mut out = create(dir, TRUTH_FILE)?;
+    let path = dir.join(TRUTH_FILE);
+    for (i, p) in people.iter().enumerate() {
+        let mut identities: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        identities.insert("anonymous_id".into(), p.devices.clone());
+        let mut put = |ty: &str, v: Option<String>| {
+            if let Some(v) = v {
+                identities.insert(ty.to_string(), vec![v]);
+            }
+        };
+        put("login_id", p.login.clone());
+        put("phone", p.phone.as_ref().map(|n| format!("+86{n}")));
+        put("wechat_unionid", p.unionid.clone());
+        put(
+            "youzan_buyer_id",
+            p.youzan.as_ref().map(|y| y.0.to_string()),
+        );
+        put("tmall_buyer_id", p.tmall.clone());
+        let line = serde_json::to_string(&TruePerson {
+            person: i as u32,
+            identities,
+        })
+        .map_err(|e| Error::Internal(format!("truth: {e}")))?;
+        writeln!(out, "{line}").map_err(|e| Error::io(&path, e))?;
+    }
+    out.flush().map_err(|e| Error::io(&path, e))
 }
 
 /// One shop tablet per 2,000 people, each used by 25 of them.

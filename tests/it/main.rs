@@ -1,5 +1,6 @@
 //! End-to-end tests of the `shoal` binary on generated data.
 
+mod build;
 mod catalog_cli;
 mod ingest;
 mod s3;

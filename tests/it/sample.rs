@@ -54,6 +54,7 @@ fn the_same_seed_writes_the_same_bytes() {
             "events.jsonl",
             "manifest.json",
             "tmall_orders.csv",
+            "truth.jsonl",
             "youzan_export.csv",
             "youzan_trades.jsonl"
         ]

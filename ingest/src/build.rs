@@ -1,0 +1,1184 @@
+//! The build: identity merge, then the wide tables and tag bitmaps, after each ingest.
+//!
+//! 1. Identity merge (`identity`): every identity's person.
+//! 2. `events`: the days holding events without a person (or of people merged or split
+//!    since the last build) are rewritten with the resolved `user_id`, sorted by
+//!    (user_id, event_time); their (event, day) bitmaps are rebuilt from the same rows.
+//! 3. `orders`: `user_id` set where missing or stale.
+//! 4. `users`: one row per person — profile traits (latest non-null by event time, typed by
+//!    the catalog's standards; others kept in `traits`), identities, activity, orders, GMV,
+//!    windowed event counts and RFM scores as of one day — and its enum/bool bitmaps.
+//! 5. `orders_wide`: orders with their buyer's attributes.
+//! 6. A row in `builds` with what was done.
+//!
+//! Every step is idempotent and each commit is atomic, so a build cut short is completed by
+//! the next one (events keep `user_id` null until a build resolves them).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array,
+    Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::compute::{
+    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
+};
+use chrono::{DateTime, NaiveDate, Utc};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionContext, col, lit};
+use datafusion::scalar::ScalarValue;
+use roaring::RoaringBitmap;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use shoal_catalog::{Catalog, CommitNote, FieldStandard, ValueType};
+
+use crate::columns::{for_each_batch, get, get_int, ints, scan, text, text_array};
+use crate::error::{Error, Result};
+use crate::identity::{MergeReport, Resolved, merge_identities};
+
+/// Rows of `events` rewritten per commit, unless `SHOAL_BUILD_CHUNK_ROWS` says otherwise.
+pub const BUILD_CHUNK_ROWS: usize = 2_000_000;
+
+/// The event that subscribes to the official account, and the one that leaves it.
+pub const FOLLOW_EVENTS: (&str, &str) = ("follow_official_account", "unfollow_official_account");
+
+/// Order statuses that count as a purchase (paid, whatever happened after).
+pub const PAID_STATUSES: &[&str] = &["paid", "shipped", "completed", "refunded"];
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Rewrite every day of `events`, not only those with new or moved rows.
+    pub full: bool,
+    /// The day windowed counts and RFM recency count back from (default: today in the
+    /// catalog's zone).
+    pub as_of: Option<NaiveDate>,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// Build id.
+    pub build_id: String,
+    /// Whether every day of events was rewritten.
+    pub full: bool,
+    /// Day the features count back from.
+    pub as_of: NaiveDate,
+    /// Identity merge.
+    pub identity: MergeReport,
+    /// Events given a person (were null).
+    pub events_resolved: u64,
+    /// Events moved to another person (merge or split).
+    pub events_moved: u64,
+    /// Events left without a person (no known identity; should stay 0).
+    pub events_unresolved: u64,
+    /// Days of events rewritten.
+    pub days_rewritten: u64,
+    /// Events rewritten (all rows of those days).
+    pub events_rewritten: u64,
+    /// Orders whose person was set or changed.
+    pub orders_resolved: u64,
+    /// Rows of `users`.
+    pub users: u64,
+    /// Rows of `orders_wide`.
+    pub orders_wide: u64,
+    /// Bitmaps written: (column values, event days).
+    pub tag_bitmaps: (u64, u64),
+    /// Seconds per step.
+    pub seconds: BTreeMap<String, f64>,
+    /// Table versions after the build.
+    pub versions: BTreeMap<String, u64>,
+}
+
+fn chunk_rows() -> usize {
+    std::env::var("SHOAL_BUILD_CHUNK_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(BUILD_CHUNK_ROWS)
+}
+
+/// Runs a build. `progress` hears (step, done, total).
+pub async fn build(
+    catalog: &Catalog,
+    options: &BuildOptions,
+    progress: &mut (dyn FnMut(&str, u64, u64) + Send),
+) -> Result<BuildReport> {
+    let started = Utc::now();
+    let zone = crate::clean::zone_offset(&catalog.definition().time_zone).ok_or_else(|| {
+        Error::InvalidOptions(format!(
+            "time zone '{}' is not known",
+            catalog.definition().time_zone
+        ))
+    })?;
+    let as_of = options
+        .as_of
+        .unwrap_or_else(|| started.with_timezone(&zone).date_naive());
+    let build_id = format!("build-{}", started.format("%Y%m%dT%H%M%S%.6fZ"));
+    let ctx = SessionContext::new();
+    let mut seconds = BTreeMap::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &str, seconds: &mut BTreeMap<String, f64>| {
+        seconds.insert(name.to_string(), clock.elapsed().as_secs_f64());
+        clock = Instant::now();
+    };
+
+    progress("identity", 0, 1);
+    let since = last_build_start(catalog, &ctx).await?;
+    let (resolved, identity) = merge_identities(catalog, started).await?;
+    let moves = Moves::load(catalog, &ctx, &resolved, since).await?;
+    lap("identity", &mut seconds);
+
+    let mut report = BuildReport {
+        build_id: build_id.clone(),
+        full: options.full,
+        as_of,
+        identity,
+        events_resolved: 0,
+        events_moved: 0,
+        events_unresolved: 0,
+        days_rewritten: 0,
+        events_rewritten: 0,
+        orders_resolved: 0,
+        users: 0,
+        orders_wide: 0,
+        tag_bitmaps: (0, 0),
+        seconds: BTreeMap::new(),
+        versions: BTreeMap::new(),
+    };
+    let note = CommitNote::new("operation", "build").with("build_id", build_id.clone());
+
+    rewrite_events(
+        catalog,
+        &ctx,
+        &resolved,
+        &moves,
+        options.full,
+        &note,
+        &mut report,
+        progress,
+    )
+    .await?;
+    lap("events", &mut seconds);
+    progress("orders", 0, 1);
+    resolve_orders(catalog, &ctx, &resolved, &moves, &note, &mut report).await?;
+    lap("orders", &mut seconds);
+    progress("users", 0, 1);
+    build_users(catalog, &resolved, as_of, started, &note, &mut report).await?;
+    lap("users", &mut seconds);
+    progress("orders_wide", 0, 1);
+    build_orders_wide(catalog, &note, &mut report).await?;
+    lap("orders_wide", &mut seconds);
+
+    for name in [
+        "events",
+        "orders",
+        "users",
+        "orders_wide",
+        "identity_links",
+        "tag_bitmaps",
+    ] {
+        report
+            .versions
+            .insert(name.to_string(), catalog.table(name).await?.version());
+    }
+    report.seconds = seconds;
+    let finished = Utc::now();
+    let json = serde_json::to_string(&report)
+        .map_err(|e| Error::Internal(format!("build report: {e}")))?;
+    let row = RecordBatch::try_from_iter(vec![
+        ("build_id", text_array([Some(build_id.as_str())])),
+        ("started_at", times(vec![started.timestamp_micros()])),
+        ("finished_at", times(vec![finished.timestamp_micros()])),
+        (
+            "full",
+            Arc::new(arrow::array::BooleanArray::from(vec![options.full])) as ArrayRef,
+        ),
+        ("report", text_array([Some(json.as_str())])),
+    ])?;
+    catalog
+        .table("builds")
+        .await?
+        .append(vec![row], note)
+        .await?;
+    progress("done", 1, 1);
+    Ok(report)
+}
+
+fn times(values: Vec<i64>) -> ArrayRef {
+    Arc::new(arrow::array::TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+async fn last_build_start(catalog: &Catalog, ctx: &SessionContext) -> Result<Option<i64>> {
+    let builds = catalog.table("builds").await?;
+    let batches = ctx
+        .read_table(builds.provider().await?)?
+        .aggregate(
+            vec![],
+            vec![datafusion::functions_aggregate::expr_fn::max(col("started_at")).alias("s")],
+        )?
+        .collect()
+        .await?;
+    let mut out = None;
+    for b in &batches {
+        out = get_int(&ints(b, "s")?, 0).or(out);
+    }
+    Ok(out)
+}
+
+/// People whose rows must move: merged away (to their survivor) or split (look up again).
+struct Moves {
+    merged: HashMap<u32, u32>,
+    split: HashSet<u32>,
+}
+
+impl Moves {
+    async fn load(
+        catalog: &Catalog,
+        ctx: &SessionContext,
+        resolved: &Resolved,
+        since: Option<i64>,
+    ) -> Result<Moves> {
+        let mut merged = resolved.merged.clone();
+        let mut split = HashSet::new();
+        // Merges and splits logged since the last build started (by a build cut short, or by
+        // `identity unlink`) still have rows to move.
+        if let Some(since) = since {
+            let table = catalog.table("identity_merges").await?;
+            let filter = col("at").gt_eq(lit(ScalarValue::TimestampMicrosecond(
+                Some(since),
+                Some("UTC".into()),
+            )));
+            for_each_batch(
+                scan(
+                    ctx,
+                    &table,
+                    &["from_user_id", "into_user_id", "kind"],
+                    Some(filter),
+                )
+                .await?,
+                |batch| {
+                    let (f, t, k) = (
+                        ints(batch, "from_user_id")?,
+                        ints(batch, "into_user_id")?,
+                        text(batch, "kind")?,
+                    );
+                    for i in 0..batch.num_rows() {
+                        let (Some(from), Some(into)) = (get_int(&f, i), get_int(&t, i)) else {
+                            continue;
+                        };
+                        match get(&k, i) {
+                            Some("split") => {
+                                split.insert(from as u32);
+                            }
+                            _ => {
+                                merged.entry(from as u32).or_insert(into as u32);
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        // Follow chains (a → b → c) to the survivor.
+        let keys: Vec<u32> = merged.keys().copied().collect();
+        for k in keys {
+            let mut target = merged[&k];
+            for _ in 0..64 {
+                match merged.get(&target) {
+                    Some(&next) if next != target => target = next,
+                    _ => break,
+                }
+            }
+            merged.insert(k, target);
+        }
+        Ok(Moves { merged, split })
+    }
+
+    fn touched(&self) -> Vec<i64> {
+        let mut out: Vec<i64> = self
+            .merged
+            .keys()
+            .chain(self.split.iter())
+            .map(|u| i64::from(*u))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The person of a row now: `current` if still right, else looked up by `lookup`.
+    fn resolve(&self, current: Option<i64>, lookup: impl FnOnce() -> Option<u32>) -> Step {
+        match current {
+            Some(u) if !self.split.contains(&(u as u32)) => match self.merged.get(&(u as u32)) {
+                Some(into) => Step::Moved(*into),
+                None => Step::Kept(u as u32),
+            },
+            Some(u) => match lookup() {
+                Some(n) if n != u as u32 => Step::Moved(n),
+                Some(n) => Step::Kept(n),
+                None => Step::Kept(u as u32),
+            },
+            None => match lookup() {
+                Some(n) => Step::Resolved(n),
+                None => Step::Unresolved,
+            },
+        }
+    }
+}
+
+enum Step {
+    Kept(u32),
+    Moved(u32),
+    Resolved(u32),
+    Unresolved,
+}
+
+impl Step {
+    fn user(&self) -> Option<i64> {
+        match self {
+            Step::Kept(u) | Step::Moved(u) | Step::Resolved(u) => Some(i64::from(*u)),
+            Step::Unresolved => None,
+        }
+    }
+}
+
+fn stale_filter(moves: &Moves) -> datafusion::prelude::Expr {
+    let touched = moves.touched();
+    let mut filter = col("user_id").is_null();
+    if !touched.is_empty() {
+        filter = filter.or(col("user_id").in_list(touched.into_iter().map(lit).collect(), false));
+    }
+    filter
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn rewrite_events(
+    catalog: &Catalog,
+    ctx: &SessionContext,
+    resolved: &Resolved,
+    moves: &Moves,
+    full: bool,
+    note: &CommitNote,
+    report: &mut BuildReport,
+    progress: &mut (dyn FnMut(&str, u64, u64) + Send),
+) -> Result<()> {
+    let mut events = catalog.table("events").await?;
+    let frame = ctx.read_table(events.provider().await?)?;
+    let count = datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n");
+    let per_day = |frame: datafusion::prelude::DataFrame| async {
+        let mut out: BTreeMap<i32, u64> = BTreeMap::new();
+        for b in frame
+            .aggregate(vec![col("event_date")], vec![count.clone()])?
+            .collect()
+            .await?
+        {
+            let (d, n) = (ints(&b, "event_date")?, ints(&b, "n")?);
+            for i in 0..b.num_rows() {
+                if let (Some(d), Some(n)) = (get_int(&d, i), get_int(&n, i)) {
+                    out.insert(d as i32, n as u64);
+                }
+            }
+        }
+        Ok::<_, Error>(out)
+    };
+    let all_days = per_day(frame.clone()).await?;
+    let days: Vec<i32> = if full {
+        all_days.keys().copied().collect()
+    } else {
+        per_day(frame.filter(stale_filter(moves))?)
+            .await?
+            .keys()
+            .copied()
+            .collect()
+    };
+    // Group days into commits of about `chunk_rows` rows.
+    let limit = chunk_rows() as u64;
+    let mut chunks: Vec<Vec<i32>> = Vec::new();
+    let mut rows = 0u64;
+    for d in days {
+        let n = all_days.get(&d).copied().unwrap_or(0);
+        match chunks.last_mut() {
+            Some(chunk) if rows + n <= limit => chunk.push(d),
+            _ => {
+                chunks.push(vec![d]);
+                rows = 0;
+            }
+        }
+        rows += n;
+    }
+    let total = chunks.len() as u64;
+    let mut day_bitmaps = BitmapRows::default();
+    for (i, chunk) in chunks.iter().enumerate() {
+        progress("events", i as u64, total);
+        let dates: Vec<_> = chunk
+            .iter()
+            .map(|d| lit(ScalarValue::Date32(Some(*d))))
+            .collect();
+        let predicate = col("event_date").in_list(dates, false);
+        let batches = ctx
+            .read_table(events.provider().await?)?
+            .filter(predicate.clone())?
+            .collect()
+            .await?;
+        let schema = events.schema()?;
+        let batches = batches
+            .iter()
+            .map(|b| conform(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        if batches.is_empty() {
+            continue;
+        }
+        let batch = concat_batches(&schema, &batches)?;
+        let users = resolve_events(&batch, resolved, moves, report)?;
+        let batch = with_column(&batch, "user_id", Arc::new(users))?;
+        let batch = sort_events(&batch)?;
+        collect_day_bitmaps(&batch, &mut day_bitmaps)?;
+        report.events_rewritten += batch.num_rows() as u64;
+        report.days_rewritten += chunk.len() as u64;
+        let pieces = split_batch(&batch, 262_144);
+        events
+            .replace_where(pieces, predicate, note.clone())
+            .await?;
+    }
+    progress("events", total, total);
+    let source_version = events.version();
+    if !day_bitmaps.is_empty() {
+        report.tag_bitmaps.1 = day_bitmaps.len() as u64;
+        let mut tags = catalog.table("tag_bitmaps").await?;
+        tags.merge(
+            vec![day_bitmaps.batch("event_day", source_version)?],
+            &["kind", "name", "value"],
+            note.clone(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Casts a scanned batch to the table's own column types (scans may return string views).
+fn conform(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
+            None => Ok(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+fn with_column(batch: &RecordBatch, name: &str, column: ArrayRef) -> Result<RecordBatch> {
+    let index = batch.schema().index_of(name)?;
+    let mut columns = batch.columns().to_vec();
+    let wanted = batch.schema().field(index).data_type().clone();
+    columns[index] = if column.data_type() == &wanted {
+        column
+    } else {
+        arrow::compute::cast(&column, &wanted)?
+    };
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+fn resolve_events(
+    batch: &RecordBatch,
+    resolved: &Resolved,
+    moves: &Moves,
+    report: &mut BuildReport,
+) -> Result<Int64Array> {
+    let current = ints(batch, "user_id")?;
+    let ids: Vec<(arrow::array::StringArray, u8)> = resolved
+        .rules
+        .event_columns()
+        .iter()
+        .map(|(c, ty)| Ok((text(batch, c)?, *ty)))
+        .collect::<Result<_>>()?;
+    let mut out = Int64Builder::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let step = moves.resolve(get_int(&current, i), || {
+            ids.iter()
+                .find_map(|(array, ty)| get(array, i).and_then(|v| resolved.user(*ty, v)))
+        });
+        match step {
+            Step::Resolved(_) => report.events_resolved += 1,
+            Step::Moved(_) => report.events_moved += 1,
+            Step::Unresolved => report.events_unresolved += 1,
+            Step::Kept(_) => {}
+        }
+        out.append_option(step.user());
+    }
+    Ok(out.finish())
+}
+
+fn sort_events(batch: &RecordBatch) -> Result<RecordBatch> {
+    let by = |name: &str| -> Result<SortColumn> {
+        Ok(SortColumn {
+            values: batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("events lacks {name}")))?,
+            options: Some(SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
+        })
+    };
+    let indices = lexsort_to_indices(&[by("user_id")?, by("event_time")?, by("event_id")?], None)?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+fn split_batch(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
+    (0..batch.num_rows())
+        .step_by(rows.max(1))
+        .map(|start| batch.slice(start, rows.min(batch.num_rows() - start)))
+        .collect()
+}
+
+/// Bitmaps keyed by (name, value).
+#[derive(Default)]
+struct BitmapRows {
+    maps: BTreeMap<(String, String), RoaringBitmap>,
+}
+
+impl BitmapRows {
+    fn add(&mut self, name: &str, value: String, user: u32) {
+        self.maps
+            .entry((name.to_string(), value))
+            .or_default()
+            .insert(user);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    fn batch(self, kind: &str, source_version: u64) -> Result<RecordBatch> {
+        let mut names = Vec::new();
+        let mut values = Vec::new();
+        let mut sizes = Vec::new();
+        let mut blobs: Vec<Vec<u8>> = Vec::new();
+        for ((name, value), bitmap) in self.maps {
+            let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+            bitmap
+                .serialize_into(&mut bytes)
+                .map_err(|e| Error::Internal(format!("serialising a bitmap: {e}")))?;
+            names.push(name);
+            values.push(value);
+            sizes.push(bitmap.len() as i64);
+            blobs.push(bytes);
+        }
+        let n = names.len();
+        Ok(RecordBatch::try_from_iter(vec![
+            ("kind", text_array(std::iter::repeat_n(Some(kind), n))),
+            ("name", text_array(names.iter().map(Some))),
+            ("value", text_array(values.iter().map(Some))),
+            ("users", Arc::new(Int64Array::from(sizes)) as ArrayRef),
+            (
+                "bitmap",
+                Arc::new(BinaryArray::from_iter_values(blobs.iter())) as ArrayRef,
+            ),
+            (
+                "source_version",
+                Arc::new(Int64Array::from(vec![source_version as i64; n])),
+            ),
+        ])?)
+    }
+}
+
+fn day_text(days: i32) -> String {
+    (NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default() + chrono::Duration::days(days.into()))
+        .to_string()
+}
+
+fn collect_day_bitmaps(batch: &RecordBatch, out: &mut BitmapRows) -> Result<()> {
+    let names = text(batch, "event_name")?;
+    let days = ints(batch, "event_date")?;
+    let users = ints(batch, "user_id")?;
+    let mut seen: HashMap<(&str, i64), RoaringBitmap> = HashMap::new();
+    for i in 0..batch.num_rows() {
+        if let (Some(n), Some(d), Some(u)) = (get(&names, i), get_int(&days, i), get_int(&users, i))
+        {
+            seen.entry((n, d)).or_default().insert(u as u32);
+        }
+    }
+    for ((name, day), bitmap) in seen {
+        out.maps
+            .insert((name.to_string(), day_text(day as i32)), bitmap);
+    }
+    Ok(())
+}
+
+async fn resolve_orders(
+    catalog: &Catalog,
+    ctx: &SessionContext,
+    resolved: &Resolved,
+    moves: &Moves,
+    note: &CommitNote,
+    report: &mut BuildReport,
+) -> Result<()> {
+    let mut orders = catalog.table("orders").await?;
+    let mut columns: Vec<&str> = vec!["platform", "order_id", "user_id"];
+    for (c, _, _) in resolved.rules.order_columns() {
+        if !columns.contains(&c.as_str()) {
+            columns.push(c);
+        }
+    }
+    let (mut platforms, mut order_ids, mut users) = (Vec::new(), Vec::new(), Vec::new());
+    for_each_batch(
+        scan(ctx, &orders, &columns, Some(stale_filter(moves))).await?,
+        |batch| {
+            let platform = text(batch, "platform")?;
+            let order_id = text(batch, "order_id")?;
+            let current = ints(batch, "user_id")?;
+            let ids: Vec<(arrow::array::StringArray, Option<&str>, u8)> = resolved
+                .rules
+                .order_columns()
+                .iter()
+                .map(|(c, p, ty)| Ok((text(batch, c)?, p.as_deref(), *ty)))
+                .collect::<Result<_>>()?;
+            for i in 0..batch.num_rows() {
+                let p = get(&platform, i).unwrap_or_default();
+                let step = moves.resolve(get_int(&current, i), || {
+                    ids.iter()
+                        .filter(|(_, only, _)| only.is_none_or(|o| o == p))
+                        .find_map(|(a, _, ty)| get(a, i).and_then(|v| resolved.user(*ty, v)))
+                });
+                if matches!(step, Step::Moved(_) | Step::Resolved(_)) {
+                    platforms.push(p.to_string());
+                    order_ids.push(get(&order_id, i).unwrap_or_default().to_string());
+                    users.push(step.user());
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    report.orders_resolved = users.len() as u64;
+    if users.is_empty() {
+        return Ok(());
+    }
+    let batch = RecordBatch::try_from_iter(vec![
+        ("platform", text_array(platforms.iter().map(Some))),
+        ("order_id", text_array(order_ids.iter().map(Some))),
+        ("user_id", Arc::new(Int64Array::from(users)) as ArrayRef),
+    ])?;
+    orders
+        .update_by_key(
+            vec![batch],
+            &["platform", "order_id"],
+            &["user_id"],
+            note.clone(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Columns of `users` the build computes; every other column is a profile trait.
+fn computed(field: &str, identity_types: &[String]) -> bool {
+    const COMPUTED: &[&str] = &[
+        "user_id",
+        "first_seen",
+        "last_seen",
+        "active_days",
+        "orders_count",
+        "gmv",
+        "avg_order_value",
+        "last_order_at",
+        "follows_official_account",
+        "rfm_segment",
+        "rfm_r",
+        "rfm_f",
+        "rfm_m",
+        "platforms",
+        "identity_count",
+        "traits",
+        "features_as_of",
+        "updated_at",
+    ];
+    COMPUTED.contains(&field)
+        || identity_types.iter().any(|t| t == field)
+        || window_count(field).is_some()
+}
+
+/// `view_item_7d` → ("view_item", 7).
+pub fn window_count(field: &str) -> Option<(&str, u32)> {
+    let rest = field.strip_suffix('d')?;
+    let (event, days) = rest.rsplit_once('_')?;
+    let days: u32 = days.parse().ok()?;
+    (!event.is_empty() && days > 0).then_some((event, days))
+}
+
+async fn build_users(
+    catalog: &Catalog,
+    resolved: &Resolved,
+    as_of: NaiveDate,
+    now: DateTime<Utc>,
+    note: &CommitNote,
+    report: &mut BuildReport,
+) -> Result<()> {
+    let definition = catalog.definition();
+    let users_def = definition.table("users")?;
+    let identity_types: Vec<String> = resolved
+        .rules
+        .types
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let trait_fields: Vec<&FieldStandard> = users_def
+        .fields
+        .iter()
+        .filter(|f| !computed(&f.name, &identity_types))
+        .collect();
+    let identity_traits: HashSet<String> = definition
+        .identity
+        .types
+        .iter()
+        .flat_map(|t| t.traits.iter().cloned())
+        .collect();
+
+    let ctx = shoal_catalog::write_session();
+    let events = catalog.table("events").await?;
+    let orders = catalog.table("orders").await?;
+    let links = catalog.table("identity_links").await?;
+    ctx.register_table("events", events.provider().await?)?;
+    ctx.register_table("orders", orders.provider().await?)?;
+    ctx.register_table("identity_links", links.provider().await?)?;
+
+    // Profile traits: latest non-null value per key, by event time.
+    let profile = profile_table(&ctx, &trait_fields, &identity_traits).await?;
+    ctx.register_table("profile", Arc::new(profile))?;
+
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    let as_of_days = (as_of - epoch).num_days();
+    let mut window_columns = Vec::new();
+    for f in &users_def.fields {
+        if let Some((event, days)) = window_count(&f.name) {
+            window_columns.push(format!(
+                "sum(CASE WHEN event_name = '{}' AND event_date > arrow_cast({}, 'Date32') AND event_date <= arrow_cast({}, 'Date32') THEN 1 ELSE 0 END) AS \"{}\"",
+                event.replace('\'', "''"),
+                as_of_days - i64::from(days),
+                as_of_days,
+                f.name
+            ));
+        }
+    }
+    let identity_columns: Vec<String> = identity_types
+        .iter()
+        .filter(|t| users_def.field(t).is_some())
+        .map(|t| {
+            format!(
+                "first_value(id_value ORDER BY first_seen DESC, id_value) FILTER (WHERE id_type = '{t}') AS \"{t}\""
+            )
+        })
+        .collect();
+    let paid = PAID_STATUSES
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "WITH people AS (
+            SELECT user_id, count(*) AS identity_count{identity_columns}
+            FROM identity_links GROUP BY user_id),
+         ev AS (
+            SELECT user_id AS ev_user_id, min(event_time) AS first_seen, max(event_time) AS last_seen,
+                   count(DISTINCT event_date) AS active_days{window_columns},
+                   max(CASE WHEN event_name = '{follow}' THEN event_time END) AS last_follow,
+                   max(CASE WHEN event_name = '{unfollow}' THEN event_time END) AS last_unfollow
+            FROM events WHERE user_id IS NOT NULL GROUP BY user_id),
+         od AS (
+            SELECT user_id AS od_user_id, count(*) AS orders_count,
+                   sum(amount - coalesce(refund_amount, arrow_cast(0, 'Decimal128(18, 2)'))) AS gmv,
+                   max(created_at) AS last_order_at,
+                   array_to_string(array_sort(array_distinct(array_agg(platform))), ',') AS platforms
+            FROM orders WHERE user_id IS NOT NULL AND status IN ({paid}) GROUP BY user_id),
+         scored AS (
+            SELECT od_user_id AS sc_user_id,
+              least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY last_order_at) * 5) AS BIGINT)) AS rfm_r,
+              least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY orders_count) * 5) AS BIGINT)) AS rfm_f,
+              least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY gmv) * 5) AS BIGINT)) AS rfm_m
+            FROM od)
+         SELECT * FROM people
+           LEFT JOIN ev ON ev_user_id = user_id
+           LEFT JOIN od ON od_user_id = user_id
+           LEFT JOIN scored ON sc_user_id = user_id
+           LEFT JOIN profile ON profile_user_id = user_id",
+        identity_columns = prefixed(&identity_columns),
+        window_columns = prefixed(&window_columns),
+        follow = FOLLOW_EVENTS.0,
+        unfollow = FOLLOW_EVENTS.1,
+    );
+    let joined = ctx.sql(&sql).await?;
+    let available: HashSet<String> = joined
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut projection = Vec::new();
+    for f in &users_def.fields {
+        let ty = f.value_type.arrow_type();
+        let expr = match f.name.as_str() {
+            "follows_official_account" => datafusion::prelude::when(
+                col("last_follow").is_not_null().and(
+                    col("last_unfollow")
+                        .is_null()
+                        .or(col("last_follow").gt(col("last_unfollow"))),
+                ),
+                lit(true),
+            )
+            .otherwise(lit(false))?,
+            "orders_count" => datafusion::prelude::coalesce(vec![col("orders_count"), lit(0i64)]),
+            "avg_order_value" => col("gmv") / col("orders_count"),
+            "rfm_segment" => rfm_segment(),
+            "features_as_of" => lit(ScalarValue::Date32(Some(as_of_days as i32))),
+            "updated_at" => lit(ScalarValue::TimestampMicrosecond(
+                Some(now.timestamp_micros()),
+                Some("UTC".into()),
+            )),
+            name if available.contains(name) => col(name),
+            _ => lit(ScalarValue::try_from(&ty)?),
+        };
+        projection.push(datafusion::prelude::cast(expr, ty).alias(&f.name));
+    }
+    let frame = joined
+        .select(projection)?
+        .sort(vec![col("user_id").sort(true, false)])?;
+    let mut users = catalog.table("users").await?;
+    users.overwrite_frame(frame, note.clone()).await?;
+    report.users = users.row_count().await?;
+
+    // Tag bitmaps of enum and bool columns.
+    let tagged: Vec<&FieldStandard> = users_def
+        .fields
+        .iter()
+        .filter(|f| matches!(f.value_type, ValueType::Enum | ValueType::Bool))
+        .collect();
+    let mut rows = BitmapRows::default();
+    let mut names: Vec<&str> = vec!["user_id"];
+    names.extend(tagged.iter().map(|f| f.name.as_str()));
+    let read = SessionContext::new();
+    for_each_batch(scan(&read, &users, &names, None).await?, |batch| {
+        let ids = ints(batch, "user_id")?;
+        for f in &tagged {
+            let values = text(batch, &f.name)?;
+            for i in 0..batch.num_rows() {
+                if let (Some(u), Some(v)) = (get_int(&ids, i), get(&values, i)) {
+                    rows.add(&f.name, v.to_string(), u as u32);
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    report.tag_bitmaps.0 = rows.len() as u64;
+    let mut tags = catalog.table("tag_bitmaps").await?;
+    let batch = rows.batch("column", users.version())?;
+    tags.replace_where(vec![batch], col("kind").eq(lit("column")), note.clone())
+        .await?;
+    Ok(())
+}
+
+fn prefixed(columns: &[String]) -> String {
+    columns.iter().map(|c| format!(",\n {c}")).collect()
+}
+
+fn rfm_segment() -> datafusion::prelude::Expr {
+    use datafusion::prelude::when;
+    let (r, f) = (col("rfm_r"), col("rfm_f"));
+    when(r.clone().is_null(), lit(ScalarValue::Utf8(None)))
+        .when(
+            r.clone().gt_eq(lit(4i64)).and(f.clone().gt_eq(lit(4i64))),
+            lit("champions"),
+        )
+        .when(
+            r.clone().gt_eq(lit(3i64)).and(f.clone().gt_eq(lit(3i64))),
+            lit("loyal"),
+        )
+        .when(
+            r.clone().gt_eq(lit(4i64)).and(f.clone().lt_eq(lit(1i64))),
+            lit("new"),
+        )
+        .when(r.clone().gt_eq(lit(3i64)), lit("potential"))
+        .when(f.clone().gt_eq(lit(3i64)), lit("at_risk"))
+        .when(r.eq(lit(1i64)), lit("lost"))
+        .otherwise(lit("hibernating"))
+        .unwrap_or_else(|_| lit(ScalarValue::Utf8(None)))
+}
+
+/// One column of typed profile values being built.
+enum Typed {
+    Text(StringBuilder, Vec<String>),
+    Int(Int64Builder, Option<[f64; 2]>),
+    Float(Float64Builder, Option<[f64; 2]>),
+    Decimal(Decimal128Builder),
+    Bool(BooleanBuilder),
+    Time(TimestampMicrosecondBuilder),
+}
+
+impl Typed {
+    fn new(field: &FieldStandard) -> Typed {
+        match field.value_type {
+            ValueType::Int => Typed::Int(Int64Builder::new(), field.range),
+            ValueType::Float => Typed::Float(Float64Builder::new(), field.range),
+            ValueType::Decimal => Typed::Decimal(
+                Decimal128Builder::new().with_data_type(field.value_type.arrow_type()),
+            ),
+            ValueType::Bool => Typed::Bool(BooleanBuilder::new()),
+            ValueType::Time => Typed::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            ValueType::Enum => Typed::Text(StringBuilder::new(), field.values.clone()),
+            _ => Typed::Text(StringBuilder::new(), Vec::new()),
+        }
+    }
+
+    /// Appends `value` if the standard accepts it; false (and a null) when it does not.
+    fn push(&mut self, value: Option<&Value>) -> bool {
+        let in_range =
+            |x: f64, range: &Option<[f64; 2]>| range.is_none_or(|[lo, hi]| x >= lo && x <= hi);
+        let number = |v: &Value| match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        let Some(value) = value.filter(|v| !v.is_null()) else {
+            self.null();
+            return true;
+        };
+        let ok = match self {
+            Typed::Text(b, allowed) => {
+                let s = match value {
+                    Value::String(s) => s.trim().to_string(),
+                    Value::Number(_) | Value::Bool(_) => value.to_string(),
+                    _ => String::new(),
+                };
+                if s.is_empty() || (!allowed.is_empty() && !allowed.contains(&s)) {
+                    false
+                } else {
+                    b.append_value(s);
+                    true
+                }
+            }
+            Typed::Int(b, range) => match number(value) {
+                Some(x) if x.fract() == 0.0 && in_range(x, range) => {
+                    b.append_value(x as i64);
+                    true
+                }
+                _ => false,
+            },
+            Typed::Float(b, range) => match number(value) {
+                Some(x) if in_range(x, range) => {
+                    b.append_value(x);
+                    true
+                }
+                _ => false,
+            },
+            Typed::Decimal(b) => match number(value) {
+                Some(x) => {
+                    b.append_value((x * 100.0).round() as i128);
+                    true
+                }
+                None => false,
+            },
+            Typed::Bool(b) => match value {
+                Value::Bool(x) => {
+                    b.append_value(*x);
+                    true
+                }
+                Value::String(s) if matches!(s.as_str(), "true" | "false") => {
+                    b.append_value(s == "true");
+                    true
+                }
+                _ => false,
+            },
+            Typed::Time(b) => match value
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            {
+                Some(t) => {
+                    b.append_value(t.timestamp_micros());
+                    true
+                }
+                None => false,
+            },
+        };
+        if !ok {
+            self.null();
+        }
+        ok
+    }
+
+    fn null(&mut self) {
+        match self {
+            Typed::Text(b, _) => b.append_null(),
+            Typed::Int(b, _) => b.append_null(),
+            Typed::Float(b, _) => b.append_null(),
+            Typed::Decimal(b) => b.append_null(),
+            Typed::Bool(b) => b.append_null(),
+            Typed::Time(b) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Typed::Text(mut b, _) => Arc::new(b.finish()),
+            Typed::Int(mut b, _) => Arc::new(b.finish()),
+            Typed::Float(mut b, _) => Arc::new(b.finish()),
+            Typed::Decimal(mut b) => Arc::new(b.finish()),
+            Typed::Bool(mut b) => Arc::new(b.finish()),
+            Typed::Time(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Folds identify traits into one row per person: the latest non-null value of each key.
+async fn profile_table(
+    ctx: &SessionContext,
+    fields: &[&FieldStandard],
+    identity_traits: &HashSet<String>,
+) -> Result<MemTable> {
+    let frame = ctx
+        .table("events")
+        .await?
+        .filter(
+            col("event_type")
+                .eq(lit("identify"))
+                .and(col("user_id").is_not_null())
+                .and(col("properties").is_not_null()),
+        )?
+        .select_columns(&["user_id", "event_time", "properties"])?
+        .sort(vec![
+            col("user_id").sort(true, false),
+            col("event_time").sort(true, false),
+        ])?;
+    let mut latest: BTreeMap<u32, Map<String, Value>> = BTreeMap::new();
+    for_each_batch(frame.execute_stream().await?, |batch| {
+        let (users, traits) = (ints(batch, "user_id")?, text(batch, "properties")?);
+        for i in 0..batch.num_rows() {
+            let (Some(u), Some(t)) = (get_int(&users, i), get(&traits, i)) else {
+                continue;
+            };
+            let Ok(Value::Object(map)) = serde_json::from_str::<Value>(t) else {
+                continue;
+            };
+            let entry = latest.entry(u as u32).or_default();
+            for (k, v) in map {
+                if !v.is_null() && !identity_traits.contains(&k) {
+                    entry.insert(k, v);
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let mut ids = Int64Builder::with_capacity(latest.len());
+    let mut columns: Vec<Typed> = fields.iter().map(|f| Typed::new(f)).collect();
+    let mut rest = StringBuilder::new();
+    for (user, mut traits) in latest {
+        ids.append_value(i64::from(user));
+        for (f, column) in fields.iter().zip(columns.iter_mut()) {
+            let value = traits.get(&f.name);
+            if column.push(value) {
+                traits.remove(&f.name);
+            }
+        }
+        if traits.is_empty() {
+            rest.append_null();
+        } else {
+            rest.append_value(Value::Object(traits).to_string());
+        }
+    }
+    let mut arrays: Vec<(String, ArrayRef)> =
+        vec![("profile_user_id".into(), Arc::new(ids.finish()))];
+    for (f, column) in fields.iter().zip(columns) {
+        arrays.push((f.name.clone(), column.finish()));
+    }
+    arrays.push(("traits".into(), Arc::new(rest.finish())));
+    let batch = RecordBatch::try_from_iter(arrays)?;
+    Ok(MemTable::try_new(batch.schema(), vec![vec![batch]])?)
+}
+
+async fn build_orders_wide(
+    catalog: &Catalog,
+    note: &CommitNote,
+    report: &mut BuildReport,
+) -> Result<()> {
+    let definition = catalog.definition().table("orders_wide")?;
+    let orders_def = catalog.definition().table("orders")?;
+    let ctx = shoal_catalog::write_session();
+    let orders = ctx.read_table(catalog.table("orders").await?.provider().await?)?;
+    let mut user_columns = vec![col("user_id").alias("buyer_user_id")];
+    for f in &definition.fields {
+        if orders_def.field(&f.name).is_none() {
+            user_columns.push(col(f.name.as_str()));
+        }
+    }
+    let users = ctx
+        .read_table(catalog.table("users").await?.provider().await?)?
+        .select(user_columns)?;
+    let projection: Vec<_> = definition
+        .fields
+        .iter()
+        .map(|f| {
+            datafusion::prelude::cast(col(f.name.as_str()), f.value_type.arrow_type())
+                .alias(&f.name)
+        })
+        .collect();
+    let frame = orders
+        .join(
+            users,
+            datafusion::logical_expr::JoinType::Left,
+            &["user_id"],
+            &["buyer_user_id"],
+            None,
+        )?
+        .select(projection)?;
+    let mut wide = catalog.table("orders_wide").await?;
+    wide.overwrite_frame(frame, note.clone()).await?;
+    report.orders_wide = wide.row_count().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_count_fields_are_recognised() {
+        assert_eq!(window_count("view_item_7d"), Some(("view_item", 7)));
+        assert_eq!(window_count("add_to_cart_30d"), Some(("add_to_cart", 30)));
+        assert_eq!(window_count("gmv"), None);
+        assert_eq!(window_count("active_days"), None);
+        assert_eq!(window_count("_7d"), None);
+    }
+
+    #[test]
+    fn typed_traits_follow_the_standard() {
+        let field: FieldStandard = serde_json::from_value(serde_json::json!({
+            "name": "age", "zh": "年龄", "en": "Age", "type": "int", "range": [0, 120]
+        }))
+        .expect("field");
+        let mut column = Typed::new(&field);
+        assert!(column.push(Some(&serde_json::json!(35))));
+        assert!(column.push(Some(&serde_json::json!("41"))));
+        assert!(!column.push(Some(&serde_json::json!(300))));
+        assert!(!column.push(Some(&serde_json::json!("old"))));
+        assert!(column.push(None));
+        let array = column.finish();
+        let array = array.as_any().downcast_ref::<Int64Array>().expect("ints");
+        assert_eq!(array.value(0), 35);
+        assert_eq!(array.value(1), 41);
+        assert!(array.is_null(2) && array.is_null(3) && array.is_null(4));
+    }
+}

@@ -1,0 +1,106 @@
+//! Typed access to the columns of batches read back from the warehouse (Delta may hand
+//! strings back as views and times with or without a zone; these read them as one shape).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::DataType;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{DataFrame, Expr, SessionContext};
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+
+fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    batch
+        .column_by_name(name)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("column '{name}' missing from a scan")))
+}
+
+/// Column `name` as text.
+pub(crate) fn text(batch: &RecordBatch, name: &str) -> Result<StringArray> {
+    let array = arrow::compute::cast(&column(batch, name)?, &DataType::Utf8)?;
+    array
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("column '{name}' is not text")))
+}
+
+/// Column `name` as 64-bit integers (times as UTC microseconds, dates as days).
+pub(crate) fn ints(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
+    let array = column(batch, name)?;
+    let array = match array.data_type() {
+        DataType::Timestamp(_, _) => arrow::compute::cast(
+            &arrow::compute::cast(
+                &array,
+                &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+            )?,
+            &DataType::Int64,
+        )?,
+        DataType::Date32 => arrow::compute::cast(
+            &arrow::compute::cast(&array, &DataType::Int32)?,
+            &DataType::Int64,
+        )?,
+        _ => arrow::compute::cast(&array, &DataType::Int64)?,
+    };
+    array
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("column '{name}' is not numeric")))
+}
+
+/// The value of row `i`, or None when null or empty.
+pub(crate) fn get(array: &StringArray, i: usize) -> Option<&str> {
+    (array.is_valid(i) && !array.value(i).is_empty()).then(|| array.value(i))
+}
+
+/// The value of row `i`, or None when null.
+pub(crate) fn get_int(array: &Int64Array, i: usize) -> Option<i64> {
+    array.is_valid(i).then(|| array.value(i))
+}
+
+/// Reads `columns` of `table` where `filter` holds, as a stream.
+pub(crate) async fn scan(
+    ctx: &SessionContext,
+    table: &shoal_catalog::Table,
+    columns: &[&str],
+    filter: Option<Expr>,
+) -> Result<SendableRecordBatchStream> {
+    Ok(frame(ctx, table, columns, filter)
+        .await?
+        .execute_stream()
+        .await?)
+}
+
+/// A frame over `columns` of `table` where `filter` holds.
+pub(crate) async fn frame(
+    ctx: &SessionContext,
+    table: &shoal_catalog::Table,
+    columns: &[&str],
+    filter: Option<Expr>,
+) -> Result<DataFrame> {
+    let mut frame = ctx.read_table(table.provider().await?)?;
+    if let Some(f) = filter {
+        frame = frame.filter(f)?;
+    }
+    Ok(frame.select_columns(columns)?)
+}
+
+/// Collects a stream, calling `each` per batch.
+pub(crate) async fn for_each_batch(
+    mut stream: SendableRecordBatchStream,
+    mut each: impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<()> {
+    while let Some(batch) = stream.next().await {
+        each(&batch?)?;
+    }
+    Ok(())
+}
+
+/// A text column from optional values.
+pub(crate) fn text_array<S: AsRef<str>>(values: impl IntoIterator<Item = Option<S>>) -> ArrayRef {
+    Arc::new(StringArray::from_iter(values))
+}

@@ -1,0 +1,526 @@
+//! The identity graph: a union-find over identities whose unions obey the catalog's rules.
+//!
+//! Identities are 128-bit keys (xxh3 of the value, seeded by the type), so twenty million of
+//! them fit in a few hundred megabytes and the chance of two distinct identities sharing a key
+//! is below 10⁻²⁰. Existing people are loaded first as components that already carry their
+//! user id; new links are then applied in a fixed order (time, then the identities), each
+//! refused when the joined person would hold more identities of one type than the type's cap,
+//! or when a type that may not join people would bridge two of them. When two people with ids
+//! meet, the lower id survives.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use twox_hash::XxHash3_128;
+
+/// A hashed identity.
+pub type Key = u128;
+
+/// No user id yet.
+pub const NO_USER: u32 = u32::MAX;
+
+const NO_SLOT: u32 = u32::MAX;
+
+/// The key of identity `value` of type number `ty`.
+pub fn key(ty: u8, value: &str) -> Key {
+    XxHash3_128::oneshot_with_seed(u64::from(ty) + 1, value.as_bytes())
+}
+
+/// Keys are already uniform hashes: the map uses their low bits as they are.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+    fn write_u32(&mut self, value: u32) {
+        self.0 = u64::from(value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A hash map keyed by identity keys.
+pub type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+
+/// How one type may join people.
+#[derive(Debug, Clone)]
+pub struct TypeRule {
+    /// Type name, for reasons.
+    pub name: String,
+    /// Most identities of the type one person may hold.
+    pub cap: u32,
+    /// Whether it may bridge two people.
+    pub joins: bool,
+}
+
+/// One link between two identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Link {
+    /// When it was first seen (UTC µs).
+    pub at: i64,
+    /// Type number of `a` (priority: 0 is strongest).
+    pub a_type: u8,
+    /// First identity.
+    pub a: Key,
+    /// Type number of `b`.
+    pub b_type: u8,
+    /// Second identity.
+    pub b: Key,
+}
+
+/// What happened to a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The two identities were in different people, now one.
+    Joined,
+    /// They already belonged to the same person.
+    Already,
+    /// A rule refused it; the reason says which.
+    Refused(String),
+}
+
+/// The union-find with per-type caps.
+pub struct Graph {
+    rules: Vec<TypeRule>,
+    index: KeyMap<u32>,
+    kind: Vec<u8>,
+    parent: Vec<u32>,
+    size: Vec<u32>,
+    /// Existing user id; at a root, the lowest of the component.
+    user: Vec<u32>,
+    /// Slot of a root's per-type counts, or NO_SLOT for a single identity.
+    slot: Vec<u32>,
+    counts: Vec<u32>,
+    free_slots: Vec<u32>,
+    /// A node of each existing user.
+    user_node: HashMap<u32, u32, BuildHasherDefault<KeyHasher>>,
+    max_user: Option<u32>,
+}
+
+impl Graph {
+    /// An empty graph under `rules` (index = type number).
+    pub fn new(rules: Vec<TypeRule>) -> Graph {
+        Graph {
+            rules,
+            index: KeyMap::default(),
+            kind: Vec::new(),
+            parent: Vec::new(),
+            size: Vec::new(),
+            user: Vec::new(),
+            slot: Vec::new(),
+            counts: Vec::new(),
+            free_slots: Vec::new(),
+            user_node: HashMap::default(),
+            max_user: None,
+        }
+    }
+
+    /// Room for `n` identities.
+    pub fn reserve(&mut self, n: usize) {
+        self.index.reserve(n);
+        self.kind.reserve(n);
+        self.parent.reserve(n);
+        self.size.reserve(n);
+        self.user.reserve(n);
+        self.slot.reserve(n);
+    }
+
+    /// Number of identities.
+    pub fn len(&self) -> usize {
+        self.kind.len()
+    }
+
+    /// True when there is no identity.
+    pub fn is_empty(&self) -> bool {
+        self.kind.is_empty()
+    }
+
+    /// The highest user id seen.
+    pub fn max_user(&self) -> Option<u32> {
+        self.max_user
+    }
+
+    /// The node of `key`, if known.
+    pub fn find_key(&self, key: Key) -> Option<u32> {
+        self.index.get(&key).copied()
+    }
+
+    /// The node of `key`, created (as a person of its own) if new.
+    pub fn node(&mut self, ty: u8, key: Key) -> u32 {
+        if let Some(&n) = self.index.get(&key) {
+            return n;
+        }
+        let n = self.kind.len() as u32;
+        self.index.insert(key, n);
+        self.kind.push(ty);
+        self.parent.push(n);
+        self.size.push(1);
+        self.user.push(NO_USER);
+        self.slot.push(NO_SLOT);
+        n
+    }
+
+    /// Loads an identity that already belongs to `user`, without checking rules (the stored
+    /// state obeyed them when it was made).
+    pub fn add_existing(&mut self, ty: u8, key: Key, user: u32) {
+        let n = self.node(ty, key);
+        self.max_user = Some(self.max_user.map_or(user, |m| m.max(user)));
+        match self.user_node.get(&user).copied() {
+            None => {
+                self.user_node.insert(user, n);
+                let root = self.find(n);
+                let lowest = self.user[root as usize].min(user);
+                self.user[root as usize] = lowest;
+            }
+            Some(other) => {
+                let (a, b) = (self.find(n), self.find(other));
+                if a != b {
+                    self.union_roots(a, b);
+                }
+            }
+        }
+    }
+
+    /// Notes that `user` was used before (merged away or split), so new ids stay above it.
+    pub fn reserve_user(&mut self, user: u32) {
+        self.max_user = Some(self.max_user.map_or(user, |m| m.max(user)));
+    }
+
+    /// The root of node `n`.
+    pub fn find(&mut self, mut n: u32) -> u32 {
+        while self.parent[n as usize] != n {
+            let grand = self.parent[self.parent[n as usize] as usize];
+            self.parent[n as usize] = grand;
+            n = grand;
+        }
+        n
+    }
+
+    fn count(&self, root: u32, ty: usize) -> u32 {
+        match self.slot[root as usize] {
+            NO_SLOT => u32::from(self.kind[root as usize] as usize == ty),
+            s => self.counts[s as usize * self.rules.len() + ty],
+        }
+    }
+
+    /// Applies one link under the rules.
+    pub fn link(&mut self, a: u32, b: u32) -> Outcome {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra == rb {
+            return Outcome::Already;
+        }
+        let bridges = self.size[ra as usize] > 1 && self.size[rb as usize] > 1;
+        for x in [a, b] {
+            let rule = &self.rules[self.kind[x as usize] as usize];
+            if bridges && !rule.joins {
+                return Outcome::Refused(format!("rule: {} does not join people", rule.name));
+            }
+        }
+        for (ty, rule) in self.rules.iter().enumerate() {
+            let total = self.count(ra, ty) + self.count(rb, ty);
+            if total > rule.cap {
+                return Outcome::Refused(format!(
+                    "cap: the person would hold {total} {} (cap {})",
+                    rule.name, rule.cap
+                ));
+            }
+        }
+        self.union_roots(ra, rb);
+        Outcome::Joined
+    }
+
+    fn union_roots(&mut self, ra: u32, rb: u32) {
+        let (big, small) = {
+            let (sa, sb) = (self.size[ra as usize], self.size[rb as usize]);
+            if sa > sb || (sa == sb && ra < rb) {
+                (ra, rb)
+            } else {
+                (rb, ra)
+            }
+        };
+        let types = self.rules.len();
+        let mut merged = vec![0u32; types];
+        for (ty, m) in merged.iter_mut().enumerate() {
+            *m = self.count(big, ty) + self.count(small, ty);
+        }
+        let slot = match self.slot[big as usize] {
+            NO_SLOT => match self.free_slots.pop() {
+                Some(s) => s,
+                None => {
+                    self.counts.extend(std::iter::repeat_n(0, types));
+                    (self.counts.len() / types - 1) as u32
+                }
+            },
+            s => s,
+        };
+        self.counts[slot as usize * types..(slot as usize + 1) * types].copy_from_slice(&merged);
+        self.slot[big as usize] = slot;
+        if self.slot[small as usize] != NO_SLOT {
+            self.free_slots.push(self.slot[small as usize]);
+            self.slot[small as usize] = NO_SLOT;
+        }
+        self.parent[small as usize] = big;
+        self.size[big as usize] += self.size[small as usize];
+        self.user[big as usize] = self.user[big as usize].min(self.user[small as usize]);
+    }
+
+    /// Gives every person without an id the next ids, in node order (so the order in which
+    /// identities first appeared decides), and returns the final user id of every node and
+    /// the merges of existing users (from, into), sorted.
+    pub fn finish(&mut self) -> Resolution {
+        let mut next = self.max_user.map_or(1, |m| m + 1);
+        let nodes = self.kind.len();
+        let mut user_of = vec![NO_USER; nodes];
+        for n in 0..nodes as u32 {
+            let root = self.find(n);
+            if self.user[root as usize] == NO_USER {
+                self.user[root as usize] = next;
+                next += 1;
+            }
+            user_of[n as usize] = self.user[root as usize];
+        }
+        let mut merges: Vec<(u32, u32)> = Vec::new();
+        let pairs: Vec<(u32, u32)> = self.user_node.iter().map(|(u, n)| (*u, *n)).collect();
+        for (user, node) in pairs {
+            let into = user_of[node as usize];
+            if into != user {
+                merges.push((user, into));
+            }
+        }
+        merges.sort_unstable();
+        Resolution {
+            user_of,
+            merges,
+            next_user: next,
+        }
+    }
+
+    /// The user id of `n`'s person (NO_USER when new).
+    pub fn root_user(&mut self, n: u32) -> u32 {
+        let root = self.find(n);
+        self.user[root as usize]
+    }
+
+    /// Type number of node `n`.
+    pub fn kind(&self, n: u32) -> u8 {
+        self.kind[n as usize]
+    }
+}
+
+/// The outcome of a merge run.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// Final user id of every node.
+    pub user_of: Vec<u32>,
+    /// Existing users absorbed into another: (from, into), from > into.
+    pub merges: Vec<(u32, u32)>,
+    /// The next free user id.
+    pub next_user: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Vec<TypeRule> {
+        vec![
+            TypeRule {
+                name: "login_id".into(),
+                cap: 1,
+                joins: true,
+            },
+            TypeRule {
+                name: "phone".into(),
+                cap: 2,
+                joins: true,
+            },
+            TypeRule {
+                name: "anonymous_id".into(),
+                cap: 3,
+                joins: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_chain_is_one_person_and_caps_refuse_with_a_reason() {
+        let mut g = Graph::new(rules());
+        let login = g.node(0, key(0, "u1"));
+        let d1 = g.node(2, key(2, "d1"));
+        let d2 = g.node(2, key(2, "d2"));
+        let d3 = g.node(2, key(2, "d3"));
+        let d4 = g.node(2, key(2, "d4"));
+        assert_eq!(g.link(login, d1), Outcome::Joined);
+        assert_eq!(g.link(d1, d2), Outcome::Joined);
+        assert_eq!(g.link(d2, d3), Outcome::Joined);
+        assert_eq!(g.link(d1, d3), Outcome::Already);
+        match g.link(d3, d4) {
+            Outcome::Refused(reason) => {
+                assert!(reason.contains("anonymous_id (cap 3)"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let second = g.node(0, key(0, "u2"));
+        assert!(matches!(g.link(second, d1), Outcome::Refused(_)));
+        let r = g.finish();
+        assert_eq!(r.user_of[login as usize], 1);
+        assert_eq!(r.user_of[d3 as usize], 1);
+        assert_eq!(r.user_of[d4 as usize], 2);
+        assert_eq!(r.user_of[second as usize], 3);
+        assert!(r.merges.is_empty());
+    }
+
+    #[test]
+    fn existing_people_keep_their_ids_and_the_lower_id_survives_a_merge() {
+        let mut g = Graph::new(rules());
+        g.add_existing(2, key(2, "d1"), 7);
+        g.add_existing(1, key(1, "p1"), 7);
+        g.add_existing(2, key(2, "d2"), 4);
+        g.reserve_user(9);
+        let d1 = g.node(2, key(2, "d1"));
+        let d2 = g.node(2, key(2, "d2"));
+        let fresh = g.node(2, key(2, "d3"));
+        assert_eq!(g.link(d1, d2), Outcome::Joined);
+        let r = g.finish();
+        assert_eq!(r.user_of[d1 as usize], 4);
+        assert_eq!(r.user_of[d2 as usize], 4);
+        assert_eq!(r.merges, vec![(7, 4)]);
+        assert_eq!(
+            r.user_of[fresh as usize], 10,
+            "new ids start above every id ever used"
+        );
+    }
+
+    #[test]
+    fn a_type_that_does_not_join_attaches_but_never_bridges() {
+        let mut rules = rules();
+        rules[1].joins = false;
+        let mut g = Graph::new(rules);
+        let (a, b) = (g.node(0, key(0, "a")), g.node(0, key(0, "b")));
+        let (da, db) = (g.node(2, key(2, "da")), g.node(2, key(2, "db")));
+        let phone = g.node(1, key(1, "p"));
+        assert_eq!(g.link(a, da), Outcome::Joined);
+        assert_eq!(g.link(b, db), Outcome::Joined);
+        assert_eq!(g.link(phone, da), Outcome::Joined);
+        assert!(
+            matches!(g.link(phone, db), Outcome::Refused(r) if r.contains("phone does not join"))
+        );
+    }
+
+    mod property {
+        use std::collections::{BTreeSet, HashMap, VecDeque};
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// The reference: people as explicit sets, merged link by link with caps counted
+        /// from their members; the partition is then read off the accepted links by BFS.
+        fn reference(kinds: &[u8], caps: &[u32], links: &[(usize, usize)]) -> Vec<BTreeSet<usize>> {
+            let mut person: Vec<usize> = (0..kinds.len()).collect();
+            let mut members: HashMap<usize, Vec<usize>> =
+                (0..kinds.len()).map(|i| (i, vec![i])).collect();
+            let mut accepted: Vec<Vec<usize>> = vec![Vec::new(); kinds.len()];
+            for &(a, b) in links {
+                let (pa, pb) = (person[a], person[b]);
+                if pa == pb {
+                    continue;
+                }
+                let fits = (0..caps.len()).all(|t| {
+                    let count = members[&pa]
+                        .iter()
+                        .chain(members[&pb].iter())
+                        .filter(|m| kinds[**m] as usize == t)
+                        .count() as u32;
+                    count <= caps[t]
+                });
+                if !fits {
+                    continue;
+                }
+                accepted[a].push(b);
+                accepted[b].push(a);
+                let moved = members.remove(&pb).unwrap_or_default();
+                for m in &moved {
+                    person[*m] = pa;
+                }
+                members.entry(pa).or_default().extend(moved);
+            }
+            let mut seen = vec![false; kinds.len()];
+            let mut parts = Vec::new();
+            for start in 0..kinds.len() {
+                if seen[start] {
+                    continue;
+                }
+                let mut part = BTreeSet::new();
+                let mut queue = VecDeque::from([start]);
+                seen[start] = true;
+                while let Some(n) = queue.pop_front() {
+                    part.insert(n);
+                    for &m in &accepted[n] {
+                        if !seen[m] {
+                            seen[m] = true;
+                            queue.push_back(m);
+                        }
+                    }
+                }
+                parts.push(part);
+            }
+            parts.sort();
+            parts
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn the_partition_equals_the_reference(
+                kinds in proptest::collection::vec(0u8..3, 1..40),
+                caps in proptest::collection::vec(1u32..4, 3),
+                raw_links in proptest::collection::vec((0usize..40, 0usize..40), 0..80),
+            ) {
+                let n = kinds.len();
+                let links: Vec<(usize, usize)> = raw_links
+                    .into_iter()
+                    .map(|(a, b)| (a % n, b % n))
+                    .filter(|(a, b)| a != b)
+                    .collect();
+                let rules = (0..3)
+                    .map(|t| TypeRule { name: format!("t{t}"), cap: caps[t], joins: true })
+                    .collect();
+                let mut g = Graph::new(rules);
+                let nodes: Vec<u32> = kinds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| g.node(*k, key(*k, &format!("id{i}"))))
+                    .collect();
+                for &(a, b) in &links {
+                    g.link(nodes[a], nodes[b]);
+                }
+                let r = g.finish();
+                let mut by_user: HashMap<u32, BTreeSet<usize>> = HashMap::new();
+                for (i, node) in nodes.iter().enumerate() {
+                    by_user.entry(r.user_of[*node as usize]).or_default().insert(i);
+                }
+                let mut parts: Vec<BTreeSet<usize>> = by_user.into_values().collect();
+                parts.sort();
+                prop_assert_eq!(parts, reference(&kinds, &caps, &links));
+                // Ids are dense: 1..=people.
+                let users: BTreeSet<u32> = r.user_of.iter().copied().collect();
+                prop_assert_eq!(users, (1..=users_len(&r)).collect::<BTreeSet<u32>>());
+            }
+        }
+
+        fn users_len(r: &Resolution) -> u32 {
+            r.user_of.iter().copied().collect::<BTreeSet<u32>>().len() as u32
+        }
+    }
+}

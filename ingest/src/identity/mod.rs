@@ -1,0 +1,775 @@
+//! Identity merge over the warehouse: links from events and orders, one person per
+//! connected group of identities (under the catalog's rules), one dense `u32` id per person.
+//!
+//! A run reads what is stored (`identity_links`: every identity and its person), then the
+//! events and orders that have no person yet (`user_id` is null until a build resolves it),
+//! draws links between the identities seen together (a star around the strongest one), and
+//! applies them in a fixed order — first seen, then the identities — so the same input gives
+//! the same ids however it was batched. It writes the links it drew (`identity_edges`, joined
+//! or refused with the reason), the merges of existing people (`identity_merges`, the lower id
+//! survives) and the identities' people (`identity_links`). Each write is idempotent: a run cut
+//! short is completed by the next one.
+
+pub mod graph;
+mod manage;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use chrono::{DateTime, Utc};
+use datafusion::prelude::{SessionContext, col, lit};
+use serde::Serialize;
+use serde_json::Value;
+use shoal_catalog::{Catalog, CatalogDefinition, CommitNote, IdentityType};
+
+use crate::columns::{for_each_batch, get, get_int, ints, scan, text, text_array};
+use crate::error::{Error, Result};
+pub use graph::{Graph, Key, KeyMap, Link, NO_USER, Outcome, Resolution, TypeRule, key};
+pub use manage::{ExplainedIdentity, ExplainedLink, Explanation, UnlinkReport, explain, unlink};
+
+/// The catalog's identity rules, indexed for a run.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Types in priority order.
+    pub types: Vec<IdentityType>,
+    event_columns: Vec<(String, u8)>,
+    traits: HashMap<String, u8>,
+    alias: Option<u8>,
+    order_columns: Vec<(String, Option<String>, u8)>,
+}
+
+impl Rules {
+    /// The rules of `definition`.
+    pub fn new(definition: &CatalogDefinition) -> Rules {
+        let types = definition.identity.types.clone();
+        let mut rules = Rules {
+            types: types.clone(),
+            event_columns: Vec::new(),
+            traits: HashMap::new(),
+            alias: None,
+            order_columns: Vec::new(),
+        };
+        for (i, t) in types.iter().enumerate() {
+            let ty = i as u8;
+            if let Some(c) = &t.event_column {
+                rules.event_columns.push((c.clone(), ty));
+            }
+            for k in &t.traits {
+                rules.traits.entry(k.clone()).or_insert(ty);
+            }
+            if t.alias_previous_id && rules.alias.is_none() {
+                rules.alias = Some(ty);
+            }
+            if let Some(c) = &t.order_column {
+                rules
+                    .order_columns
+                    .push((c.clone(), t.platform.clone(), ty));
+            }
+        }
+        rules
+    }
+
+    /// The graph rules (cap and joins per type).
+    pub fn graph_rules(&self) -> Vec<TypeRule> {
+        self.types
+            .iter()
+            .map(|t| TypeRule {
+                name: t.name.clone(),
+                cap: t.cap,
+                joins: t.joins,
+            })
+            .collect()
+    }
+
+    /// Type number of `name`.
+    pub fn type_of(&self, name: &str) -> Option<u8> {
+        self.types
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| i as u8)
+    }
+
+    /// Name of type number `ty`.
+    pub fn name(&self, ty: u8) -> &str {
+        self.types
+            .get(ty as usize)
+            .map(|t| t.name.as_str())
+            .unwrap_or("unknown")
+    }
+
+    /// Columns of `events` that hold identities, with their types, strongest first.
+    pub fn event_columns(&self) -> &[(String, u8)] {
+        &self.event_columns
+    }
+
+    /// Columns of `orders` that hold identities: (column, platform it applies to, type).
+    pub fn order_columns(&self) -> &[(String, Option<String>, u8)] {
+        &self.order_columns
+    }
+}
+
+/// What a merge run did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MergeReport {
+    /// Identities stored before the run.
+    pub identities_before: u64,
+    /// Identities seen for the first time.
+    pub identities_new: u64,
+    /// Events and orders read (those without a person yet).
+    pub rows_read: u64,
+    /// Distinct new links drawn between identities.
+    pub links_seen: u64,
+    /// Links that joined two people.
+    pub links_joined: u64,
+    /// Links refused by a rule, by reason.
+    pub links_refused: BTreeMap<String, u64>,
+    /// People who got a new id.
+    pub people_new: u64,
+    /// Existing people merged into another.
+    pub people_merged: u64,
+}
+
+/// The identity state after a run: every identity's person, in memory, for the build.
+pub struct Resolved {
+    /// The rules used.
+    pub rules: Rules,
+    graph: Graph,
+    user_of: Vec<u32>,
+    /// Every merge of this run: absorbed user → surviving user.
+    pub merged: HashMap<u32, u32>,
+}
+
+impl Resolved {
+    /// The person of identity `value` of type number `ty`.
+    pub fn user(&self, ty: u8, value: &str) -> Option<u32> {
+        self.graph
+            .find_key(key(ty, value))
+            .map(|n| self.user_of[n as usize])
+            .filter(|u| *u != NO_USER)
+    }
+
+    /// Number of identities known.
+    pub fn identities(&self) -> usize {
+        self.graph.len()
+    }
+}
+
+#[derive(Default)]
+struct Observed {
+    names: KeyMap<(u8, Box<str>)>,
+    first: KeyMap<(i64, u16)>,
+    edges: HashMap<(Key, Key), (i64, u16), std::hash::BuildHasherDefault<graph::KeyHasher>>,
+    sources: Vec<String>,
+    rows: u64,
+}
+
+impl Observed {
+    fn source(&mut self, name: &str) -> u16 {
+        match self.sources.iter().position(|s| s == name) {
+            Some(i) => i as u16,
+            None => {
+                self.sources.push(name.to_string());
+                (self.sources.len() - 1) as u16
+            }
+        }
+    }
+
+    /// One row's identities seen together at `at`.
+    fn group(&mut self, graph: &mut Graph, ids: &mut Vec<(u8, Key, &str)>, at: i64, source: u16) {
+        self.rows += 1;
+        ids.sort_unstable_by_key(|(ty, k, _)| (*ty, *k));
+        ids.dedup_by_key(|(_, k, _)| *k);
+        for (ty, k, value) in ids.iter() {
+            if !self.names.contains_key(k) {
+                self.names.insert(*k, (*ty, Box::from(*value)));
+            }
+            if graph.find_key(*k).is_none() {
+                let entry = self.first.entry(*k).or_insert((at, source));
+                if at < entry.0 {
+                    *entry = (at, source);
+                }
+            }
+        }
+        let Some(&(_, centre, _)) = ids.first() else {
+            return;
+        };
+        for &(_, other, _) in &ids[1..] {
+            if let (Some(a), Some(b)) = (graph.find_key(centre), graph.find_key(other))
+                && graph.find(a) == graph.find(b)
+            {
+                continue;
+            }
+            let entry = self.edges.entry((centre, other)).or_insert((at, source));
+            if at < entry.0 {
+                *entry = (at, source);
+            }
+        }
+    }
+}
+
+/// Runs identity merge: reads stored identities and the events and orders without a person,
+/// applies the new links, and writes `identity_edges`, `identity_merges`, `identity_links`.
+pub async fn merge_identities(
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Result<(Resolved, MergeReport)> {
+    let rules = Rules::new(catalog.definition());
+    let mut graph = Graph::new(rules.graph_rules());
+    let ctx = SessionContext::new();
+    let mut report = MergeReport::default();
+
+    // Stored state.
+    let links_table = catalog.table("identity_links").await?;
+    for_each_batch(
+        scan(
+            &ctx,
+            &links_table,
+            &["id_type", "id_value", "user_id"],
+            None,
+        )
+        .await?,
+        |batch| {
+            let (types, values, users) = (
+                text(batch, "id_type")?,
+                text(batch, "id_value")?,
+                ints(batch, "user_id")?,
+            );
+            for i in 0..batch.num_rows() {
+                let (Some(t), Some(v), Some(u)) =
+                    (get(&types, i), get(&values, i), get_int(&users, i))
+                else {
+                    continue;
+                };
+                // A type dropped from the catalog keeps its people but no longer links.
+                let Some(ty) = rules.type_of(t) else { continue };
+                let user = u32::try_from(u).map_err(|_| {
+                    Error::Internal(format!("identity_links holds user id {u}, not a u32"))
+                })?;
+                graph.add_existing(ty, key(ty, v), user);
+                report.identities_before += 1;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let merges_table = catalog.table("identity_merges").await?;
+    let mut recorded_merges = HashSet::new();
+    for_each_batch(
+        scan(
+            &ctx,
+            &merges_table,
+            &["from_user_id", "into_user_id", "kind"],
+            None,
+        )
+        .await?,
+        |batch| {
+            let (from, into, kind) = (
+                ints(batch, "from_user_id")?,
+                ints(batch, "into_user_id")?,
+                text(batch, "kind")?,
+            );
+            for i in 0..batch.num_rows() {
+                for u in [get_int(&from, i), get_int(&into, i)].into_iter().flatten() {
+                    graph.reserve_user(u as u32);
+                }
+                if let (Some(f), Some(t), Some("merge")) =
+                    (get_int(&from, i), get_int(&into, i), get(&kind, i))
+                {
+                    recorded_merges.insert((f as u32, t as u32));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let edges_table = catalog.table("identity_edges").await?;
+    let mut settled: HashSet<(Key, Key), std::hash::BuildHasherDefault<graph::KeyHasher>> =
+        HashSet::default();
+    for_each_batch(
+        scan(
+            &ctx,
+            &edges_table,
+            &["a_type", "a_value", "b_type", "b_value"],
+            Some(col("status").in_list(vec![lit("refused"), lit("removed")], false)),
+        )
+        .await?,
+        |batch| {
+            let cols = [
+                text(batch, "a_type")?,
+                text(batch, "a_value")?,
+                text(batch, "b_type")?,
+                text(batch, "b_value")?,
+            ];
+            for i in 0..batch.num_rows() {
+                let (Some(at), Some(av), Some(bt), Some(bv)) = (
+                    get(&cols[0], i),
+                    get(&cols[1], i),
+                    get(&cols[2], i),
+                    get(&cols[3], i),
+                ) else {
+                    continue;
+                };
+                if let (Some(a), Some(b)) = (rules.type_of(at), rules.type_of(bt)) {
+                    let (ka, kb) = (key(a, av), key(b, bv));
+                    settled.insert((ka.min(kb), ka.max(kb)));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+
+    // New observations.
+    let mut observed = Observed::default();
+    observe_events(catalog, &ctx, &rules, &mut graph, &mut observed).await?;
+    observe_orders(catalog, &ctx, &rules, &mut graph, &mut observed).await?;
+    report.rows_read = observed.rows;
+
+    // New identities become nodes in the order they were first seen.
+    let mut fresh: Vec<(i64, u8, Key)> = observed
+        .first
+        .iter()
+        .map(|(k, (at, _))| (*at, observed.names.get(k).map_or(0, |n| n.0), *k))
+        .collect();
+    fresh.sort_unstable();
+    graph.reserve(fresh.len());
+    for (_, ty, k) in &fresh {
+        graph.node(*ty, *k);
+    }
+    report.identities_new = fresh.len() as u64;
+
+    let mut links: Vec<(Link, u16)> = observed
+        .edges
+        .iter()
+        .filter(|((a, b), _)| !settled.contains(&((*a).min(*b), (*a).max(*b))))
+        .map(|((a, b), (at, source))| {
+            let ty = |k: &Key| observed.names.get(k).map_or(0, |n| n.0);
+            (
+                Link {
+                    at: *at,
+                    a_type: ty(a),
+                    a: *a,
+                    b_type: ty(b),
+                    b: *b,
+                },
+                *source,
+            )
+        })
+        .collect();
+    links.sort_unstable();
+    report.links_seen = links.len() as u64;
+
+    let mut edge_rows = EdgeRows::default();
+    let mut merge_reasons: HashMap<u32, String> = HashMap::new();
+    for (link, source) in &links {
+        let (Some(a), Some(b)) = (graph.find_key(link.a), graph.find_key(link.b)) else {
+            continue;
+        };
+        let (ua, ub) = (graph.root_user(a), graph.root_user(b));
+        let outcome = graph.link(a, b);
+        let (status, reason) = match &outcome {
+            Outcome::Already => continue,
+            Outcome::Joined => {
+                report.links_joined += 1;
+                if ua != NO_USER && ub != NO_USER && ua != ub {
+                    merge_reasons.entry(ua.max(ub)).or_insert_with(|| {
+                        format!(
+                            "link {} — {} first seen {}",
+                            rules.name(link.a_type),
+                            rules.name(link.b_type),
+                            micros_text(link.at)
+                        )
+                    });
+                }
+                ("joined", None)
+            }
+            Outcome::Refused(reason) => {
+                let kind = reason.split(" (").next().unwrap_or(reason).to_string();
+                *report.links_refused.entry(kind).or_insert(0) += 1;
+                ("refused", Some(reason.clone()))
+            }
+        };
+        let name = |k: &Key| {
+            observed
+                .names
+                .get(k)
+                .map(|n| n.1.to_string())
+                .unwrap_or_default()
+        };
+        edge_rows.push(
+            rules.name(link.a_type),
+            name(&link.a),
+            rules.name(link.b_type),
+            name(&link.b),
+            link.at,
+            &observed.sources[*source as usize],
+            status,
+            reason,
+        );
+    }
+    let before_max = graph.max_user();
+    let resolution = graph.finish();
+    report.people_new = u64::from(resolution.next_user - before_max.map_or(1, |m| m + 1));
+    report.people_merged = resolution.merges.len() as u64;
+
+    // Writes, each idempotent, in an order that a later run can complete.
+    let note = CommitNote::new("operation", "identity merge");
+    if !edge_rows.is_empty() {
+        let mut edges_table = edges_table;
+        edges_table
+            .merge(
+                vec![edge_rows.batch(now)?],
+                &["a_type", "a_value", "b_type", "b_value"],
+                note.clone(),
+            )
+            .await?;
+    }
+    let new_merges: Vec<(u32, u32)> = resolution
+        .merges
+        .iter()
+        .copied()
+        .filter(|m| !recorded_merges.contains(m))
+        .collect();
+    if !new_merges.is_empty() {
+        let mut merges_table = merges_table;
+        merges_table
+            .append(
+                vec![merges_batch(&new_merges, "merge", now, |from| {
+                    merge_reasons
+                        .get(&from)
+                        .cloned()
+                        .unwrap_or_else(|| "joined with people merged in the same run".into())
+                })?],
+                note.clone(),
+            )
+            .await?;
+    }
+    let mut link_rows = LinkRows::default();
+    for (_, ty, k) in &fresh {
+        let Some(node) = graph.find_key(*k) else {
+            continue;
+        };
+        let (at, source) = observed.first.get(k).copied().unwrap_or((0, 0));
+        let value = observed.names.get(k).map(|n| n.1.as_ref()).unwrap_or("");
+        link_rows.push(
+            rules.name(*ty),
+            value,
+            resolution.user_of[node as usize],
+            at,
+            &observed.sources[source as usize],
+        );
+    }
+    let merged: HashMap<u32, u32> = resolution.merges.iter().copied().collect();
+    if !merged.is_empty() {
+        let froms: Vec<_> = merged.keys().map(|u| lit(i64::from(*u))).collect();
+        for_each_batch(
+            scan(
+                &ctx,
+                &links_table,
+                &["id_type", "id_value", "user_id", "first_seen", "source"],
+                Some(col("user_id").in_list(froms, false)),
+            )
+            .await?,
+            |batch| {
+                let (types, values, users, first, sources) = (
+                    text(batch, "id_type")?,
+                    text(batch, "id_value")?,
+                    ints(batch, "user_id")?,
+                    ints(batch, "first_seen")?,
+                    text(batch, "source")?,
+                );
+                for i in 0..batch.num_rows() {
+                    let from = get_int(&users, i).unwrap_or_default() as u32;
+                    let into = merged.get(&from).copied().unwrap_or(from);
+                    link_rows.push(
+                        get(&types, i).unwrap_or_default(),
+                        get(&values, i).unwrap_or_default(),
+                        into,
+                        get_int(&first, i).unwrap_or_default(),
+                        get(&sources, i).unwrap_or_default(),
+                    );
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    if !link_rows.is_empty() {
+        let mut links_table = links_table;
+        links_table
+            .merge(vec![link_rows.batch()?], &["id_type", "id_value"], note)
+            .await?;
+    }
+    Ok((
+        Resolved {
+            rules,
+            graph,
+            user_of: resolution.user_of,
+            merged,
+        },
+        report,
+    ))
+}
+
+async fn observe_events(
+    catalog: &Catalog,
+    ctx: &SessionContext,
+    rules: &Rules,
+    graph: &mut Graph,
+    observed: &mut Observed,
+) -> Result<()> {
+    let events = catalog.table("events").await?;
+    let mut columns: Vec<&str> = vec!["event_time", "event_type", "properties"];
+    columns.extend(rules.event_columns.iter().map(|(c, _)| c.as_str()));
+    let stream = scan(ctx, &events, &columns, Some(col("user_id").is_null())).await?;
+    let sources: Vec<u16> = ["track", "page", "screen", "identify", "alias", "group"]
+        .iter()
+        .map(|t| observed.source(&format!("events:{t}")))
+        .collect();
+    let other = observed.source("events");
+    for_each_batch(stream, |batch| {
+        let times = ints(batch, "event_time")?;
+        let kinds = text(batch, "event_type")?;
+        let properties = text(batch, "properties")?;
+        let id_columns: Vec<(arrow::array::StringArray, u8)> = rules
+            .event_columns
+            .iter()
+            .map(|(c, ty)| Ok((text(batch, c)?, *ty)))
+            .collect::<Result<_>>()?;
+        let mut extra: Vec<(u8, String)> = Vec::new();
+        for i in 0..batch.num_rows() {
+            let at = get_int(&times, i).unwrap_or_default();
+            let kind = get(&kinds, i).unwrap_or_default();
+            extra.clear();
+            if matches!(kind, "identify" | "alias")
+                && let Some(p) = get(&properties, i)
+                && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(p)
+            {
+                if kind == "identify" {
+                    for (k, v) in &map {
+                        if let Some(ty) = rules.traits.get(k)
+                            && let Some(s) = identity_text(v)
+                        {
+                            extra.push((*ty, s));
+                        }
+                    }
+                } else if let (Some(ty), Some(s)) =
+                    (rules.alias, map.get("previousId").and_then(identity_text))
+                {
+                    extra.push((ty, s));
+                }
+            }
+            let mut ids: Vec<(u8, Key, &str)> = Vec::with_capacity(4);
+            for (array, ty) in &id_columns {
+                if let Some(v) = get(array, i) {
+                    ids.push((*ty, key(*ty, v), v));
+                }
+            }
+            for (ty, v) in &extra {
+                ids.push((*ty, key(*ty, v), v.as_str()));
+            }
+            let source = ["track", "page", "screen", "identify", "alias", "group"]
+                .iter()
+                .position(|t| *t == kind)
+                .map_or(other, |p| sources[p]);
+            observed.group(graph, &mut ids, at, source);
+        }
+        Ok(())
+    })
+    .await
+}
+
+fn identity_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_string),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+async fn observe_orders(
+    catalog: &Catalog,
+    ctx: &SessionContext,
+    rules: &Rules,
+    graph: &mut Graph,
+    observed: &mut Observed,
+) -> Result<()> {
+    let orders = catalog.table("orders").await?;
+    let mut columns: Vec<&str> = vec!["created_at", "platform"];
+    for (c, _, _) in &rules.order_columns {
+        if !columns.contains(&c.as_str()) {
+            columns.push(c);
+        }
+    }
+    let stream = scan(ctx, &orders, &columns, Some(col("user_id").is_null())).await?;
+    let mut source_of: HashMap<String, u16> = HashMap::new();
+    for_each_batch(stream, |batch| {
+        let times = ints(batch, "created_at")?;
+        let platforms = text(batch, "platform")?;
+        let id_columns: Vec<(arrow::array::StringArray, Option<&str>, u8)> = rules
+            .order_columns
+            .iter()
+            .map(|(c, p, ty)| Ok((text(batch, c)?, p.as_deref(), *ty)))
+            .collect::<Result<_>>()?;
+        let mut ids: Vec<(u8, Key, &str)> = Vec::new();
+        for i in 0..batch.num_rows() {
+            let platform = get(&platforms, i).unwrap_or_default();
+            ids.clear();
+            for (array, only, ty) in &id_columns {
+                if only.is_some_and(|p| p != platform) {
+                    continue;
+                }
+                if let Some(v) = get(array, i) {
+                    ids.push((*ty, key(*ty, v), v));
+                }
+            }
+            let source = match source_of.get(platform) {
+                Some(s) => *s,
+                None => {
+                    let s = observed.source(&format!("orders:{platform}"));
+                    source_of.insert(platform.to_string(), s);
+                    s
+                }
+            };
+            observed.group(
+                graph,
+                &mut ids,
+                get_int(&times, i).unwrap_or_default(),
+                source,
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) fn micros_text(at: i64) -> String {
+    DateTime::from_timestamp_micros(at)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| at.to_string())
+}
+
+fn time_array(values: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+pub(crate) fn merges_batch(
+    merges: &[(u32, u32)],
+    kind: &str,
+    now: DateTime<Utc>,
+    reason: impl Fn(u32) -> String,
+) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_from_iter(vec![
+        (
+            "from_user_id",
+            Arc::new(Int64Array::from_iter_values(
+                merges.iter().map(|m| i64::from(m.0)),
+            )) as ArrayRef,
+        ),
+        (
+            "into_user_id",
+            Arc::new(Int64Array::from_iter_values(
+                merges.iter().map(|m| i64::from(m.1)),
+            )),
+        ),
+        ("kind", text_array(merges.iter().map(|_| Some(kind)))),
+        ("at", time_array(vec![now.timestamp_micros(); merges.len()])),
+        (
+            "reason",
+            text_array(merges.iter().map(|m| Some(reason(m.0)))),
+        ),
+    ])?)
+}
+
+#[derive(Default)]
+pub(crate) struct EdgeRows {
+    a_type: Vec<String>,
+    a_value: Vec<String>,
+    b_type: Vec<String>,
+    b_value: Vec<String>,
+    at: Vec<i64>,
+    source: Vec<String>,
+    status: Vec<&'static str>,
+    reason: Vec<Option<String>>,
+}
+
+impl EdgeRows {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push(
+        &mut self,
+        a_type: &str,
+        a_value: String,
+        b_type: &str,
+        b_value: String,
+        at: i64,
+        source: &str,
+        status: &'static str,
+        reason: Option<String>,
+    ) {
+        self.a_type.push(a_type.to_string());
+        self.a_value.push(a_value);
+        self.b_type.push(b_type.to_string());
+        self.b_value.push(b_value);
+        self.at.push(at);
+        self.source.push(source.to_string());
+        self.status.push(status);
+        self.reason.push(reason);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    pub(crate) fn batch(self, _now: DateTime<Utc>) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_from_iter(vec![
+            ("a_type", text_array(self.a_type.iter().map(Some))),
+            ("a_value", text_array(self.a_value.iter().map(Some))),
+            ("b_type", text_array(self.b_type.iter().map(Some))),
+            ("b_value", text_array(self.b_value.iter().map(Some))),
+            ("first_seen", time_array(self.at)),
+            ("source", text_array(self.source.iter().map(Some))),
+            ("status", text_array(self.status.iter().map(Some))),
+            (
+                "reason",
+                text_array(self.reason.iter().map(Option::as_deref)),
+            ),
+        ])?)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct LinkRows {
+    types: Vec<String>,
+    values: Vec<String>,
+    users: Vec<i64>,
+    first: Vec<i64>,
+    sources: Vec<String>,
+}
+
+impl LinkRows {
+    pub(crate) fn push(&mut self, ty: &str, value: &str, user: u32, first: i64, source: &str) {
+        self.types.push(ty.to_string());
+        self.values.push(value.to_string());
+        self.users.push(i64::from(user));
+        self.first.push(first);
+        self.sources.push(source.to_string());
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub(crate) fn batch(self) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_from_iter(vec![
+            ("id_type", text_array(self.types.iter().map(Some))),
+            ("id_value", text_array(self.values.iter().map(Some))),
+            (
+                "user_id",
+                Arc::new(Int64Array::from(self.users)) as ArrayRef,
+            ),
+            ("first_seen", time_array(self.first)),
+            ("source", text_array(self.sources.iter().map(Some))),
+        ])?)
+    }
+}

@@ -1,0 +1,630 @@
+//! `shoal build` and `shoal identity`: identity merge against the sample world's truth,
+//! incremental runs that never renumber, merges, caps, unlink, and the wide tables.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use crate::{json_ok, shoal, start_server};
+
+type Row = Map<String, Value>;
+
+/// Every row of `table`, read straight from the warehouse.
+fn rows(warehouse: &Path, table: &str) -> Vec<Row> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let location = format!("file://{}", warehouse.display());
+        let wh = shoal_catalog::Warehouse::open(&location).expect("warehouse");
+        let t = shoal_catalog::Table::open(&wh, table).await.expect("table");
+        let batches = t.read_all().await.expect("read");
+        let mut out = Vec::new();
+        for batch in batches {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            writer.write(&batch).expect("json");
+            writer.finish().expect("json");
+            let text = writer.into_inner();
+            if text.is_empty() {
+                continue;
+            }
+            let parsed: Vec<Row> = serde_json::from_slice(&text).expect("rows");
+            out.extend(parsed);
+        }
+        out
+    })
+}
+
+fn text<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
+    row.get(key).and_then(Value::as_str)
+}
+
+fn int(row: &Row, key: &str) -> Option<i64> {
+    row.get(key).and_then(Value::as_i64)
+}
+
+/// A decimal column, whether the JSON writer gave it as a number or as text.
+fn decimal(row: &Row, key: &str) -> Option<f64> {
+    match row.get(key)? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn build(wh: &Path) -> Value {
+    json_ok(&shoal(wh, &["build", "--json", "--as-of", "2026-11-20"]))
+}
+
+fn ingest_sample(wh: &Path, dir: &Path, manifest: &Value, events_first: bool) {
+    let mut files: Vec<&Value> = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .collect();
+    if !events_first {
+        files.reverse();
+    }
+    for f in files {
+        let path = dir.join(f["file"].as_str().expect("file"));
+        json_ok(&shoal(
+            wh,
+            &[
+                "ingest",
+                "--source",
+                f["source"].as_str().expect("source"),
+                "--json",
+                path.to_str().expect("path"),
+            ],
+        ));
+    }
+}
+
+/// (type, value) → user id.
+fn links(wh: &Path) -> HashMap<(String, String), i64> {
+    rows(wh, "identity_links")
+        .iter()
+        .map(|r| {
+            (
+                (
+                    text(r, "id_type").expect("type").to_string(),
+                    text(r, "id_value").expect("value").to_string(),
+                ),
+                int(r, "user_id").expect("user"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_sample_world_merges_into_true_people_within_the_caps() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let wh = dir.path().join("wh");
+    let manifest = json_ok(&shoal(
+        &wh,
+        &[
+            "demo-data",
+            "--out",
+            data.to_str().expect("p"),
+            "--users",
+            "2000",
+            "--seed",
+            "5",
+            "--json",
+        ],
+    ));
+    ingest_sample(&wh, &data, &manifest, true);
+    let report = build(&wh);
+    assert_eq!(report["events_unresolved"], 0, "{report}");
+    let shared: BTreeSet<String> = manifest["shared_devices"]
+        .as_array()
+        .expect("shared")
+        .iter()
+        .map(|d| d.as_str().expect("d").to_string())
+        .collect();
+    assert!(!shared.is_empty());
+
+    // Who really owns each identity.
+    let truth = std::fs::read_to_string(data.join("truth.jsonl")).expect("truth");
+    let mut owner: HashMap<(String, String), u64> = HashMap::new();
+    for line in truth.lines() {
+        let person: Value = serde_json::from_str(line).expect("person");
+        for (ty, values) in person["identities"].as_object().expect("ids") {
+            for v in values.as_array().expect("values") {
+                let v = v.as_str().expect("v").to_string();
+                if ty == "anonymous_id" && shared.contains(&v) {
+                    continue;
+                }
+                owner.insert((ty.clone(), v), person["person"].as_u64().expect("n"));
+            }
+        }
+    }
+    let links = links(&wh);
+    let mut people_of: BTreeMap<i64, BTreeSet<u64>> = BTreeMap::new();
+    let mut types_of: BTreeMap<i64, BTreeMap<String, u32>> = BTreeMap::new();
+    let mut holds_shared: BTreeSet<i64> = BTreeSet::new();
+    for ((ty, value), user) in &links {
+        *types_of
+            .entry(*user)
+            .or_default()
+            .entry(ty.clone())
+            .or_insert(0) += 1;
+        if shared.contains(value) {
+            holds_shared.insert(*user);
+        }
+        if let Some(p) = owner.get(&(ty.clone(), value.clone())) {
+            people_of.entry(*user).or_default().insert(*p);
+        }
+    }
+    // Precision: a user mixes true people only through a shared device, never otherwise.
+    for (user, people) in &people_of {
+        if people.len() > 1 {
+            assert!(
+                holds_shared.contains(user),
+                "user {user} mixes people {people:?} without a shared device"
+            );
+        }
+    }
+    // The shop tablet did not fuse its 25 users: caps held.
+    for (user, types) in &types_of {
+        assert!(
+            types.get("login_id").copied().unwrap_or(0) <= 1,
+            "user {user}: {types:?}"
+        );
+        assert!(
+            types.get("phone").copied().unwrap_or(0) <= 5,
+            "user {user}: {types:?}"
+        );
+        assert!(
+            types.get("anonymous_id").copied().unwrap_or(0) <= 20,
+            "user {user}: {types:?}"
+        );
+    }
+    let refused = report["identity"]["links_refused"]
+        .as_object()
+        .expect("refused")
+        .values()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert!(
+        refused > 0,
+        "the shared tablet's second logins are refused: {report}"
+    );
+    // Recall: a login and a phone seen together in an identify call are one user.
+    let events = rows(&wh, "events");
+    let mut together = 0;
+    for e in events
+        .iter()
+        .filter(|e| text(e, "event_type") == Some("identify"))
+    {
+        let traits: Value = serde_json::from_str(text(e, "properties").unwrap_or("{}")).expect("j");
+        if let (Some(login), Some(phone)) = (text(e, "login_id"), traits["phone"].as_str()) {
+            assert_eq!(
+                links[&("login_id".to_string(), login.to_string())],
+                links[&("phone".to_string(), phone.to_string())],
+                "login {login} and phone {phone} identified together"
+            );
+            together += 1;
+        }
+    }
+    assert!(
+        together > 100,
+        "{together} identify calls with login and phone"
+    );
+
+    // Every event's person is its login's person when it has one, else its device's.
+    for e in &events {
+        let user = int(e, "user_id").expect("every event has a person");
+        let expected = text(e, "login_id")
+            .map(|l| links[&("login_id".to_string(), l.to_string())])
+            .or_else(|| {
+                text(e, "anonymous_id").map(|a| links[&("anonymous_id".to_string(), a.to_string())])
+            });
+        assert_eq!(Some(user), expected, "{e:?}");
+    }
+
+    // users: one row per person; GMV recomputed here from orders.
+    let users = rows(&wh, "users");
+    let distinct: BTreeSet<i64> = links.values().copied().collect();
+    assert_eq!(users.len(), distinct.len());
+    let mut gmv: HashMap<i64, f64> = HashMap::new();
+    let mut orders_count: HashMap<i64, i64> = HashMap::new();
+    for o in rows(&wh, "orders") {
+        let user = int(&o, "user_id").expect("every order has a person");
+        if ["paid", "shipped", "completed", "refunded"].contains(&text(&o, "status").expect("s")) {
+            let amount = decimal(&o, "amount").expect("amount");
+            let refund = decimal(&o, "refund_amount").unwrap_or(0.0);
+            *gmv.entry(user).or_default() += amount - refund;
+            *orders_count.entry(user).or_default() += 1;
+        }
+    }
+    let mut buyers = 0;
+    for u in &users {
+        let id = int(u, "user_id").expect("id");
+        let expected = gmv.get(&id).copied();
+        let got = decimal(u, "gmv");
+        match expected {
+            Some(e) => {
+                buyers += 1;
+                assert!(
+                    (got.expect("gmv") - e).abs() < 0.005,
+                    "user {id}: {got:?} vs {e}"
+                );
+                assert_eq!(int(u, "orders_count"), orders_count.get(&id).copied());
+                assert!(text(u, "rfm_segment").is_some());
+            }
+            None => {
+                assert_eq!(got, None, "user {id}");
+                assert_eq!(int(u, "orders_count"), Some(0));
+            }
+        }
+    }
+    assert!(buyers > 100);
+    // Profile traits are typed by the standards; unknown traits stay in `traits`.
+    assert!(
+        users
+            .iter()
+            .any(|u| text(u, "gender").is_some() && int(u, "age").is_some())
+    );
+    assert!(
+        users
+            .iter()
+            .filter_map(|u| text(u, "traits"))
+            .any(|t| t.contains("favourite_colour"))
+    );
+    // Tag bitmaps exist for enum columns and event days.
+    let tags = rows(&wh, "tag_bitmaps");
+    let gender_tags: u64 = tags
+        .iter()
+        .filter(|t| text(t, "kind") == Some("column") && text(t, "name") == Some("gender"))
+        .map(|t| int(t, "users").expect("users") as u64)
+        .sum();
+    let with_gender = users.iter().filter(|u| text(u, "gender").is_some()).count() as u64;
+    assert_eq!(gender_tags, with_gender);
+    assert!(tags.iter().any(|t| text(t, "kind") == Some("event_day")));
+    // orders_wide carries the buyer's attributes.
+    assert_eq!(rows(&wh, "orders_wide").len(), rows(&wh, "orders").len());
+
+    // A second build with nothing new changes no one.
+    let again = build(&wh);
+    assert_eq!(again["identity"]["identities_new"], 0);
+    assert_eq!(again["events_rewritten"], 0);
+    assert_eq!(self::links(&wh), links);
+}
+
+#[test]
+fn the_same_input_gives_the_same_ids_whatever_the_import_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let manifest = json_ok(&shoal(
+        &dir.path().join("unused"),
+        &[
+            "demo-data",
+            "--out",
+            data.to_str().expect("p"),
+            "--users",
+            "300",
+            "--seed",
+            "8",
+            "--json",
+        ],
+    ));
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ingest_sample(&a, &data, &manifest, true);
+    ingest_sample(&b, &data, &manifest, false);
+    build(&a);
+    build(&b);
+    assert_eq!(links(&a), links(&b));
+}
+
+fn segment_file(dir: &Path, name: &str, lines: &[Value]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&path, text.join("\n") + "\n").expect("write");
+    path
+}
+
+fn track(id: &str, t: &str, anon: &str, login: Option<&str>) -> Value {
+    let mut m = json!({"type": "track", "messageId": id, "event": "view_item",
+        "timestamp": format!("2026-11-01T00:00:{t}Z"), "anonymousId": anon});
+    if let Some(l) = login {
+        m["userId"] = json!(l);
+    }
+    m
+}
+
+fn identify(id: &str, t: &str, anon: &str, login: Option<&str>, phone: &str) -> Value {
+    let mut m = track(id, t, anon, login);
+    m["type"] = json!("identify");
+    m["traits"] = json!({"phone": phone, "gender": "female"});
+    m
+}
+
+fn ingest_file(wh: &Path, file: &Path) {
+    json_ok(&shoal(
+        wh,
+        &[
+            "ingest",
+            "--source",
+            "segment",
+            "--json",
+            file.to_str().expect("p"),
+        ],
+    ));
+}
+
+#[test]
+fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_splits() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    let first = segment_file(
+        dir.path(),
+        "1.jsonl",
+        &[
+            track("m1", "01", "a1", None),
+            track("m2", "02", "a2", Some("L1")),
+            identify("m3", "03", "a3", None, "138-0000-0001"),
+        ],
+    );
+    ingest_file(&wh, &first);
+    let r = build(&wh);
+    assert_eq!(r["identity"]["people_new"], 3, "{r}");
+    let l = links(&wh);
+    let id =
+        |l: &HashMap<(String, String), i64>, t: &str, v: &str| l[&(t.to_string(), v.to_string())];
+    // New ids follow first appearance.
+    assert_eq!(id(&l, "anonymous_id", "a1"), 1);
+    assert_eq!(id(&l, "login_id", "L1"), 2);
+    assert_eq!(id(&l, "anonymous_id", "a2"), 2);
+    assert_eq!(id(&l, "phone", "+8613800000001"), 3);
+    assert_eq!(id(&l, "anonymous_id", "a3"), 3);
+
+    // a1 logs in as L1, and L1 identifies with the phone: three people become one, id 1.
+    let second = segment_file(
+        dir.path(),
+        "2.jsonl",
+        &[
+            track("m4", "04", "a1", Some("L1")),
+            identify("m5", "05", "a4", Some("L1"), "+86 138 0000 0001"),
+            track("m6", "06", "b1", None),
+        ],
+    );
+    ingest_file(&wh, &second);
+    let r = build(&wh);
+    assert_eq!(r["identity"]["people_merged"], 2, "{r}");
+    assert_eq!(r["events_moved"], 2, "m2 and m3 move to the survivor: {r}");
+    let l = links(&wh);
+    for (t, v) in [
+        ("anonymous_id", "a1"),
+        ("anonymous_id", "a2"),
+        ("anonymous_id", "a3"),
+        ("anonymous_id", "a4"),
+        ("login_id", "L1"),
+        ("phone", "+8613800000001"),
+    ] {
+        assert_eq!(id(&l, t, v), 1, "{t}:{v}");
+    }
+    assert_eq!(
+        id(&l, "anonymous_id", "b1"),
+        4,
+        "new ids continue above every id used"
+    );
+    let merges: BTreeSet<(i64, i64, String)> = rows(&wh, "identity_merges")
+        .iter()
+        .map(|m| {
+            (
+                int(m, "from_user_id").expect("f"),
+                int(m, "into_user_id").expect("i"),
+                text(m, "kind").expect("k").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        merges,
+        BTreeSet::from([(2, 1, "merge".to_string()), (3, 1, "merge".to_string())])
+    );
+    let events = rows(&wh, "events");
+    for e in &events {
+        let expected = if text(e, "anonymous_id") == Some("b1") {
+            4
+        } else {
+            1
+        };
+        assert_eq!(int(e, "user_id"), Some(expected), "{e:?}");
+    }
+    let users = rows(&wh, "users");
+    assert_eq!(users.len(), 2);
+    let one = users
+        .iter()
+        .find(|u| int(u, "user_id") == Some(1))
+        .expect("user 1");
+    assert_eq!(text(one, "login_id"), Some("L1"));
+    assert_eq!(text(one, "phone"), Some("+8613800000001"));
+    assert_eq!(text(one, "gender"), Some("female"));
+    assert_eq!(int(one, "identity_count"), Some(6));
+
+    // A second login on a1 is refused (one login per person) and recorded with the reason.
+    let third = segment_file(
+        dir.path(),
+        "3.jsonl",
+        &[track("m7", "07", "a1", Some("L2"))],
+    );
+    ingest_file(&wh, &third);
+    let r = build(&wh);
+    assert_eq!(
+        r["identity"]["links_refused"]["cap: the person would hold 2 login_id"], 1,
+        "{r}"
+    );
+    let l = links(&wh);
+    assert_eq!(id(&l, "anonymous_id", "a1"), 1);
+    assert_eq!(id(&l, "login_id", "L2"), 5);
+    let m7 = rows(&wh, "events")
+        .into_iter()
+        .find(|e| text(e, "event_id") == Some("m7"))
+        .expect("m7");
+    assert_eq!(
+        int(&m7, "user_id"),
+        Some(5),
+        "an event belongs to its login's person"
+    );
+    let refused = rows(&wh, "identity_edges")
+        .into_iter()
+        .find(|e| text(e, "status") == Some("refused"))
+        .expect("refused edge");
+    assert!(
+        text(&refused, "reason")
+            .expect("reason")
+            .contains("login_id (cap 1)")
+    );
+
+    // explain: the path of links, and a merged-away id followed to its survivor.
+    let explained = json_ok(&shoal(&wh, &["identity", "explain", "2", "--json"]));
+    assert_eq!(explained["merged_into"], 1);
+    let identities = explained["identities"].as_array().expect("ids");
+    assert_eq!(identities[0]["id_type"], "login_id", "strongest first");
+    let a3 = identities
+        .iter()
+        .find(|i| i["id_value"] == "a3")
+        .expect("a3");
+    assert_eq!(
+        a3["path"],
+        json!(["login_id:L1", "phone:+8613800000001", "anonymous_id:a3"])
+    );
+
+    // Unlink the phone from L1: the phone and a3 split off with a new id; build moves m3, m5.
+    let split = json_ok(&shoal(
+        &wh,
+        &[
+            "identity",
+            "unlink",
+            "login_id:L1",
+            "phone:+8613800000001",
+            "--reason",
+            "a shop's test phone",
+            "--json",
+        ],
+    ));
+    assert_eq!(split["user_id"], 1);
+    assert_eq!(split["split_into"], json!([6]));
+    let l = links(&wh);
+    assert_eq!(id(&l, "phone", "+8613800000001"), 6);
+    assert_eq!(id(&l, "anonymous_id", "a3"), 6);
+    assert_eq!(id(&l, "anonymous_id", "a4"), 1);
+    let r = build(&wh);
+    assert_eq!(
+        r["events_moved"], 1,
+        "m3 (a3, no login) moves; m5 keeps L1's person: {r}"
+    );
+    let m3 = rows(&wh, "events")
+        .into_iter()
+        .find(|e| text(e, "event_id") == Some("m3"))
+        .expect("m3");
+    assert_eq!(int(&m3, "user_id"), Some(6));
+    // The removed link stays removed when seen again.
+    let fourth = segment_file(
+        dir.path(),
+        "4.jsonl",
+        &[identify("m8", "08", "a9", Some("L1"), "13800000001")],
+    );
+    ingest_file(&wh, &fourth);
+    build(&wh);
+    assert_eq!(id(&links(&wh), "phone", "+8613800000001"), 6);
+
+    // Bad input: clear errors, nothing changed.
+    let out = shoal(&wh, &["identity", "explain", "999"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a known person"));
+    let out = shoal(&wh, &["identity", "unlink", "L1", "a1", "--reason", "x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TYPE:VALUE"));
+    let out = shoal(
+        &wh,
+        &[
+            "identity",
+            "unlink",
+            "email:x",
+            "login_id:L1",
+            "--reason",
+            "x",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("login_id, phone"));
+    let out = shoal(
+        &wh,
+        &[
+            "identity",
+            "unlink",
+            "anonymous_id:b1",
+            "login_id:L1",
+            "--reason",
+            "x",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no joined link"));
+}
+
+#[tokio::test]
+async fn the_http_api_builds_and_explains() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    let file = segment_file(
+        dir.path(),
+        "1.jsonl",
+        &[
+            track("m1", "01", "a1", Some("L1")),
+            track("m2", "02", "a2", None),
+        ],
+    );
+    ingest_file(&wh, &file);
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve"]);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.base);
+    let built: Value = client
+        .post(url("/api/build"))
+        .json(&json!({"as_of": "2026-11-02"}))
+        .send()
+        .await
+        .expect("build")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(built["events_resolved"], 2, "{built}");
+    assert_eq!(built["as_of"], "2026-11-02");
+    let explained: Value = client
+        .get(url("/api/identity/1"))
+        .send()
+        .await
+        .expect("explain")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(explained["identities"].as_array().map(Vec::len), Some(2));
+    let bad = client
+        .get(url("/api/identity/abc"))
+        .send()
+        .await
+        .expect("bad");
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.expect("text").contains("user_id"));
+    let missing = client
+        .get(url("/api/identity/77"))
+        .send()
+        .await
+        .expect("404");
+    assert_eq!(missing.status().as_u16(), 404);
+    let bad = client
+        .post(url("/api/build"))
+        .json(&json!({"fulll": true}))
+        .send()
+        .await
+        .expect("bad build");
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().await.expect("text").contains("fulll"));
+    let bad = client
+        .post(url("/api/identity/unlink"))
+        .json(&json!({"a": "login_id:L1", "b": "anonymous_id:a1", "reason": " "}))
+        .send()
+        .await
+        .expect("bad unlink");
+    assert_eq!(bad.status().as_u16(), 400);
+}
