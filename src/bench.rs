@@ -175,3 +175,136 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
     }
     Ok(())
 }
+
+/// `shoal bench identity`: the identity merge core on a synthetic graph of `links` links
+/// (four per person: a star from each person's strongest identity to four others, with a
+/// shared shop tablet per 2,000 people that the caps must keep from fusing them).
+pub fn identity(links: u64, json: bool) -> AppResult<()> {
+    use shoal_ingest::identity::{Graph, Link, Outcome, TypeRule, key};
+
+    let people = (links / 4).max(1);
+    let rules = vec![
+        TypeRule {
+            name: "login_id".into(),
+            cap: 1,
+            joins: true,
+        },
+        TypeRule {
+            name: "phone".into(),
+            cap: 5,
+            joins: true,
+        },
+        TypeRule {
+            name: "anonymous_id".into(),
+            cap: 20,
+            joins: true,
+        },
+    ];
+    // Identities as the warehouse holds them: text values, hashed as a run does.
+    let generate = Instant::now();
+    let mut values: Vec<(u8, String, u64)> = Vec::with_capacity((people * 5) as usize);
+    for p in 0..people {
+        let t = (p * 7919 % 1_000_000) as u64;
+        let centre = if p % 20 < 13 {
+            (0u8, format!("u{p:09}"))
+        } else if p % 20 < 18 {
+            (1u8, format!("+86138{:08}", p % 100_000_000))
+        } else {
+            (2u8, format!("anon-{p:016x}-0"))
+        };
+        values.push((centre.0, centre.1, t));
+        let others = if p % 2000 == 0 {
+            vec![format!("anon-shop-tablet-{}", p / 50_000)]
+        } else {
+            Vec::new()
+        };
+        for k in 0..4 - others.len() {
+            values.push((2, format!("anon-{p:016x}-{}", k + 1), t + k as u64 + 1));
+        }
+        for o in others {
+            values.push((2, o, t + 5));
+        }
+    }
+    let generated = generate.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut graph = Graph::new(rules);
+    graph.reserve(values.len());
+    let mut pending: Vec<(Link, ())> = Vec::with_capacity(links as usize);
+    let mut i = 0;
+    while i < values.len() {
+        let (cty, ref cv, ct) = values[i];
+        let c = key(cty, cv);
+        graph.node(cty, c);
+        let mut j = i + 1;
+        while j < values.len() && j - i < 5 {
+            let (ty, ref v, t) = values[j];
+            let k = key(ty, v);
+            graph.node(ty, k);
+            pending.push((
+                Link {
+                    at: t.max(ct) as i64,
+                    a_type: cty,
+                    a: c,
+                    b_type: ty,
+                    b: k,
+                },
+                (),
+            ));
+            j += 1;
+        }
+        i = j;
+    }
+    let hashed = start.elapsed().as_secs_f64();
+    pending.sort_unstable_by_key(|(l, _)| *l);
+    let sorted = start.elapsed().as_secs_f64();
+    let (mut joined, mut refused) = (0u64, 0u64);
+    for (l, _) in &pending {
+        let (Some(a), Some(b)) = (graph.find_key(l.a), graph.find_key(l.b)) else {
+            continue;
+        };
+        match graph.link(a, b) {
+            Outcome::Joined => joined += 1,
+            Outcome::Refused(_) => refused += 1,
+            Outcome::Already => {}
+        }
+    }
+    let resolution = graph.finish();
+    let total = start.elapsed().as_secs_f64();
+    let persons = resolution.next_user - 1;
+    let n = pending.len() as f64;
+    let rss = peak_rss_mib();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "links": pending.len(), "identities": graph.len(), "people": persons,
+                "joined": joined, "refused": refused, "seconds": total,
+                "links_per_second": n / total, "hash_seconds": hashed,
+                "sort_seconds": sorted - hashed, "union_seconds": total - sorted,
+                "generate_seconds": generated, "peak_rss_mib": rss,
+            })
+        );
+    } else {
+        println!(
+            "identity merge: {} links, {} identities → {persons} people",
+            pending.len(),
+            graph.len()
+        );
+        println!("| step | seconds |");
+        println!("|---|---|");
+        println!("| hash + index identities | {hashed:.2} |");
+        println!("| sort links | {:.2} |", sorted - hashed);
+        println!("| union-find with caps + ids | {:.2} |", total - sorted);
+        println!(
+            "| **total** | **{total:.2}** ({:.2} M links/s; {joined} joined, {refused} refused by caps) |",
+            n / total / 1e6
+        );
+        println!(
+            "peak RSS {:.0} MiB (includes the {:.1} s synthetic generator's strings)",
+            rss.unwrap_or(0.0),
+            generated
+        );
+    }
+    Ok(())
+}

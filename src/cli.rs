@@ -181,6 +181,14 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Identity merge core: hash, sort and union-find with caps over a synthetic graph.
+    Identity {
+        /// Links to merge (four per person).
+        #[arg(long, default_value_t = 20_000_000)]
+        links: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

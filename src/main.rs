@@ -106,6 +106,10 @@ async fn run(cli: Cli) -> AppResult<i32> {
             bench::ingest(*events, data.clone(), *json).await?;
             Ok(0)
         }
+        Command::Bench(cli::BenchCommand::Identity { links, json }) => {
+            bench::identity(*links, *json)?;
+            Ok(0)
+        }
         Command::Serve(args) => {
             let catalog = open_catalog(&cli.warehouse).await?;
             serve::serve(catalog, args).await?;
