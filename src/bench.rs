@@ -204,7 +204,7 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
     let generate = Instant::now();
     let mut values: Vec<(u8, String, u64)> = Vec::with_capacity((people * 5) as usize);
     for p in 0..people {
-        let t = (p * 7919 % 1_000_000) as u64;
+        let t = p * 7919 % 1_000_000;
         let centre = if p % 20 < 13 {
             (0u8, format!("u{p:09}"))
         } else if p % 20 < 18 {

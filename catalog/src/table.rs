@@ -321,6 +321,20 @@ impl Table {
         Ok(self.version())
     }
 
+    /// Deletes the rows matching `predicate` in one commit; returns how many went.
+    pub async fn delete_where(&mut self, predicate: Expr, note: CommitNote) -> Result<u64> {
+        let (delta, metrics) = self
+            .delta
+            .clone()
+            .delete()
+            .with_predicate(predicate)
+            .with_commit_properties(note.properties())
+            .await
+            .map_err(|e| self.write_error(e))?;
+        self.delta = delta;
+        Ok(metrics.num_deleted_rows.unwrap_or(0) as u64)
+    }
+
     /// Sets `columns` of the rows whose `keys` match a row of `batches` (which hold the keys
     /// and those columns); rows without a match are left alone. One commit.
     pub async fn update_by_key(

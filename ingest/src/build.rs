@@ -14,7 +14,7 @@
 //! Every step is idempotent and each commit is atomic, so a build cut short is completed by
 //! the next one (events keep `user_id` null until a build resolves them).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,6 +82,10 @@ pub struct BuildReport {
     pub orders_resolved: u64,
     /// Rows of `users`.
     pub users: u64,
+    /// Whether only the people touched by this build were recomputed.
+    pub users_incremental: bool,
+    /// People recomputed when incremental.
+    pub users_recomputed: u64,
     /// Rows of `orders_wide`.
     pub orders_wide: u64,
     /// Bitmaps written: (column values, event days).
@@ -143,6 +147,8 @@ pub async fn build(
         events_rewritten: 0,
         orders_resolved: 0,
         users: 0,
+        users_incremental: false,
+        users_recomputed: 0,
         orders_wide: 0,
         tag_bitmaps: (0, 0),
         seconds: BTreeMap::new(),
@@ -150,6 +156,7 @@ pub async fn build(
     };
     let note = CommitNote::new("operation", "build").with("build_id", build_id.clone());
 
+    let mut affected = BTreeSet::new();
     rewrite_events(
         catalog,
         &ctx,
@@ -158,18 +165,54 @@ pub async fn build(
         options.full,
         &note,
         &mut report,
+        &mut affected,
         progress,
     )
     .await?;
     lap("events", &mut seconds);
     progress("orders", 0, 1);
-    resolve_orders(catalog, &ctx, &resolved, &moves, &note, &mut report).await?;
+    resolve_orders(
+        catalog,
+        &ctx,
+        &resolved,
+        &moves,
+        &note,
+        &mut report,
+        &mut affected,
+    )
+    .await?;
     lap("orders", &mut seconds);
     progress("users", 0, 1);
-    build_users(catalog, &resolved, as_of, started, &note, &mut report).await?;
+    // Windowed counts and RFM count back from `as_of`: a new day (or --full) recomputes
+    // everyone; otherwise only the people whose rows or identities changed.
+    let incremental = !options.full && users_as_of(catalog, &ctx).await? == Some(as_of);
+    for (from, into) in &moves.merged {
+        affected.remove(&i64::from(*from));
+        affected.insert(i64::from(*into));
+    }
+    affected.extend(moves.split.iter().map(|u| i64::from(*u)));
+    let removed: Vec<i64> = moves.merged.keys().map(|u| i64::from(*u)).collect();
+    report.users_incremental = incremental;
+    report.users_recomputed = if incremental {
+        affected.len() as u64
+    } else {
+        0
+    };
+    let scope = incremental.then_some(&affected);
+    build_users(
+        catalog,
+        &resolved,
+        as_of,
+        started,
+        scope,
+        &removed,
+        &note,
+        &mut report,
+    )
+    .await?;
     lap("users", &mut seconds);
     progress("orders_wide", 0, 1);
-    build_orders_wide(catalog, &note, &mut report).await?;
+    build_orders_wide(catalog, scope, &note, &mut report).await?;
     lap("orders_wide", &mut seconds);
 
     for name in [
@@ -209,6 +252,26 @@ pub async fn build(
 
 fn times(values: Vec<i64>) -> ArrayRef {
     Arc::new(arrow::array::TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+async fn users_as_of(catalog: &Catalog, ctx: &SessionContext) -> Result<Option<NaiveDate>> {
+    let users = catalog.table("users").await?;
+    let batches = ctx
+        .read_table(users.provider().await?)?
+        .aggregate(
+            vec![],
+            vec![datafusion::functions_aggregate::expr_fn::max(col("features_as_of")).alias("d")],
+        )?
+        .collect()
+        .await?;
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    let mut out = None;
+    for b in &batches {
+        if let Some(d) = get_int(&ints(b, "d")?, 0) {
+            out = Some(epoch + chrono::Duration::days(d));
+        }
+    }
+    Ok(out)
 }
 
 async fn last_build_start(catalog: &Catalog, ctx: &SessionContext) -> Result<Option<i64>> {
@@ -364,6 +427,7 @@ async fn rewrite_events(
     full: bool,
     note: &CommitNote,
     report: &mut BuildReport,
+    affected: &mut BTreeSet<i64>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<()> {
     let mut events = catalog.table("events").await?;
@@ -433,7 +497,7 @@ async fn rewrite_events(
             continue;
         }
         let batch = concat_batches(&schema, &batches)?;
-        let users = resolve_events(&batch, resolved, moves, report)?;
+        let users = resolve_events(&batch, resolved, moves, report, affected)?;
         let batch = with_column(&batch, "user_id", Arc::new(users))?;
         let batch = sort_events(&batch)?;
         collect_day_bitmaps(&batch, &mut day_bitmaps)?;
@@ -493,6 +557,7 @@ fn resolve_events(
     resolved: &Resolved,
     moves: &Moves,
     report: &mut BuildReport,
+    affected: &mut BTreeSet<i64>,
 ) -> Result<Int64Array> {
     let current = ints(batch, "user_id")?;
     let ids: Vec<(arrow::array::StringArray, u8)> = resolved
@@ -508,8 +573,14 @@ fn resolve_events(
                 .find_map(|(array, ty)| get(array, i).and_then(|v| resolved.user(*ty, v)))
         });
         match step {
-            Step::Resolved(_) => report.events_resolved += 1,
-            Step::Moved(_) => report.events_moved += 1,
+            Step::Resolved(u) => {
+                report.events_resolved += 1;
+                affected.insert(i64::from(u));
+            }
+            Step::Moved(u) => {
+                report.events_moved += 1;
+                affected.insert(i64::from(u));
+            }
             Step::Unresolved => report.events_unresolved += 1,
             Step::Kept(_) => {}
         }
@@ -627,6 +698,7 @@ async fn resolve_orders(
     moves: &Moves,
     note: &CommitNote,
     report: &mut BuildReport,
+    affected: &mut BTreeSet<i64>,
 ) -> Result<()> {
     let mut orders = catalog.table("orders").await?;
     let mut columns: Vec<&str> = vec!["platform", "order_id", "user_id"];
@@ -655,7 +727,8 @@ async fn resolve_orders(
                         .filter(|(_, only, _)| only.is_none_or(|o| o == p))
                         .find_map(|(a, _, ty)| get(a, i).and_then(|v| resolved.user(*ty, v)))
                 });
-                if matches!(step, Step::Moved(_) | Step::Resolved(_)) {
+                if let Step::Moved(u) | Step::Resolved(u) = step {
+                    affected.insert(i64::from(u));
                     platforms.push(p.to_string());
                     order_ids.push(get(&order_id, i).unwrap_or_default().to_string());
                     users.push(step.user());
@@ -720,11 +793,14 @@ pub fn window_count(field: &str) -> Option<(&str, u32)> {
     (!event.is_empty() && days > 0).then_some((event, days))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn build_users(
     catalog: &Catalog,
     resolved: &Resolved,
     as_of: NaiveDate,
     now: DateTime<Utc>,
+    scope: Option<&BTreeSet<i64>>,
+    removed: &[i64],
     note: &CommitNote,
     report: &mut BuildReport,
 ) -> Result<()> {
@@ -755,9 +831,21 @@ async fn build_users(
     ctx.register_table("events", events.provider().await?)?;
     ctx.register_table("orders", orders.provider().await?)?;
     ctx.register_table("identity_links", links.provider().await?)?;
+    let only = match scope {
+        Some(users) => {
+            let ids = Int64Array::from_iter_values(users.iter().copied());
+            let batch = RecordBatch::try_from_iter(vec![("user_id", Arc::new(ids) as ArrayRef)])?;
+            ctx.register_table(
+                "affected",
+                Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+            )?;
+            " AND user_id IN (SELECT user_id FROM affected)"
+        }
+        None => "",
+    };
 
     // Profile traits: latest non-null value per key, by event time.
-    let profile = profile_table(&ctx, &trait_fields, &identity_traits).await?;
+    let profile = profile_table(&ctx, &trait_fields, &identity_traits, scope.is_some()).await?;
     ctx.register_table("profile", Arc::new(profile))?;
 
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
@@ -791,13 +879,13 @@ async fn build_users(
     let sql = format!(
         "WITH people AS (
             SELECT user_id, count(*) AS identity_count{identity_columns}
-            FROM identity_links GROUP BY user_id),
+            FROM identity_links WHERE user_id IS NOT NULL{only} GROUP BY user_id),
          ev AS (
             SELECT user_id AS ev_user_id, min(event_time) AS first_seen, max(event_time) AS last_seen,
                    count(DISTINCT event_date) AS active_days{window_columns},
                    max(CASE WHEN event_name = '{follow}' THEN event_time END) AS last_follow,
                    max(CASE WHEN event_name = '{unfollow}' THEN event_time END) AS last_unfollow
-            FROM events WHERE user_id IS NOT NULL GROUP BY user_id),
+            FROM events WHERE user_id IS NOT NULL{only} GROUP BY user_id),
          od AS (
             SELECT user_id AS od_user_id, count(*) AS orders_count,
                    sum(amount - coalesce(refund_amount, arrow_cast(0, 'Decimal128(18, 2)'))) AS gmv,
@@ -857,7 +945,28 @@ async fn build_users(
         .select(projection)?
         .sort(vec![col("user_id").sort(true, false)])?;
     let mut users = catalog.table("users").await?;
-    users.overwrite_frame(frame, note.clone()).await?;
+    match scope {
+        None => {
+            users.overwrite_frame(frame, note.clone()).await?;
+        }
+        Some(_) => {
+            let batches: Vec<RecordBatch> = frame
+                .collect()
+                .await?
+                .into_iter()
+                .filter(|b| b.num_rows() > 0)
+                .collect();
+            if !batches.is_empty() {
+                users.merge(batches, &["user_id"], note.clone()).await?;
+            }
+        }
+    }
+    if !removed.is_empty() {
+        let gone = removed.iter().map(|u| lit(*u)).collect();
+        users
+            .delete_where(col("user_id").in_list(gone, false), note.clone())
+            .await?;
+    }
     report.users = users.row_count().await?;
 
     // Tag bitmaps of enum and bool columns.
@@ -1047,16 +1156,26 @@ async fn profile_table(
     ctx: &SessionContext,
     fields: &[&FieldStandard],
     identity_traits: &HashSet<String>,
+    only_affected: bool,
 ) -> Result<MemTable> {
-    let frame = ctx
-        .table("events")
-        .await?
-        .filter(
-            col("event_type")
-                .eq(lit("identify"))
-                .and(col("user_id").is_not_null())
-                .and(col("properties").is_not_null()),
-        )?
+    let mut frame = ctx.table("events").await?.filter(
+        col("event_type")
+            .eq(lit("identify"))
+            .and(col("user_id").is_not_null())
+            .and(col("properties").is_not_null()),
+    )?;
+    if only_affected {
+        frame = frame.join(
+            ctx.table("affected")
+                .await?
+                .select(vec![col("user_id").alias("affected_id")])?,
+            datafusion::logical_expr::JoinType::LeftSemi,
+            &["user_id"],
+            &["affected_id"],
+            None,
+        )?;
+    }
+    let frame = frame
         .select_columns(&["user_id", "event_time", "properties"])?
         .sort(vec![
             col("user_id").sort(true, false),
@@ -1111,13 +1230,22 @@ async fn profile_table(
 
 async fn build_orders_wide(
     catalog: &Catalog,
+    scope: Option<&BTreeSet<i64>>,
     note: &CommitNote,
     report: &mut BuildReport,
 ) -> Result<()> {
     let definition = catalog.definition().table("orders_wide")?;
     let orders_def = catalog.definition().table("orders")?;
     let ctx = shoal_catalog::write_session();
-    let orders = ctx.read_table(catalog.table("orders").await?.provider().await?)?;
+    let mut orders = ctx.read_table(catalog.table("orders").await?.provider().await?)?;
+    if let Some(users) = scope {
+        if users.is_empty() {
+            report.orders_wide = catalog.table("orders_wide").await?.row_count().await?;
+            return Ok(());
+        }
+        orders = orders
+            .filter(col("user_id").in_list(users.iter().map(|u| lit(*u)).collect(), false))?;
+    }
     let mut user_columns = vec![col("user_id").alias("buyer_user_id")];
     for f in &definition.fields {
         if orders_def.field(&f.name).is_none() {
@@ -1145,7 +1273,23 @@ async fn build_orders_wide(
         )?
         .select(projection)?;
     let mut wide = catalog.table("orders_wide").await?;
-    wide.overwrite_frame(frame, note.clone()).await?;
+    match scope {
+        None => {
+            wide.overwrite_frame(frame, note.clone()).await?;
+        }
+        Some(_) => {
+            let batches: Vec<RecordBatch> = frame
+                .collect()
+                .await?
+                .into_iter()
+                .filter(|b| b.num_rows() > 0)
+                .collect();
+            if !batches.is_empty() {
+                wide.merge(batches, &["platform", "order_id"], note.clone())
+                    .await?;
+            }
+        }
+    }
     report.orders_wide = wide.row_count().await?;
     Ok(())
 }

@@ -55,6 +55,17 @@ fn build(wh: &Path) -> Value {
     json_ok(&shoal(wh, &["build", "--json", "--as-of", "2026-11-20"]))
 }
 
+/// `users` without the build time, keyed by user id.
+fn users_by_id(wh: &Path) -> BTreeMap<i64, Row> {
+    rows(wh, "users")
+        .into_iter()
+        .map(|mut r| {
+            r.remove("updated_at");
+            (int(&r, "user_id").expect("id"), r)
+        })
+        .collect()
+}
+
 fn ingest_sample(wh: &Path, dir: &Path, manifest: &Value, events_first: bool) {
     let mut files: Vec<&Value> = manifest["files"]
         .as_array()
@@ -113,9 +124,38 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
             "--json",
         ],
     ));
-    ingest_sample(&wh, &data, &manifest, true);
+    // Events first and a build, then the orders and an incremental build.
+    let first = &manifest["files"][0];
+    assert_eq!(first["source"], "segment");
+    let events_file = data.join(first["file"].as_str().expect("f"));
+    json_ok(&shoal(
+        &wh,
+        &[
+            "ingest",
+            "--source",
+            "segment",
+            "--json",
+            events_file.to_str().expect("p"),
+        ],
+    ));
+    let first_report = build(&wh);
+    for f in manifest["files"].as_array().expect("files").iter().skip(1) {
+        let path = data.join(f["file"].as_str().expect("file"));
+        json_ok(&shoal(
+            &wh,
+            &[
+                "ingest",
+                "--source",
+                f["source"].as_str().expect("s"),
+                "--json",
+                path.to_str().expect("p"),
+            ],
+        ));
+    }
     let report = build(&wh);
+    assert_eq!(report["users_incremental"], true, "{report}");
     assert_eq!(report["events_unresolved"], 0, "{report}");
+    let incremental_users = users_by_id(&wh);
     let shared: BTreeSet<String> = manifest["shared_devices"]
         .as_array()
         .expect("shared")
@@ -180,10 +220,14 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
             "user {user}: {types:?}"
         );
     }
-    let refused = report["identity"]["links_refused"]
-        .as_object()
-        .expect("refused")
-        .values()
+    let refused = [&first_report, &report]
+        .iter()
+        .flat_map(|r| {
+            r["identity"]["links_refused"]
+                .as_object()
+                .expect("refused")
+                .values()
+        })
         .map(|v| v.as_u64().unwrap_or(0))
         .sum::<u64>();
     assert!(
@@ -290,6 +334,14 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     assert_eq!(again["identity"]["identities_new"], 0);
     assert_eq!(again["events_rewritten"], 0);
     assert_eq!(self::links(&wh), links);
+
+    // The incremental users equal a full recomputation.
+    let full = json_ok(&shoal(
+        &wh,
+        &["build", "--full", "--json", "--as-of", "2026-11-20"],
+    ));
+    assert_eq!(full["users_incremental"], false);
+    assert_eq!(users_by_id(&wh), incremental_users);
 }
 
 #[test]
@@ -531,6 +583,14 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
     assert_eq!(id(&links(&wh), "phone", "+8613800000001"), 6);
 
     // Bad input: clear errors, nothing changed.
+    // Incremental users (merges, splits, deletes) equal a full recomputation.
+    let incremental_users = users_by_id(&wh);
+    json_ok(&shoal(
+        &wh,
+        &["build", "--full", "--json", "--as-of", "2026-11-20"],
+    ));
+    assert_eq!(users_by_id(&wh), incremental_users);
+
     let out = shoal(&wh, &["identity", "explain", "999"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a known person"));
