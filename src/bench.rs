@@ -308,3 +308,139 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
     }
     Ok(())
 }
+
+/// Resets the peak-RSS counter so the next reading covers only what follows (Linux).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+async fn sample_world(dir: &Path, users: u32, seed: u64, days: u32) -> AppResult<()> {
+    let options = SampleOptions {
+        users,
+        seed,
+        end: chrono::NaiveDate::from_ymd_opt(2026, 11, 20).expect("a valid date"),
+        days,
+    };
+    let manifest = dir.join("manifest.json");
+    let same = std::fs::read_to_string(&manifest)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|m| m["users"] == users && m["seed"] == seed && m["days"] == days);
+    if !same {
+        eprintln!(
+            "writing a sample world of {users} people to {}",
+            dir.display()
+        );
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || write_sample(&dir, &options, &mut |_, _, _| {}))
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
+    }
+    Ok(())
+}
+
+async fn ingest_world(catalog: &Catalog, dir: &Path) -> AppResult<u64> {
+    let text = std::fs::read_to_string(dir.join("manifest.json"))
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let manifest: shoal_ingest::sample::SampleManifest =
+        serde_json::from_str(&text).map_err(|e| AppError::Internal(e.to_string()))?;
+    let mut landed = 0;
+    for file in &manifest.files {
+        let kind: SourceKind = file.source.parse().map_err(AppError::Internal)?;
+        let path = dir.join(&file.file);
+        let report = ingest_files(catalog, kind, &[path.as_path()], &mut |_| {}).await?;
+        landed += report.counts.landed;
+    }
+    Ok(landed)
+}
+
+/// `shoal bench build`: a full build of the sample world of `users` people over 90 days, then
+/// an incremental build after a 1% delta (a second world of users/100 people active on the
+/// last day, whose logins partly meet the first world's, so some people merge).
+pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResult<()> {
+    use shoal_ingest::build::{BuildOptions, build as run};
+
+    let scratch = tempfile::tempdir().map_err(|e| AppError::Internal(e.to_string()))?;
+    let data = data.unwrap_or_else(|| scratch.path().join("data"));
+    let (base, delta) = (data.join("base"), data.join("delta"));
+    sample_world(&base, users, 42, 90).await?;
+    // A day's worth of new data: a hundredth of the people, active on the last day.
+    sample_world(&delta, (users / 100).max(1), 4242, 1).await?;
+    let warehouse = Warehouse::open(&format!("file://{}", scratch.path().join("wh").display()))?;
+    let catalog = Catalog::open(warehouse).await?;
+    let started = Instant::now();
+    let landed = ingest_world(&catalog, &base).await?;
+    let ingest_s = started.elapsed().as_secs_f64();
+    let options = BuildOptions {
+        full: false,
+        as_of: chrono::NaiveDate::from_ymd_opt(2026, 11, 20),
+    };
+
+    reset_peak_rss();
+    let started = Instant::now();
+    let full = run(&catalog, &options, &mut |_, _, _| {}).await?;
+    let full_s = started.elapsed().as_secs_f64();
+    let full_rss = peak_rss_mib();
+
+    let delta_landed = ingest_world(&catalog, &delta).await?;
+    reset_peak_rss();
+    let started = Instant::now();
+    let incremental = run(&catalog, &options, &mut |_, _, _| {}).await?;
+    let incremental_s = started.elapsed().as_secs_f64();
+    let incremental_rss = peak_rss_mib();
+
+    let result = json!({
+        "rows_landed": landed, "ingest_seconds": ingest_s,
+        "full": {"seconds": full_s, "events": full.events_rewritten, "orders": full.orders_resolved,
+                 "users": full.users, "identities": full.identity.identities_new,
+                 "rows_per_s": (full.events_rewritten + full.orders_resolved) as f64 / full_s,
+                 "steps": full.seconds, "peak_rss_mib": full_rss},
+        "incremental": {"seconds": incremental_s, "delta_rows": delta_landed,
+                 "events_resolved": incremental.events_resolved, "events_rewritten": incremental.events_rewritten,
+                 "people_merged": incremental.identity.people_merged,
+                 "users_recomputed": incremental.users_recomputed, "steps": incremental.seconds,
+                 "peak_rss_mib": incremental_rss},
+    });
+    if json_out {
+        println!("{result}");
+        return Ok(());
+    }
+    println!(
+        "build benchmark: sample world of {users} people ({landed} rows landed in {ingest_s:.1} s), then a 1% delta ({delta_landed} rows)"
+    );
+    println!(
+        "| build | seconds | rows | rows/s | identity | events | orders | users | orders_wide | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, r, s, rss) in [
+        ("full", &full, full_s, full_rss),
+        (
+            "incremental 1%",
+            &incremental,
+            incremental_s,
+            incremental_rss,
+        ),
+    ] {
+        let rows = r.events_resolved + r.events_moved + r.orders_resolved;
+        let step = |k: &str| r.seconds.get(k).copied().unwrap_or(0.0);
+        println!(
+            "| {name} | {s:.2} | {rows} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            rows as f64 / s,
+            step("identity"),
+            step("events"),
+            step("orders"),
+            step("users"),
+            step("orders_wide"),
+            rss.unwrap_or(0.0)
+        );
+    }
+    println!(
+        "full: {} events in {} days rewritten, {} users; incremental: {} people merged, {} users recomputed",
+        full.events_rewritten,
+        full.days_rewritten,
+        full.users,
+        incremental.identity.people_merged,
+        incremental.users_recomputed
+    );
+    Ok(())
+}

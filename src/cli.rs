@@ -181,6 +181,17 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A full build of the sample world, then an incremental build after a 1% delta.
+    Build {
+        /// People in the sample world (about 19 events each).
+        #[arg(long, default_value_t = 100_000)]
+        users: u32,
+        /// Where to keep the generated worlds (reused when they match).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Identity merge core: hash, sort and union-find with caps over a synthetic graph.
     Identity {
         /// Links to merge (four per person).
@@ -267,4 +278,8 @@ pub struct ServeArgs {
     /// HTTP address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
+    /// Seconds between checks for events and orders without a person; a build runs when
+    /// there are some (0: never, build with `shoal build` or `POST /api/build`).
+    #[arg(long, default_value_t = 60)]
+    pub build_every: u64,
 }

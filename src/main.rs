@@ -106,6 +106,10 @@ async fn run(cli: Cli) -> AppResult<i32> {
             bench::ingest(*events, data.clone(), *json).await?;
             Ok(0)
         }
+        Command::Bench(cli::BenchCommand::Build { users, data, json }) => {
+            bench::build(*users, data.clone(), *json).await?;
+            Ok(0)
+        }
         Command::Bench(cli::BenchCommand::Identity { links, json }) => {
             bench::identity(*links, *json)?;
             Ok(0)

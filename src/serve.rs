@@ -22,13 +22,8 @@ pub struct AppState {
     pub(crate) build_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The HTTP application: routes over a catalog.
-pub fn app(catalog: Catalog) -> Router {
-    let state = AppState {
-        catalog: Arc::new(RwLock::new(catalog)),
-        tracking: crate::tracking::state(),
-        build_lock: Arc::new(tokio::sync::Mutex::new(())),
-    };
+/// The HTTP application: routes over the shared state.
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -70,13 +65,57 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
     let address = listener
         .local_addr()
         .map_err(|e| AppError::Internal(e.to_string()))?;
+    let state = AppState {
+        catalog: Arc::new(RwLock::new(catalog)),
+        tracking: crate::tracking::state(),
+        build_lock: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    if args.build_every > 0 {
+        tokio::spawn(build_loop(
+            state.clone(),
+            std::time::Duration::from_secs(args.build_every),
+        ));
+    }
     eprintln!("serving http://{address}  (Ctrl-C to stop)");
-    axum::serve(listener, app(catalog))
+    axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
         .map_err(|e| AppError::Internal(e.to_string()))
+}
+
+/// Builds whenever events or orders without a person are waiting (tracking API messages,
+/// uploads, imports by other processes), checking every `every`. Failures are logged and
+/// retried at the next tick; a build cut short is finished by the next one.
+async fn build_loop(state: AppState, every: std::time::Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let catalog = state.catalog.read().await.clone();
+        match shoal_ingest::build::has_unresolved(&catalog).await {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!("scheduled build: cannot check for new rows: {e}");
+                continue;
+            }
+        }
+        let _one_at_a_time = state.build_lock.lock().await;
+        let options = shoal_ingest::build::BuildOptions {
+            full: false,
+            as_of: None,
+        };
+        match crate::build_commands::run_build(&catalog, &options, true).await {
+            Ok(report) => tracing::info!(
+                "scheduled build {}: {} events resolved",
+                report.build_id,
+                report.events_resolved
+            ),
+            Err(e) => tracing::warn!("scheduled build failed (retried next time): {e}"),
+        }
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> AppResult<Json<Value>> {

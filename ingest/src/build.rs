@@ -250,6 +250,24 @@ pub async fn build(
     Ok(report)
 }
 
+/// Whether events or orders are waiting for a person (a build has work to do).
+pub async fn has_unresolved(catalog: &Catalog) -> Result<bool> {
+    let ctx = SessionContext::new();
+    for table in ["events", "orders"] {
+        let t = catalog.table(table).await?;
+        let waiting = ctx
+            .read_table(t.provider().await?)?
+            .filter(col("user_id").is_null())?
+            .limit(0, Some(1))?
+            .count()
+            .await?;
+        if waiting > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn times(values: Vec<i64>) -> ArrayRef {
     Arc::new(arrow::array::TimestampMicrosecondArray::from(values).with_timezone("UTC"))
 }

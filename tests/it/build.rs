@@ -688,3 +688,36 @@ async fn the_http_api_builds_and_explains() {
         .expect("bad unlink");
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+#[tokio::test]
+async fn the_server_builds_new_rows_on_its_own() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    let file = segment_file(
+        dir.path(),
+        "1.jsonl",
+        &[track("m1", "01", "a1", Some("L1"))],
+    );
+    ingest_file(&wh, &file);
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "1"]);
+    let client = reqwest::Client::new();
+    let mut found = false;
+    for _ in 0..120 {
+        let response = client
+            .get(format!("{}/api/identity/1", server.base))
+            .send()
+            .await
+            .expect("explain");
+        if response.status() == 200 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(found, "the scheduled build resolved the waiting event");
+    let events = tokio::task::spawn_blocking(move || rows(&wh, "events"))
+        .await
+        .expect("read");
+    assert_eq!(int(&events[0], "user_id"), Some(1));
+}
