@@ -52,6 +52,8 @@ pub enum MonitorKind {
     NullRatio,
     /// Share of values outside a field's range or enum values.
     OutOfRange,
+    /// Keys of a `traits` JSON column that have no field standard yet.
+    UnstandardisedTraits,
 }
 
 impl fmt::Display for MonitorKind {
@@ -61,6 +63,7 @@ impl fmt::Display for MonitorKind {
             MonitorKind::RowChange => "row_change",
             MonitorKind::NullRatio => "null_ratio",
             MonitorKind::OutOfRange => "out_of_range",
+            MonitorKind::UnstandardisedTraits => "unstandardised_traits",
         })
     }
 }
@@ -172,6 +175,10 @@ pub async fn check_table(
                 t.fail * 100.0
             ),
         });
+    }
+
+    if let Some(traits) = unstandardised_traits(definition, table).await? {
+        results.push(traits);
     }
 
     let range_thresholds = definition
@@ -340,4 +347,62 @@ fn outside_domain(field: &FieldStandard) -> Option<Expr> {
         }
         _ => None,
     }
+}
+
+/// Lists the keys of a table's `traits` JSON column (profile traits without a standard), with
+/// how many rows carry each, so a standard can be added to type them.
+async fn unstandardised_traits(
+    definition: &TableDefinition,
+    table: &Table,
+) -> Result<Option<MonitorResult>> {
+    if definition
+        .field("traits")
+        .is_none_or(|f| f.value_type != ValueType::Json)
+    {
+        return Ok(None);
+    }
+    let ctx = SessionContext::new();
+    let batches = ctx
+        .read_table(table.provider().await?)?
+        .filter(col("traits").is_not_null())?
+        .select_columns(&["traits"])?
+        .collect()
+        .await?;
+    let mut keys: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for batch in &batches {
+        let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let text = column.as_string::<i32>();
+        for i in 0..text.len() {
+            if text.is_null(i) {
+                continue;
+            }
+            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(text.value(i)) {
+                for k in map.keys() {
+                    *keys.entry(k.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    let mut listed: Vec<(&String, &u64)> = keys.iter().collect();
+    listed.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    Ok(Some(MonitorResult {
+        table: definition.name.clone(),
+        field: Some("traits".into()),
+        monitor: MonitorKind::UnstandardisedTraits,
+        status: if keys.is_empty() {
+            Status::Ok
+        } else {
+            Status::Warn
+        },
+        value: if keys.is_empty() {
+            "every trait has a field standard".into()
+        } else {
+            listed
+                .iter()
+                .map(|(k, n)| format!("{k} ({n} rows)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        threshold: "warn when a trait has no field standard (add one to type it)".into(),
+    }))
 }

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::orders::{self, CsvLayout, OrderRow, Record};
 use crate::report::{BatchReport, Counts, FileReport};
 use crate::segment::{self, Clock, EventRow};
+use crate::tabular::{self, Format, Item};
 
 /// Rows per commit, unless `SHOAL_CHUNK_ROWS` says otherwise.
 pub const CHUNK_ROWS: usize = 200_000;
@@ -159,10 +160,12 @@ pub async fn ingest_segment_messages(
 ) -> Result<BatchReport> {
     let started = Utc::now();
     let mut lander = Lander::new(catalog, SourceKind::Segment, started)?;
-    let lines = messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| Ok((Where::Named(format!("{origin}#{i}")), m.into_bytes())));
+    let lines = messages.into_iter().enumerate().map(|(i, m)| {
+        Ok((
+            Where::Named(format!("{origin}#{i}")),
+            Item::Line(m.into_bytes()),
+        ))
+    });
     let counts = lander.segment_lines(lines, origin, &mut |_| {}).await?;
     let report = BatchReport {
         batch_id: lander.batch_id.clone(),
@@ -196,7 +199,10 @@ pub async fn replay(
         .into_iter()
         .map(|(l, r)| Ok((Where::Named(l), r.into_bytes())));
     let part = match kind {
-        SourceKind::Segment => lander.segment_lines(lines, "replay", &mut |_| {}).await?,
+        SourceKind::Segment => {
+            let records = lines.map(|item| item.map(|(w, l)| (w, Item::Line(l))));
+            lander.segment_lines(records, "replay", &mut |_| {}).await?
+        }
         _ => lander.youzan_lines(lines, "replay", &mut |_| {}).await?,
     };
     counts.add(&part);
@@ -277,14 +283,30 @@ impl<'a> Lander<'a> {
         file: &Path,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
-        self.segment_lines(numbered_lines(file)?, &file_name(file), progress)
-            .await
+        let label = file_name(file);
+        match tabular::sniff(file)? {
+            Format::JsonLines => {
+                let records =
+                    numbered_lines(file)?.map(|item| item.map(|(w, l)| (w, Item::Line(l))));
+                self.segment_lines(records, &label, progress).await
+            }
+            Format::Csv => {
+                let records =
+                    tabular::csv_records(file)?.map(|item| item.map(|(n, r)| (Where::Line(n), r)));
+                self.segment_lines(records, &label, progress).await
+            }
+            Format::Parquet => {
+                let records = tabular::parquet_records(file)?
+                    .map(|item| item.map(|(n, r)| (Where::Line(n), r)));
+                self.segment_lines(records, &label, progress).await
+            }
+        }
     }
 
     /// Cleans, dedups and lands Segment messages, one per item (`location`, raw bytes).
     async fn segment_lines(
         &mut self,
-        lines: impl Iterator<Item = Result<(Where, Vec<u8>)>>,
+        lines: impl Iterator<Item = Result<(Where, Item)>>,
         label: &str,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
@@ -294,7 +316,19 @@ impl<'a> Lander<'a> {
         let mut rows: Vec<EventRow> = Vec::new();
         let mut rejected: Vec<Rejected> = Vec::new();
         for item in lines {
-            let (location, line) = item?;
+            let (location, record) = item?;
+            let line = match record {
+                Item::Line(line) => line,
+                Item::Broken { raw, rejection } => {
+                    counts.received += 1;
+                    rejected.push(Rejected {
+                        location: location.text(label),
+                        rejection,
+                        raw,
+                    });
+                    continue;
+                }
+            };
             let (text, parsed_text) = match std::str::from_utf8(&line) {
                 Ok(text) => (std::borrow::Cow::Borrowed(text), true),
                 Err(_) => (String::from_utf8_lossy(&line), false),

@@ -17,6 +17,7 @@ pub mod orders;
 mod report;
 pub mod sample;
 pub mod segment;
+mod tabular;
 
 pub use error::{Error, Result};
 pub use land::{

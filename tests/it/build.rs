@@ -316,6 +316,22 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
             .filter_map(|u| text(u, "traits"))
             .any(|t| t.contains("favourite_colour"))
     );
+    // `catalog check` lists the traits that lack a standard.
+    let check = shoal(&wh, &["catalog", "check", "--json"]);
+    let check: Value = serde_json::from_slice(&check.stdout).expect("check json");
+    let traits = check["monitors"]
+        .as_array()
+        .expect("monitors")
+        .iter()
+        .find(|m| m["monitor"] == "unstandardised_traits" && m["table"] == "users")
+        .expect("traits monitor");
+    assert_eq!(traits["status"], "WARN");
+    assert!(
+        traits["value"]
+            .as_str()
+            .expect("v")
+            .contains("favourite_colour")
+    );
     // Tag bitmaps exist for enum columns and event days.
     let tags = rows(&wh, "tag_bitmaps");
     let gender_tags: u64 = tags
@@ -636,7 +652,7 @@ async fn the_http_api_builds_and_explains() {
     );
     ingest_file(&wh, &file);
     let location = format!("file://{}", wh.display());
-    let server = start_server(&["--warehouse", &location, "serve"]);
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
     let client = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", server.base);
     let built: Value = client
@@ -702,20 +718,30 @@ async fn the_server_builds_new_rows_on_its_own() {
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "1"]);
     let client = reqwest::Client::new();
+    // A build is finished when its row is in `builds`.
     let mut found = false;
-    for _ in 0..120 {
-        let response = client
-            .get(format!("{}/api/identity/1", server.base))
+    for _ in 0..240 {
+        let tables: Value = client
+            .get(format!("{}/api/tables", server.base))
             .send()
             .await
-            .expect("explain");
-        if response.status() == 200 {
+            .expect("tables")
+            .json()
+            .await
+            .expect("json");
+        let builds = tables["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .find(|t| t["table"] == "builds")
+            .and_then(|t| t["rows"].as_u64());
+        if builds.unwrap_or(0) > 0 {
             found = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    assert!(found, "the scheduled build resolved the waiting event");
+    assert!(found, "the scheduled build ran");
     let events = tokio::task::spawn_blocking(move || rows(&wh, "events"))
         .await
         .expect("read");

@@ -422,3 +422,153 @@ fn quarantined_rows_can_be_fixed_and_replayed() {
     ));
     assert_eq!(replayed["batches"][0]["landed"], 1, "{replayed}");
 }
+
+/// Event ids and prices landed, read back through `shoal catalog`'s own tables.
+fn landed_events(wh: &Path) -> Vec<(String, Option<f64>, Option<String>)> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let location = format!("file://{}", wh.display());
+        let warehouse = shoal_catalog::Warehouse::open(&location).expect("warehouse");
+        let table = shoal_catalog::Table::open(&warehouse, "events")
+            .await
+            .expect("events");
+        let mut out = Vec::new();
+        for batch in table.read_all().await.expect("read") {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            writer.write(&batch).expect("json");
+            writer.finish().expect("json");
+            let text = writer.into_inner();
+            if text.is_empty() {
+                continue;
+            }
+            let rows: Vec<serde_json::Value> = serde_json::from_slice(&text).expect("rows");
+            for r in rows {
+                let price = match &r["price"] {
+                    serde_json::Value::Number(n) => n.as_f64(),
+                    serde_json::Value::String(s) => s.parse().ok(),
+                    _ => None,
+                };
+                out.push((
+                    r["event_id"].as_str().expect("id").to_string(),
+                    price,
+                    r["channel"].as_str().map(str::to_string),
+                ));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    })
+}
+
+#[test]
+fn events_import_from_csv_and_parquet_through_the_same_cleaning() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    let csv = dir.path().join("events.csv");
+    std::fs::write(
+        &csv,
+        "\u{feff}message_id,event_name,event_time,device_id,user_id,price,properties.channel\n\
+         c1,view_item,2026-11-01 08:00:00,d1,,2499.00,web\n\
+         c2,add_to_cart,2026-11-01T00:05:00Z,d1,u1,2499,miniprogram\n\
+         c3,view_item,2026-13-01 08:00:00,d2,,,web\n\
+         c4,view_item,2026-11-01 08:00:00,d2\n\
+         c1,view_item,2026-11-01 08:00:00,d1,,2499.00,web\n\
+         c5,purchase,2026-11-01 09:00:00,d3,,-5,web\n",
+    )
+    .expect("csv");
+    let report = ingest(&wh, "segment", &[&csv]);
+    balanced(&report);
+    assert_eq!(report["received"], 6, "{report}");
+    assert_eq!(report["landed"], 2, "{report}");
+    assert_eq!(report["duplicates"], 1, "{report}");
+    assert_eq!(report["reasons"]["broken_record"], 1, "{report}");
+    assert_eq!(report["reasons"]["bad_timestamp"], 1, "{report}");
+    assert_eq!(report["reasons"]["negative_amount"], 1, "{report}");
+    let events = landed_events(&wh);
+    assert_eq!(
+        events,
+        vec![
+            ("c1".to_string(), Some(2499.0), Some("web".to_string())),
+            (
+                "c2".to_string(),
+                Some(2499.0),
+                Some("miniprogram".to_string())
+            ),
+        ]
+    );
+
+    // Parquet, written as another tool would (typed columns, a JSON properties column).
+    use std::sync::Arc;
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("messageId", arrow::datatypes::DataType::Utf8, false),
+        arrow::datatypes::Field::new("event", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new(
+            "timestamp",
+            arrow::datatypes::DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ),
+            true,
+        ),
+        arrow::datatypes::Field::new("anonymousId", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new("properties", arrow::datatypes::DataType::Utf8, true),
+    ]));
+    let t = 1_793_491_200_000_000i64; // 2026-11-01T00:00:00Z
+    let batch = arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec!["p1", "p2", "p3"])),
+            Arc::new(arrow::array::StringArray::from(vec![
+                Some("view_item"),
+                None,
+                Some("view_item"),
+            ])),
+            Arc::new(
+                arrow::array::TimestampMicrosecondArray::from(vec![t, t, t]).with_timezone("UTC"),
+            ),
+            Arc::new(arrow::array::StringArray::from(vec!["d9", "d9", "d9"])),
+            Arc::new(arrow::array::StringArray::from(vec![
+                Some(r#"{"price": 99.5, "channel": "app"}"#),
+                None,
+                Some("not json"),
+            ])),
+        ],
+    )
+    .expect("batch");
+    let parquet_file = dir.path().join("events.parquet");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&parquet_file).expect("create"),
+        schema,
+        None,
+    )
+    .expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+    let report = ingest(&wh, "segment", &[&parquet_file]);
+    balanced(&report);
+    assert_eq!(report["landed"], 1, "{report}");
+    assert_eq!(
+        report["reasons"]["missing_required"], 1,
+        "p2 has no event name: {report}"
+    );
+    assert_eq!(
+        report["reasons"]["unknown_value"], 1,
+        "p3's properties: {report}"
+    );
+    let events = landed_events(&wh);
+    assert!(events.contains(&("p1".to_string(), Some(99.5), Some("app".to_string()))));
+
+    // A CSV without an event column is refused whole, naming what it found.
+    let wrong = dir.path().join("wrong.csv");
+    std::fs::write(&wrong, "a,b\n1,2\n").expect("write");
+    let out = shoal(
+        &wh,
+        &["ingest", "--source", "segment", wrong.to_str().expect("p")],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("event") && stderr.contains("a, b"),
+        "{stderr}"
+    );
+}
