@@ -42,8 +42,13 @@ impl Hasher for KeyHasher {
         }
     }
     fn write_u128(&mut self, value: u128) {
-        self.0 = value as u64;
+        self.0 = self.0.rotate_left(29) ^ value as u64;
     }
+    fn write_u64(&mut self, value: u64) {
+        // Split keys and tuples hash their parts in turn; each part is already uniform.
+        self.0 = self.0.rotate_left(29) ^ value;
+    }
+    fn write_usize(&mut self, _: usize) {}
     fn write_u32(&mut self, value: u32) {
         self.0 = u64::from(value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
@@ -51,6 +56,13 @@ impl Hasher for KeyHasher {
 
 /// A hash map keyed by identity keys.
 pub type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+
+/// A key as two words: 8-byte aligned, so the graph's index buckets take 24 bytes, not 32.
+type SplitKey = [u64; 2];
+
+fn split(key: Key) -> SplitKey {
+    [key as u64, (key >> 64) as u64]
+}
 
 /// How one type may join people.
 #[derive(Debug, Clone)]
@@ -63,19 +75,40 @@ pub struct TypeRule {
     pub joins: bool,
 }
 
-/// One link between two identities.
+/// One link between two identities, ordered by when it was first seen, then by the
+/// identities (type, then the high half of the key), so the order does not depend on how
+/// the input was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Link {
     /// When it was first seen (UTC µs).
     pub at: i64,
     /// Type number of `a` (priority: 0 is strongest).
     pub a_type: u8,
-    /// First identity.
-    pub a: Key,
+    /// High 64 bits of `a`'s key.
+    pub a_hi: u64,
     /// Type number of `b`.
     pub b_type: u8,
-    /// Second identity.
-    pub b: Key,
+    /// High 64 bits of `b`'s key.
+    pub b_hi: u64,
+    /// Node of `a`.
+    pub a: u32,
+    /// Node of `b`.
+    pub b: u32,
+}
+
+impl Link {
+    /// The link between nodes `a` and `b` (keys `ka`, `kb`) first seen at `at`.
+    pub fn new(at: i64, a: (u8, Key, u32), b: (u8, Key, u32)) -> Link {
+        Link {
+            at,
+            a_type: a.0,
+            a_hi: (a.1 >> 64) as u64,
+            b_type: b.0,
+            b_hi: (b.1 >> 64) as u64,
+            a: a.2,
+            b: b.2,
+        }
+    }
 }
 
 /// What happened to a link.
@@ -89,17 +122,23 @@ pub enum Outcome {
     Refused(String),
 }
 
+/// Everything the union-find keeps per identity, together so one cache line serves a step.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    parent: u32,
+    size: u32,
+    /// Existing user id; at a root, the lowest of the component.
+    user: u32,
+    /// Slot of a root's per-type counts, or NO_SLOT for a single identity.
+    slot: u32,
+    kind: u8,
+}
+
 /// The union-find with per-type caps.
 pub struct Graph {
     rules: Vec<TypeRule>,
-    index: KeyMap<u32>,
-    kind: Vec<u8>,
-    parent: Vec<u32>,
-    size: Vec<u32>,
-    /// Existing user id; at a root, the lowest of the component.
-    user: Vec<u32>,
-    /// Slot of a root's per-type counts, or NO_SLOT for a single identity.
-    slot: Vec<u32>,
+    index: HashMap<SplitKey, u32, BuildHasherDefault<KeyHasher>>,
+    nodes: Vec<Node>,
     counts: Vec<u32>,
     free_slots: Vec<u32>,
     /// A node of each existing user.
@@ -112,12 +151,8 @@ impl Graph {
     pub fn new(rules: Vec<TypeRule>) -> Graph {
         Graph {
             rules,
-            index: KeyMap::default(),
-            kind: Vec::new(),
-            parent: Vec::new(),
-            size: Vec::new(),
-            user: Vec::new(),
-            slot: Vec::new(),
+            index: HashMap::default(),
+            nodes: Vec::new(),
             counts: Vec::new(),
             free_slots: Vec::new(),
             user_node: HashMap::default(),
@@ -128,21 +163,17 @@ impl Graph {
     /// Room for `n` identities.
     pub fn reserve(&mut self, n: usize) {
         self.index.reserve(n);
-        self.kind.reserve(n);
-        self.parent.reserve(n);
-        self.size.reserve(n);
-        self.user.reserve(n);
-        self.slot.reserve(n);
+        self.nodes.reserve(n);
     }
 
     /// Number of identities.
     pub fn len(&self) -> usize {
-        self.kind.len()
+        self.nodes.len()
     }
 
     /// True when there is no identity.
     pub fn is_empty(&self) -> bool {
-        self.kind.is_empty()
+        self.nodes.is_empty()
     }
 
     /// The highest user id seen.
@@ -152,21 +183,25 @@ impl Graph {
 
     /// The node of `key`, if known.
     pub fn find_key(&self, key: Key) -> Option<u32> {
-        self.index.get(&key).copied()
+        self.index.get(&split(key)).copied()
     }
 
     /// The node of `key`, created (as a person of its own) if new.
     pub fn node(&mut self, ty: u8, key: Key) -> u32 {
-        if let Some(&n) = self.index.get(&key) {
-            return n;
+        let n = self.nodes.len() as u32;
+        match self.index.entry(split(key)) {
+            std::collections::hash_map::Entry::Occupied(e) => return *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(n);
+            }
         }
-        let n = self.kind.len() as u32;
-        self.index.insert(key, n);
-        self.kind.push(ty);
-        self.parent.push(n);
-        self.size.push(1);
-        self.user.push(NO_USER);
-        self.slot.push(NO_SLOT);
+        self.nodes.push(Node {
+            parent: n,
+            size: 1,
+            user: NO_USER,
+            slot: NO_SLOT,
+            kind: ty,
+        });
         n
     }
 
@@ -178,9 +213,8 @@ impl Graph {
         match self.user_node.get(&user).copied() {
             None => {
                 self.user_node.insert(user, n);
-                let root = self.find(n);
-                let lowest = self.user[root as usize].min(user);
-                self.user[root as usize] = lowest;
+                let root = self.find(n) as usize;
+                self.nodes[root].user = self.nodes[root].user.min(user);
             }
             Some(other) => {
                 let (a, b) = (self.find(n), self.find(other));
@@ -198,17 +232,21 @@ impl Graph {
 
     /// The root of node `n`.
     pub fn find(&mut self, mut n: u32) -> u32 {
-        while self.parent[n as usize] != n {
-            let grand = self.parent[self.parent[n as usize] as usize];
-            self.parent[n as usize] = grand;
+        loop {
+            let parent = self.nodes[n as usize].parent;
+            if parent == n {
+                return n;
+            }
+            let grand = self.nodes[parent as usize].parent;
+            self.nodes[n as usize].parent = grand;
             n = grand;
         }
-        n
     }
 
     fn count(&self, root: u32, ty: usize) -> u32 {
-        match self.slot[root as usize] {
-            NO_SLOT => u32::from(self.kind[root as usize] as usize == ty),
+        let node = &self.nodes[root as usize];
+        match node.slot {
+            NO_SLOT => u32::from(node.kind as usize == ty),
             s => self.counts[s as usize * self.rules.len() + ty],
         }
     }
@@ -219,9 +257,9 @@ impl Graph {
         if ra == rb {
             return Outcome::Already;
         }
-        let bridges = self.size[ra as usize] > 1 && self.size[rb as usize] > 1;
+        let bridges = self.nodes[ra as usize].size > 1 && self.nodes[rb as usize].size > 1;
         for x in [a, b] {
-            let rule = &self.rules[self.kind[x as usize] as usize];
+            let rule = &self.rules[self.nodes[x as usize].kind as usize];
             if bridges && !rule.joins {
                 return Outcome::Refused(format!("rule: {} does not join people", rule.name));
             }
@@ -241,37 +279,48 @@ impl Graph {
 
     fn union_roots(&mut self, ra: u32, rb: u32) {
         let (big, small) = {
-            let (sa, sb) = (self.size[ra as usize], self.size[rb as usize]);
+            let (sa, sb) = (self.nodes[ra as usize].size, self.nodes[rb as usize].size);
             if sa > sb || (sa == sb && ra < rb) {
-                (ra, rb)
+                (ra as usize, rb as usize)
             } else {
-                (rb, ra)
+                (rb as usize, ra as usize)
             }
         };
         let types = self.rules.len();
-        let mut merged = vec![0u32; types];
-        for (ty, m) in merged.iter_mut().enumerate() {
-            *m = self.count(big, ty) + self.count(small, ty);
-        }
-        let slot = match self.slot[big as usize] {
-            NO_SLOT => match self.free_slots.pop() {
-                Some(s) => s,
-                None => {
-                    self.counts.extend(std::iter::repeat_n(0, types));
-                    (self.counts.len() / types - 1) as u32
-                }
-            },
+        let slot = match self.nodes[big].slot {
+            NO_SLOT => {
+                let s = match self.free_slots.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.counts.extend(std::iter::repeat_n(0, types));
+                        (self.counts.len() / types - 1) as u32
+                    }
+                };
+                let at = s as usize * types;
+                self.counts[at..at + types].fill(0);
+                self.counts[at + self.nodes[big].kind as usize] = 1;
+                self.nodes[big].slot = s;
+                s
+            }
             s => s,
         };
-        self.counts[slot as usize * types..(slot as usize + 1) * types].copy_from_slice(&merged);
-        self.slot[big as usize] = slot;
-        if self.slot[small as usize] != NO_SLOT {
-            self.free_slots.push(self.slot[small as usize]);
-            self.slot[small as usize] = NO_SLOT;
+        let at = slot as usize * types;
+        match self.nodes[small].slot {
+            NO_SLOT => self.counts[at + self.nodes[small].kind as usize] += 1,
+            other => {
+                let from = other as usize * types;
+                for ty in 0..types {
+                    self.counts[at + ty] += self.counts[from + ty];
+                }
+                self.free_slots.push(other);
+                self.nodes[small].slot = NO_SLOT;
+            }
         }
-        self.parent[small as usize] = big;
-        self.size[big as usize] += self.size[small as usize];
-        self.user[big as usize] = self.user[big as usize].min(self.user[small as usize]);
+        let (small_size, small_user) = (self.nodes[small].size, self.nodes[small].user);
+        self.nodes[small].parent = big as u32;
+        let root = &mut self.nodes[big];
+        root.size += small_size;
+        root.user = root.user.min(small_user);
     }
 
     /// Gives every person without an id the next ids, in node order (so the order in which
@@ -279,15 +328,15 @@ impl Graph {
     /// the merges of existing users (from, into), sorted.
     pub fn finish(&mut self) -> Resolution {
         let mut next = self.max_user.map_or(1, |m| m + 1);
-        let nodes = self.kind.len();
+        let nodes = self.nodes.len();
         let mut user_of = vec![NO_USER; nodes];
         for n in 0..nodes as u32 {
-            let root = self.find(n);
-            if self.user[root as usize] == NO_USER {
-                self.user[root as usize] = next;
+            let root = self.find(n) as usize;
+            if self.nodes[root].user == NO_USER {
+                self.nodes[root].user = next;
                 next += 1;
             }
-            user_of[n as usize] = self.user[root as usize];
+            user_of[n as usize] = self.nodes[root].user;
         }
         let mut merges: Vec<(u32, u32)> = Vec::new();
         let pairs: Vec<(u32, u32)> = self.user_node.iter().map(|(u, n)| (*u, *n)).collect();
@@ -308,12 +357,12 @@ impl Graph {
     /// The user id of `n`'s person (NO_USER when new).
     pub fn root_user(&mut self, n: u32) -> u32 {
         let root = self.find(n);
-        self.user[root as usize]
+        self.nodes[root as usize].user
     }
 
     /// Type number of node `n`.
     pub fn kind(&self, n: u32) -> u8 {
-        self.kind[n as usize]
+        self.nodes[n as usize].kind
     }
 }
 

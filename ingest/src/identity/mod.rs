@@ -416,22 +416,19 @@ pub async fn merge_identities(
     }
     report.identities_new = fresh.len() as u64;
 
-    let mut links: Vec<(Link, u16)> = observed
+    let mut links: Vec<(Link, u16, Key, Key)> = observed
         .edges
         .iter()
         .filter(|((a, b), _)| !settled.contains(&((*a).min(*b), (*a).max(*b))))
-        .map(|((a, b), (at, source))| {
+        .filter_map(|((a, b), (at, source))| {
             let ty = |k: &Key| observed.names.get(k).map_or(0, |n| n.0);
-            (
-                Link {
-                    at: *at,
-                    a_type: ty(a),
-                    a: *a,
-                    b_type: ty(b),
-                    b: *b,
-                },
+            let (na, nb) = (graph.find_key(*a)?, graph.find_key(*b)?);
+            Some((
+                Link::new(*at, (ty(a), *a, na), (ty(b), *b, nb)),
                 *source,
-            )
+                *a,
+                *b,
+            ))
         })
         .collect();
     links.sort_unstable();
@@ -439,10 +436,8 @@ pub async fn merge_identities(
 
     let mut edge_rows = EdgeRows::default();
     let mut merge_reasons: HashMap<u32, String> = HashMap::new();
-    for (link, source) in &links {
-        let (Some(a), Some(b)) = (graph.find_key(link.a), graph.find_key(link.b)) else {
-            continue;
-        };
+    for (link, source, key_a, key_b) in &links {
+        let (a, b) = (link.a, link.b);
         let (ua, ub) = (graph.root_user(a), graph.root_user(b));
         let outcome = graph.link(a, b);
         let (status, reason) = match &outcome {
@@ -476,9 +471,9 @@ pub async fn merge_identities(
         };
         edge_rows.push(
             rules.name(link.a_type),
-            name(&link.a),
+            name(key_a),
             rules.name(link.b_type),
-            name(&link.b),
+            name(key_b),
             link.at,
             &observed.sources[*source as usize],
             status,
