@@ -140,6 +140,16 @@ impl CatalogDefinition {
                     }
                     _ => {}
                 }
+                if !field.buckets.is_empty()
+                    && (!field.value_type.is_numeric()
+                        || field.buckets.windows(2).any(|w| w[0] >= w[1])
+                        || field.buckets.iter().any(|b| !b.is_finite()))
+                {
+                    return Err(invalid(
+                        at,
+                        "buckets are increasing finite edges of a numeric field".into(),
+                    ));
+                }
                 if let Some(r) = field.max_null_ratio
                     && !(0.0..=1.0).contains(&r)
                 {

@@ -127,4 +127,45 @@ mod tests {
         definition.identity.types.push(first);
         assert!(definition.check().is_err());
     }
+
+    #[test]
+    fn numeric_buckets_label_values_and_bad_edges_are_refused() {
+        let definition = CatalogDefinition::default_definition().expect("default");
+        let age = definition
+            .table("users")
+            .expect("users")
+            .field("age")
+            .expect("age");
+        assert_eq!(age.bucket(17.0).as_deref(), Some("<18"));
+        assert_eq!(age.bucket(18.0).as_deref(), Some("18-25"));
+        assert_eq!(age.bucket(34.0).as_deref(), Some("25-35"));
+        assert_eq!(age.bucket(65.0).as_deref(), Some(">=65"));
+        let mut bad = definition.clone();
+        let users = bad
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "users")
+            .expect("users");
+        let age = users
+            .fields
+            .iter_mut()
+            .find(|f| f.name == "age")
+            .expect("age");
+        age.buckets = vec![30.0, 20.0];
+        let err = bad.check().expect_err("decreasing");
+        assert!(err.to_string().contains("tables.users.fields.age"), "{err}");
+        let mut bad = definition.clone();
+        let users = bad
+            .tables
+            .iter_mut()
+            .find(|t| t.name == "users")
+            .expect("users");
+        let city = users
+            .fields
+            .iter_mut()
+            .find(|f| f.name == "city")
+            .expect("city");
+        city.buckets = vec![1.0];
+        assert!(bad.check().is_err());
+    }
 }

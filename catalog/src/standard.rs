@@ -144,6 +144,35 @@ pub struct FieldStandard {
     /// Highest acceptable share of nulls before the quality monitor fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_null_ratio: Option<f64>,
+    /// Bucket edges of a numeric field indexed as tag bitmaps: `[18, 25, 35]` makes the
+    /// buckets `<18`, `18-25`, `25-35` and `>=35` (lower edge included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<f64>,
+}
+
+impl FieldStandard {
+    /// The bucket label of `value` under `buckets` (see the field's doc).
+    pub fn bucket(&self, value: f64) -> Option<String> {
+        let edges = &self.buckets;
+        let (first, last) = (edges.first()?, edges.last()?);
+        let show = |x: f64| {
+            if x.fract() == 0.0 {
+                format!("{}", x as i64)
+            } else {
+                format!("{x}")
+            }
+        };
+        if value < *first {
+            return Some(format!("<{}", show(*first)));
+        }
+        if value >= *last {
+            return Some(format!(">={}", show(*last)));
+        }
+        edges
+            .windows(2)
+            .find(|w| value >= w[0] && value < w[1])
+            .map(|w| format!("{}-{}", show(w[0]), show(w[1])))
+    }
 }
 
 fn default_owner() -> String {

@@ -989,11 +989,14 @@ async fn build_users(
     }
     report.users = users.row_count().await?;
 
-    // Tag bitmaps of enum and bool columns.
+    // Tag bitmaps of enum and bool columns, and of the buckets of bucketed numeric ones.
     let tagged: Vec<&FieldStandard> = users_def
         .fields
         .iter()
-        .filter(|f| matches!(f.value_type, ValueType::Enum | ValueType::Bool))
+        .filter(|f| {
+            matches!(f.value_type, ValueType::Enum | ValueType::Bool)
+                || (f.value_type.is_numeric() && !f.buckets.is_empty())
+        })
         .collect();
     let mut rows = BitmapRows::default();
     let mut names: Vec<&str> = vec!["user_id"];
@@ -1002,6 +1005,24 @@ async fn build_users(
     for_each_batch(scan(&read, &users, &names, None).await?, |batch| {
         let ids = ints(batch, "user_id")?;
         for f in &tagged {
+            if f.value_type.is_numeric() {
+                let column = batch
+                    .column_by_name(&f.name)
+                    .ok_or_else(|| Error::Internal(format!("users lacks {}", f.name)))?;
+                let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Float64)?;
+                let values = values
+                    .as_any()
+                    .downcast_ref::<arrow::array::Float64Array>()
+                    .ok_or_else(|| Error::Internal(format!("users.{} is not numeric", f.name)))?;
+                for i in 0..batch.num_rows() {
+                    if let (Some(u), true) = (get_int(&ids, i), values.is_valid(i))
+                        && let Some(label) = f.bucket(values.value(i))
+                    {
+                        rows.add(&f.name, label, u as u32);
+                    }
+                }
+                continue;
+            }
             let values = text(batch, &f.name)?;
             for i in 0..batch.num_rows() {
                 if let (Some(u), Some(v)) = (get_int(&ids, i), get(&values, i)) {

@@ -342,6 +342,17 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     let with_gender = users.iter().filter(|u| text(u, "gender").is_some()).count() as u64;
     assert_eq!(gender_tags, with_gender);
     assert!(tags.iter().any(|t| text(t, "kind") == Some("event_day")));
+    // Bucketed numeric columns: the 25-35 age bitmap holds exactly the users aged 25 to 34.
+    let aged = users
+        .iter()
+        .filter(|u| int(u, "age").is_some_and(|a| (25..35).contains(&a)))
+        .count() as i64;
+    let bucket = tags
+        .iter()
+        .find(|t| text(t, "name") == Some("age") && text(t, "value") == Some("25-35"))
+        .expect("age bucket");
+    assert_eq!(int(bucket, "users"), Some(aged));
+    assert!(aged > 0);
     // orders_wide carries the buyer's attributes.
     assert_eq!(rows(&wh, "orders_wide").len(), rows(&wh, "orders").len());
 
