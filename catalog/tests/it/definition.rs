@@ -115,6 +115,7 @@ async fn a_new_warehouse_is_seeded_and_the_catalog_round_trips() {
         sensitivity: Sensitivity::Internal,
         description: "EU size".into(),
         max_null_ratio: None,
+        buckets: Vec::new(),
     });
     changed.derived.insert(
         "big_feet".into(),
