@@ -180,7 +180,7 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
 /// (four per person: a star from each person's strongest identity to four others, with a
 /// shared shop tablet per 2,000 people that the caps must keep from fusing them).
 pub fn identity(links: u64, json: bool) -> AppResult<()> {
-    use shoal_ingest::identity::{Graph, Link, Outcome, TypeRule, key};
+    use shoal_ingest::identity::{Graph, Key, Link, Outcome, TypeRule, key};
 
     let people = (links / 4).max(1);
     let rules = vec![
@@ -204,12 +204,6 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
     let start = Instant::now();
     let mut graph = Graph::new(rules);
     graph.reserve((people * 5) as usize);
-    let mut pending: Vec<Link> = Vec::with_capacity(links as usize);
-    let mut text = String::with_capacity(64);
-    let node = |graph: &mut Graph, ty: u8, text: &str| {
-        let k = key(ty, text);
-        (ty, k, graph.node(ty, k))
-    };
     // Formatting with `write!` would cost more than the merge; ids are spelled by hand.
     fn push_number(text: &mut String, mut n: u64, base: u64, width: usize) {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -222,8 +216,12 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
         }
         text.extend(digits[..len].iter().rev().map(|d| *d as char));
     }
+    // Every identity with its (type, key), people after people: centre, then four others.
+    let mut ids: Vec<(u8, Key)> = Vec::with_capacity((people * 5) as usize);
+    let mut times: Vec<i64> = Vec::with_capacity(people as usize);
+    let mut text = String::with_capacity(64);
     for p in 0..people {
-        let t = (p * 7919 % 1_000_000) as i64;
+        times.push((p * 7919 % 1_000_000) as i64);
         text.clear();
         let centre_type = if p % 20 < 13 {
             text.push('u');
@@ -239,7 +237,7 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
             text.push_str("-0");
             2
         };
-        let centre = node(&mut graph, centre_type, &text);
+        ids.push((centre_type, key(centre_type, &text)));
         for k in 1..=4u64 {
             text.clear();
             if k == 4 && p % 2000 == 0 {
@@ -251,8 +249,17 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
                 text.push('-');
                 push_number(&mut text, k, 10, 1);
             }
-            let other = node(&mut graph, 2, &text);
-            pending.push(Link::new(t + k as i64, centre, other));
+            ids.push((2, key(2, &text)));
+        }
+    }
+    let nodes = graph.nodes(&ids);
+    let mut pending: Vec<Link> = Vec::with_capacity(links as usize);
+    for (p, at) in times.iter().enumerate() {
+        let c = p * 5;
+        let centre = (ids[c].0, ids[c].1, nodes[c]);
+        for k in 1..=4 {
+            let other = (ids[c + k].0, ids[c + k].1, nodes[c + k]);
+            pending.push(Link::new(at + k as i64, centre, other));
         }
     }
     let hashed = start.elapsed().as_secs_f64();

@@ -122,6 +122,14 @@ pub enum Outcome {
     Refused(String),
 }
 
+type Shard = HashMap<SplitKey, u32, BuildHasherDefault<KeyHasher>>;
+
+const SHARDS: usize = 4096;
+
+fn shard_of(key: Key) -> usize {
+    (key >> 116) as usize
+}
+
 /// Everything the union-find keeps per identity, together so one cache line serves a step.
 #[derive(Debug, Clone, Copy)]
 struct Node {
@@ -137,7 +145,9 @@ struct Node {
 /// The union-find with per-type caps.
 pub struct Graph {
     rules: Vec<TypeRule>,
-    index: HashMap<SplitKey, u32, BuildHasherDefault<KeyHasher>>,
+    /// Key → node, in shards by the key's top 12 bits: bulk inserts go shard by shard, so each
+    /// shard's table stays in cache while it fills.
+    index: Vec<Shard>,
     nodes: Vec<Node>,
     counts: Vec<u32>,
     free_slots: Vec<u32>,
@@ -151,7 +161,7 @@ impl Graph {
     pub fn new(rules: Vec<TypeRule>) -> Graph {
         Graph {
             rules,
-            index: HashMap::default(),
+            index: (0..SHARDS).map(|_| Shard::default()).collect(),
             nodes: Vec::new(),
             counts: Vec::new(),
             free_slots: Vec::new(),
@@ -162,7 +172,9 @@ impl Graph {
 
     /// Room for `n` identities.
     pub fn reserve(&mut self, n: usize) {
-        self.index.reserve(n);
+        for shard in &mut self.index {
+            shard.reserve(n / SHARDS + 1);
+        }
         self.nodes.reserve(n);
     }
 
@@ -183,13 +195,13 @@ impl Graph {
 
     /// The node of `key`, if known.
     pub fn find_key(&self, key: Key) -> Option<u32> {
-        self.index.get(&split(key)).copied()
+        self.index[shard_of(key)].get(&split(key)).copied()
     }
 
     /// The node of `key`, created (as a person of its own) if new.
     pub fn node(&mut self, ty: u8, key: Key) -> u32 {
         let n = self.nodes.len() as u32;
-        match self.index.entry(split(key)) {
+        match self.index[shard_of(key)].entry(split(key)) {
             std::collections::hash_map::Entry::Occupied(e) => return *e.get(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(n);
@@ -203,6 +215,72 @@ impl Graph {
             kind: ty,
         });
         n
+    }
+
+    /// The nodes of many identities at once (created when new, numbered in the order of the
+    /// input, like calling [`Graph::node`] on each in turn), several times faster for
+    /// millions: the identities are grouped by shard first, so every shard's table is filled
+    /// while it is in cache rather than touched at random.
+    pub fn nodes(&mut self, ids: &[(u8, Key)]) -> Vec<u32> {
+        // Group input positions by shard (a counting sort).
+        let mut starts = vec![0usize; SHARDS + 1];
+        for (_, k) in ids {
+            starts[shard_of(*k) + 1] += 1;
+        }
+        for i in 0..SHARDS {
+            starts[i + 1] += starts[i];
+        }
+        let mut order = vec![0u32; ids.len()];
+        let mut fill = starts.clone();
+        for (i, (_, k)) in ids.iter().enumerate() {
+            let s = shard_of(*k);
+            order[fill[s]] = i as u32;
+            fill[s] += 1;
+        }
+        // Per shard: the node of known keys, or the first position of each new key.
+        const NEW: u32 = 1 << 31;
+        let mut found = vec![0u32; ids.len()];
+        let base = self.nodes.len();
+        for s in 0..SHARDS {
+            let shard = &mut self.index[s];
+            for &i in &order[starts[s]..starts[s + 1]] {
+                let key = split(ids[i as usize].1);
+                // New keys are entered with their first position, marked, and fixed below.
+                let value = *shard.entry(key).or_insert(NEW | i);
+                found[i as usize] = value;
+            }
+        }
+        // Number new identities in input order.
+        let mut out = vec![0u32; ids.len()];
+        for (i, (ty, _)) in ids.iter().enumerate() {
+            let f = found[i];
+            out[i] = if f & NEW == 0 {
+                f
+            } else if (f & !NEW) as usize == i {
+                let n = self.nodes.len() as u32;
+                self.nodes.push(Node {
+                    parent: n,
+                    size: 1,
+                    user: NO_USER,
+                    slot: NO_SLOT,
+                    kind: *ty,
+                });
+                n
+            } else {
+                out[(f & !NEW) as usize]
+            };
+        }
+        // Replace the marks left in the shards by the node numbers.
+        if self.nodes.len() > base {
+            for shard in &mut self.index {
+                for v in shard.values_mut() {
+                    if *v & NEW != 0 {
+                        *v = out[(*v & !NEW) as usize];
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Loads an identity that already belongs to `user`, without checking rules (the stored
@@ -448,6 +526,29 @@ mod tests {
             r.user_of[fresh as usize], 10,
             "new ids start above every id ever used"
         );
+    }
+
+    #[test]
+    fn bulk_nodes_match_one_at_a_time() {
+        let ids: Vec<(u8, Key)> = (0..5000u32)
+            .map(|i| {
+                let ty = (i % 3) as u8;
+                (ty, key(ty, &format!("v{}", i % 3217)))
+            })
+            .collect();
+        let mut one = Graph::new(rules());
+        let mut bulk = Graph::new(rules());
+        let known = bulk.node(1, ids[7].1);
+        one.node(1, ids[7].1);
+        let singles: Vec<u32> = ids.iter().map(|(t, k)| one.node(*t, *k)).collect();
+        let together = bulk.nodes(&ids);
+        assert_eq!(singles, together);
+        assert_eq!(together[7], known);
+        assert_eq!(one.len(), bulk.len());
+        for (t, k) in &ids {
+            assert_eq!(one.find_key(*k), bulk.find_key(*k));
+            let _ = t;
+        }
     }
 
     #[test]

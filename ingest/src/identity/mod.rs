@@ -411,9 +411,8 @@ pub async fn merge_identities(
         .collect();
     fresh.sort_unstable();
     graph.reserve(fresh.len());
-    for (_, ty, k) in &fresh {
-        graph.node(*ty, *k);
-    }
+    let fresh_ids: Vec<(u8, Key)> = fresh.iter().map(|(_, ty, k)| (*ty, *k)).collect();
+    graph.nodes(&fresh_ids);
     report.identities_new = fresh.len() as u64;
 
     let mut links: Vec<(Link, u16, Key, Key)> = observed
