@@ -545,9 +545,8 @@ mod tests {
         assert_eq!(singles, together);
         assert_eq!(together[7], known);
         assert_eq!(one.len(), bulk.len());
-        for (t, k) in &ids {
+        for (_, k) in &ids {
             assert_eq!(one.find_key(*k), bulk.find_key(*k));
-            let _ = t;
         }
     }
 

@@ -477,7 +477,7 @@ pub async fn unlink(
     );
     edges_table
         .merge(
-            vec![removed.batch(now)?],
+            vec![removed.batch()?],
             &["a_type", "a_value", "b_type", "b_value"],
             note.clone(),
         )

@@ -490,7 +490,7 @@ pub async fn merge_identities(
         let mut edges_table = edges_table;
         edges_table
             .merge(
-                vec![edge_rows.batch(now)?],
+                vec![edge_rows.batch()?],
                 &["a_type", "a_value", "b_type", "b_value"],
                 note.clone(),
             )
@@ -808,7 +808,7 @@ impl EdgeRows {
         self.at.is_empty()
     }
 
-    pub(crate) fn batch(self, _now: DateTime<Utc>) -> Result<RecordBatch> {
+    pub(crate) fn batch(self) -> Result<RecordBatch> {
         Ok(RecordBatch::try_from_iter(vec![
             ("a_type", text_array(self.a_type.iter().map(Some))),
             ("a_value", text_array(self.a_value.iter().map(Some))),
