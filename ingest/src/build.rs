@@ -965,22 +965,7 @@ async fn build_users(
         .select(projection)?
         .sort(vec![col("user_id").sort(true, false)])?;
     let mut users = catalog.table("users").await?;
-    match scope {
-        None => {
-            users.overwrite_frame(frame, note.clone()).await?;
-        }
-        Some(_) => {
-            let batches: Vec<RecordBatch> = frame
-                .collect()
-                .await?
-                .into_iter()
-                .filter(|b| b.num_rows() > 0)
-                .collect();
-            if !batches.is_empty() {
-                users.merge(batches, &["user_id"], note.clone()).await?;
-            }
-        }
-    }
+    write_scoped(&mut users, frame, scope.is_some(), &["user_id"], note).await?;
     if !removed.is_empty() {
         let gone = removed.iter().map(|u| lit(*u)).collect();
         users
@@ -1038,6 +1023,31 @@ async fn build_users(
     let batch = rows.batch("column", users.version())?;
     tags.replace_where(vec![batch], col("kind").eq(lit("column")), note.clone())
         .await?;
+    Ok(())
+}
+
+/// Writes `frame` to `table`: the whole content (streamed) or, when `scoped`, an upsert of
+/// its rows by `keys`.
+async fn write_scoped(
+    table: &mut shoal_catalog::Table,
+    frame: datafusion::prelude::DataFrame,
+    scoped: bool,
+    keys: &[&str],
+    note: &CommitNote,
+) -> Result<()> {
+    if !scoped {
+        table.overwrite_frame(frame, note.clone()).await?;
+        return Ok(());
+    }
+    let batches: Vec<RecordBatch> = frame
+        .collect()
+        .await?
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .collect();
+    if !batches.is_empty() {
+        table.merge(batches, keys, note.clone()).await?;
+    }
     Ok(())
 }
 
@@ -1314,23 +1324,14 @@ async fn build_orders_wide(
         )?
         .select(projection)?;
     let mut wide = catalog.table("orders_wide").await?;
-    match scope {
-        None => {
-            wide.overwrite_frame(frame, note.clone()).await?;
-        }
-        Some(_) => {
-            let batches: Vec<RecordBatch> = frame
-                .collect()
-                .await?
-                .into_iter()
-                .filter(|b| b.num_rows() > 0)
-                .collect();
-            if !batches.is_empty() {
-                wide.merge(batches, &["platform", "order_id"], note.clone())
-                    .await?;
-            }
-        }
-    }
+    write_scoped(
+        &mut wide,
+        frame,
+        scope.is_some(),
+        &["platform", "order_id"],
+        note,
+    )
+    .await?;
     report.orders_wide = wide.row_count().await?;
     Ok(())
 }

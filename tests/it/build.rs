@@ -4,35 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::{json_ok, shoal, start_server};
-
-type Row = Map<String, Value>;
-
-/// Every row of `table`, read straight from the warehouse.
-fn rows(warehouse: &Path, table: &str) -> Vec<Row> {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let location = format!("file://{}", warehouse.display());
-        let wh = shoal_catalog::Warehouse::open(&location).expect("warehouse");
-        let t = shoal_catalog::Table::open(&wh, table).await.expect("table");
-        let batches = t.read_all().await.expect("read");
-        let mut out = Vec::new();
-        for batch in batches {
-            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
-            writer.write(&batch).expect("json");
-            writer.finish().expect("json");
-            let text = writer.into_inner();
-            if text.is_empty() {
-                continue;
-            }
-            let parsed: Vec<Row> = serde_json::from_slice(&text).expect("rows");
-            out.extend(parsed);
-        }
-        out
-    })
-}
+use crate::{Row, json_ok, rows, shoal, start_server};
 
 fn text<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
     row.get(key).and_then(Value::as_str)

@@ -423,41 +423,25 @@ fn quarantined_rows_can_be_fixed_and_replayed() {
     assert_eq!(replayed["batches"][0]["landed"], 1, "{replayed}");
 }
 
-/// Event ids and prices landed, read back through `shoal catalog`'s own tables.
+/// Event ids, prices and channels landed, sorted by id.
 fn landed_events(wh: &Path) -> Vec<(String, Option<f64>, Option<String>)> {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let location = format!("file://{}", wh.display());
-        let warehouse = shoal_catalog::Warehouse::open(&location).expect("warehouse");
-        let table = shoal_catalog::Table::open(&warehouse, "events")
-            .await
-            .expect("events");
-        let mut out = Vec::new();
-        for batch in table.read_all().await.expect("read") {
-            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
-            writer.write(&batch).expect("json");
-            writer.finish().expect("json");
-            let text = writer.into_inner();
-            if text.is_empty() {
-                continue;
-            }
-            let rows: Vec<serde_json::Value> = serde_json::from_slice(&text).expect("rows");
-            for r in rows {
-                let price = match &r["price"] {
-                    serde_json::Value::Number(n) => n.as_f64(),
-                    serde_json::Value::String(s) => s.parse().ok(),
-                    _ => None,
-                };
-                out.push((
-                    r["event_id"].as_str().expect("id").to_string(),
-                    price,
-                    r["channel"].as_str().map(str::to_string),
-                ));
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    })
+    let mut out: Vec<_> = crate::rows(wh, "events")
+        .into_iter()
+        .map(|r| {
+            let price = match &r["price"] {
+                serde_json::Value::Number(n) => n.as_f64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            };
+            (
+                r["event_id"].as_str().expect("id").to_string(),
+                price,
+                r["channel"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 #[test]

@@ -50,6 +50,31 @@ pub fn table_rows(warehouse: &Path, table: &str) -> Option<u64> {
         .and_then(|t| t["rows"].as_u64())
 }
 
+/// One row of a table as JSON.
+pub type Row = serde_json::Map<String, serde_json::Value>;
+
+/// Every row of `table`, read straight from the warehouse (decimals come back as JSON
+/// numbers or text, times as text).
+pub fn rows(warehouse: &Path, table: &str) -> Vec<Row> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let location = format!("file://{}", warehouse.display());
+        let wh = shoal_catalog::Warehouse::open(&location).expect("warehouse");
+        let t = shoal_catalog::Table::open(&wh, table).await.expect("table");
+        let mut out = Vec::new();
+        for batch in t.read_all().await.expect("read") {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            writer.write(&batch).expect("json");
+            writer.finish().expect("json");
+            let text = writer.into_inner();
+            if !text.is_empty() {
+                out.extend(serde_json::from_slice::<Vec<Row>>(&text).expect("rows"));
+            }
+        }
+        out
+    })
+}
+
 /// A running `shoal … serve`, stopped when dropped.
 pub struct Server {
     child: Child,
