@@ -184,21 +184,9 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
 
     let people = (links / 4).max(1);
     let rules = vec![
-        TypeRule {
-            name: "login_id".into(),
-            cap: 1,
-            joins: true,
-        },
-        TypeRule {
-            name: "phone".into(),
-            cap: 5,
-            joins: true,
-        },
-        TypeRule {
-            name: "anonymous_id".into(),
-            cap: 20,
-            joins: true,
-        },
+        TypeRule::new("login_id", 1),
+        TypeRule::new("phone", 5),
+        TypeRule::new("anonymous_id", 20),
     ];
     // Identities as text, formatted into one buffer and hashed as a run does.
     let start = Instant::now();

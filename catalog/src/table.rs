@@ -244,12 +244,12 @@ impl Table {
 
     /// Appends `batches` in one commit and returns the new version.
     pub async fn append(&mut self, batches: Vec<RecordBatch>, note: CommitNote) -> Result<u64> {
-        self.write(batches, SaveMode::Append, note).await
+        self.write(batches, SaveMode::Append, None, note).await
     }
 
     /// Replaces the whole content with `batches` in one commit.
     pub async fn overwrite(&mut self, batches: Vec<RecordBatch>, note: CommitNote) -> Result<u64> {
-        self.write(batches, SaveMode::Overwrite, note).await
+        self.write(batches, SaveMode::Overwrite, None, note).await
     }
 
     /// Replaces the rows matching `predicate` (a filter on partition columns, e.g. some days
@@ -260,20 +260,8 @@ impl Table {
         predicate: Expr,
         note: CommitNote,
     ) -> Result<u64> {
-        self.check_batches(&batches)?;
-        let partitions = self.partition_columns()?;
-        let written = self
-            .delta
-            .clone()
-            .write(batches)
-            .with_save_mode(SaveMode::Overwrite)
-            .with_replace_where(predicate)
-            .with_partition_columns(partitions)
-            .with_commit_properties(note.properties())
+        self.write(batches, SaveMode::Overwrite, Some(predicate), note)
             .await
-            .map_err(|e| self.write_error(e))?;
-        self.delta = written;
-        Ok(self.version())
     }
 
     /// Replaces the whole content with the rows of `frame`, streamed from its plan (never
@@ -382,19 +370,21 @@ impl Table {
         })
     }
 
+    /// One commit of `batches`; `replace` limits an overwrite to the rows it matches.
     async fn write(
         &mut self,
         batches: Vec<RecordBatch>,
         mode: SaveMode,
+        replace: Option<Expr>,
         note: CommitNote,
     ) -> Result<u64> {
         self.check_batches(&batches)?;
         let partitions = self.partition_columns()?;
-        let written = self
-            .delta
-            .clone()
-            .write(batches)
-            .with_save_mode(mode)
+        let mut builder = self.delta.clone().write(batches).with_save_mode(mode);
+        if let Some(predicate) = replace {
+            builder = builder.with_replace_where(predicate);
+        }
+        let written = builder
             .with_partition_columns(partitions)
             .with_commit_properties(note.properties())
             .await

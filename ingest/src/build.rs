@@ -329,42 +329,17 @@ impl Moves {
         // Merges and splits logged since the last build started (by a build cut short, or by
         // `identity unlink`) still have rows to move.
         if let Some(since) = since {
-            let table = catalog.table("identity_merges").await?;
             let filter = col("at").gt_eq(lit(ScalarValue::TimestampMicrosecond(
                 Some(since),
                 Some("UTC".into()),
             )));
-            for_each_batch(
-                scan(
-                    ctx,
-                    &table,
-                    &["from_user_id", "into_user_id", "kind"],
-                    Some(filter),
-                )
-                .await?,
-                |batch| {
-                    let (f, t, k) = (
-                        ints(batch, "from_user_id")?,
-                        ints(batch, "into_user_id")?,
-                        text(batch, "kind")?,
-                    );
-                    for i in 0..batch.num_rows() {
-                        let (Some(from), Some(into)) = (get_int(&f, i), get_int(&t, i)) else {
-                            continue;
-                        };
-                        match get(&k, i) {
-                            Some("split") => {
-                                split.insert(from as u32);
-                            }
-                            _ => {
-                                merged.entry(from as u32).or_insert(into as u32);
-                            }
-                        }
-                    }
-                    Ok(())
-                },
-            )
-            .await?;
+            for m in crate::identity::merge_log(catalog, ctx, Some(filter)).await? {
+                if m.kind == "split" {
+                    split.insert(m.from);
+                } else {
+                    merged.entry(m.from).or_insert(m.into);
+                }
+            }
         }
         // Follow chains (a → b → c) to the survivor.
         let keys: Vec<u32> = merged.keys().copied().collect();

@@ -75,6 +75,17 @@ pub struct TypeRule {
     pub joins: bool,
 }
 
+impl TypeRule {
+    /// A type that may join people, capped at `cap` per person.
+    pub fn new(name: &str, cap: u32) -> TypeRule {
+        TypeRule {
+            name: name.to_string(),
+            cap,
+            joins: true,
+        }
+    }
+}
+
 /// One link between two identities, ordered by when it was first seen, then by the
 /// identities (type, then the high half of the key), so the order does not depend on how
 /// the input was read.
@@ -461,21 +472,9 @@ mod tests {
 
     fn rules() -> Vec<TypeRule> {
         vec![
-            TypeRule {
-                name: "login_id".into(),
-                cap: 1,
-                joins: true,
-            },
-            TypeRule {
-                name: "phone".into(),
-                cap: 2,
-                joins: true,
-            },
-            TypeRule {
-                name: "anonymous_id".into(),
-                cap: 3,
-                joins: true,
-            },
+            TypeRule::new("login_id", 1),
+            TypeRule::new("phone", 2),
+            TypeRule::new("anonymous_id", 3),
         ]
     }
 
@@ -643,7 +642,7 @@ mod tests {
                     .filter(|(a, b)| a != b)
                     .collect();
                 let rules = (0..3)
-                    .map(|t| TypeRule { name: format!("t{t}"), cap: caps[t], joins: true })
+                    .map(|t| TypeRule::new(&format!("t{t}"), caps[t]))
                     .collect();
                 let mut g = Graph::new(rules);
                 let nodes: Vec<u32> = kinds

@@ -179,10 +179,22 @@ async fn edges_touching(
     Ok(out)
 }
 
-async fn merge_log(
+/// One row of `identity_merges`.
+#[derive(Debug, Clone)]
+pub(crate) struct MergeRow {
+    pub kind: String,
+    pub from: u32,
+    pub into: u32,
+    pub at: i64,
+    pub reason: String,
+}
+
+/// The rows of `identity_merges` where `filter` holds, oldest first.
+pub(crate) async fn merge_log(
     catalog: &Catalog,
     ctx: &SessionContext,
-) -> Result<Vec<(String, u32, u32, i64, String)>> {
+    filter: Option<datafusion::prelude::Expr>,
+) -> Result<Vec<MergeRow>> {
     let table = catalog.table("identity_merges").await?;
     let mut out = Vec::new();
     for_each_batch(
@@ -190,7 +202,7 @@ async fn merge_log(
             ctx,
             &table,
             &["kind", "from_user_id", "into_user_id", "at", "reason"],
-            None,
+            filter,
         )
         .await?,
         |batch| {
@@ -202,19 +214,26 @@ async fn merge_log(
                 text(batch, "reason")?,
             );
             for i in 0..batch.num_rows() {
-                out.push((
-                    get(&k, i).unwrap_or_default().to_string(),
-                    get_int(&f, i).unwrap_or_default() as u32,
-                    get_int(&t, i).unwrap_or_default() as u32,
-                    get_int(&a, i).unwrap_or_default(),
-                    get(&r, i).unwrap_or_default().to_string(),
-                ));
+                let (Some(from), Some(into)) = (get_int(&f, i), get_int(&t, i)) else {
+                    continue;
+                };
+                out.push(MergeRow {
+                    kind: get(&k, i).unwrap_or_default().to_string(),
+                    from: u32::try_from(from).map_err(|_| {
+                        Error::Internal(format!("identity_merges holds user id {from}"))
+                    })?,
+                    into: u32::try_from(into).map_err(|_| {
+                        Error::Internal(format!("identity_merges holds user id {into}"))
+                    })?,
+                    at: get_int(&a, i).unwrap_or_default(),
+                    reason: get(&r, i).unwrap_or_default().to_string(),
+                });
             }
             Ok(())
         },
     )
     .await?;
-    out.sort_by_key(|m| (m.3, m.1, m.2));
+    out.sort_by_key(|m| (m.at, m.from, m.into));
     Ok(out)
 }
 
@@ -223,15 +242,15 @@ async fn merge_log(
 pub async fn explain(catalog: &Catalog, user: u32) -> Result<Explanation> {
     let rules = Rules::new(catalog.definition());
     let ctx = SessionContext::new();
-    let log = merge_log(catalog, &ctx).await?;
+    let log = merge_log(catalog, &ctx, None).await?;
     let mut current = user;
     let mut merged_into = None;
     // Follow merges (a merged-away id has no identities of its own any more).
     for _ in 0..log.len() + 1 {
         match log
             .iter()
-            .find(|m| m.0 == "merge" && m.1 == current)
-            .map(|m| m.2)
+            .find(|m| m.kind == "merge" && m.from == current)
+            .map(|m| m.into)
         {
             Some(into) => {
                 current = into;
@@ -302,8 +321,16 @@ pub async fn explain(catalog: &Catalog, user: u32) -> Result<Explanation> {
         .collect();
     let history = log
         .iter()
-        .filter(|m| m.1 == current || m.2 == current || m.1 == user || m.2 == user)
-        .map(|m| (m.0.clone(), m.1, m.2, micros_text(m.3), m.4.clone()))
+        .filter(|m| [current, user].iter().any(|u| m.from == *u || m.into == *u))
+        .map(|m| {
+            (
+                m.kind.clone(),
+                m.from,
+                m.into,
+                micros_text(m.at),
+                m.reason.clone(),
+            )
+        })
         .collect();
     Ok(Explanation {
         user_id: user,

@@ -26,6 +26,7 @@ use shoal_catalog::{Catalog, CatalogDefinition, CommitNote, IdentityType};
 use crate::columns::{for_each_batch, get, get_int, ints, scan, text, text_array};
 use crate::error::{Error, Result};
 pub use graph::{Graph, Key, KeyMap, Link, NO_USER, Outcome, Resolution, TypeRule, key};
+pub(crate) use manage::merge_log;
 pub use manage::{ExplainedIdentity, ExplainedLink, Explanation, UnlinkReport, explain, unlink};
 
 /// The catalog's identity rules, indexed for a run.
@@ -142,27 +143,10 @@ impl MergeLog {
     /// Reads the `merge` rows of `identity_merges`.
     pub async fn load(catalog: &Catalog) -> Result<MergeLog> {
         let ctx = SessionContext::new();
-        let table = catalog.table("identity_merges").await?;
-        let mut pairs = Vec::new();
-        for_each_batch(
-            scan(
-                &ctx,
-                &table,
-                &["from_user_id", "into_user_id"],
-                Some(col("kind").eq(lit("merge"))),
-            )
-            .await?,
-            |batch| {
-                let (f, t) = (ints(batch, "from_user_id")?, ints(batch, "into_user_id")?);
-                for i in 0..batch.num_rows() {
-                    if let (Some(f), Some(t)) = (get_int(&f, i), get_int(&t, i)) {
-                        pairs.push((f as u32, t as u32));
-                    }
-                }
-                Ok(())
-            },
-        )
-        .await?;
+        let pairs = manage::merge_log(catalog, &ctx, Some(col("kind").eq(lit("merge"))))
+            .await?
+            .into_iter()
+            .map(|m| (m.from, m.into));
         Ok(MergeLog::from_pairs(pairs))
     }
 
@@ -330,36 +314,14 @@ pub async fn merge_identities(
         },
     )
     .await?;
-    let merges_table = catalog.table("identity_merges").await?;
     let mut recorded_merges = HashSet::new();
-    for_each_batch(
-        scan(
-            &ctx,
-            &merges_table,
-            &["from_user_id", "into_user_id", "kind"],
-            None,
-        )
-        .await?,
-        |batch| {
-            let (from, into, kind) = (
-                ints(batch, "from_user_id")?,
-                ints(batch, "into_user_id")?,
-                text(batch, "kind")?,
-            );
-            for i in 0..batch.num_rows() {
-                for u in [get_int(&from, i), get_int(&into, i)].into_iter().flatten() {
-                    graph.reserve_user(u as u32);
-                }
-                if let (Some(f), Some(t), Some("merge")) =
-                    (get_int(&from, i), get_int(&into, i), get(&kind, i))
-                {
-                    recorded_merges.insert((f as u32, t as u32));
-                }
-            }
-            Ok(())
-        },
-    )
-    .await?;
+    for m in manage::merge_log(catalog, &ctx, None).await? {
+        graph.reserve_user(m.from);
+        graph.reserve_user(m.into);
+        if m.kind == "merge" {
+            recorded_merges.insert((m.from, m.into));
+        }
+    }
     let edges_table = catalog.table("identity_edges").await?;
     let mut settled: HashSet<(Key, Key), std::hash::BuildHasherDefault<graph::KeyHasher>> =
         HashSet::default();
@@ -503,7 +465,7 @@ pub async fn merge_identities(
         .filter(|m| !recorded_merges.contains(m))
         .collect();
     if !new_merges.is_empty() {
-        let mut merges_table = merges_table;
+        let mut merges_table = catalog.table("identity_merges").await?;
         merges_table
             .append(
                 vec![merges_batch(&new_merges, "merge", now, |from| {
