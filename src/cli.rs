@@ -28,14 +28,18 @@ pub enum Command {
     DemoData(DemoDataArgs),
     /// Import files: clean, dedup and land them; quarantine what cannot be cleaned.
     Ingest(IngestArgs),
-    /// Inspect quarantined rows.
     /// Identity merge, then the wide tables (users, orders_wide) and tag bitmaps; incremental.
     Build(BuildArgs),
     /// Look into identity merge (why identities are one person) and undo a wrong link.
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Inspect quarantined rows.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Read-only SQL over the warehouse (SELECT, WITH, EXPLAIN).
+    Sql(SqlArgs),
+    /// Audience size of a condition tree.
+    Count(CountArgs),
     /// Manage write keys of the tracking API (/v1/*).
     #[command(subcommand, name = "writekey")]
     WriteKey(WriteKeyCommand),
@@ -47,6 +51,51 @@ pub enum Command {
     Bench(BenchCommand),
     /// Serve the HTTP API.
     Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The query: one SELECT, WITH or EXPLAIN statement.
+    pub query: String,
+    /// Output: a table for people, CSV, JSON (one object with columns and rows), or an
+    /// Arrow IPC stream.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SqlFormat,
+}
+
+/// How `shoal sql` prints results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqlFormat {
+    Table,
+    Csv,
+    Json,
+    Arrow,
+}
+
+#[derive(Debug, Args)]
+pub struct CountArgs {
+    /// Condition tree (JSON): a file, or - for stdin.
+    #[arg(long)]
+    pub conditions: String,
+    /// Evaluation date T for relative dates (default: today in the catalog's zone).
+    #[arg(long)]
+    pub evaluated_at: Option<chrono::NaiveDate>,
+    /// auto: tag bitmaps where they cover the tree; scan: always scan the wide tables.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub path: CountPath,
+    /// Also print the SQL the tree compiles to and its plan.
+    #[arg(long)]
+    pub explain: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which path `shoal count` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CountPath {
+    Auto,
+    Scan,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,9 @@ pub enum AppError {
     /// From the ingest crate.
     #[error(transparent)]
     Ingest(#[from] shoal_ingest::Error),
+    /// From the query crate.
+    #[error(transparent)]
+    Query(#[from] shoal_query::Error),
     /// A request or argument the caller got wrong.
     #[error("{0}")]
     BadRequest(String),
@@ -37,6 +40,10 @@ impl AppError {
             | AppError::Ingest(shoal_ingest::Error::NotFound(_)) => StatusCode::NOT_FOUND,
             AppError::Catalog(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::Ingest(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
+            AppError::Query(shoal_query::Error::Catalog(shoal_catalog::Error::UnknownTable {
+                ..
+            })) => StatusCode::NOT_FOUND,
+            AppError::Query(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -62,10 +69,12 @@ impl IntoResponse for AppError {
         } else {
             ("bad_request", self.to_string())
         };
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
+        let mut error = json!({"code": code, "message": message});
+        if let AppError::Query(e) = &self
+            && let Some(path) = e.path()
+        {
+            error["path"] = json!(path);
+        }
+        (status, Json(json!({ "error": error }))).into_response()
     }
 }

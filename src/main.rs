@@ -8,6 +8,7 @@ mod demo;
 mod error;
 mod ingest_commands;
 mod progress;
+mod query_commands;
 mod serve;
 mod tracking;
 mod uploads;
@@ -81,6 +82,16 @@ async fn run(cli: Cli) -> AppResult<i32> {
         Command::Quarantine(command) => {
             let catalog = open_catalog(&cli.warehouse).await?;
             ingest_commands::quarantine(&catalog, command).await?;
+            Ok(0)
+        }
+        Command::Sql(args) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            query_commands::sql_command(&catalog, args).await?;
+            Ok(0)
+        }
+        Command::Count(args) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            query_commands::count_command(&catalog, args).await?;
             Ok(0)
         }
         Command::WriteKey(command) => {

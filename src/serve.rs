@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,6 +20,8 @@ pub struct AppState {
     pub(crate) tracking: Arc<crate::tracking::Tracking>,
     /// Builds and identity edits run one at a time.
     pub(crate) build_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Query sessions and their caches.
+    pub(crate) engine: Arc<shoal_query::Engine>,
 }
 
 /// The HTTP application: routes over the shared state.
@@ -29,6 +31,20 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/catalog", get(catalog_definition))
         .route("/api/catalog/check", get(catalog_check))
+        .route(
+            "/api/catalog/fields",
+            get(crate::query_commands::fields_route),
+        )
+        .route("/api/query/count", post(crate::query_commands::count_route))
+        .route(
+            "/api/query/preview",
+            post(crate::query_commands::preview_route),
+        )
+        .route(
+            "/api/query/explain",
+            post(crate::query_commands::explain_route),
+        )
+        .route("/api/query/sql", post(crate::query_commands::sql_route))
         .route("/api/tables", get(tables))
         .route("/api/tables/{name}/history", get(table_history))
         .route(
@@ -69,6 +85,7 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
         catalog: Arc::new(RwLock::new(catalog)),
         tracking: crate::tracking::state(),
         build_lock: Arc::new(tokio::sync::Mutex::new(())),
+        engine: Arc::new(shoal_query::Engine::new(Default::default())),
     };
     if args.build_every > 0 {
         tokio::spawn(build_loop(

@@ -221,6 +221,28 @@ impl CatalogDefinition {
     }
 }
 
+/// A fixed UTC offset for a catalog time zone name. Mainland China has had no daylight
+/// saving since 1991, so the zones Shoal's users work in are fixed offsets.
+pub fn zone_offset(zone: &str) -> Option<chrono::FixedOffset> {
+    let hours = match zone {
+        "UTC" | "Etc/UTC" | "Z" => 0,
+        "Asia/Shanghai" | "Asia/Chongqing" | "Asia/Hong_Kong" | "Asia/Macau" | "Asia/Taipei"
+        | "Asia/Singapore" | "PRC" => 8,
+        "Asia/Tokyo" | "Asia/Seoul" => 9,
+        other => {
+            let (sign, rest) = match other.as_bytes().first() {
+                Some(b'+') => (1, &other[1..]),
+                Some(b'-') => (-1, &other[1..]),
+                _ => return None,
+            };
+            let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+            let seconds = sign * (h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60);
+            return chrono::FixedOffset::east_opt(seconds);
+        }
+    };
+    chrono::FixedOffset::east_opt(hours * 3600)
+}
+
 /// Parses `"45s"`, `"30m"`, `"26h"`, `"3d"`.
 pub fn parse_duration(text: &str) -> std::result::Result<chrono::Duration, String> {
     let text = text.trim();

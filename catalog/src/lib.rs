@@ -18,6 +18,7 @@ mod warehouse;
 
 pub use definition::{
     CATALOG_TABLE, Catalog, CatalogDefinition, CatalogRevision, DEFAULT_DEFINITION, parse_duration,
+    zone_offset,
 };
 pub use error::{Error, Result, SnapshotRef};
 pub use identity::{IdentityRules, IdentityType};

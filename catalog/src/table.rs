@@ -205,6 +205,14 @@ impl Table {
         }
     }
 
+    /// Moves this handle to the table's newest version, reading only the commits since.
+    pub async fn refresh(&mut self) -> Result<()> {
+        self.delta
+            .update_incremental(None)
+            .await
+            .map_err(|e| Error::delta(&self.name, e))
+    }
+
     /// The table's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -1,1 +1,23 @@
-//! placeholder
+//! The query layer: DataFusion sessions over catalog snapshots, condition trees, read-only
+//! SQL and roaring bitmap functions.
+//!
+//! In: the catalog's Delta tables (the wide tables `users`, `events`, `orders` and the tag
+//! bitmaps the build writes). Out: audience counts, member bitmaps, previews, plans and SQL
+//! results as Arrow record batches. A [`session::Engine`] hands out one [`session::Session`]
+//! per request, pinned to one version of every table; condition trees are checked against the
+//! catalog ([`condition`]), answered from tag bitmaps where they cover the tree and by a scan
+//! of the compiled SQL ([`compile`]) where they do not ([`count`]). Nothing here knows HTTP.
+
+pub mod bitmap_functions;
+pub mod compile;
+pub mod condition;
+pub mod count;
+mod error;
+pub mod fields;
+pub mod masking;
+pub mod session;
+mod tags;
+
+pub use count::{AnswerPath, CountAnswer, PathChoice, Prepared};
+pub use error::{Error, Result};
+pub use session::{Engine, Limits, Session};

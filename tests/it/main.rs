@@ -3,6 +3,7 @@
 mod build;
 mod catalog_cli;
 mod ingest;
+mod query;
 mod s3;
 mod sample;
 mod serve;

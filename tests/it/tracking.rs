@@ -18,7 +18,7 @@ fn write_key(warehouse: &Path) -> String {
         .to_string()
 }
 
-fn python() -> std::path::PathBuf {
+pub(crate) fn python() -> std::path::PathBuf {
     std::env::var_os("SHOAL_TEST_VENV")
         .map(|v| Path::new(&v).join("bin/python"))
         .filter(|p| p.is_file())

@@ -1,0 +1,481 @@
+//! Roaring bitmap functions registered in every session.
+//!
+//! Bitmaps travel as `Binary` values in the portable roaring serialisation (readable by
+//! CRoaring, pyroaring and Java's RoaringBitmap), so SQL can pass them between functions,
+//! store them and hand them to other tools.
+//!
+//! - `rb_build(user_id)`: aggregate, the bitmap of the ids in a group (mergeable: partial
+//!   bitmaps from partitions or nodes are OR-ed).
+//! - `rb_and(a, b)`, `rb_or(a, b)`, `rb_andnot(a, b)`, `rb_xor(a, b)`: set algebra.
+//! - `rb_cardinality(bitmap)`: number of members.
+//! - `rb_contains(bitmap, user_id)`: membership test.
+//! - `audience(name)`: the current version of a stored audience pack.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanBuilder, Int64Array, Int64Builder,
+};
+use arrow::datatypes::{DataType, Field, FieldRef, Int64Type};
+use datafusion::common::{ScalarValue, exec_err, plan_err};
+use datafusion::error::Result;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
+use datafusion::prelude::SessionContext;
+use roaring::RoaringBitmap;
+
+/// Serialises a bitmap in the portable format.
+pub fn to_bytes(bitmap: &RoaringBitmap) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+    // Writing into a Vec cannot fail.
+    let _ = bitmap.serialize_into(&mut bytes);
+    bytes
+}
+
+/// Reads a bitmap in the portable format.
+pub fn from_bytes(bytes: &[u8]) -> Result<RoaringBitmap> {
+    RoaringBitmap::deserialize_from(bytes).map_err(|e| {
+        datafusion::error::DataFusionError::Execution(format!(
+            "not a roaring bitmap ({} bytes): {e}",
+            bytes.len()
+        ))
+    })
+}
+
+/// The audience bitmaps a session has loaded, by name.
+pub type AudienceBitmaps = Arc<Mutex<HashMap<String, Arc<RoaringBitmap>>>>;
+
+/// Registers every bitmap function in `ctx`; `audience(name)` reads from `audiences`.
+pub fn register(ctx: &SessionContext, audiences: AudienceBitmaps) {
+    ctx.register_udaf(AggregateUDF::from(BuildBitmap::new()));
+    for op in [SetOp::And, SetOp::Or, SetOp::AndNot, SetOp::Xor] {
+        ctx.register_udf(ScalarUDF::from(SetFunction::new(op)));
+    }
+    ctx.register_udf(ScalarUDF::from(Cardinality::new()));
+    ctx.register_udf(ScalarUDF::from(Contains::new()));
+    ctx.register_udf(ScalarUDF::from(Audience {
+        signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        loaded: audiences,
+    }));
+}
+
+fn user_id_types() -> Vec<DataType> {
+    vec![DataType::Int64]
+}
+
+/// A user id as a bitmap member: ids are dense u32 stored as Delta longs.
+fn member(value: i64) -> Result<u32> {
+    u32::try_from(value).or_else(|_| exec_err!("{value} is not a user id (0 to 4294967295)"))
+}
+
+/// Decodes bitmaps of one argument, row by row, reusing the decoding of a repeated scalar.
+enum Bitmaps<'a> {
+    One(Option<Arc<RoaringBitmap>>),
+    Many(&'a BinaryArray),
+}
+
+impl<'a> Bitmaps<'a> {
+    fn new(value: &'a ColumnarValue, cache: &BitmapCache) -> Result<Bitmaps<'a>> {
+        Ok(match value {
+            ColumnarValue::Scalar(
+                ScalarValue::Binary(b) | ScalarValue::LargeBinary(b) | ScalarValue::BinaryView(b),
+            ) => Bitmaps::One(b.as_deref().map(|b| cache.get(b)).transpose()?),
+            ColumnarValue::Scalar(ScalarValue::Null) => Bitmaps::One(None),
+            ColumnarValue::Array(array) => match array.as_binary_opt::<i32>() {
+                Some(binary) => Bitmaps::Many(binary),
+                None => return exec_err!("expected a bitmap (binary), got {}", array.data_type()),
+            },
+            ColumnarValue::Scalar(other) => {
+                return exec_err!("expected a bitmap (binary), got {}", other.data_type());
+            }
+        })
+    }
+
+    fn get(&self, row: usize) -> Result<Option<Arc<RoaringBitmap>>> {
+        match self {
+            Bitmaps::One(b) => Ok(b.clone()),
+            Bitmaps::Many(array) if array.is_null(row) => Ok(None),
+            Bitmaps::Many(array) => Ok(Some(Arc::new(from_bytes(array.value(row))?))),
+        }
+    }
+}
+
+/// The last scalar bitmap decoded: a constant bitmap (an audience, a literal) is decoded once
+/// per query instead of once per batch.
+#[derive(Debug, Default)]
+struct BitmapCache(Mutex<Option<(Vec<u8>, Arc<RoaringBitmap>)>>);
+
+impl BitmapCache {
+    fn get(&self, bytes: &[u8]) -> Result<Arc<RoaringBitmap>> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, bitmap)) = slot.as_ref()
+            && cached.as_slice() == bytes
+        {
+            return Ok(bitmap.clone());
+        }
+        let bitmap = Arc::new(from_bytes(bytes)?);
+        *slot = Some((bytes.to_vec(), bitmap.clone()));
+        Ok(bitmap)
+    }
+}
+
+fn rows(args: &ScalarFunctionArgs) -> usize {
+    args.number_rows
+}
+
+fn all_scalar(args: &ScalarFunctionArgs) -> bool {
+    args.args
+        .iter()
+        .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+}
+
+/// Returns a one-row result as a scalar when every input was a scalar.
+fn shape(array: ArrayRef, scalar: bool) -> Result<ColumnarValue> {
+    if scalar {
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+            &array, 0,
+        )?))
+    } else {
+        Ok(ColumnarValue::Array(array))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SetOp {
+    And,
+    Or,
+    AndNot,
+    Xor,
+}
+
+#[derive(Debug)]
+struct SetFunction {
+    op: SetOp,
+    name: &'static str,
+    signature: Signature,
+    left: BitmapCache,
+    right: BitmapCache,
+}
+
+impl SetFunction {
+    fn new(op: SetOp) -> Self {
+        let name = match op {
+            SetOp::And => "rb_and",
+            SetOp::Or => "rb_or",
+            SetOp::AndNot => "rb_andnot",
+            SetOp::Xor => "rb_xor",
+        };
+        SetFunction {
+            op,
+            name,
+            signature: Signature::exact(
+                vec![DataType::Binary, DataType::Binary],
+                Volatility::Immutable,
+            ),
+            left: BitmapCache::default(),
+            right: BitmapCache::default(),
+        }
+    }
+}
+
+impl PartialEq for SetFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.op == other.op
+    }
+}
+impl Eq for SetFunction {}
+impl Hash for SetFunction {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.op.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for SetFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Binary)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = all_scalar(&args);
+        let n = if scalar { 1 } else { rows(&args) };
+        let left = Bitmaps::new(&args.args[0], &self.left)?;
+        let right = Bitmaps::new(&args.args[1], &self.right)?;
+        let mut out = BinaryBuilder::new();
+        for row in 0..n {
+            match (left.get(row)?, right.get(row)?) {
+                (Some(a), Some(b)) => {
+                    let result = match self.op {
+                        SetOp::And => a.as_ref() & b.as_ref(),
+                        SetOp::Or => a.as_ref() | b.as_ref(),
+                        SetOp::AndNot => a.as_ref() - b.as_ref(),
+                        SetOp::Xor => a.as_ref() ^ b.as_ref(),
+                    };
+                    out.append_value(to_bytes(&result));
+                }
+                _ => out.append_null(),
+            }
+        }
+        shape(Arc::new(out.finish()), scalar)
+    }
+}
+
+#[derive(Debug)]
+struct Cardinality {
+    signature: Signature,
+    cache: BitmapCache,
+}
+
+impl Cardinality {
+    fn new() -> Self {
+        Cardinality {
+            signature: Signature::exact(vec![DataType::Binary], Volatility::Immutable),
+            cache: BitmapCache::default(),
+        }
+    }
+}
+
+impl PartialEq for Cardinality {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Cardinality {}
+impl Hash for Cardinality {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "rb_cardinality".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Cardinality {
+    fn name(&self) -> &str {
+        "rb_cardinality"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = all_scalar(&args);
+        let n = if scalar { 1 } else { rows(&args) };
+        let bitmaps = Bitmaps::new(&args.args[0], &self.cache)?;
+        let mut out = Int64Builder::with_capacity(n);
+        for row in 0..n {
+            out.append_option(bitmaps.get(row)?.map(|b| b.len() as i64));
+        }
+        shape(Arc::new(out.finish()), scalar)
+    }
+}
+
+#[derive(Debug)]
+struct Contains {
+    signature: Signature,
+    cache: BitmapCache,
+}
+
+impl Contains {
+    fn new() -> Self {
+        let mut signatures = Vec::new();
+        for id in user_id_types() {
+            signatures.push(TypeSignature::Exact(vec![DataType::Binary, id]));
+        }
+        Contains {
+            signature: Signature::one_of(signatures, Volatility::Immutable),
+            cache: BitmapCache::default(),
+        }
+    }
+}
+
+impl PartialEq for Contains {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Contains {}
+impl Hash for Contains {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "rb_contains".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Contains {
+    fn name(&self) -> &str {
+        "rb_contains"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if arg_types.len() != 2 {
+            return plan_err!("rb_contains(bitmap, user_id) takes two arguments");
+        }
+        Ok(vec![DataType::Binary, DataType::Int64])
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = all_scalar(&args);
+        let n = if scalar { 1 } else { rows(&args) };
+        let bitmaps = Bitmaps::new(&args.args[0], &self.cache)?;
+        let ids = args.args[1].to_array(n)?;
+        let ids = arrow::compute::cast(&ids, &DataType::Int64)?;
+        let ids = ids.as_primitive::<Int64Type>();
+        let mut out = BooleanBuilder::with_capacity(n);
+        if let Bitmaps::One(one) = &bitmaps {
+            // The common case (`rb_contains(audience('vip'), user_id)`): one bitmap, many ids.
+            match one {
+                None => out.append_nulls(n),
+                Some(bitmap) => {
+                    for row in 0..n {
+                        out.append_option(ids.is_valid(row).then(|| {
+                            u32::try_from(ids.value(row)).is_ok_and(|u| bitmap.contains(u))
+                        }));
+                    }
+                }
+            }
+        } else {
+            for row in 0..n {
+                match (bitmaps.get(row)?, ids.is_valid(row)) {
+                    (Some(b), true) => {
+                        out.append_value(u32::try_from(ids.value(row)).is_ok_and(|u| b.contains(u)))
+                    }
+                    _ => out.append_null(),
+                }
+            }
+        }
+        shape(Arc::new(out.finish()), scalar)
+    }
+}
+
+/// `audience(name)`: the bitmap of a pack's current version, loaded by the session before
+/// the query runs.
+#[derive(Debug)]
+struct Audience {
+    signature: Signature,
+    loaded: AudienceBitmaps,
+}
+
+impl PartialEq for Audience {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.loaded, &other.loaded)
+    }
+}
+impl Eq for Audience {}
+impl Hash for Audience {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "audience".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Audience {
+    fn name(&self) -> &str {
+        crate::compile::AUDIENCE_FUNCTION
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Binary)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = match &args.args[0] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))) => name.clone(),
+            _ => return exec_err!("audience() takes a pack name as a string literal"),
+        };
+        let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        match loaded.get(&name) {
+            Some(bitmap) => Ok(ColumnarValue::Scalar(ScalarValue::Binary(Some(to_bytes(
+                bitmap,
+            ))))),
+            None => exec_err!("unknown audience '{name}'"),
+        }
+    }
+}
+
+/// `rb_build(user_id)`: the bitmap of a group's ids.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BuildBitmap {
+    signature: Signature,
+}
+
+impl BuildBitmap {
+    fn new() -> Self {
+        BuildBitmap {
+            signature: Signature::uniform(1, user_id_types(), Volatility::Immutable),
+        }
+    }
+}
+
+impl AggregateUDFImpl for BuildBitmap {
+    fn name(&self) -> &str {
+        "rb_build"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Binary)
+    }
+    fn is_nullable(&self) -> bool {
+        false
+    }
+    fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(BitmapAccumulator::default()))
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format!("{}[bitmap]", args.name),
+            DataType::Binary,
+            true,
+        ))])
+    }
+}
+
+#[derive(Debug, Default)]
+struct BitmapAccumulator {
+    bitmap: RoaringBitmap,
+}
+
+impl Accumulator for BitmapAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let ids = arrow::compute::cast(&values[0], &DataType::Int64)?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("ids".into()))?;
+        for id in ids.iter().flatten() {
+            self.bitmap.insert(member(id)?);
+        }
+        Ok(())
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Binary(Some(to_bytes(&self.bitmap))))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.bitmap.serialized_size()
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.evaluate()?])
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let Some(partials) = states[0].as_binary_opt::<i32>() else {
+            return exec_err!("rb_build state is not binary");
+        };
+        for partial in partials.iter().flatten() {
+            self.bitmap |= from_bytes(partial)?;
+        }
+        Ok(())
+    }
+}

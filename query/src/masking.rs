@@ -1,0 +1,60 @@
+//! How values reach a role that may not read them in clear.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use shoal_catalog::Visibility;
+
+/// Partly hides a text value: `+8613812345678` → `+86138****5678`.
+pub fn mask(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() < 8 {
+        return "****".to_string();
+    }
+    // Phones show their prefix and last four digits (`138****5678`); longer text shows at
+    // most six leading characters.
+    let keep_start = (chars.len() - 8).min(6);
+    let start: String = chars[..keep_start].iter().collect();
+    let end: String = chars[chars.len() - 4..].iter().collect();
+    format!("{start}****{end}")
+}
+
+/// SHA-256 of the text, uppercase hex (the form ad platforms match on).
+pub fn hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+/// Rewrites `value` as `visibility` allows; nulls stay null.
+pub fn apply(value: &mut Value, visibility: Visibility) {
+    if value.is_null() {
+        return;
+    }
+    let text = match &*value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    *value = match visibility {
+        Visibility::Clear => return,
+        Visibility::Masked => Value::String(mask(&text)),
+        Visibility::Hashed => Value::String(hash(&text)),
+        Visibility::Denied => Value::Null,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_keep_their_prefix_and_last_four() {
+        assert_eq!(mask("+8613812345678"), "+86138****5678");
+        assert_eq!(mask("short"), "****");
+        assert_eq!(mask("13812345678"), "138****5678");
+        assert_eq!(
+            hash("abc"),
+            "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+        );
+    }
+}

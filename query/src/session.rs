@@ -1,0 +1,400 @@
+//! Sessions: a DataFusion context over one snapshot of every catalog table.
+//!
+//! An [`Engine`] lives as long as the server (or one CLI command). It keeps a handle on every
+//! table and moves it forward when asked for a snapshot, reading only the commits since, and
+//! caches what is costly to rebuild per request (the user universe, tag bitmaps) keyed by the
+//! table version it came from. A [`Session`] pins one snapshot: every table a request reads
+//! is at the version it had when the request began.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext, col, lit};
+use futures::TryStreamExt;
+use roaring::RoaringBitmap;
+use serde::Serialize;
+use shoal_catalog::{Catalog, Table};
+
+use crate::bitmap_functions::{self, AudienceBitmaps};
+use crate::error::{Error, Result};
+use crate::tags::TagIndex;
+
+/// Limits every query of a session runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Memory one query may hold in operators that track it (sorts, joins, aggregates).
+    pub memory_bytes: usize,
+    /// Longest a query may run.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 4 << 30,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The table versions one request read.
+pub type SnapshotVersions = BTreeMap<String, u64>;
+
+/// Shared state of every session: table handles and caches.
+#[derive(Debug, Default)]
+pub struct Engine {
+    limits: Limits,
+    tables: tokio::sync::Mutex<BTreeMap<String, Table>>,
+    universe: Mutex<Option<(u64, Arc<RoaringBitmap>)>>,
+    tags: Mutex<Option<Arc<TagIndex>>>,
+}
+
+impl Engine {
+    /// An engine whose sessions run under `limits`.
+    pub fn new(limits: Limits) -> Engine {
+        Engine {
+            limits,
+            ..Engine::default()
+        }
+    }
+
+    /// The limits of this engine's sessions.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// A session over the newest version of every table `catalog` defines.
+    pub async fn session(&self, catalog: &Catalog) -> Result<Session> {
+        let tables = self.snapshot(catalog).await?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("shoal", "public");
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        for (name, table) in &tables {
+            ctx.register_table(name.as_str(), table.provider().await?)?;
+        }
+        let audiences = AudienceBitmaps::default();
+        bitmap_functions::register(&ctx, audiences.clone());
+        Ok(Session {
+            ctx,
+            catalog: catalog.clone(),
+            tables,
+            audiences,
+            limits: self.limits,
+        })
+    }
+
+    async fn snapshot(&self, catalog: &Catalog) -> Result<BTreeMap<String, Table>> {
+        let mut cached = self.tables.lock().await;
+        let defined: Vec<&str> = catalog
+            .definition()
+            .tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        cached.retain(|name, _| defined.contains(&name.as_str()));
+        for name in defined {
+            match cached.get_mut(name) {
+                Some(table) => table.refresh().await?,
+                None => {
+                    let table = catalog.table(name).await?;
+                    cached.insert(name.to_string(), table);
+                }
+            }
+        }
+        Ok(cached.clone())
+    }
+
+    /// Every user id of `users` at the session's snapshot (cached per version).
+    pub(crate) async fn universe(&self, session: &Session) -> Result<Arc<RoaringBitmap>> {
+        let version = session.version("users")?;
+        if let Some((v, bitmap)) = self
+            .universe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && *v == version
+        {
+            return Ok(bitmap.clone());
+        }
+        let frame = session
+            .ctx
+            .table("users")
+            .await?
+            .select(vec![col("user_id")])?;
+        let bitmap = Arc::new(session.bitmap_of(frame).await?);
+        *self.universe.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, bitmap.clone()));
+        Ok(bitmap)
+    }
+
+    /// The tag bitmap index at the session's snapshot (cached per `tag_bitmaps` version).
+    pub(crate) async fn tags(&self, session: &Session) -> Result<Arc<TagIndex>> {
+        let version = session.version("tag_bitmaps")?;
+        if let Some(index) = self.tags.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && index.version == version
+        {
+            return Ok(index.clone());
+        }
+        let index = Arc::new(TagIndex::load(session, version).await?);
+        *self.tags.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
+        Ok(index)
+    }
+}
+
+/// One request's view of the warehouse.
+pub struct Session {
+    ctx: SessionContext,
+    catalog: Catalog,
+    tables: BTreeMap<String, Table>,
+    audiences: AudienceBitmaps,
+    limits: Limits,
+}
+
+impl Session {
+    /// The DataFusion context, with every catalog table and the bitmap functions registered.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The catalog this session was made from.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The version of every table this session reads.
+    pub fn versions(&self) -> SnapshotVersions {
+        self.tables
+            .iter()
+            .map(|(name, table)| (name.clone(), table.version()))
+            .collect()
+    }
+
+    /// The version of one table in this session.
+    pub fn version(&self, table: &str) -> Result<u64> {
+        self.tables
+            .get(table)
+            .map(Table::version)
+            .ok_or_else(|| Error::Invalid(format!("unknown table '{table}'")))
+    }
+
+    /// The pinned handle of one table.
+    pub(crate) fn table(&self, name: &str) -> Result<&Table> {
+        self.tables
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("unknown table '{name}'")))
+    }
+
+    /// Plans read-only SQL: one SELECT, WITH or EXPLAIN statement. DDL, DML (`INSERT`,
+    /// `COPY`), `CREATE EXTERNAL TABLE`, `SET` and other statements are refused by
+    /// DataFusion's planner checks.
+    pub async fn sql(&self, text: &str) -> Result<DataFrame> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let frame = self
+            .ctx
+            .sql_with_options(text, options)
+            .await
+            .map_err(|e| Error::Sql(sql_message(e)))?;
+        self.load_audiences_of(frame.logical_plan()).await?;
+        Ok(frame)
+    }
+
+    /// Collects a frame's rows under the session's time and memory limits.
+    pub async fn collect(&self, frame: DataFrame) -> Result<Vec<RecordBatch>> {
+        let stream = self.stream(frame).await?;
+        self.limited(stream.try_collect::<Vec<_>>()).await
+    }
+
+    /// Starts a frame's stream; the caller reads it under [`Session::limited`].
+    pub async fn stream(&self, frame: DataFrame) -> Result<SendableRecordBatchStream> {
+        self.limited(frame.execute_stream()).await
+    }
+
+    /// Runs `work` under the session's timeout, mapping resource errors to clear ones.
+    pub async fn limited<T>(
+        &self,
+        work: impl Future<Output = datafusion::error::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.limits.timeout, work).await {
+            Err(_) => Err(Error::Timeout {
+                seconds: self.limits.timeout.as_secs(),
+            }),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.query_error(e)),
+        }
+    }
+
+    /// Classifies an error of a running query.
+    pub fn query_error(&self, e: DataFusionError) -> Error {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(_) => Error::Memory {
+                limit_mib: self.limits.memory_bytes >> 20,
+            },
+            DataFusionError::Execution(message) if message.starts_with("unknown audience") => {
+                Error::Invalid(message.clone())
+            }
+            DataFusionError::Plan(_)
+            | DataFusionError::SQL(..)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => Error::Sql(sql_message(e)),
+            _ => Error::DataFusion(e),
+        }
+    }
+
+    /// The bitmap of the ids in the first column of `frame`.
+    pub(crate) async fn bitmap_of(&self, frame: DataFrame) -> Result<RoaringBitmap> {
+        let mut stream = self.stream(frame).await?;
+        let mut bitmap = RoaringBitmap::new();
+        let work = async {
+            while let Some(batch) = stream.try_next().await? {
+                let ids = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+                let ids = ids.as_primitive::<Int64Type>();
+                let mut sorted: Vec<u32> = ids
+                    .iter()
+                    .flatten()
+                    .filter_map(|id| u32::try_from(id).ok())
+                    .collect();
+                sorted.sort_unstable();
+                bitmap.extend(sorted);
+            }
+            Ok::<_, DataFusionError>(())
+        };
+        self.limited(work).await?;
+        Ok(bitmap)
+    }
+
+    /// The current version of audience `name`, as stored in `audience_versions`.
+    pub async fn audience(&self, name: &str) -> Result<Arc<RoaringBitmap>> {
+        if let Some(bitmap) = self
+            .audiences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(bitmap.clone());
+        }
+        let frame = self
+            .ctx
+            .table("audience_versions")
+            .await?
+            .filter(col("audience").eq(lit(name)))?
+            .sort(vec![col("version").sort(false, false)])?
+            .limit(0, Some(1))?
+            .select(vec![col("bitmap")])?;
+        let batches = self.collect(frame).await?;
+        let bytes = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                let column = arrow::compute::cast(b.column(0), &DataType::Binary).ok()?;
+                let binary = column.as_binary_opt::<i32>()?;
+                binary.is_valid(0).then(|| binary.value(0).to_vec())
+            })
+            .ok_or_else(|| Error::Invalid(format!("unknown audience '{name}'")))?;
+        let bitmap = Arc::new(bitmap_functions::from_bytes(&bytes)?);
+        self.audiences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), bitmap.clone());
+        Ok(bitmap)
+    }
+
+    /// An audience this session has already loaded.
+    pub(crate) fn audience_loaded(&self, name: &str) -> Result<Arc<RoaringBitmap>> {
+        self.audiences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("unknown audience '{name}'")))
+    }
+
+    /// Loads every audience a plan names (`audience('vip')`) before it runs.
+    async fn load_audiences_of(&self, plan: &LogicalPlan) -> Result<()> {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        use datafusion::logical_expr::Expr;
+        let mut names = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            node.apply_expressions(|expr| {
+                expr.apply(|e| {
+                    if let Expr::ScalarFunction(f) = e
+                        && f.func.name() == crate::compile::AUDIENCE_FUNCTION
+                        && let Some(Expr::Literal(value, _)) = f.args.first()
+                        && let Some(Some(name)) = value.try_as_str()
+                    {
+                        names.push(name.to_string());
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })
+        })?;
+        for name in names {
+            self.audience(&name).await?;
+        }
+        Ok(())
+    }
+}
+
+/// DataFusion's message without its error-kind prefix.
+fn sql_message(e: DataFusionError) -> String {
+    let text = e.strip_backtrace();
+    for prefix in [
+        "Error during planning: ",
+        "SQL error: ",
+        "Schema error: ",
+        "This feature is not implemented: ",
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    text
+}
+
+/// Renders record batches as JSON objects, one per row.
+pub fn rows_as_json(batches: &[RecordBatch]) -> Result<Vec<serde_json::Value>> {
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("row JSON: {e}")))
+}
+
+/// A column of a result, as result grids show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// Arrow type.
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// The columns of `frame`'s result.
+pub fn columns(schema: &arrow::datatypes::Schema) -> Vec<ColumnInfo> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnInfo {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect()
+}

@@ -1,0 +1,421 @@
+//! `shoal sql`, `shoal count` and the query API: condition-tree counts, previews and plans,
+//! read-only SQL with JSON, CSV or Arrow IPC results, and the builder's field list.
+
+use std::io::Write;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::NaiveDate;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use shoal_catalog::{Catalog, Role};
+use shoal_query::count::{self, PathChoice};
+use shoal_query::session::{columns, rows_as_json};
+use shoal_query::{Engine, Session};
+
+use crate::cli::{CountArgs, CountPath, SqlArgs, SqlFormat};
+use crate::error::{AppError, AppResult};
+use crate::serve::AppState;
+
+/// The role of CLI callers: whoever can run the binary on the warehouse owns it.
+const CLI_ROLE: Role = Role::Admin;
+
+/// The role of HTTP callers until API tokens say otherwise.
+const HTTP_ROLE: Role = Role::Analyst;
+
+/// Rows a JSON SQL response holds at most; CSV and Arrow stream without a cap.
+const MAX_JSON_ROWS: usize = 100_000;
+
+/// `shoal sql`.
+pub async fn sql_command(catalog: &Catalog, args: &SqlArgs) -> AppResult<()> {
+    let engine = Engine::new(Default::default());
+    let session = engine.session(catalog).await?;
+    let frame = session.sql(&args.query).await?;
+    let schema: SchemaRef = frame.schema().inner().clone();
+    let stream = session.stream(frame).await?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        SqlFormat::Table | SqlFormat::Json => {
+            let batches = collect(&session, stream).await?;
+            if args.format == SqlFormat::Table {
+                let table = arrow::util::pretty::pretty_format_batches(&batches)
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
+                writeln!(out, "{table}").map_err(io)?;
+                eprintln!(
+                    "{} rows",
+                    batches.iter().map(|b| b.num_rows()).sum::<usize>()
+                );
+            } else {
+                let body = json!({
+                    "columns": columns(&schema),
+                    "rows": rows_as_json(&batches)?,
+                    "snapshot": session.versions(),
+                });
+                writeln!(out, "{body}").map_err(io)?;
+            }
+        }
+        SqlFormat::Csv | SqlFormat::Arrow => {
+            let mut encoder = Encoder::new(args.format, schema)?;
+            let mut stream = stream;
+            out.write_all(&encoder.start()?).map_err(io)?;
+            while let Some(batch) = session.limited(next(&mut stream)).await? {
+                out.write_all(&encoder.batch(&batch)?).map_err(io)?;
+            }
+            out.write_all(&encoder.finish()?).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+async fn next(
+    stream: &mut SendableRecordBatchStream,
+) -> datafusion::error::Result<Option<RecordBatch>> {
+    stream.next().await.transpose()
+}
+
+async fn collect(
+    session: &Session,
+    mut stream: SendableRecordBatchStream,
+) -> AppResult<Vec<RecordBatch>> {
+    let mut batches = Vec::new();
+    while let Some(batch) = session.limited(next(&mut stream)).await? {
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
+fn io(e: std::io::Error) -> AppError {
+    AppError::Internal(format!("writing the result: {e}"))
+}
+
+/// `shoal count`.
+pub async fn count_command(catalog: &Catalog, args: &CountArgs) -> AppResult<()> {
+    let text = if args.conditions == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| AppError::BadRequest(format!("stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(&args.conditions)
+            .map_err(|e| AppError::BadRequest(format!("{}: {e}", args.conditions)))?
+    };
+    let tree: Value = serde_json::from_str(&text)
+        .map_err(|e| AppError::BadRequest(format!("{}: not JSON: {e}", args.conditions)))?;
+    let engine = Engine::new(Default::default());
+    let session = engine.session(catalog).await?;
+    let prepared = count::prepare(&session, &tree, CLI_ROLE, args.evaluated_at)?;
+    let choice = match args.path {
+        CountPath::Auto => PathChoice::Auto,
+        CountPath::Scan => PathChoice::Scan,
+    };
+    let answer = count::count(&engine, &session, &prepared, choice).await?;
+    let explanation = if args.explain {
+        Some(count::explain(&engine, &session, &prepared).await?)
+    } else {
+        None
+    };
+    if args.json {
+        let mut body =
+            serde_json::to_value(&answer).map_err(|e| AppError::Internal(e.to_string()))?;
+        if let (Some(e), Value::Object(map)) = (&explanation, &mut body) {
+            map.insert(
+                "explain".into(),
+                serde_json::to_value(e).map_err(|e| AppError::Internal(e.to_string()))?,
+            );
+        }
+        println!("{body}");
+    } else {
+        println!("{}", answer.count);
+        eprintln!(
+            "path {:?}, evaluated at {}, {:.1} ms",
+            answer.path, answer.evaluated_at, answer.elapsed_ms
+        );
+        if let Some(e) = explanation {
+            println!("{}", e.sql);
+            for row in e.plan {
+                if let (Some(kind), Some(plan)) = (row.get("plan_type"), row.get("plan")) {
+                    println!(
+                        "{}:\n{}",
+                        kind.as_str().unwrap_or_default(),
+                        plan.as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a JSON body into `T`; a bad body is a 400 naming where it went wrong.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> AppResult<T> {
+    serde_json::from_slice(body).map_err(|e| AppError::BadRequest(format!("request body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountRequest {
+    conditions: Value,
+    #[serde(default)]
+    evaluated_at: Option<NaiveDate>,
+    #[serde(default)]
+    path: PathChoice,
+}
+
+async fn session(state: &AppState) -> AppResult<Session> {
+    let catalog = state.catalog.read().await.clone();
+    Ok(state.engine.session(&catalog).await?)
+}
+
+/// `POST /api/query/count`: `{"conditions": TREE}` → `{count, path, evaluated_at, snapshot}`.
+pub async fn count_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
+    let request: CountRequest = parse(&body)?;
+    let session = session(&state).await?;
+    let prepared = count::prepare(
+        &session,
+        &request.conditions,
+        HTTP_ROLE,
+        request.evaluated_at,
+    )?;
+    let answer = count::count(&state.engine, &session, &prepared, request.path).await?;
+    Ok(Json(
+        serde_json::to_value(answer).map_err(|e| AppError::Internal(e.to_string()))?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewRequest {
+    conditions: Value,
+    #[serde(default)]
+    evaluated_at: Option<NaiveDate>,
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `POST /api/query/preview`: the first members with chosen columns of `users`.
+pub async fn preview_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
+    let request: PreviewRequest = parse(&body)?;
+    let session = session(&state).await?;
+    let prepared = count::prepare(
+        &session,
+        &request.conditions,
+        HTTP_ROLE,
+        request.evaluated_at,
+    )?;
+    let preview = count::preview(
+        &state.engine,
+        &session,
+        &prepared,
+        HTTP_ROLE,
+        &request.columns,
+        request.limit.unwrap_or(20),
+    )
+    .await?;
+    Ok(Json(
+        serde_json::to_value(preview).map_err(|e| AppError::Internal(e.to_string()))?,
+    ))
+}
+
+/// `POST /api/query/explain`: the SQL a tree compiles to, its plan and the path a count takes.
+pub async fn explain_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
+    let request: CountRequest = parse(&body)?;
+    let session = session(&state).await?;
+    let prepared = count::prepare(
+        &session,
+        &request.conditions,
+        HTTP_ROLE,
+        request.evaluated_at,
+    )?;
+    let explanation = count::explain(&state.engine, &session, &prepared).await?;
+    Ok(Json(
+        serde_json::to_value(explanation).map_err(|e| AppError::Internal(e.to_string()))?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `POST /api/query/sql`: read-only SQL; `format` json (default, capped rows), csv or arrow
+/// (streamed).
+pub async fn sql_route(State(state): State<AppState>, body: Bytes) -> AppResult<Response> {
+    let request: SqlRequest = parse(&body)?;
+    let format = match request.format.as_deref().unwrap_or("json") {
+        "json" => SqlFormat::Json,
+        "csv" => SqlFormat::Csv,
+        "arrow" => SqlFormat::Arrow,
+        other => {
+            return Err(AppError::BadRequest(format!(
+                "format: '{other}' is not json, csv or arrow"
+            )));
+        }
+    };
+    let session = session(&state).await?;
+    let frame = session.sql(&request.sql).await?;
+    let schema: SchemaRef = frame.schema().inner().clone();
+    if format == SqlFormat::Json {
+        let limit = request.limit.unwrap_or(10_000).min(MAX_JSON_ROWS);
+        let started = Instant::now();
+        let mut stream = session.stream(frame).await?;
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        let mut truncated = false;
+        while let Some(batch) = session.limited(next(&mut stream)).await? {
+            if rows + batch.num_rows() > limit {
+                batches.push(batch.slice(0, limit - rows));
+                truncated = true;
+                break;
+            }
+            rows += batch.num_rows();
+            batches.push(batch);
+        }
+        let rows = rows_as_json(&batches)?;
+        return Ok(Json(json!({
+            "columns": columns(&schema),
+            "row_count": rows.len(),
+            "truncated": truncated,
+            "rows": rows,
+            "snapshot": session.versions(),
+            "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
+        }))
+        .into_response());
+    }
+    let stream = session.stream(frame).await?;
+    let deadline = Instant::now() + state.engine.limits().timeout;
+    let encoder = Encoder::new(format, schema)?;
+    let content_type = match format {
+        SqlFormat::Csv => "text/csv; charset=utf-8",
+        _ => "application/vnd.apache.arrow.stream",
+    };
+    let body = futures::stream::unfold(
+        (stream, encoder, Stage::Start),
+        move |(mut stream, mut encoder, stage)| async move {
+            let (chunk, stage) = match stage {
+                Stage::Done => return None,
+                Stage::Start => (encoder.start(), Stage::Rows),
+                Stage::Rows if Instant::now() > deadline => (
+                    Err(AppError::BadRequest(
+                        "query cancelled: time limit reached".into(),
+                    )),
+                    Stage::Done,
+                ),
+                Stage::Rows => match stream.next().await {
+                    Some(Ok(batch)) => (encoder.batch(&batch), Stage::Rows),
+                    Some(Err(e)) => (Err(AppError::Internal(e.to_string())), Stage::Done),
+                    None => (encoder.finish(), Stage::Done),
+                },
+            };
+            let chunk = chunk
+                .map(Bytes::from)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            Some((chunk, (stream, encoder, stage)))
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+enum Stage {
+    Start,
+    Rows,
+    Done,
+}
+
+/// Encodes a stream of batches as CSV (header first) or an Arrow IPC stream.
+enum Encoder {
+    Csv { header: bool },
+    Arrow(Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    fn new(format: SqlFormat, schema: SchemaRef) -> AppResult<Encoder> {
+        Ok(match format {
+            SqlFormat::Arrow => Encoder::Arrow(Box::new(
+                arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
+                    .map_err(|e| AppError::Internal(e.to_string()))?,
+            )),
+            _ => Encoder::Csv { header: true },
+        })
+    }
+
+    fn take(writer: &mut arrow::ipc::writer::StreamWriter<Vec<u8>>) -> Vec<u8> {
+        std::mem::take(writer.get_mut())
+    }
+
+    fn start(&mut self) -> AppResult<Vec<u8>> {
+        Ok(match self {
+            Encoder::Csv { .. } => Vec::new(),
+            Encoder::Arrow(writer) => Encoder::take(writer),
+        })
+    }
+
+    fn batch(&mut self, batch: &RecordBatch) -> AppResult<Vec<u8>> {
+        let fail = |e: arrow::error::ArrowError| AppError::Internal(e.to_string());
+        match self {
+            Encoder::Csv { header } => {
+                let mut writer = arrow::csv::WriterBuilder::new()
+                    .with_header(*header)
+                    .build(Vec::new());
+                writer.write(batch).map_err(fail)?;
+                *header = false;
+                Ok(writer.into_inner())
+            }
+            Encoder::Arrow(writer) => {
+                writer.write(batch).map_err(fail)?;
+                Ok(Encoder::take(writer))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> AppResult<Vec<u8>> {
+        match self {
+            Encoder::Csv { .. } => Ok(Vec::new()),
+            Encoder::Arrow(writer) => {
+                writer
+                    .finish()
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
+                Ok(Encoder::take(writer))
+            }
+        }
+    }
+}
+
+/// `GET /api/catalog/fields`: what the condition builder offers.
+pub async fn fields_route(State(state): State<AppState>) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await.clone();
+    let definition = catalog.definition();
+    let fields = shoal_query::fields::builder_fields(definition, HTTP_ROLE);
+    let derived: Vec<Value> = definition
+        .derived
+        .iter()
+        .map(
+            |(name, d)| json!({"name": name, "zh": d.zh, "en": d.en, "description": d.description}),
+        )
+        .collect();
+    let session = state.engine.session(&catalog).await?;
+    let events = shoal_query::count::event_names(&state.engine, &session).await?;
+    Ok(Json(json!({
+        "fields": fields,
+        "derived": derived,
+        "events": events,
+        "time_zone": definition.time_zone,
+    })))
+}
