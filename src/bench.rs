@@ -52,7 +52,7 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     std::env::var_os("SHOAL_BENCH_PYTHON")
         .map(PathBuf::from)
         .or_else(|| {
@@ -302,7 +302,7 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-async fn sample_world(dir: &Path, users: u32, seed: u64, days: u32) -> AppResult<()> {
+pub(crate) async fn sample_world(dir: &Path, users: u32, seed: u64, days: u32) -> AppResult<()> {
     let options = SampleOptions {
         users,
         seed,
@@ -327,7 +327,7 @@ async fn sample_world(dir: &Path, users: u32, seed: u64, days: u32) -> AppResult
     Ok(())
 }
 
-async fn ingest_world(catalog: &Catalog, dir: &Path) -> AppResult<u64> {
+pub(crate) async fn ingest_world(catalog: &Catalog, dir: &Path) -> AppResult<u64> {
     let text = std::fs::read_to_string(dir.join("manifest.json"))
         .map_err(|e| AppError::Internal(e.to_string()))?;
     let manifest: shoal_ingest::sample::SampleManifest =

@@ -241,6 +241,21 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Audience counts through the HTTP API (bitmap and scan paths) next to DuckDB running
+    /// the equivalent SQL over the same Parquet files.
+    Query {
+        /// People in the sample world (about 19 events each).
+        #[arg(long, default_value_t = 100_000)]
+        users: u32,
+        /// Where to keep the generated world and its warehouse (reused when they match).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Timed runs per query (after one warm-up).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Identity merge core: hash, sort and union-find with caps over a synthetic graph.
     Identity {
         /// Links to merge (four per person).

@@ -1,6 +1,7 @@
 //! `shoal`: the command line and server that wire the Shoal crates together.
 
 mod bench;
+mod bench_query;
 mod build_commands;
 mod catalog_commands;
 mod cli;
@@ -119,6 +120,15 @@ async fn run(cli: Cli) -> AppResult<i32> {
         }
         Command::Bench(cli::BenchCommand::Build { users, data, json }) => {
             bench::build(*users, data.clone(), *json).await?;
+            Ok(0)
+        }
+        Command::Bench(cli::BenchCommand::Query {
+            users,
+            data,
+            runs,
+            json,
+        }) => {
+            bench_query::query(*users, data.clone(), *runs, *json).await?;
             Ok(0)
         }
         Command::Bench(cli::BenchCommand::Identity { links, json }) => {
