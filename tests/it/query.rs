@@ -505,6 +505,45 @@ fn the_query_api_counts_previews_explains_and_pulls() {
     );
 }
 
+/// A query whose client hangs up stops using the server's CPU: the request is cancelled, not
+/// left running to its end.
+#[test]
+fn a_query_stops_when_its_client_goes_away() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("dir");
+    let wh = dir.path().join("wh");
+    json_ok(&shoal(&wh, &["catalog", "tables", "--json"]));
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
+    let body =
+        json!({"sql": "SELECT sum(value % 7) FROM generate_series(1, 100000000000)"}).to_string();
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&address).expect("connect");
+    write!(
+        socket,
+        "POST /api/query/sql HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let busy_from = server.cpu_seconds();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let busy = server.cpu_seconds() - busy_from;
+    assert!(
+        busy > 0.5,
+        "the query should be running ({busy:.2} CPU s in 1 s)"
+    );
+    drop(socket);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let idle_from = server.cpu_seconds();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let idle = server.cpu_seconds() - idle_from;
+    assert!(
+        idle < 0.3,
+        "the query kept running after its client left ({idle:.2} CPU s in 2 s)"
+    );
+}
+
 /// Random trees over the sample world: the bitmap path, the scan path and DuckDB (reading
 /// the same Parquet files, with its own translation of the tree) agree on every count.
 #[test]
