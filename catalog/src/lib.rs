@@ -10,6 +10,7 @@
 mod definition;
 mod error;
 mod identity;
+mod merge_log;
 mod monitor;
 mod role;
 mod standard;
@@ -22,6 +23,7 @@ pub use definition::{
 };
 pub use error::{Error, Result, SnapshotRef};
 pub use identity::{IdentityRules, IdentityType};
+pub use merge_log::MergeLog;
 pub use monitor::{MonitorKind, MonitorResult, Status, check_all, check_table};
 pub use role::{LevelGrant, Role, RolePolicy, Roles, Visibility};
 pub use standard::{

@@ -20,7 +20,7 @@ use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext, 
 use futures::TryStreamExt;
 use roaring::RoaringBitmap;
 use serde::Serialize;
-use shoal_catalog::{Catalog, Table};
+use shoal_catalog::{Catalog, MergeLog, Table};
 
 use crate::bitmap_functions::{self, AudienceBitmaps};
 use crate::error::{Error, Result};
@@ -303,12 +303,43 @@ impl Session {
                 binary.is_valid(0).then(|| binary.value(0).to_vec())
             })
             .ok_or_else(|| Error::Invalid(format!("unknown audience '{name}'")))?;
-        let bitmap = Arc::new(bitmap_functions::from_bytes(&bytes)?);
+        // Members merged into someone else since the pack was computed count as the survivor.
+        let bitmap = Arc::new(
+            self.merge_log()
+                .await?
+                .remap(&bitmap_functions::from_bytes(&bytes)?),
+        );
         self.audiences
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), bitmap.clone());
         Ok(bitmap)
+    }
+
+    /// The `merge` rows of `identity_merges` at this snapshot.
+    pub async fn merge_log(&self) -> Result<MergeLog> {
+        let frame = self
+            .ctx
+            .table("identity_merges")
+            .await?
+            .filter(col("kind").eq(lit("merge")))?
+            .select(vec![col("from_user_id"), col("into_user_id")])?;
+        let mut pairs = Vec::new();
+        for batch in self.collect(frame).await? {
+            let from = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+            let into = arrow::compute::cast(batch.column(1), &DataType::Int64)?;
+            let (from, into) = (
+                from.as_primitive::<Int64Type>(),
+                into.as_primitive::<Int64Type>(),
+            );
+            for i in 0..batch.num_rows() {
+                if let (Ok(f), Ok(t)) = (u32::try_from(from.value(i)), u32::try_from(into.value(i)))
+                {
+                    pairs.push((f, t));
+                }
+            }
+        }
+        Ok(MergeLog::from_pairs(pairs))
     }
 
     /// An audience this session has already loaded.

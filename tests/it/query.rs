@@ -741,3 +741,86 @@ fn enum_condition(field: &str, op: &str, values: &[&str], rng: &mut impl rand::R
         _ => json!({"field": field, "op": op, "value": one}),
     }
 }
+
+/// Appends one row to `table`, given as JSON, through Arrow's JSON reader (so the test needs no
+/// column-by-column arrays).
+fn append_row(wh: &Path, table: &str, row: Value) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let location = format!("file://{}", wh.display());
+        let warehouse = shoal_catalog::Warehouse::open(&location).expect("warehouse");
+        let mut t = shoal_catalog::Table::open(&warehouse, table)
+            .await
+            .expect("table");
+        let schema = t.schema().expect("schema");
+        let mut decoder = arrow::json::ReaderBuilder::new(schema)
+            .build_decoder()
+            .expect("decoder");
+        decoder.serialize(&[row]).expect("row fits the schema");
+        let batch = decoder.flush().expect("flush").expect("one batch");
+        t.append(
+            vec![batch],
+            shoal_catalog::CommitNote::new("author", "test"),
+        )
+        .await
+        .expect("append");
+    });
+}
+
+fn sql_rows(wh: &Path, sql: &str) -> Vec<Value> {
+    json_ok(&shoal(wh, &["sql", sql, "--format", "json"]))["rows"]
+        .as_array()
+        .expect("rows")
+        .clone()
+}
+
+#[test]
+fn stored_audiences_answer_sql_and_trees_and_follow_merges() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wh = small_world(dir.path());
+    let id = |login: &str| {
+        sql_rows(
+            &wh,
+            &format!("SELECT user_id FROM users WHERE login_id = '{login}'"),
+        )[0]["user_id"]
+            .as_u64()
+            .expect("id") as u32
+    };
+    let (a, b) = (id("a"), id("b"));
+    // 900000 was merged into a after the pack was computed: it counts as a.
+    let gone = 900_000u32;
+    append_row(
+        &wh,
+        "identity_merges",
+        json!({"from_user_id": gone, "into_user_id": a, "kind": "merge",
+               "at": "2026-11-20T00:00:00Z", "reason": "test"}),
+    );
+    let members: roaring::RoaringBitmap = [gone, b].into_iter().collect();
+    let mut bytes = Vec::new();
+    members.serialize_into(&mut bytes).expect("serialise");
+    append_row(
+        &wh,
+        "audience_versions",
+        json!({"audience": "vip", "version": 1, "created_at": "2026-11-19T00:00:00Z",
+               "definition": "{}", "evaluated_at": "2026-11-19T00:00:00Z", "size": 2,
+               "bitmap": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()}),
+    );
+    let rows = sql_rows(
+        &wh,
+        "SELECT login_id FROM users WHERE rb_contains(audience('vip'), user_id) ORDER BY login_id",
+    );
+    assert_eq!(
+        rows,
+        vec![json!({"login_id": "a"}), json!({"login_id": "b"})]
+    );
+    let tree =
+        json!({"all": [{"audience": "vip"}, {"field": "gender", "op": "eq", "value": "male"}]});
+    for path in ["auto", "scan"] {
+        assert_eq!(count(&wh, dir.path(), &tree, path)["count"], 1, "{path}");
+        let not = json!({"not": {"audience": "vip"}});
+        assert_eq!(count(&wh, dir.path(), &not, path)["count"], 2, "{path}");
+    }
+    let unknown = shoal(&wh, &["sql", "SELECT rb_cardinality(audience('nobody'))"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown audience 'nobody'"));
+}
