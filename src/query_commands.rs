@@ -173,20 +173,29 @@ async fn session(state: &AppState) -> AppResult<Session> {
     Ok(state.engine.session(&catalog).await?)
 }
 
+/// A session and the request's tree checked in it.
+async fn prepared(
+    state: &AppState,
+    conditions: &Value,
+    evaluated_at: Option<NaiveDate>,
+) -> AppResult<(Session, count::Prepared)> {
+    let session = session(state).await?;
+    let prepared = count::prepare(&session, conditions, HTTP_ROLE, evaluated_at)?;
+    Ok((session, prepared))
+}
+
+fn to_json(value: impl serde::Serialize) -> AppResult<Json<Value>> {
+    serde_json::to_value(value)
+        .map(Json)
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
+
 /// `POST /api/query/count`: `{"conditions": TREE}` → `{count, path, evaluated_at, snapshot}`.
 pub async fn count_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
     let request: CountRequest = parse(&body)?;
-    let session = session(&state).await?;
-    let prepared = count::prepare(
-        &session,
-        &request.conditions,
-        HTTP_ROLE,
-        request.evaluated_at,
-    )?;
+    let (session, prepared) = prepared(&state, &request.conditions, request.evaluated_at).await?;
     let answer = count::count(&state.engine, &session, &prepared, request.path).await?;
-    Ok(Json(
-        serde_json::to_value(answer).map_err(|e| AppError::Internal(e.to_string()))?,
-    ))
+    to_json(answer)
 }
 
 #[derive(Deserialize)]
@@ -204,13 +213,7 @@ struct PreviewRequest {
 /// `POST /api/query/preview`: the first members with chosen columns of `users`.
 pub async fn preview_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
     let request: PreviewRequest = parse(&body)?;
-    let session = session(&state).await?;
-    let prepared = count::prepare(
-        &session,
-        &request.conditions,
-        HTTP_ROLE,
-        request.evaluated_at,
-    )?;
+    let (session, prepared) = prepared(&state, &request.conditions, request.evaluated_at).await?;
     let preview = count::preview(
         &state.engine,
         &session,
@@ -220,25 +223,15 @@ pub async fn preview_route(State(state): State<AppState>, body: Bytes) -> AppRes
         request.limit.unwrap_or(20),
     )
     .await?;
-    Ok(Json(
-        serde_json::to_value(preview).map_err(|e| AppError::Internal(e.to_string()))?,
-    ))
+    to_json(preview)
 }
 
 /// `POST /api/query/explain`: the SQL a tree compiles to, its plan and the path a count takes.
 pub async fn explain_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
     let request: CountRequest = parse(&body)?;
-    let session = session(&state).await?;
-    let prepared = count::prepare(
-        &session,
-        &request.conditions,
-        HTTP_ROLE,
-        request.evaluated_at,
-    )?;
+    let (session, prepared) = prepared(&state, &request.conditions, request.evaluated_at).await?;
     let explanation = count::explain(&state.engine, &session, &prepared).await?;
-    Ok(Json(
-        serde_json::to_value(explanation).map_err(|e| AppError::Internal(e.to_string()))?,
-    ))
+    to_json(explanation)
 }
 
 #[derive(Deserialize)]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::{Row, json_ok, rows, shoal, start_server};
+use crate::{Row, demo_data, ingest_sample, json_ok, rows, shoal, start_server};
 
 fn text<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
     row.get(key).and_then(Value::as_str)
@@ -40,30 +40,6 @@ fn users_by_id(wh: &Path) -> BTreeMap<i64, Row> {
         .collect()
 }
 
-fn ingest_sample(wh: &Path, dir: &Path, manifest: &Value, events_first: bool) {
-    let mut files: Vec<&Value> = manifest["files"]
-        .as_array()
-        .expect("files")
-        .iter()
-        .collect();
-    if !events_first {
-        files.reverse();
-    }
-    for f in files {
-        let path = dir.join(f["file"].as_str().expect("file"));
-        json_ok(&shoal(
-            wh,
-            &[
-                "ingest",
-                "--source",
-                f["source"].as_str().expect("source"),
-                "--json",
-                path.to_str().expect("path"),
-            ],
-        ));
-    }
-}
-
 /// (type, value) → user id.
 fn links(wh: &Path) -> HashMap<(String, String), i64> {
     rows(wh, "identity_links")
@@ -85,19 +61,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let wh = dir.path().join("wh");
-    let manifest = json_ok(&shoal(
-        &wh,
-        &[
-            "demo-data",
-            "--out",
-            data.to_str().expect("p"),
-            "--users",
-            "2000",
-            "--seed",
-            "5",
-            "--json",
-        ],
-    ));
+    let manifest = demo_data(&data, 2000, 5);
     // Events first and a build, then the orders and an incremental build.
     let first = &manifest["files"][0];
     assert_eq!(first["source"], "segment");
@@ -349,19 +313,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
 fn the_same_input_gives_the_same_ids_whatever_the_import_order() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
-    let manifest = json_ok(&shoal(
-        &dir.path().join("unused"),
-        &[
-            "demo-data",
-            "--out",
-            data.to_str().expect("p"),
-            "--users",
-            "300",
-            "--seed",
-            "8",
-            "--json",
-        ],
-    ));
+    let manifest = demo_data(&data, 300, 8);
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     ingest_sample(&a, &data, &manifest, true);
     ingest_sample(&b, &data, &manifest, false);

@@ -5,20 +5,8 @@ use std::process::Command;
 
 use crate::{json_ok, shoal, table_rows};
 
-fn sample(dir: &Path, users: &str) -> serde_json::Value {
-    json_ok(&shoal(
-        &dir.join("unused"),
-        &[
-            "demo-data",
-            "--out",
-            dir.to_str().expect("path"),
-            "--users",
-            users,
-            "--seed",
-            "11",
-            "--json",
-        ],
-    ))
+fn sample(dir: &Path, users: u32) -> serde_json::Value {
+    crate::demo_data(dir, users, 11)
 }
 
 fn planted(manifest: &serde_json::Value, file: &str) -> serde_json::Map<String, serde_json::Value> {
@@ -65,7 +53,7 @@ fn every_planted_bad_row_is_accounted_for() {
     let dir = tempfile::tempdir().expect("temp");
     let data = dir.path().join("data");
     let wh = dir.path().join("wh");
-    let manifest = sample(&data, "1500");
+    let manifest = sample(&data, 1500);
 
     let report = ingest(&wh, "segment", &[&data.join("events.jsonl")]);
     balanced(&report);
@@ -170,7 +158,7 @@ fn re_imports_dedup_events_and_update_orders() {
     let dir = tempfile::tempdir().expect("temp");
     let data = dir.path().join("data");
     let wh = dir.path().join("wh");
-    sample(&data, "800");
+    sample(&data, 800);
     let events = data.join("events.jsonl");
     let first = ingest(&wh, "segment", &[&events]);
     let again = ingest(&wh, "segment", &[&events]);
@@ -273,7 +261,7 @@ fn edge_files_and_bad_files() {
 fn a_batch_killed_midway_and_retried_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().expect("temp");
     let data = dir.path().join("data");
-    sample(&data, "1500");
+    sample(&data, 1500);
     let events = data.join("events.jsonl");
 
     // The reference: one clean import into its own warehouse.

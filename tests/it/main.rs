@@ -40,6 +40,49 @@ pub fn json_ok(output: &Output) -> serde_json::Value {
     serde_json::from_str(stdout_ok(output).trim()).expect("one JSON object on stdout")
 }
 
+/// Writes the sample world of `users` people with `seed` into `out`; returns its manifest.
+pub fn demo_data(out: &Path, users: u32, seed: u64) -> serde_json::Value {
+    let (users, seed) = (users.to_string(), seed.to_string());
+    json_ok(&shoal(
+        &out.join("unused-warehouse"),
+        &[
+            "demo-data",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--users",
+            &users,
+            "--seed",
+            &seed,
+            "--json",
+        ],
+    ))
+}
+
+/// Ingests every file of a sample world into `wh`, in manifest order or reversed.
+pub fn ingest_sample(wh: &Path, dir: &Path, manifest: &serde_json::Value, in_order: bool) {
+    let mut files: Vec<&serde_json::Value> = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .collect();
+    if !in_order {
+        files.reverse();
+    }
+    for f in files {
+        let path = dir.join(f["file"].as_str().expect("file"));
+        json_ok(&shoal(
+            wh,
+            &[
+                "ingest",
+                "--source",
+                f["source"].as_str().expect("source"),
+                "--json",
+                path.to_str().expect("path"),
+            ],
+        ));
+    }
+}
+
 /// Rows of `table` as `shoal catalog tables --json` reports them.
 pub fn table_rows(warehouse: &Path, table: &str) -> Option<u64> {
     let listed = json_ok(&shoal(warehouse, &["catalog", "tables", "--json"]));

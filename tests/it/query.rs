@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::{Server, json_ok, shoal, start_server, stdout_ok};
+use crate::{Server, demo_data, ingest_sample, json_ok, shoal, start_server, stdout_ok};
 
 /// Four people, counted by hand below. Identify calls on 2026-11-01; behaviour after.
 ///
@@ -553,31 +553,8 @@ fn random_trees_agree_with_duckdb() {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
     let wh = dir.path().join("wh");
-    let manifest = json_ok(&shoal(
-        &wh,
-        &[
-            "demo-data",
-            "--out",
-            data.to_str().expect("p"),
-            "--users",
-            "400",
-            "--json",
-        ],
-    ));
-    for f in manifest["files"].as_array().expect("files") {
-        let path = data.join(f["file"].as_str().expect("file"));
-        let source = f["source"].as_str().expect("source");
-        json_ok(&shoal(
-            &wh,
-            &[
-                "ingest",
-                "--source",
-                source,
-                "--json",
-                path.to_str().expect("p"),
-            ],
-        ));
-    }
+    let manifest = demo_data(&data, 400, 42);
+    ingest_sample(&wh, &data, &manifest, true);
     json_ok(&shoal(&wh, &["build", "--json", "--as-of", "2026-11-20"]));
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
