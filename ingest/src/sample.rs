@@ -223,6 +223,11 @@ fn write_events(
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> Result<SampleFile> {
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0x5e6e_0001);
+    // Messages are written in time order. Rather than holding the whole world in memory,
+    // each person's messages are spilled into one file per day, and each day is sorted alone.
+    let spill_dir = dir.join(".events-by-day");
+    std::fs::create_dir_all(&spill_dir).map_err(|e| Error::io(&spill_dir, e))?;
+    let mut spill: BTreeMap<NaiveDate, BufWriter<File>> = BTreeMap::new();
     let mut messages = Vec::new();
     let (mut seq, mut orders) = (0u64, 0u64);
     let total = people.len() as u64;
@@ -236,12 +241,57 @@ fn write_events(
             &mut messages,
         );
         segment::campaign_messages(&mut rng, person, options.end, &mut seq, &mut messages);
+        for message in messages.drain(..) {
+            let day = message.at.date();
+            let file = match spill.entry(day) {
+                std::collections::btree_map::Entry::Occupied(f) => f.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let path = spill_dir.join(day.to_string());
+                    let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+                    v.insert(BufWriter::new(file))
+                }
+            };
+            let stamp = message.at.and_utc().timestamp_micros();
+            writeln!(file, "{stamp}\t{}\t{}", message.seq, message.body)
+                .map_err(|e| Error::io(&spill_dir, e))?;
+        }
         if i % 1000 == 0 {
             progress("events", i as u64, total);
         }
     }
     progress("events", total, total);
-    messages.sort_by(|a, b| a.at.cmp(&b.at).then(a.seq.cmp(&b.seq)));
+    let days: Vec<NaiveDate> = spill.keys().copied().collect();
+    for (_, mut file) in std::mem::take(&mut spill) {
+        file.flush().map_err(|e| Error::io(&spill_dir, e))?;
+    }
+    let read_day = |day: &NaiveDate| -> Result<Vec<(i64, u64, String)>> {
+        let path = spill_dir.join(day.to_string());
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut rows: Vec<(i64, u64, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, '\t');
+                let at = parts.next()?.parse().ok()?;
+                let seq = parts.next()?.parse().ok()?;
+                Some((at, seq, parts.next()?.to_string()))
+            })
+            .collect();
+        rows.sort_unstable_by_key(|(at, seq, _)| (*at, *seq));
+        Ok(rows)
+    };
+    let messages = days
+        .iter()
+        .map(move |day| read_day(day))
+        .flat_map(|day| match day {
+            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+        .map(|row| {
+            row.and_then(|(_, _, body)| {
+                serde_json::from_str::<Value>(&body)
+                    .map_err(|e| Error::Internal(format!("spilled sample message: {e}")))
+            })
+        });
 
     let name = "events.jsonl";
     let mut out = create(dir, name)?;
@@ -249,8 +299,8 @@ fn write_events(
     let mut bad = ChaCha8Rng::seed_from_u64(options.seed ^ 0x5e6e_0002);
     let mut resend: Vec<(usize, String)> = Vec::new();
     let mut rows = 0u64;
-    for (index, message) in messages.into_iter().enumerate() {
-        let mut body = message.body;
+    for (index, message) in messages.enumerate() {
+        let mut body = message?;
         let (line, spoilt) = corrupt_event(&mut bad, &mut body, &mut planted);
         writeln!(out, "{line}").map_err(|e| Error::io(&dir.join(name), e))?;
         rows += 1;
@@ -272,6 +322,7 @@ fn write_events(
         bump(&mut planted, planted::DUPLICATE_MESSAGE);
     }
     out.flush().map_err(|e| Error::io(&dir.join(name), e))?;
+    std::fs::remove_dir_all(&spill_dir).map_err(|e| Error::io(&spill_dir, e))?;
     Ok(SampleFile {
         file: name.into(),
         source: "segment".into(),
