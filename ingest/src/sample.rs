@@ -281,7 +281,7 @@ fn write_events(
     };
     let messages = days
         .iter()
-        .map(move |day| read_day(day))
+        .map(read_day)
         .flat_map(|day| match day {
             Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],
