@@ -128,6 +128,7 @@ pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()
         catalog.revision(),
         tables.join(", ")
     );
+    print_sample_counts(&catalog).await?;
     if crate::write_keys::active_hashes(&catalog).await?.is_empty() {
         let key = crate::write_keys::create(&catalog, "demo").await?;
         println!("tracking API write key (shown once): {key}");
@@ -136,4 +137,42 @@ pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()
         return Ok(());
     }
     crate::serve::serve(catalog, &args.serve).await
+}
+
+/// A few audiences of the sample world, counted as the builder would count them.
+async fn print_sample_counts(catalog: &Catalog) -> AppResult<()> {
+    let engine = shoal_query::Engine::new(Default::default());
+    let session = engine.session(catalog).await?;
+    let samples = [
+        (
+            "middle-aged men",
+            serde_json::json!({"derived": "middle_aged_male"}),
+        ),
+        (
+            "high-value customers",
+            serde_json::json!({"derived": "high_value"}),
+        ),
+        (
+            "viewed items in the last 7 days, no purchase in 30",
+            serde_json::json!({"all": [
+                {"event": "view_item", "window": {"last_days": 7}},
+                {"not": {"event": "purchase", "window": {"last_days": 30}}}
+            ]}),
+        ),
+    ];
+    println!("sample audiences (shoal count / POST /api/query/count):");
+    for (name, tree) in samples {
+        let prepared =
+            shoal_query::count::prepare(&session, &tree, shoal_catalog::Role::Analyst, None)?;
+        let answer =
+            shoal_query::count::count(&engine, &session, &prepared, Default::default()).await?;
+        let path = serde_json::to_value(answer.path).unwrap_or_default();
+        println!(
+            "  {name:<52} {:>8} users  ({} path, {:.1} ms)",
+            answer.count,
+            path.as_str().unwrap_or_default(),
+            answer.elapsed_ms
+        );
+    }
+    Ok(())
 }
