@@ -6,12 +6,13 @@
 //! table version it came from. A [`Session`] pins one snapshot: every table a request reads
 //! is at the version it had when the request began.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
+use datafusion::catalog::TableProvider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -52,6 +53,7 @@ pub type SnapshotVersions = BTreeMap<String, u64>;
 pub struct Engine {
     limits: Limits,
     tables: tokio::sync::Mutex<BTreeMap<String, Table>>,
+    providers: Mutex<HashMap<(String, u64), Arc<dyn TableProvider>>>,
     universe: Mutex<Option<(u64, Arc<RoaringBitmap>)>>,
     tags: Mutex<Option<Arc<TagIndex>>>,
 }
@@ -81,7 +83,7 @@ impl Engine {
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         for (name, table) in &tables {
-            ctx.register_table(name.as_str(), table.provider().await?)?;
+            ctx.register_table(name.as_str(), self.provider(table).await?)?;
         }
         let audiences = AudienceBitmaps::default();
         bitmap_functions::register(&ctx, audiences.clone());
@@ -94,6 +96,8 @@ impl Engine {
         })
     }
 
+    /// Moves every table handle to its newest version, all at once (each is one listing of
+    /// the table's log).
     async fn snapshot(&self, catalog: &Catalog) -> Result<BTreeMap<String, Table>> {
         let mut cached = self.tables.lock().await;
         let defined: Vec<&str> = catalog
@@ -102,17 +106,42 @@ impl Engine {
             .iter()
             .map(|t| t.name.as_str())
             .collect();
-        cached.retain(|name, _| defined.contains(&name.as_str()));
-        for name in defined {
-            match cached.get_mut(name) {
-                Some(table) => table.refresh().await?,
-                None => {
-                    let table = catalog.table(name).await?;
-                    cached.insert(name.to_string(), table);
-                }
+        let mut held = std::mem::take(&mut *cached);
+        let refreshed = futures::future::try_join_all(defined.iter().map(|name| {
+            let handle = held.remove(*name);
+            async move {
+                let table = match handle {
+                    Some(mut table) => {
+                        table.refresh().await?;
+                        table
+                    }
+                    None => catalog.table(name).await?,
+                };
+                Ok::<_, Error>((name.to_string(), table))
             }
-        }
+        }))
+        .await?;
+        *cached = refreshed.into_iter().collect();
         Ok(cached.clone())
+    }
+
+    /// The DataFusion provider of a table version (cached: building one reads the snapshot's
+    /// file list).
+    async fn provider(&self, table: &Table) -> Result<Arc<dyn TableProvider>> {
+        let key = (table.name().to_string(), table.version());
+        if let Some(provider) = self
+            .providers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(provider.clone());
+        }
+        let provider = table.provider().await?;
+        let mut providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
+        providers.retain(|(name, _), _| name != &key.0);
+        providers.insert(key, provider.clone());
+        Ok(provider)
     }
 
     /// Every user id of `users` at the session's snapshot (cached per version).
