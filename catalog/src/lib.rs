@@ -28,7 +28,7 @@ pub use monitor::{MonitorKind, MonitorResult, Status, check_all, check_table};
 pub use role::{LevelGrant, Role, RolePolicy, Roles, Visibility};
 pub use standard::{
     DECIMAL_PRECISION, DECIMAL_SCALE, DerivedCondition, DerivedConditions, FieldStandard,
-    MonitorConfig, Sensitivity, TableDefinition, Thresholds, ValueType,
+    MonitorConfig, PAID_STATUSES, Sensitivity, TableDefinition, Thresholds, ValueType,
 };
 pub use table::{
     Commit, CommitNote, MergeOutcome, Table, TableSummary, table_summaries, write_session,

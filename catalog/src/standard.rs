@@ -7,6 +7,10 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+/// Order statuses that count as bought: the wide table's order counts and GMV, and order
+/// conditions of audiences, all count these.
+pub const PAID_STATUSES: &[&str] = &["paid", "shipped", "completed", "refunded"];
+
 /// Precision and scale of every `decimal` field (money, in yuan with cents).
 pub const DECIMAL_PRECISION: u8 = 18;
 /// Scale of every `decimal` field.

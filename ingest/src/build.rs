@@ -46,9 +46,6 @@ pub const BUILD_CHUNK_ROWS: usize = 500_000;
 /// The event that subscribes to the official account, and the one that leaves it.
 pub const FOLLOW_EVENTS: (&str, &str) = ("follow_official_account", "unfollow_official_account");
 
-/// Order statuses that count as a purchase (paid, whatever happened after).
-pub const PAID_STATUSES: &[&str] = &["paid", "shipped", "completed", "refunded"];
-
 /// How to build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -866,7 +863,7 @@ async fn build_users(
             )
         })
         .collect();
-    let paid = PAID_STATUSES
+    let paid = shoal_catalog::PAID_STATUSES
         .iter()
         .map(|s| format!("'{s}'"))
         .collect::<Vec<_>>()

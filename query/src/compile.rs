@@ -7,9 +7,9 @@
 
 use crate::condition::{
     CountTest, EventCondition, FieldCondition, Literal, Node, NumberRange, OrderCondition,
-    OrderMeasure, PAID_STATUSES, Test, TimeRange,
+    OrderMeasure, Test, TimeRange,
 };
-use shoal_catalog::ValueType;
+use shoal_catalog::{PAID_STATUSES, ValueType};
 
 /// Alias of `users` in compiled queries.
 pub const USERS: &str = "u";

@@ -240,9 +240,6 @@ pub struct OrderCondition {
     pub window: Option<TimeRange>,
 }
 
-/// Order statuses that count as bought (the same as the wide table's `orders_count`).
-pub const PAID_STATUSES: &[&str] = &["paid", "shipped", "completed", "refunded"];
-
 /// What checking needs besides the tree.
 #[derive(Debug, Clone)]
 pub struct CheckContext<'a> {

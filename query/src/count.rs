@@ -124,8 +124,8 @@ pub async fn count(
     choice: PathChoice,
 ) -> Result<CountAnswer> {
     let started = Instant::now();
-    load_audiences(session, &prepared.node).await?;
     let (count, path) = if choice == PathChoice::Scan {
+        load_audiences(session, &prepared.node).await?;
         let frame = session.sql(&compile::count_sql(&prepared.node)).await?;
         let batches = session.collect(frame).await?;
         let count = batches
