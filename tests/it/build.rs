@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::{Row, demo_data, ingest_sample, json_ok, rows, shoal, start_server};
+use crate::{Row, demo_data, ingest_sample, ingest_segment, json_ok, rows, shoal, start_server};
 
 fn text<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
     row.get(key).and_then(Value::as_str)
@@ -66,16 +66,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     let first = &manifest["files"][0];
     assert_eq!(first["source"], "segment");
     let events_file = data.join(first["file"].as_str().expect("f"));
-    json_ok(&shoal(
-        &wh,
-        &[
-            "ingest",
-            "--source",
-            "segment",
-            "--json",
-            events_file.to_str().expect("p"),
-        ],
-    ));
+    ingest_segment(&wh, &events_file);
     let first_report = build(&wh);
     for f in manifest["files"].as_array().expect("files").iter().skip(1) {
         let path = data.join(f["file"].as_str().expect("file"));
@@ -345,19 +336,6 @@ fn identify(id: &str, t: &str, anon: &str, login: Option<&str>, phone: &str) -> 
     m
 }
 
-fn ingest_file(wh: &Path, file: &Path) {
-    json_ok(&shoal(
-        wh,
-        &[
-            "ingest",
-            "--source",
-            "segment",
-            "--json",
-            file.to_str().expect("p"),
-        ],
-    ));
-}
-
 #[test]
 fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_splits() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -371,7 +349,7 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
             identify("m3", "03", "a3", None, "138-0000-0001"),
         ],
     );
-    ingest_file(&wh, &first);
+    ingest_segment(&wh, &first);
     let r = build(&wh);
     assert_eq!(r["identity"]["people_new"], 3, "{r}");
     let l = links(&wh);
@@ -394,7 +372,7 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
             track("m6", "06", "b1", None),
         ],
     );
-    ingest_file(&wh, &second);
+    ingest_segment(&wh, &second);
     let r = build(&wh);
     assert_eq!(r["identity"]["people_merged"], 2, "{r}");
     assert_eq!(r["events_moved"], 2, "m2 and m3 move to the survivor: {r}");
@@ -454,7 +432,7 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
         "3.jsonl",
         &[track("m7", "07", "a1", Some("L2"))],
     );
-    ingest_file(&wh, &third);
+    ingest_segment(&wh, &third);
     let r = build(&wh);
     assert_eq!(
         r["identity"]["links_refused"]["cap: the person would hold 2 login_id"], 1,
@@ -531,7 +509,7 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
         "4.jsonl",
         &[identify("m8", "08", "a9", Some("L1"), "13800000001")],
     );
-    ingest_file(&wh, &fourth);
+    ingest_segment(&wh, &fourth);
     build(&wh);
     assert_eq!(id(&links(&wh), "phone", "+8613800000001"), 6);
 
@@ -587,7 +565,7 @@ async fn the_http_api_builds_and_explains() {
             track("m2", "02", "a2", None),
         ],
     );
-    ingest_file(&wh, &file);
+    ingest_segment(&wh, &file);
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
     let client = reqwest::Client::new();
@@ -651,7 +629,7 @@ async fn the_server_builds_new_rows_on_its_own() {
         "1.jsonl",
         &[track("m1", "01", "a1", Some("L1"))],
     );
-    ingest_file(&wh, &file);
+    ingest_segment(&wh, &file);
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "1"]);
     let client = reqwest::Client::new();

@@ -58,6 +58,20 @@ pub fn demo_data(out: &Path, users: u32, seed: u64) -> serde_json::Value {
     ))
 }
 
+/// Ingests one Segment JSON-lines file into `wh`.
+pub fn ingest_segment(wh: &Path, file: &Path) -> serde_json::Value {
+    json_ok(&shoal(
+        wh,
+        &[
+            "ingest",
+            "--source",
+            "segment",
+            "--json",
+            file.to_str().expect("utf-8 path"),
+        ],
+    ))
+}
+
 /// Ingests every file of a sample world into `wh`, in manifest order or reversed.
 pub fn ingest_sample(wh: &Path, dir: &Path, manifest: &serde_json::Value, in_order: bool) {
     let mut files: Vec<&serde_json::Value> = manifest["files"]

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::{Server, demo_data, ingest_sample, json_ok, shoal, start_server, stdout_ok};
+use crate::{
+    Server, demo_data, ingest_sample, ingest_segment, json_ok, shoal, start_server, stdout_ok,
+};
 
 /// Four people, counted by hand below. Identify calls on 2026-11-01; behaviour after.
 ///
@@ -65,16 +67,7 @@ fn small_world(dir: &Path) -> std::path::PathBuf {
     let file = dir.join("events.jsonl");
     let text: Vec<String> = lines.iter().map(Value::to_string).collect();
     std::fs::write(&file, text.join("\n") + "\n").expect("write");
-    json_ok(&shoal(
-        &wh,
-        &[
-            "ingest",
-            "--source",
-            "segment",
-            "--json",
-            file.to_str().expect("path"),
-        ],
-    ));
+    ingest_segment(&wh, &file);
     json_ok(&shoal(&wh, &["build", "--json", "--as-of", "2026-11-20"]));
     wh
 }
