@@ -106,7 +106,7 @@ pub async fn members(
         let frame = session.sql(&compile::ids_sql(&prepared.node)).await?;
         return Ok((session.bitmap_of(frame).await?, AnswerPath::Scan));
     }
-    let mut evaluator = Evaluator::new(engine, session).await?;
+    let mut evaluator = Evaluator::new(engine, session, &prepared.node).await?;
     let bitmap = evaluator.eval(&prepared.node).await?;
     let path = match (evaluator.used_bitmaps, evaluator.used_scan) {
         (_, false) => AnswerPath::Bitmap,
@@ -177,13 +177,15 @@ struct Evaluator<'a> {
 }
 
 impl<'a> Evaluator<'a> {
-    async fn new(engine: &'a Engine, session: &'a Session) -> Result<Evaluator<'a>> {
+    async fn new(engine: &'a Engine, session: &'a Session, node: &Node) -> Result<Evaluator<'a>> {
         let universe = engine.universe(session).await?;
         let tags = engine.tags(session).await?;
         let users = session.catalog().definition().table("users")?.clone();
         let columns_current = tags.columns_current(session.version("users")?)
             || (universe.is_empty() && tags.column("gender").is_none());
-        let events_current = tags.events_current(session).await?;
+        // Whether day bitmaps are current may take a read of the events log: only asked when
+        // the tree has event conditions.
+        let events_current = has_events(node) && tags.events_current(session).await?;
         Ok(Evaluator {
             session,
             universe,
@@ -552,7 +554,7 @@ pub async fn explain(
     prepared: &Prepared,
 ) -> Result<Explanation> {
     load_audiences(session, &prepared.node).await?;
-    let evaluator = Evaluator::new(engine, session).await?;
+    let evaluator = Evaluator::new(engine, session, &prepared.node).await?;
     let path = if evaluator.covered(&prepared.node) {
         AnswerPath::Bitmap
     } else if evaluator.partly_covered(&prepared.node) {
@@ -574,4 +576,13 @@ pub async fn explain(
 /// Names of the events that have day bitmaps (every event the build has seen), sorted.
 pub async fn event_names(engine: &Engine, session: &Session) -> Result<Vec<String>> {
     Ok(engine.tags(session).await?.event_names())
+}
+
+fn has_events(node: &Node) -> bool {
+    match node {
+        Node::All(children) | Node::Any(children) => children.iter().any(has_events),
+        Node::Not(child) => has_events(child),
+        Node::Event(_) => true,
+        _ => false,
+    }
 }
