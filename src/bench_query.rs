@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -154,14 +153,16 @@ fn cases() -> Vec<Case> {
 struct Client {
     stream: TcpStream,
     host: String,
+    token: String,
 }
 
 impl Client {
     async fn post(&mut self, path: &str, body: &Value) -> AppResult<Value> {
         let body = body.to_string();
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
+            self.token,
             body.len()
         );
         let fail = |e: std::io::Error| AppError::Internal(format!("bench client: {e}"));
@@ -274,12 +275,10 @@ pub async fn query(
     let address = listener
         .local_addr()
         .map_err(|e| AppError::Internal(e.to_string()))?;
-    let state = crate::serve::AppState {
-        catalog: Arc::new(tokio::sync::RwLock::new(catalog)),
-        tracking: crate::tracking::state(),
-        build_lock: Arc::new(tokio::sync::Mutex::new(())),
-        engine: Arc::new(shoal_query::Engine::new(Default::default())),
-    };
+    let token = crate::tokens::create(&catalog, "bench", shoal_catalog::Role::Analyst, "bench")
+        .await?
+        .token;
+    let state = crate::serve::AppState::new(catalog);
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, crate::serve::app(state)).await;
     });
@@ -289,6 +288,7 @@ pub async fn query(
     let mut client = Client {
         stream,
         host: address.to_string(),
+        token,
     };
 
     let cases = cases();

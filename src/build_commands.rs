@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use shoal_catalog::Catalog;
+use shoal_catalog::{Catalog, Role};
 use shoal_ingest::build::{BuildOptions, BuildReport, build};
 use shoal_ingest::identity::{Explanation, explain, unlink};
 
@@ -12,6 +12,7 @@ use crate::cli::{BuildArgs, IdentityCommand};
 use crate::error::{AppError, AppResult};
 use crate::progress;
 use crate::serve::AppState;
+use crate::tokens::Caller;
 
 /// Runs a build with a progress bar.
 pub async fn run_build(
@@ -194,8 +195,10 @@ pub struct BuildRequest {
 /// `POST /api/build`: runs a build (one at a time) and returns its report.
 pub async fn build_route(
     State(state): State<AppState>,
+    caller: Caller,
     body: axum::body::Bytes,
 ) -> AppResult<Json<Value>> {
+    caller.require(Role::Admin)?;
     let request: BuildRequest = if body.iter().all(u8::is_ascii_whitespace) {
         BuildRequest::default()
     } else {
@@ -219,8 +222,10 @@ pub async fn build_route(
 /// `GET /api/identity/{user_id}`: why a person's identities are one person.
 pub async fn explain_route(
     State(state): State<AppState>,
+    caller: Caller,
     Path(user_id): Path<String>,
 ) -> AppResult<Json<Value>> {
+    caller.require(Role::Admin)?;
     let user: u32 = user_id.parse().map_err(|_| {
         AppError::BadRequest(format!(
             "user_id: '{user_id}' is not a user id (0 to 4294967295)"
@@ -242,8 +247,10 @@ pub struct UnlinkRequest {
 /// `POST /api/identity/unlink`: removes a wrong link, splitting the person.
 pub async fn unlink_route(
     State(state): State<AppState>,
+    caller: Caller,
     Json(request): Json<UnlinkRequest>,
 ) -> AppResult<Json<Value>> {
+    caller.require(Role::Admin)?;
     if request.reason.trim().is_empty() {
         return Err(AppError::BadRequest(
             "reason: say why the link is wrong".into(),

@@ -40,6 +40,9 @@ pub enum Command {
     Sql(SqlArgs),
     /// Audience size of a condition tree.
     Count(CountArgs),
+    /// Manage API tokens (Bearer tokens of /api/* and passwords of the Postgres endpoint).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Manage write keys of the tracking API (/v1/*).
     #[command(subcommand, name = "writekey")]
     WriteKey(WriteKeyCommand),
@@ -263,6 +266,32 @@ pub enum BenchCommand {
         links: u64,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token with a role; it is printed once and stored only as a hash.
+    Create {
+        /// viewer, analyst or admin.
+        #[arg(long)]
+        role: shoal_catalog::Role,
+        /// Who or what the token is for.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Print `{"token", "token_id", "name", "role", …}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (ids, names, roles, revocation), never their secrets.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id; it stops working at once.
+    Revoke {
+        /// The token id (the part after `shoal_`).
+        token_id: String,
     },
 }
 

@@ -133,6 +133,15 @@ pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()
         let key = crate::write_keys::create(&catalog, "demo").await?;
         println!("tracking API write key (shown once): {key}");
     }
+    let token = crate::tokens::create(&catalog, "demo", shoal_catalog::Role::Admin, "demo").await?;
+    println!(
+        "admin API token (shown once; `shoal token create --role analyst` makes more): {}",
+        token.token
+    );
+    println!(
+        "  try: curl -H 'Authorization: Bearer {}' http://{}/api/whoami",
+        token.token, args.serve.http
+    );
     if args.no_serve {
         return Ok(());
     }

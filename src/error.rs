@@ -23,6 +23,12 @@ pub enum AppError {
     /// No credentials, or credentials we do not know.
     #[error("{0}")]
     Unauthorized(String),
+    /// Credentials we know, but a role below what the request needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Something named in the request does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// A body over a size limit.
     #[error("{0}")]
     TooLarge(String),
@@ -37,7 +43,8 @@ impl AppError {
     fn status(&self) -> StatusCode {
         match self {
             AppError::Catalog(shoal_catalog::Error::UnknownTable { .. })
-            | AppError::Ingest(shoal_ingest::Error::NotFound(_)) => StatusCode::NOT_FOUND,
+            | AppError::Ingest(shoal_ingest::Error::NotFound(_))
+            | AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Catalog(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::Ingest(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::Query(shoal_query::Error::Catalog(shoal_catalog::Error::UnknownTable {
@@ -46,6 +53,7 @@ impl AppError {
             AppError::Query(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -64,6 +72,8 @@ impl IntoResponse for AppError {
             ("not_found", self.to_string())
         } else if status == StatusCode::UNAUTHORIZED {
             ("unauthorized", self.to_string())
+        } else if status == StatusCode::FORBIDDEN {
+            ("forbidden", self.to_string())
         } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             ("too_large", self.to_string())
         } else {
@@ -75,6 +85,13 @@ impl IntoResponse for AppError {
         {
             error["path"] = json!(path);
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

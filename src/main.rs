@@ -11,6 +11,7 @@ mod ingest_commands;
 mod progress;
 mod query_commands;
 mod serve;
+mod tokens;
 mod tracking;
 mod uploads;
 mod write_keys;
@@ -93,6 +94,11 @@ async fn run(cli: Cli) -> AppResult<i32> {
         Command::Count(args) => {
             let catalog = open_catalog(&cli.warehouse).await?;
             query_commands::count_command(&catalog, args).await?;
+            Ok(0)
+        }
+        Command::Token(command) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            tokens::command(&catalog, command).await?;
             Ok(0)
         }
         Command::WriteKey(command) => {

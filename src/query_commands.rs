@@ -25,12 +25,10 @@ use shoal_query::{Engine, Session};
 use crate::cli::{CountArgs, CountPath, SqlArgs, SqlFormat};
 use crate::error::{AppError, AppResult};
 use crate::serve::AppState;
+use crate::tokens::Caller;
 
 /// The role of CLI callers: whoever can run the binary on the warehouse owns it.
 const CLI_ROLE: Role = Role::Admin;
-
-/// The role of HTTP callers until API tokens say otherwise.
-const HTTP_ROLE: Role = Role::Analyst;
 
 /// Rows a JSON SQL response holds at most; CSV and Arrow stream without a cap.
 const MAX_JSON_ROWS: usize = 100_000;
@@ -39,7 +37,7 @@ const MAX_JSON_ROWS: usize = 100_000;
 pub async fn sql_command(catalog: &Catalog, args: &SqlArgs) -> AppResult<()> {
     let engine = Engine::new(Default::default());
     let session = engine.session(catalog).await?;
-    let frame = session.sql(&args.query).await?;
+    let frame = session.user_sql(&args.query, CLI_ROLE).await?;
     let schema: SchemaRef = frame.schema().inner().clone();
     let stream = session.stream(frame).await?;
     let mut out = std::io::stdout().lock();
@@ -176,11 +174,12 @@ async fn session(state: &AppState) -> AppResult<Session> {
 /// A session and the request's tree checked in it.
 async fn prepared(
     state: &AppState,
+    caller: &Caller,
     conditions: &Value,
     evaluated_at: Option<NaiveDate>,
 ) -> AppResult<(Session, count::Prepared)> {
     let session = session(state).await?;
-    let prepared = count::prepare(&session, conditions, HTTP_ROLE, evaluated_at)?;
+    let prepared = count::prepare(&session, conditions, caller.role, evaluated_at)?;
     Ok((session, prepared))
 }
 
@@ -191,9 +190,14 @@ fn to_json(value: impl serde::Serialize) -> AppResult<Json<Value>> {
 }
 
 /// `POST /api/query/count`: `{"conditions": TREE}` → `{count, path, evaluated_at, snapshot}`.
-pub async fn count_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
+pub async fn count_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
     let request: CountRequest = parse(&body)?;
-    let (session, prepared) = prepared(&state, &request.conditions, request.evaluated_at).await?;
+    let (session, prepared) =
+        prepared(&state, &caller, &request.conditions, request.evaluated_at).await?;
     let answer = count::count(&state.engine, &session, &prepared, request.path).await?;
     to_json(answer)
 }
@@ -211,14 +215,19 @@ struct PreviewRequest {
 }
 
 /// `POST /api/query/preview`: the first members with chosen columns of `users`.
-pub async fn preview_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
+pub async fn preview_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
     let request: PreviewRequest = parse(&body)?;
-    let (session, prepared) = prepared(&state, &request.conditions, request.evaluated_at).await?;
+    let (session, prepared) =
+        prepared(&state, &caller, &request.conditions, request.evaluated_at).await?;
     let preview = count::preview(
         &state.engine,
         &session,
         &prepared,
-        HTTP_ROLE,
+        caller.role,
         &request.columns,
         request.limit.unwrap_or(20),
     )
@@ -227,9 +236,14 @@ pub async fn preview_route(State(state): State<AppState>, body: Bytes) -> AppRes
 }
 
 /// `POST /api/query/explain`: the SQL a tree compiles to, its plan and the path a count takes.
-pub async fn explain_route(State(state): State<AppState>, body: Bytes) -> AppResult<Json<Value>> {
+pub async fn explain_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
     let request: CountRequest = parse(&body)?;
-    let (session, prepared) = prepared(&state, &request.conditions, request.evaluated_at).await?;
+    let (session, prepared) =
+        prepared(&state, &caller, &request.conditions, request.evaluated_at).await?;
     let explanation = count::explain(&state.engine, &session, &prepared).await?;
     to_json(explanation)
 }
@@ -246,7 +260,12 @@ struct SqlRequest {
 
 /// `POST /api/query/sql`: read-only SQL; `format` json (default, capped rows), csv or arrow
 /// (streamed).
-pub async fn sql_route(State(state): State<AppState>, body: Bytes) -> AppResult<Response> {
+pub async fn sql_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Response> {
+    caller.require(Role::Analyst)?;
     let request: SqlRequest = parse(&body)?;
     let format = match request.format.as_deref().unwrap_or("json") {
         "json" => SqlFormat::Json,
@@ -259,7 +278,7 @@ pub async fn sql_route(State(state): State<AppState>, body: Bytes) -> AppResult<
         }
     };
     let session = session(&state).await?;
-    let frame = session.sql(&request.sql).await?;
+    let frame = session.user_sql(&request.sql, caller.role).await?;
     let schema: SchemaRef = frame.schema().inner().clone();
     if format == SqlFormat::Json {
         let limit = request.limit.unwrap_or(10_000).min(MAX_JSON_ROWS);
@@ -392,10 +411,10 @@ impl Encoder {
 }
 
 /// `GET /api/catalog/fields`: what the condition builder offers.
-pub async fn fields_route(State(state): State<AppState>) -> AppResult<Json<Value>> {
+pub async fn fields_route(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await.clone();
     let definition = catalog.definition();
-    let fields = shoal_query::fields::builder_fields(definition, HTTP_ROLE);
+    let fields = shoal_query::fields::builder_fields(definition, caller.role);
     let derived: Vec<Value> = definition
         .derived
         .iter()

@@ -12,6 +12,7 @@ use tokio::sync::RwLock;
 
 use crate::cli::ServeArgs;
 use crate::error::{AppError, AppResult};
+use crate::tokens::Caller;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -22,6 +23,21 @@ pub struct AppState {
     pub(crate) build_lock: Arc<tokio::sync::Mutex<()>>,
     /// Query sessions and their caches.
     pub(crate) engine: Arc<shoal_query::Engine>,
+    /// API tokens, kept current with the warehouse.
+    pub(crate) tokens: Arc<crate::tokens::Tokens>,
+}
+
+impl AppState {
+    /// Fresh state over `catalog`.
+    pub fn new(catalog: Catalog) -> AppState {
+        AppState {
+            catalog: Arc::new(RwLock::new(catalog)),
+            tracking: crate::tracking::state(),
+            build_lock: Arc::new(tokio::sync::Mutex::new(())),
+            engine: Arc::new(shoal_query::Engine::new(Default::default())),
+            tokens: Arc::new(crate::tokens::Tokens::new()),
+        }
+    }
 }
 
 /// The HTTP application: routes over the shared state.
@@ -46,6 +62,15 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/query/sql", post(crate::query_commands::sql_route))
         .route("/api/tables", get(tables))
+        .route("/api/whoami", get(crate::tokens::whoami_route))
+        .route(
+            "/api/tokens",
+            get(crate::tokens::list_route).post(crate::tokens::create_route),
+        )
+        .route(
+            "/api/tokens/{token_id}",
+            axum::routing::delete(crate::tokens::revoke_route),
+        )
         .route("/api/tables/{name}/history", get(table_history))
         .route(
             "/api/build",
@@ -81,12 +106,7 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
     let address = listener
         .local_addr()
         .map_err(|e| AppError::Internal(e.to_string()))?;
-    let state = AppState {
-        catalog: Arc::new(RwLock::new(catalog)),
-        tracking: crate::tracking::state(),
-        build_lock: Arc::new(tokio::sync::Mutex::new(())),
-        engine: Arc::new(shoal_query::Engine::new(Default::default())),
-    };
+    let state = AppState::new(catalog);
     if args.build_every > 0 {
         tokio::spawn(build_loop(
             state.clone(),
@@ -141,19 +161,19 @@ async fn readyz(State(state): State<AppState>) -> AppResult<Json<Value>> {
     Ok(Json(json!({"status": "ready", "tables": tables.len()})))
 }
 
-async fn catalog_definition(State(state): State<AppState>) -> Json<Value> {
+async fn catalog_definition(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     let catalog = state.catalog.read().await;
     Json(json!({"revision": catalog.revision(), "definition": catalog.definition()}))
 }
 
-async fn catalog_check(State(state): State<AppState>) -> AppResult<Json<Value>> {
+async fn catalog_check(State(state): State<AppState>, _caller: Caller) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await;
     let results = check_all(&catalog, chrono::Utc::now()).await?;
     let worst = results.iter().map(|r| r.status).max();
     Ok(Json(json!({"status": worst, "monitors": results})))
 }
 
-async fn tables(State(state): State<AppState>) -> AppResult<Json<Value>> {
+async fn tables(State(state): State<AppState>, _caller: Caller) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await;
     let tables = shoal_catalog::table_summaries(catalog.warehouse()).await?;
     Ok(Json(json!({"tables": tables})))
@@ -166,6 +186,7 @@ struct HistoryQuery {
 
 async fn table_history(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(name): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> AppResult<Json<Value>> {

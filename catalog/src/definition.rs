@@ -288,11 +288,28 @@ impl Catalog {
         let history =
             Table::create_if_missing(&warehouse, CATALOG_TABLE, catalog_schema(), &[]).await?;
         let catalog = match read_revision(&history).await? {
-            Some(definition) => Catalog {
-                warehouse,
-                definition: Arc::new(definition),
-                revision: history.version(),
-            },
+            Some(definition) => {
+                let mut catalog = Catalog {
+                    warehouse,
+                    definition: Arc::new(definition.clone()),
+                    revision: history.version(),
+                };
+                // Tables the platform gained since this warehouse was made (tokens, …) are
+                // added in a new revision; tables it already has are left as they are.
+                let shipped = CatalogDefinition::default_definition()?;
+                let mut upgraded = definition;
+                let mut added = false;
+                for table in shipped.tables {
+                    if upgraded.tables.iter().all(|t| t.name != table.name) {
+                        upgraded.tables.push(table);
+                        added = true;
+                    }
+                }
+                if added {
+                    catalog.save(upgraded, "upgrade").await?;
+                }
+                catalog
+            }
             None => {
                 let definition = CatalogDefinition::default_definition()?;
                 let mut catalog = Catalog {

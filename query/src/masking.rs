@@ -1,5 +1,10 @@
 //! How values reach a role that may not read them in clear.
 
+use std::sync::Arc;
+
+use arrow::array::{AsArray, StringArray};
+use arrow::datatypes::DataType;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shoal_catalog::Visibility;
@@ -41,6 +46,30 @@ pub fn apply(value: &mut Value, visibility: Visibility) {
         Visibility::Hashed => Value::String(hash(&text)),
         Visibility::Denied => Value::Null,
     };
+}
+
+/// Name of the SQL function that masks text as [`mask`] does.
+pub const MASK_FUNCTION: &str = "shoal_mask";
+/// Name of the SQL function that hashes text as [`hash`] does.
+pub const HASH_FUNCTION: &str = "shoal_hash";
+
+/// The SQL functions behind masked and hashed columns: text in, text out, nulls stay null.
+pub fn udfs() -> [ScalarUDF; 2] {
+    fn text_udf(name: &str, f: fn(&str) -> String) -> ScalarUDF {
+        create_udf(
+            name,
+            vec![DataType::Utf8],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(move |args: &[ColumnarValue]| {
+                let arrays = ColumnarValue::values_to_arrays(args)?;
+                let input = arrays[0].as_string::<i32>();
+                let out: StringArray = input.iter().map(|v| v.map(f)).collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }),
+        )
+    }
+    [text_udf(MASK_FUNCTION, mask), text_udf(HASH_FUNCTION, hash)]
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext, 
 use futures::TryStreamExt;
 use roaring::RoaringBitmap;
 use serde::Serialize;
-use shoal_catalog::{Catalog, MergeLog, Table};
+use shoal_catalog::{Catalog, MergeLog, Role, Sensitivity, Table, Visibility};
 
 use crate::bitmap_functions::{self, AudienceBitmaps};
 use crate::error::{Error, Result};
@@ -223,21 +223,80 @@ impl Session {
             .ok_or_else(|| Error::Invalid(format!("unknown table '{name}'")))
     }
 
-    /// Plans read-only SQL: one SELECT, WITH or EXPLAIN statement. DDL, DML (`INSERT`,
-    /// `COPY`), `CREATE EXTERNAL TABLE`, `SET` and other statements are refused by
-    /// DataFusion's planner checks.
+    /// Plans read-only SQL over the stored values (the SQL conditions compile to): one
+    /// SELECT, WITH or EXPLAIN statement. DDL, DML (`INSERT`, `COPY`), `CREATE EXTERNAL
+    /// TABLE`, `SET` and other statements are refused by DataFusion's planner checks.
+    /// People's SQL goes through [`Session::user_sql`].
     pub async fn sql(&self, text: &str) -> Result<DataFrame> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
         let frame = self
             .ctx
-            .sql_with_options(text, options)
+            .sql_with_options(text, read_only())
             .await
             .map_err(|e| Error::Sql(sql_message(e)))?;
         self.load_audiences_of(frame.logical_plan()).await?;
         Ok(frame)
+    }
+
+    /// Plans a person's read-only SQL as `role` sees the warehouse: every table is a view
+    /// that shows each column as the role may read it (clear, masked or hashed, by the
+    /// catalog's sensitivity of the field) and leaves out the columns it may not read. The
+    /// stored tables are not reachable from this context, so no query — `SELECT *`, joins,
+    /// subqueries, functions, `information_schema` — sees a value the role may not.
+    pub async fn user_sql(&self, text: &str, role: Role) -> Result<DataFrame> {
+        let (ctx, hidden) = self.role_context(role).await?;
+        let frame = ctx
+            .sql_with_options(text, read_only())
+            .await
+            .map_err(|e| hidden_column_error(sql_message(e), &hidden, role))?;
+        self.load_audiences_of(frame.logical_plan()).await?;
+        Ok(frame)
+    }
+
+    /// A context over this snapshot whose tables are `role`'s views of the stored ones;
+    /// also the columns left out, as (table, column, sensitivity).
+    async fn role_context(&self, role: Role) -> Result<(SessionContext, Vec<HiddenColumn>)> {
+        use datafusion::datasource::{ViewTable, provider_as_source};
+        use datafusion::logical_expr::{Expr, LogicalPlanBuilder, cast};
+        let ctx =
+            SessionContext::new_with_config_rt(self.ctx.copied_config(), self.ctx.runtime_env());
+        bitmap_functions::register(&ctx, self.audiences.clone());
+        let [mask, hash] = crate::masking::udfs();
+        let definition = self.catalog.definition();
+        let mut hidden = Vec::new();
+        for name in self.tables.keys() {
+            let provider = self.ctx.table_provider(name.as_str()).await?;
+            let standard = definition.table(name).ok();
+            let mut shown = Vec::new();
+            for field in provider.schema().fields() {
+                let sensitivity = standard
+                    .and_then(|t| t.field(field.name()))
+                    .map_or(Sensitivity::Internal, |f| f.sensitivity);
+                let column =
+                    Expr::Column(datafusion::common::Column::new_unqualified(field.name()));
+                let text = || cast(column.clone(), DataType::Utf8);
+                shown.push(match definition.roles.grant(role, sensitivity).read {
+                    Visibility::Clear => column,
+                    Visibility::Masked => mask.call(vec![text()]).alias(field.name()),
+                    Visibility::Hashed => hash.call(vec![text()]).alias(field.name()),
+                    Visibility::Denied => {
+                        hidden.push(HiddenColumn {
+                            table: name.clone(),
+                            column: field.name().clone(),
+                            sensitivity,
+                        });
+                        continue;
+                    }
+                });
+            }
+            if shown.is_empty() {
+                continue;
+            }
+            let plan = LogicalPlanBuilder::scan(name.as_str(), provider_as_source(provider), None)?
+                .project(shown)?
+                .build()?;
+            ctx.register_table(name.as_str(), Arc::new(ViewTable::new(plan, None)))?;
+        }
+        Ok((ctx, hidden))
     }
 
     /// Collects a frame's rows under the session's time and memory limits.
@@ -405,6 +464,41 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The options every SQL statement is planned with: queries only.
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// A column a role's views leave out.
+#[derive(Debug, Clone)]
+struct HiddenColumn {
+    table: String,
+    column: String,
+    sensitivity: Sensitivity,
+}
+
+/// Says so when a query failed because it named a column the role may not read.
+fn hidden_column_error(message: String, hidden: &[HiddenColumn], role: Role) -> Error {
+    if message.contains("No field named")
+        && let Some(h) = hidden.iter().find(|h| {
+            message.contains(&format!("No field named {}", h.column))
+                || message.contains(&format!("No field named \"{}\"", h.column))
+                || message.contains(&format!(".{}.", h.column))
+                || message.contains(&format!(".{} ", h.column))
+                || message.ends_with(&format!(".{}", h.column))
+        })
+    {
+        return Error::Sql(format!(
+            "column '{}' of {} is {}: role {role} may not read it",
+            h.column, h.table, h.sensitivity
+        ));
+    }
+    Error::Sql(message)
 }
 
 /// DataFusion's message without its error-kind prefix.

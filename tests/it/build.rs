@@ -568,7 +568,7 @@ async fn the_http_api_builds_and_explains() {
     ingest_segment(&wh, &file);
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
-    let client = reqwest::Client::new();
+    let client = server.async_client("admin");
     let url = |path: &str| format!("{}{path}", server.base);
     let built: Value = client
         .post(url("/api/build"))
@@ -632,7 +632,7 @@ async fn the_server_builds_new_rows_on_its_own() {
     ingest_segment(&wh, &file);
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "1"]);
-    let client = reqwest::Client::new();
+    let client = server.async_client("viewer");
     // A build is finished when its row is in `builds`.
     let mut found = false;
     for _ in 0..240 {

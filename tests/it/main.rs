@@ -1,5 +1,6 @@
 //! End-to-end tests of the `shoal` binary on generated data.
 
+mod auth;
 mod build;
 mod catalog_cli;
 mod ingest;
@@ -138,9 +139,43 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// API tokens made before the server started: viewer, analyst, admin.
+    pub tokens: std::collections::HashMap<&'static str, String>,
 }
 
 impl Server {
+    /// The token made for `role` (viewer, analyst or admin).
+    pub fn token(&self, role: &str) -> &str {
+        self.tokens.get(role).expect("a token for that role")
+    }
+
+    fn auth_headers(&self, role: &str) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.token(role))
+                .parse()
+                .expect("header value"),
+        );
+        headers
+    }
+
+    /// A blocking client that sends `role`'s token.
+    pub fn client(&self, role: &str) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .default_headers(self.auth_headers(role))
+            .build()
+            .expect("client")
+    }
+
+    /// An async client that sends `role`'s token.
+    pub fn async_client(&self, role: &str) -> reqwest::Client {
+        reqwest::Client::builder()
+            .default_headers(self.auth_headers(role))
+            .build()
+            .expect("client")
+    }
+
     /// CPU seconds the server process has used so far (Linux).
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
@@ -161,8 +196,32 @@ impl Drop for Server {
     }
 }
 
-/// Starts `shoal ARGS --http 127.0.0.1:0` and waits until it says where it listens.
+/// Makes an API token with `role` on the warehouse named in `global` (the arguments before
+/// the command).
+pub fn make_token(global: &[&str], role: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(global)
+        .args(["token", "create", "--role", role, "--name", role, "--json"])
+        .env_remove("SHOAL_WAREHOUSE")
+        .output()
+        .expect("token create");
+    json_ok(&output)["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+/// Makes a token per role, then starts `shoal ARGS --http 127.0.0.1:0` and waits until it
+/// says where it listens.
 pub fn start_server(args: &[&str]) -> Server {
+    let command = args
+        .iter()
+        .position(|a| *a == "serve" || *a == "demo")
+        .expect("a serve or demo command");
+    let tokens = ["viewer", "analyst", "admin"]
+        .into_iter()
+        .map(|role| (role, make_token(&args[..command], role)))
+        .collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(args)
         .args(["--http", "127.0.0.1:0"])
@@ -184,5 +243,9 @@ pub fn start_server(args: &[&str]) -> Server {
     };
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
+    Server {
+        child,
+        base,
+        tokens,
+    }
 }

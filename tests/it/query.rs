@@ -358,7 +358,8 @@ fn sql_pulls_are_read_only_and_come_in_every_format() {
 }
 
 fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::blocking::Client::new()
+    let response = server
+        .client("analyst")
         .post(format!("{}{path}", server.base))
         .json(body)
         .send()
@@ -446,7 +447,8 @@ fn the_query_api_counts_previews_explains_and_pulls() {
         &json!({"sql": "DROP TABLE users"}),
     );
     assert_eq!(status, 400, "{refused}");
-    let csv = reqwest::blocking::Client::new()
+    let csv = server
+        .client("analyst")
         .post(format!("{}/api/query/sql", server.base))
         .json(&json!({"sql": "SELECT user_id FROM users ORDER BY user_id", "format": "csv"}))
         .send()
@@ -454,7 +456,8 @@ fn the_query_api_counts_previews_explains_and_pulls() {
     assert_eq!(csv.status().as_u16(), 200);
     let text = csv.text().expect("text");
     assert_eq!(text.lines().count(), 5, "{text}");
-    let arrow_bytes = reqwest::blocking::Client::new()
+    let arrow_bytes = server
+        .client("analyst")
         .post(format!("{}/api/query/sql", server.base))
         .json(&json!({"sql": "SELECT user_id FROM users", "format": "arrow"}))
         .send()
@@ -466,7 +469,10 @@ fn the_query_api_counts_previews_explains_and_pulls() {
     let rows: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
     assert_eq!(rows, 4);
 
-    let fields: Value = reqwest::blocking::get(format!("{}/api/catalog/fields", server.base))
+    let fields: Value = server
+        .client("analyst")
+        .get(format!("{}/api/catalog/fields", server.base))
+        .send()
         .expect("fields")
         .json()
         .expect("json");
@@ -514,7 +520,8 @@ fn a_query_stops_when_its_client_goes_away() {
     let mut socket = std::net::TcpStream::connect(&address).expect("connect");
     write!(
         socket,
-        "POST /api/query/sql HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/query/sql HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.token("analyst"),
         body.len()
     )
     .expect("send");

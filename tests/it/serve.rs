@@ -9,7 +9,7 @@ async fn the_http_api_answers() {
     let dir = tempfile::tempdir().expect("temp");
     let warehouse = format!("file://{}", dir.path().join("wh").display());
     let server = start(&["--warehouse", &warehouse, "serve"]);
-    let client = reqwest::Client::new();
+    let client = server.async_client("viewer");
     let get = |path: &str| client.get(format!("{}{path}", server.base)).send();
 
     let health = get("/healthz").await.expect("healthz");
