@@ -40,6 +40,10 @@ pub enum Command {
     Sql(SqlArgs),
     /// Audience size of a condition tree.
     Count(CountArgs),
+    /// Audience packs: create (from conditions, SQL, a set expression or an uploaded list),
+    /// list, show, versions, diff, refresh, export, delete, restore.
+    #[command(subcommand)]
+    Audience(AudienceCommand),
     /// Manage API tokens (Bearer tokens of /api/* and passwords of the Postgres endpoint).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -72,6 +76,8 @@ pub enum SqlFormat {
     Table,
     Csv,
     Json,
+    /// One JSON object per row, per line.
+    Jsonl,
     Arrow,
 }
 
@@ -269,6 +275,104 @@ pub enum BenchCommand {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct AudienceCreateArgs {
+    /// Pack name: letters, digits and _, starting with a letter.
+    pub name: String,
+    /// A condition tree (JSON file, or - for stdin).
+    #[arg(long, group = "source")]
+    pub conditions: Option<String>,
+    /// Read-only SQL whose first column is user ids.
+    #[arg(long, group = "source")]
+    pub sql: Option<String>,
+    /// A set expression over other packs: '(a | b) & c - d'.
+    #[arg(long, group = "source")]
+    pub expr: Option<String>,
+    /// A list of user ids, phones, hashed phones or login ids (CSV or one per line; - for stdin).
+    #[arg(long, group = "source")]
+    pub upload: Option<String>,
+    /// What the uploaded list holds: auto, user_id, phone, phone_sha256 or an identity type.
+    #[arg(long, default_value = "auto")]
+    pub id_type: String,
+    /// What the pack is for.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Refresh on this cron schedule (five fields, e.g. "0 3 * * *"); the pack is dynamic.
+    #[arg(long)]
+    pub dynamic: Option<String>,
+    /// Time zone of the schedule (default UTC), e.g. Asia/Shanghai.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Evaluation date T of a once pack (default today).
+    #[arg(long)]
+    pub evaluated_at: Option<chrono::NaiveDate>,
+    /// Print `{"audience", "version"}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AudienceCommand {
+    /// Make a pack and compute its first version.
+    Create(AudienceCreateArgs),
+    /// Every pack with its size, mode, last run and status.
+    List {
+        /// Include deleted packs.
+        #[arg(long)]
+        deleted: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One pack: definition, versions, runs, next refresh (JSON).
+    Show { name: String },
+    /// A pack's versions with sizes, added and removed (JSON).
+    Versions { name: String },
+    /// Compare two versions; --list entered|left prints who.
+    Diff {
+        name: String,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+        /// List the user ids that entered or left.
+        #[arg(long)]
+        list: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Compute a new version now.
+    Refresh { name: String },
+    /// Members with chosen columns of users, masked or hashed by role; CSV or JSON lines.
+    #[command(disable_version_flag = true)]
+    Export {
+        name: String,
+        /// Version (default: the newest).
+        #[arg(long = "version", id = "pack_version")]
+        version: Option<u64>,
+        /// Columns of users, comma-separated (e.g. phone,member_level,last_order_at).
+        #[arg(long)]
+        columns: Option<String>,
+        /// csv or jsonl.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Soft-delete a pack (restore undoes it).
+    Delete { name: String },
+    /// Undo a delete.
+    Restore { name: String },
+    /// An uploaded pack's rows that found nobody (CSV: line, value, reason).
+    #[command(disable_version_flag = true)]
+    Unmatched {
+        name: String,
+        /// Version (default: the newest).
+        #[arg(long = "version", id = "pack_version")]
+        version: Option<u64>,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token with a role; it is printed once and stored only as a hash.
@@ -375,4 +479,7 @@ pub struct ServeArgs {
     /// there are some (0: never, build with `shoal build` or `POST /api/build`).
     #[arg(long, default_value_t = 60)]
     pub build_every: u64,
+    /// Seconds between checks for dynamic packs whose refresh is due (0: no scheduler).
+    #[arg(long, default_value_t = 30)]
+    pub schedule_every: u64,
 }

@@ -17,6 +17,9 @@ pub enum AppError {
     /// From the query crate.
     #[error(transparent)]
     Query(#[from] shoal_query::Error),
+    /// From the audience crate.
+    #[error(transparent)]
+    Audience(#[from] shoal_audience::Error),
     /// A request or argument the caller got wrong.
     #[error("{0}")]
     BadRequest(String),
@@ -51,6 +54,13 @@ impl AppError {
                 ..
             })) => StatusCode::NOT_FOUND,
             AppError::Query(e) if e.is_user_error() => StatusCode::BAD_REQUEST,
+            AppError::Audience(e) => match e {
+                shoal_audience::Error::NotFound(_) => StatusCode::NOT_FOUND,
+                shoal_audience::Error::Conflict(_) => StatusCode::CONFLICT,
+                shoal_audience::Error::Forbidden(_) => StatusCode::FORBIDDEN,
+                e if e.is_user_error() => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -74,16 +84,24 @@ impl IntoResponse for AppError {
             ("unauthorized", self.to_string())
         } else if status == StatusCode::FORBIDDEN {
             ("forbidden", self.to_string())
+        } else if status == StatusCode::CONFLICT {
+            ("conflict", self.to_string())
         } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             ("too_large", self.to_string())
         } else {
             ("bad_request", self.to_string())
         };
         let mut error = json!({"code": code, "message": message});
-        if let AppError::Query(e) = &self
-            && let Some(path) = e.path()
-        {
-            error["path"] = json!(path);
+        match &self {
+            AppError::Query(e) | AppError::Audience(shoal_audience::Error::Query(e)) => {
+                if let Some(path) = e.path() {
+                    error["path"] = json!(path);
+                }
+            }
+            AppError::Audience(shoal_audience::Error::Invalid { field, .. }) => {
+                error["path"] = json!(field);
+            }
+            _ => {}
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
         if status == StatusCode::UNAUTHORIZED {

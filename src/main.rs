@@ -1,5 +1,6 @@
 //! `shoal`: the command line and server that wire the Shoal crates together.
 
+mod audience_commands;
 mod bench;
 mod bench_query;
 mod build_commands;
@@ -94,6 +95,11 @@ async fn run(cli: Cli) -> AppResult<i32> {
         Command::Count(args) => {
             let catalog = open_catalog(&cli.warehouse).await?;
             query_commands::count_command(&catalog, args).await?;
+            Ok(0)
+        }
+        Command::Audience(command) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            audience_commands::command(&catalog, command).await?;
             Ok(0)
         }
         Command::Token(command) => {

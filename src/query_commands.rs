@@ -61,14 +61,8 @@ pub async fn sql_command(catalog: &Catalog, args: &SqlArgs) -> AppResult<()> {
                 writeln!(out, "{body}").map_err(io)?;
             }
         }
-        SqlFormat::Csv | SqlFormat::Arrow => {
-            let mut encoder = Encoder::new(args.format, schema)?;
-            let mut stream = stream;
-            out.write_all(&encoder.start()?).map_err(io)?;
-            while let Some(batch) = session.limited(next(&mut stream)).await? {
-                out.write_all(&encoder.batch(&batch)?).map_err(io)?;
-            }
-            out.write_all(&encoder.finish()?).map_err(io)?;
+        SqlFormat::Csv | SqlFormat::Jsonl | SqlFormat::Arrow => {
+            write_stream(&session, stream, schema, args.format, &mut out).await?;
         }
     }
     Ok(())
@@ -270,10 +264,11 @@ pub async fn sql_route(
     let format = match request.format.as_deref().unwrap_or("json") {
         "json" => SqlFormat::Json,
         "csv" => SqlFormat::Csv,
+        "jsonl" => SqlFormat::Jsonl,
         "arrow" => SqlFormat::Arrow,
         other => {
             return Err(AppError::BadRequest(format!(
-                "format: '{other}' is not json, csv or arrow"
+                "format: '{other}' is not json, jsonl, csv or arrow"
             )));
         }
     };
@@ -308,10 +303,22 @@ pub async fn sql_route(
         .into_response());
     }
     let stream = session.stream(frame).await?;
-    let deadline = Instant::now() + state.engine.limits().timeout;
+    streamed(stream, schema, format, state.engine.limits().timeout)
+}
+
+/// A response whose body is `stream` encoded as `format` (CSV, JSON lines or Arrow IPC),
+/// batch by batch as the client reads it; cut off with an error after `limit`.
+pub(crate) fn streamed(
+    stream: SendableRecordBatchStream,
+    schema: SchemaRef,
+    format: SqlFormat,
+    limit: std::time::Duration,
+) -> AppResult<Response> {
+    let deadline = Instant::now() + limit;
     let encoder = Encoder::new(format, schema)?;
     let content_type = match format {
         SqlFormat::Csv => "text/csv; charset=utf-8",
+        SqlFormat::Jsonl => "application/x-ndjson",
         _ => "application/vnd.apache.arrow.stream",
     };
     let body = futures::stream::unfold(
@@ -345,6 +352,25 @@ pub async fn sql_route(
         .into_response())
 }
 
+/// Writes `stream` to `out` encoded as `format` (CSV, JSON lines or Arrow IPC).
+pub(crate) async fn write_stream(
+    session: &Session,
+    mut stream: SendableRecordBatchStream,
+    schema: SchemaRef,
+    format: SqlFormat,
+    out: &mut dyn Write,
+) -> AppResult<u64> {
+    let mut encoder = Encoder::new(format, schema)?;
+    let mut rows = 0;
+    out.write_all(&encoder.start()?).map_err(io)?;
+    while let Some(batch) = session.limited(next(&mut stream)).await? {
+        rows += batch.num_rows() as u64;
+        out.write_all(&encoder.batch(&batch)?).map_err(io)?;
+    }
+    out.write_all(&encoder.finish()?).map_err(io)?;
+    Ok(rows)
+}
+
 enum Stage {
     Start,
     Rows,
@@ -354,6 +380,7 @@ enum Stage {
 /// Encodes a stream of batches as CSV (header first) or an Arrow IPC stream.
 enum Encoder {
     Csv { header: bool },
+    Jsonl,
     Arrow(Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
 }
 
@@ -364,6 +391,7 @@ impl Encoder {
                 arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
                     .map_err(|e| AppError::Internal(e.to_string()))?,
             )),
+            SqlFormat::Jsonl => Encoder::Jsonl,
             _ => Encoder::Csv { header: true },
         })
     }
@@ -374,7 +402,7 @@ impl Encoder {
 
     fn start(&mut self) -> AppResult<Vec<u8>> {
         Ok(match self {
-            Encoder::Csv { .. } => Vec::new(),
+            Encoder::Csv { .. } | Encoder::Jsonl => Vec::new(),
             Encoder::Arrow(writer) => Encoder::take(writer),
         })
     }
@@ -390,6 +418,12 @@ impl Encoder {
                 *header = false;
                 Ok(writer.into_inner())
             }
+            Encoder::Jsonl => {
+                let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+                writer.write(batch).map_err(fail)?;
+                writer.finish().map_err(fail)?;
+                Ok(writer.into_inner())
+            }
             Encoder::Arrow(writer) => {
                 writer.write(batch).map_err(fail)?;
                 Ok(Encoder::take(writer))
@@ -399,7 +433,7 @@ impl Encoder {
 
     fn finish(&mut self) -> AppResult<Vec<u8>> {
         match self {
-            Encoder::Csv { .. } => Ok(Vec::new()),
+            Encoder::Csv { .. } | Encoder::Jsonl => Ok(Vec::new()),
             Encoder::Arrow(writer) => {
                 writer
                     .finish()

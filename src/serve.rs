@@ -64,6 +64,44 @@ pub fn app(state: AppState) -> Router {
         .route("/api/tables", get(tables))
         .route("/api/whoami", get(crate::tokens::whoami_route))
         .route(
+            "/api/audiences",
+            get(crate::audience_commands::list_route).post(crate::audience_commands::create_route),
+        )
+        .route(
+            "/api/audiences/upload",
+            post(crate::audience_commands::upload_route)
+                .layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
+        )
+        .route(
+            "/api/audiences/{name}",
+            get(crate::audience_commands::show_route)
+                .delete(crate::audience_commands::delete_route),
+        )
+        .route(
+            "/api/audiences/{name}/versions",
+            get(crate::audience_commands::versions_route),
+        )
+        .route(
+            "/api/audiences/{name}/versions/{version}/unmatched",
+            get(crate::audience_commands::unmatched_route),
+        )
+        .route(
+            "/api/audiences/{name}/diff",
+            get(crate::audience_commands::diff_route),
+        )
+        .route(
+            "/api/audiences/{name}/refresh",
+            post(crate::audience_commands::refresh_route),
+        )
+        .route(
+            "/api/audiences/{name}/restore",
+            post(crate::audience_commands::restore_route),
+        )
+        .route(
+            "/api/audiences/{name}/export",
+            get(crate::audience_commands::export_route),
+        )
+        .route(
             "/api/tokens",
             get(crate::tokens::list_route).post(crate::tokens::create_route),
         )
@@ -111,6 +149,12 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
         tokio::spawn(build_loop(
             state.clone(),
             std::time::Duration::from_secs(args.build_every),
+        ));
+    }
+    if args.schedule_every > 0 {
+        tokio::spawn(crate::audience_commands::scheduler(
+            state.clone(),
+            std::time::Duration::from_secs(args.schedule_every),
         ));
     }
     eprintln!("serving http://{address}  (Ctrl-C to stop)");

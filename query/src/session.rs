@@ -145,7 +145,7 @@ impl Engine {
     }
 
     /// Every user id of `users` at the session's snapshot (cached per version).
-    pub(crate) async fn universe(&self, session: &Session) -> Result<Arc<RoaringBitmap>> {
+    pub async fn universe(&self, session: &Session) -> Result<Arc<RoaringBitmap>> {
         let version = session.version("users")?;
         if let Some((v, bitmap)) = self
             .universe
@@ -342,7 +342,7 @@ impl Session {
     }
 
     /// The bitmap of the ids in the first column of `frame`.
-    pub(crate) async fn bitmap_of(&self, frame: DataFrame) -> Result<RoaringBitmap> {
+    pub async fn bitmap_of(&self, frame: DataFrame) -> Result<RoaringBitmap> {
         let mut stream = self.stream(frame).await?;
         let mut bitmap = RoaringBitmap::new();
         let work = async {
@@ -372,6 +372,22 @@ impl Session {
             .get(name)
         {
             return Ok(bitmap.clone());
+        }
+        if self.tables.contains_key("audiences") {
+            let deleted = self
+                .ctx
+                .table("audiences")
+                .await?
+                .filter(
+                    col("name")
+                        .eq(lit(name))
+                        .and(col("deleted_at").is_not_null()),
+                )?
+                .count()
+                .await?;
+            if deleted > 0 {
+                return Err(Error::Invalid(format!("audience '{name}' is deleted")));
+            }
         }
         let frame = self
             .ctx

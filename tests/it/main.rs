@@ -1,5 +1,6 @@
 //! End-to-end tests of the `shoal` binary on generated data.
 
+mod audience;
 mod auth;
 mod build;
 mod catalog_cli;

@@ -1,0 +1,565 @@
+//! `shoal audience …` and `/api/audiences…`: audience packs, and the scheduler that keeps
+//! dynamic ones current.
+
+use std::io::Write;
+use std::path::Path as FsPath;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shoal_audience::pack::{self, Actor, NewPack, Side, SourceField, Trigger, UploadedList};
+use shoal_audience::{export, store};
+use shoal_catalog::{Catalog, Role};
+use shoal_query::Engine;
+
+use crate::cli::{AudienceCommand, SqlFormat};
+use crate::error::{AppError, AppResult};
+use crate::query_commands::{streamed, write_stream};
+use crate::serve::AppState;
+use crate::tokens::Caller;
+
+/// The command line owns the warehouse.
+fn cli_actor() -> Actor {
+    Actor {
+        id: "cli".into(),
+        role: Role::Admin,
+    }
+}
+
+fn actor(caller: &Caller) -> Actor {
+    Actor {
+        id: caller.author(),
+        role: caller.role,
+    }
+}
+
+fn read_input(name: &str) -> AppResult<Vec<u8>> {
+    if name == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .map_err(|e| AppError::BadRequest(format!("stdin: {e}")))?;
+        Ok(bytes)
+    } else {
+        std::fs::read(name).map_err(|e| AppError::BadRequest(format!("{name}: {e}")))
+    }
+}
+
+fn print(value: &impl serde::Serialize) -> AppResult<()> {
+    let text = serde_json::to_string(value).map_err(|e| AppError::Internal(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn format_of(text: &str) -> AppResult<SqlFormat> {
+    match text {
+        "csv" => Ok(SqlFormat::Csv),
+        "jsonl" => Ok(SqlFormat::Jsonl),
+        other => Err(AppError::BadRequest(format!(
+            "format: '{other}' is not csv or jsonl"
+        ))),
+    }
+}
+
+/// `shoal audience …`.
+pub async fn command(catalog: &Catalog, command: &AudienceCommand) -> AppResult<()> {
+    let engine = Engine::new(Default::default());
+    let me = cli_actor();
+    match command {
+        AudienceCommand::Create(args) => {
+            let conditions = match &args.conditions {
+                Some(file) => {
+                    let bytes = read_input(file)?;
+                    Some(
+                        serde_json::from_slice::<Value>(&bytes)
+                            .map_err(|e| AppError::BadRequest(format!("{file}: not JSON: {e}")))?,
+                    )
+                }
+                None => None,
+            };
+            let request = NewPack {
+                name: args.name.clone(),
+                description: args.description.clone(),
+                mode: Some(
+                    if args.dynamic.is_some() {
+                        "dynamic"
+                    } else {
+                        "once"
+                    }
+                    .into(),
+                ),
+                schedule: args.dynamic.clone(),
+                time_zone: args.zone.clone(),
+                evaluated_at: args.evaluated_at,
+                source: SourceField {
+                    conditions,
+                    sql: args.sql.clone(),
+                    expr: args.expr.clone(),
+                },
+            };
+            let bytes = match &args.upload {
+                Some(file) => Some(read_input(file)?),
+                None => None,
+            };
+            let list = match (&args.upload, &bytes) {
+                (Some(file), Some(bytes)) => Some(UploadedList {
+                    file: FsPath::new(file)
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or(file),
+                    id_type: &args.id_type,
+                    bytes,
+                }),
+                _ => None,
+            };
+            let (summary, version) = pack::create(&engine, catalog, request, list, &me).await?;
+            if args.json {
+                print(&json!({"audience": summary, "version": version}))?;
+            } else {
+                println!(
+                    "audience '{}' version {}: {} users",
+                    summary.pack.name, version.version, version.size
+                );
+                if version.report.get("matched").is_some() {
+                    println!("upload: {}", version.report);
+                }
+                if let Some(next) = summary.next_run {
+                    println!("next refresh: {next}");
+                }
+            }
+        }
+        AudienceCommand::List { deleted, json } => {
+            let packs = pack::list(catalog, *deleted).await?;
+            if *json {
+                print(&json!({ "audiences": packs }))?;
+            } else {
+                println!(
+                    "{:<24} {:>10} {:>4} {:<8} {:<12} {:<22} status",
+                    "name", "size", "ver", "mode", "kind", "last run"
+                );
+                for p in packs {
+                    println!(
+                        "{:<24} {:>10} {:>4} {:<8} {:<12} {:<22} {}",
+                        p.pack.name,
+                        p.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                        p.version
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        p.pack.mode,
+                        p.pack.kind,
+                        p.last_run
+                            .as_ref()
+                            .map(|r| r.started_at.format("%Y-%m-%d %H:%M UTC").to_string())
+                            .unwrap_or_default(),
+                        match (&p.pack.deleted_at, &p.last_run) {
+                            (Some(_), _) => "deleted".to_string(),
+                            (None, Some(r)) => r.status.clone(),
+                            (None, None) => "-".into(),
+                        }
+                    );
+                }
+            }
+        }
+        AudienceCommand::Show { name } => print(&pack::show(catalog, name).await?)?,
+        AudienceCommand::Versions { name } => {
+            pack::show(catalog, name).await?;
+            print(&json!({"audience": name, "versions": store::versions(catalog, name).await?}))?
+        }
+        AudienceCommand::Diff {
+            name,
+            from,
+            to,
+            list,
+            limit,
+        } => {
+            let side = match list.as_deref() {
+                None => None,
+                Some("entered") => Some(Side::Entered),
+                Some("left") => Some(Side::Left),
+                Some(other) => {
+                    return Err(AppError::BadRequest(format!(
+                        "list: '{other}' is not entered or left"
+                    )));
+                }
+            };
+            print(&pack::diff(&engine, catalog, name, *from, *to, side, *limit).await?)?
+        }
+        AudienceCommand::Refresh { name } => {
+            let version = pack::refresh(&engine, catalog, name, Trigger::Manual, &me).await?;
+            print(&version)?
+        }
+        AudienceCommand::Delete { name } => {
+            pack::delete(catalog, name, &me).await?;
+            eprintln!("audience '{name}' deleted (shoal audience restore {name} undoes it)");
+        }
+        AudienceCommand::Restore { name } => {
+            pack::restore(catalog, name, &me).await?;
+            eprintln!("audience '{name}' restored");
+        }
+        AudienceCommand::Export {
+            name,
+            version,
+            columns,
+            format,
+            out,
+        } => {
+            let columns = split_columns(columns.as_deref());
+            let planned =
+                export::export(&engine, catalog, name, *version, &columns, format, &me).await?;
+            let schema = planned.frame.schema().inner().clone();
+            let stream = planned.session.stream(planned.frame).await?;
+            let rows = match out {
+                Some(path) => {
+                    let mut file =
+                        std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| {
+                            AppError::BadRequest(format!("{}: {e}", path.display()))
+                        })?);
+                    let rows = write_stream(
+                        &planned.session,
+                        stream,
+                        schema,
+                        format_of(format)?,
+                        &mut file,
+                    )
+                    .await?;
+                    file.flush()
+                        .map_err(|e| AppError::Internal(e.to_string()))?;
+                    rows
+                }
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    write_stream(
+                        &planned.session,
+                        stream,
+                        schema,
+                        format_of(format)?,
+                        &mut stdout,
+                    )
+                    .await?
+                }
+            };
+            eprintln!(
+                "exported {rows} members of '{name}' version {}",
+                planned.version
+            );
+        }
+        AudienceCommand::Unmatched { name, version } => {
+            let version = pack::resolve_version(catalog, name, *version).await?;
+            let frame = store::unmatched(catalog, name, version).await?;
+            let schema = frame.schema().inner().clone();
+            let session = engine.session(catalog).await?;
+            let stream = session.stream(frame).await?;
+            let mut stdout = std::io::stdout().lock();
+            write_stream(&session, stream, schema, SqlFormat::Csv, &mut stdout).await?;
+        }
+    }
+    Ok(())
+}
+
+fn split_columns(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn catalog_of(state: &AppState) -> Catalog {
+    state.catalog.read().await.clone()
+}
+
+fn to_json(value: impl serde::Serialize) -> AppResult<Json<Value>> {
+    serde_json::to_value(value)
+        .map(Json)
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    deleted: bool,
+}
+
+/// `GET /api/audiences?deleted=true`.
+pub async fn list_route(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> AppResult<Json<Value>> {
+    let catalog = catalog_of(&state).await;
+    to_json(json!({"audiences": pack::list(&catalog, query.deleted).await?}))
+}
+
+/// `POST /api/audiences`: `{"name", "conditions"|"sql"|"expr", "mode"?, "schedule"?, …}`.
+pub async fn create_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let request: NewPack = serde_json::from_slice(&body)
+        .map_err(|e| AppError::BadRequest(format!("audience request: {e}")))?;
+    let catalog = catalog_of(&state).await;
+    let (summary, version) =
+        pack::create(&state.engine, &catalog, request, None, &actor(&caller)).await?;
+    to_json(json!({"audience": summary, "version": version}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    id_type: Option<String>,
+    #[serde(default)]
+    filename: Option<String>,
+}
+
+/// `POST /api/audiences/upload?name=N&id_type=auto|phone|…&filename=F`, body = the list.
+pub async fn upload_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<UploadQuery>,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let catalog = catalog_of(&state).await;
+    let request = NewPack {
+        name: query.name.clone(),
+        description: query.description.clone(),
+        mode: None,
+        schedule: None,
+        time_zone: None,
+        evaluated_at: None,
+        source: SourceField::default(),
+    };
+    let list = UploadedList {
+        file: query.filename.as_deref().unwrap_or("upload.txt"),
+        id_type: query.id_type.as_deref().unwrap_or("auto"),
+        bytes: &body,
+    };
+    let (summary, version) = pack::create(
+        &state.engine,
+        &catalog,
+        request,
+        Some(list),
+        &actor(&caller),
+    )
+    .await?;
+    to_json(json!({"audience": summary, "version": version}))
+}
+
+/// `GET /api/audiences/{name}`: the pack, its versions and runs.
+pub async fn show_route(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = catalog_of(&state).await;
+    to_json(pack::show(&catalog, &name).await?)
+}
+
+/// `GET /api/audiences/{name}/versions`.
+pub async fn versions_route(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = catalog_of(&state).await;
+    pack::show(&catalog, &name).await?;
+    to_json(json!({"audience": name, "versions": store::versions(&catalog, &name).await?}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    from: u64,
+    to: u64,
+    #[serde(default)]
+    list: Option<Side>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/audiences/{name}/diff?from=1&to=2&list=entered|left&limit=1000`.
+pub async fn diff_route(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(name): Path<String>,
+    Query(query): Query<DiffQuery>,
+) -> AppResult<Json<Value>> {
+    let catalog = catalog_of(&state).await;
+    let limit = query.limit.unwrap_or(1000).min(100_000);
+    to_json(
+        pack::diff(
+            &state.engine,
+            &catalog,
+            &name,
+            query.from,
+            query.to,
+            query.list,
+            limit,
+        )
+        .await?,
+    )
+}
+
+/// `POST /api/audiences/{name}/refresh`: a new version now.
+pub async fn refresh_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = catalog_of(&state).await;
+    to_json(
+        pack::refresh(
+            &state.engine,
+            &catalog,
+            &name,
+            Trigger::Manual,
+            &actor(&caller),
+        )
+        .await?,
+    )
+}
+
+/// `DELETE /api/audiences/{name}`: soft delete (owner or admin).
+pub async fn delete_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = catalog_of(&state).await;
+    pack::delete(&catalog, &name, &actor(&caller)).await?;
+    Ok(Json(json!({"audience": name, "deleted": true})))
+}
+
+/// `POST /api/audiences/{name}/restore`.
+pub async fn restore_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = catalog_of(&state).await;
+    pack::restore(&catalog, &name, &actor(&caller)).await?;
+    Ok(Json(json!({"audience": name, "deleted": false})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    columns: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `GET /api/audiences/{name}/export?columns=phone,member_level&format=csv|jsonl&version=N`:
+/// streamed, each column as the caller's role may export it; logged.
+pub async fn export_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(query): Query<ExportQuery>,
+) -> AppResult<Response> {
+    let catalog = catalog_of(&state).await;
+    let columns = split_columns(query.columns.as_deref());
+    let format = query.format.unwrap_or_else(|| "csv".into());
+    let planned = export::export(
+        &state.engine,
+        &catalog,
+        &name,
+        query.version,
+        &columns,
+        &format,
+        &actor(&caller),
+    )
+    .await?;
+    let schema = planned.frame.schema().inner().clone();
+    let stream = planned.session.stream(planned.frame).await?;
+    streamed(
+        stream,
+        schema,
+        format_of(&format)?,
+        state.engine.limits().timeout,
+    )
+}
+
+#[derive(Deserialize)]
+pub struct UnmatchedPath {
+    name: String,
+    version: u64,
+}
+
+/// `GET /api/audiences/{name}/versions/{version}/unmatched`: an upload's rows that found
+/// nobody, as CSV (line, value, reason).
+pub async fn unmatched_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(path): Path<UnmatchedPath>,
+) -> AppResult<Response> {
+    caller.require(Role::Analyst)?;
+    let catalog = catalog_of(&state).await;
+    let version = pack::resolve_version(&catalog, &path.name, Some(path.version)).await?;
+    let frame = store::unmatched(&catalog, &path.name, version).await?;
+    let schema = frame.schema().inner().clone();
+    let session = state.engine.session(&catalog).await?;
+    let stream = session.stream(frame).await?;
+    streamed(
+        stream,
+        schema,
+        SqlFormat::Csv,
+        state.engine.limits().timeout,
+    )
+}
+
+/// Refreshes dynamic packs when their schedule says so, checking every `every`. The first
+/// check runs at once, so runs missed while the server was down happen (once) on start.
+pub async fn scheduler(state: AppState, every: std::time::Duration) {
+    let robot = Actor {
+        id: "scheduler".into(),
+        role: Role::Admin,
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        ticker.tick().await;
+        let trigger = if first {
+            Trigger::CatchUp
+        } else {
+            Trigger::Schedule
+        };
+        first = false;
+        let catalog = catalog_of(&state).await;
+        let due = match pack::due(&catalog, Utc::now()).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!("scheduler: cannot read the packs: {e}");
+                continue;
+            }
+        };
+        for name in due {
+            let (engine, catalog, robot) = (state.engine.clone(), catalog.clone(), robot.clone());
+            tokio::spawn(async move {
+                match pack::refresh(&engine, &catalog, &name, trigger, &robot).await {
+                    Ok(v) => tracing::info!(
+                        "refreshed '{name}': version {} ({} users)",
+                        v.version,
+                        v.size
+                    ),
+                    Err(shoal_audience::Error::Conflict(_)) => {}
+                    Err(e) => {
+                        tracing::warn!("refresh of '{name}' failed (previous version kept): {e}")
+                    }
+                }
+            });
+        }
+    }
+}
