@@ -265,6 +265,21 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Audience packs: set algebra next to pyroaring, materialising a pack from a tree and
+    /// matching an uploaded list of phones, over a synthetic universe.
+    Audience {
+        /// People in the universe.
+        #[arg(long, default_value_t = 10_000_000)]
+        universe: u32,
+        /// Timed runs per operation.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Where to keep the synthetic warehouse (reused).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Identity merge core: hash, sort and union-find with caps over a synthetic graph.
     Identity {
         /// Links to merge (four per person).

@@ -2,6 +2,7 @@
 
 mod audience_commands;
 mod bench;
+mod bench_audience;
 mod bench_query;
 mod build_commands;
 mod catalog_commands;
@@ -141,6 +142,15 @@ async fn run(cli: Cli) -> AppResult<i32> {
             json,
         }) => {
             bench_query::query(*users, data.clone(), *runs, *json).await?;
+            Ok(0)
+        }
+        Command::Bench(cli::BenchCommand::Audience {
+            universe,
+            runs,
+            data,
+            json,
+        }) => {
+            bench_audience::audience(*universe, *runs, data.clone(), *json).await?;
             Ok(0)
         }
         Command::Bench(cli::BenchCommand::Identity { links, json }) => {
