@@ -11,12 +11,13 @@ use axum::response::Response;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use shoal_audience::lookalike::{LookalikeSpec, Method};
 use shoal_audience::pack::{self, Actor, NewPack, Side, SourceField, Trigger, UploadedList};
 use shoal_audience::{export, store};
 use shoal_catalog::{Catalog, Role};
 use shoal_query::Engine;
 
-use crate::cli::{AudienceCommand, SqlFormat};
+use crate::cli::{AudienceCommand, LookalikeMethod, SqlFormat};
 use crate::error::{AppError, AppResult};
 use crate::query_commands::{streamed, write_stream};
 use crate::serve::AppState;
@@ -98,6 +99,16 @@ pub async fn command(catalog: &Catalog, command: &AudienceCommand) -> AppResult<
                     conditions,
                     sql: args.sql.clone(),
                     expr: args.expr.clone(),
+                    lookalike: args.lookalike.as_ref().map(|seed| LookalikeSpec {
+                        seed: seed.clone(),
+                        size: args.size,
+                        percent: args.percent,
+                        method: match args.method {
+                            Some(LookalikeMethod::Cosine) => Method::Cosine,
+                            _ => Method::Logistic,
+                        },
+                        features: args.features.clone(),
+                    }),
                 },
             };
             let bytes = match &args.upload {

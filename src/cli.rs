@@ -40,7 +40,8 @@ pub enum Command {
     Sql(SqlArgs),
     /// Audience size of a condition tree.
     Count(CountArgs),
-    /// Audience packs: create (from conditions, SQL, a set expression or an uploaded list),
+    /// Audience packs: create (from conditions, SQL, a set expression, an uploaded list or a
+    /// lookalike of another pack),
     /// list, show, versions, diff, refresh, export, delete, restore.
     #[command(subcommand)]
     Audience(AudienceCommand),
@@ -306,6 +307,21 @@ pub struct AudienceCreateArgs {
     /// A list of user ids, phones, hashed phones or login ids (CSV or one per line; - for stdin).
     #[arg(long, group = "source")]
     pub upload: Option<String>,
+    /// Expand this seed pack: the people outside it most like its members.
+    #[arg(long, group = "source")]
+    pub lookalike: Option<String>,
+    /// Lookalike: how many people to add.
+    #[arg(long, requires = "lookalike", conflicts_with = "percent")]
+    pub size: Option<u64>,
+    /// Lookalike: add this percentage of the people outside the seed.
+    #[arg(long, requires = "lookalike")]
+    pub percent: Option<f64>,
+    /// Lookalike: logistic (regression, seed against the rest) or cosine (to the seed's centroid).
+    #[arg(long, value_enum, requires = "lookalike")]
+    pub method: Option<LookalikeMethod>,
+    /// Lookalike: fields of users to compare on (default: public numeric, bool, enum, time).
+    #[arg(long, value_delimiter = ',', requires = "lookalike")]
+    pub features: Vec<String>,
     /// What the uploaded list holds: auto, user_id, phone, phone_sha256 or an identity type.
     #[arg(long, default_value = "auto")]
     pub id_type: String,
@@ -324,6 +340,13 @@ pub struct AudienceCreateArgs {
     /// Print `{"audience", "version"}`.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How a lookalike scores people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LookalikeMethod {
+    Logistic,
+    Cosine,
 }
 
 #[derive(Debug, Subcommand)]

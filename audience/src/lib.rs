@@ -4,6 +4,7 @@
 pub mod error;
 pub mod export;
 pub mod expr;
+pub mod lookalike;
 pub mod pack;
 pub mod schedule;
 pub mod store;

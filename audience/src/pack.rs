@@ -17,6 +17,7 @@ use shoal_query::{Engine, Session};
 
 use crate::error::{Error, Result};
 use crate::expr::SetExpr;
+use crate::lookalike::{self, LookalikeSpec};
 use crate::schedule::Schedule;
 use crate::store::{self, NewVersion, Pack, Run, Version};
 use crate::upload::{self, MatchReport, Unmatched};
@@ -36,6 +37,8 @@ pub enum Source {
     Expr(String),
     /// An uploaded list (its rows are not kept in the definition; the members are).
     Upload(UploadInfo),
+    /// The people most like another pack's members, outside it.
+    Lookalike(LookalikeSpec),
 }
 
 /// What the definition of an uploaded pack records.
@@ -61,6 +64,7 @@ impl Source {
             Source::Sql(_) => "sql",
             Source::Expr(_) => "expr",
             Source::Upload(_) => "upload",
+            Source::Lookalike(_) => "lookalike",
         }
     }
 }
@@ -118,6 +122,8 @@ pub struct SourceField {
     pub sql: Option<String>,
     #[serde(default)]
     pub expr: Option<String>,
+    #[serde(default)]
+    pub lookalike: Option<LookalikeSpec>,
 }
 
 /// The list of an upload, when the pack is made from one.
@@ -177,12 +183,14 @@ fn check_not_self(name: &str, source: &Source) -> Result<()> {
             out
         }
         Source::Expr(text) => SetExpr::parse(text)?.names().into_iter().collect(),
+        Source::Lookalike(spec) => HashSet::from([spec.seed.clone()]),
         _ => HashSet::new(),
     };
     if named.contains(name) {
         return Err(Error::invalid(
             match source {
                 Source::Expr(_) => "expr",
+                Source::Lookalike(_) => "lookalike.seed",
                 _ => "conditions",
             },
             format!("a pack cannot be made from itself ('{name}')"),
@@ -197,19 +205,20 @@ async fn current_members(
     catalog: &Catalog,
     session: &Session,
     name: &str,
+    field: &str,
 ) -> Result<RoaringBitmap> {
     if let Some(pack) = store::pack(catalog, name).await?
         && pack.deleted_at.is_some()
     {
         return Err(Error::invalid(
-            "expr",
+            field,
             format!("audience '{name}' is deleted"),
         ));
     }
     match session.audience(name).await {
         Ok(bitmap) => Ok((*bitmap).clone()),
         Err(shoal_query::Error::Invalid(_)) => {
-            Err(Error::invalid("expr", format!("unknown audience '{name}'")))
+            Err(Error::invalid(field, format!("unknown audience '{name}'")))
         }
         Err(e) => Err(e.into()),
     }
@@ -299,7 +308,7 @@ async fn compute(
             for name in expr.names() {
                 members.insert(
                     name.clone(),
-                    current_members(catalog, &session, &name).await?,
+                    current_members(catalog, &session, &name, "expr").await?,
                 );
             }
             let bitmap = expr.evaluate(&|name| {
@@ -327,6 +336,12 @@ async fn compute(
             unmatched = rows;
             let report =
                 serde_json::to_value(report).map_err(|e| Error::Internal(e.to_string()))?;
+            (bitmap, today, report)
+        }
+        Source::Lookalike(spec) => {
+            let seed = current_members(catalog, &session, &spec.seed, "lookalike.seed").await?;
+            let (bitmap, report) =
+                lookalike::expand(engine, &session, spec, &seed, role, today).await?;
             (bitmap, today, report)
         }
     };
@@ -473,48 +488,32 @@ pub async fn create(
     {
         return Err(Error::invalid("description", "at most 2,000 characters"));
     }
-    let source = match (&request.source, &list) {
-        (
-            SourceField {
-                conditions: Some(tree),
-                sql: None,
-                expr: None,
-            },
-            None,
-        ) => Source::Conditions(tree.clone()),
-        (
-            SourceField {
-                conditions: None,
-                sql: Some(sql),
-                expr: None,
-            },
-            None,
-        ) => Source::Sql(sql.clone()),
-        (
-            SourceField {
-                conditions: None,
-                sql: None,
-                expr: Some(e),
-            },
-            None,
-        ) => Source::Expr(e.clone()),
-        (
-            SourceField {
-                conditions: None,
-                sql: None,
-                expr: None,
-            },
-            Some(list),
-        ) => Source::Upload(UploadInfo {
+    let given = &request.source;
+    let mut sources = Vec::new();
+    if let Some(tree) = &given.conditions {
+        sources.push(Source::Conditions(tree.clone()));
+    }
+    if let Some(sql) = &given.sql {
+        sources.push(Source::Sql(sql.clone()));
+    }
+    if let Some(text) = &given.expr {
+        sources.push(Source::Expr(text.clone()));
+    }
+    if let Some(spec) = &given.lookalike {
+        spec.check()?;
+        sources.push(Source::Lookalike(spec.clone()));
+    }
+    if let Some(list) = &list {
+        sources.push(Source::Upload(UploadInfo {
             file: list.file.to_string(),
             id_type: list.id_type.to_string(),
-        }),
-        _ => {
-            return Err(Error::invalid(
-                "source",
-                "give exactly one of conditions, sql, expr or an uploaded list",
-            ));
-        }
+        }));
+    }
+    let Some(source) = sources.pop().filter(|_| sources.is_empty()) else {
+        return Err(Error::invalid(
+            "source",
+            "give exactly one of conditions, sql, expr, lookalike or an uploaded list",
+        ));
     };
     check_not_self(&request.name, &source)?;
     let mode = request.mode.clone().unwrap_or_else(|| "once".into());

@@ -501,3 +501,201 @@ fn the_audience_api_follows_roles_and_masks_exports() {
     assert_eq!(refreshed["versions"][1]["size"], 3, "{refreshed}");
     assert_eq!(refreshed["versions"][1]["added"], 0);
 }
+
+/// 40 planted fans (female, 30–33, platinum, employed) among 260 others who never have all of
+/// that; the first 25 fans are the seed.
+fn fans_world(dir: &Path) -> PathBuf {
+    let wh = dir.join("wh");
+    let mut people = Vec::new();
+    for i in 0..40 {
+        people.push(identify(
+            &format!("i-fan{i}"),
+            &format!("fan{i:02}"),
+            json!({"gender": "female", "age": 30 + i % 4, "member_level": "platinum", "has_job": true}),
+        ));
+    }
+    let genders = ["male", "female", "unknown"];
+    let levels = ["none", "silver", "gold", "platinum"];
+    for i in 0..260u32 {
+        let level = levels[(i % 4) as usize];
+        // Platinum others are men or unknown and out of work: never the fans' profile.
+        let gender = if level == "platinum" {
+            genders[(i % 2 * 2) as usize]
+        } else {
+            genders[(i % 3) as usize]
+        };
+        people.push(identify(
+            &format!("i-p{i}"),
+            &format!("p{i:03}"),
+            json!({"gender": gender, "age": 18 + (i * 7) % 50, "member_level": level,
+                   "has_job": level != "platinum" && i % 2 == 0}),
+        ));
+    }
+    let file = write_lines(dir, "people.jsonl", &people);
+    ingest_segment(&wh, &file);
+    json_ok(&shoal(&wh, &["build", "--json"]));
+    wh
+}
+
+#[test]
+fn lookalikes_find_the_planted_fans_and_report_a_holdout_check() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wh = fans_world(dir.path());
+    let who = ids(&wh);
+    let seed_sql = "SELECT user_id FROM users WHERE login_id LIKE 'fan%' AND CAST(substr(login_id, 4) AS INT) < 25";
+    let seed = create(&wh, &["fans_seed", "--sql", seed_sql]);
+    assert_eq!(seed["version"]["size"], 25);
+    let unseen: Vec<String> = (25..40).map(|i| format!("fan{i}")).collect();
+
+    // 20 people added: the 15 fans outside the seed and 5 others.
+    let made = create(
+        &wh,
+        &["fans_like", "--lookalike", "fans_seed", "--size", "20"],
+    );
+    assert_eq!(made["version"]["size"], 20, "{made}");
+    let like = members(&wh, "fans_like", &who);
+    assert!(unseen.iter().all(|f| like.contains(f)), "{like:?}");
+    assert_eq!(like.iter().filter(|m| m.starts_with('p')).count(), 5);
+    let report = &made["version"]["report"];
+    assert_eq!(report["method"], "logistic");
+    assert_eq!(report["seed_size"], 25);
+    assert_eq!(report["outside_seed"], 275);
+    // The check hides a fifth of the seed and draws 20 of the people outside what is left
+    // visible: the 20 fans there (hidden and unseen) outrank everyone else, so it finds every
+    // hidden one, where a random draw would find 20 / (275 + hidden) of them.
+    let holdout = &report["holdout"];
+    let hidden = holdout["hidden"].as_u64().expect("hidden");
+    assert!(hidden > 0, "{holdout}");
+    assert_eq!(holdout["found"], hidden, "{holdout}");
+    let random = 20.0 / (275 + hidden) as f64;
+    let lift = holdout["lift"].as_f64().expect("lift");
+    assert!((lift - 1.0 / random).abs() < 0.01, "{holdout}");
+    assert!(
+        report["features"]
+            .as_array()
+            .expect("features")
+            .contains(&json!("member_level=platinum")),
+        "{report}"
+    );
+
+    // Top 10% of the 275 outside: ceil(27.5) = 28 people, the 15 fans among them.
+    let wider = create(
+        &wh,
+        &[
+            "fans_wide",
+            "--lookalike",
+            "fans_seed",
+            "--percent",
+            "10",
+            "--method",
+            "cosine",
+        ],
+    );
+    assert_eq!(wider["version"]["size"], 28, "{wider}");
+    let wide = members(&wh, "fans_wide", &who);
+    assert!(unseen.iter().all(|f| wide.contains(f)), "{wide:?}");
+    assert!(
+        !wide
+            .iter()
+            .any(|m| m.starts_with("fan") && !unseen.contains(m))
+    );
+
+    // A refresh recomputes from the seed's current members: same snapshot, same people.
+    stdout_ok(&shoal(&wh, &["audience", "refresh", "fans_like"]));
+    let versions = json_ok(&shoal(&wh, &["audience", "versions", "fans_like"]));
+    let again = &versions["versions"][1];
+    assert_eq!(again["version"], 2, "{versions}");
+    assert_eq!(again["added"], 0, "{versions}");
+    assert_eq!(again["removed"], 0, "{versions}");
+
+    // Bad definitions name what is wrong.
+    for (args, needle) in [
+        (
+            vec!["x1", "--lookalike", "nobody", "--size", "5"],
+            "unknown audience 'nobody'",
+        ),
+        (
+            vec!["x2", "--lookalike", "fans_seed", "--size", "0"],
+            "at least one person",
+        ),
+        (
+            vec!["x3", "--lookalike", "fans_seed", "--size", "276"],
+            "more than the 275 people",
+        ),
+        (
+            vec!["x4", "--lookalike", "fans_seed", "--percent", "150"],
+            "lookalike.percent",
+        ),
+        (
+            vec![
+                "x5",
+                "--lookalike",
+                "fans_seed",
+                "--size",
+                "5",
+                "--features",
+                "city",
+            ],
+            "'city' is string",
+        ),
+        (
+            vec![
+                "x6",
+                "--lookalike",
+                "fans_seed",
+                "--size",
+                "5",
+                "--features",
+                "shoe_size",
+            ],
+            "no field 'shoe_size'",
+        ),
+    ] {
+        let mut all = vec!["audience", "create"];
+        all.extend_from_slice(&args);
+        let message = failed(&shoal(&wh, &all));
+        assert!(message.contains(needle), "{args:?}: {message}");
+    }
+    let small = create(&wh, &["few", "--sql", "SELECT user_id FROM users LIMIT 5"]);
+    assert_eq!(small["version"]["size"], 5);
+    let message = failed(&shoal(
+        &wh,
+        &[
+            "audience",
+            "create",
+            "few_like",
+            "--lookalike",
+            "few",
+            "--size",
+            "3",
+        ],
+    ));
+    assert!(message.contains("at least 20"), "{message}");
+
+    // Over HTTP, with the analyst's grants; a viewer may not make packs.
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
+    // Exactly 15: the fans outside the seed.
+    let body = json!({"name": "fans_api", "lookalike": {"seed": "fans_seed", "size": 15, "method": "cosine"}});
+    let (status, _) = post(&server, server.token("viewer"), "/api/audiences", &body);
+    assert_eq!(status, 403);
+    let analyst = server.token("analyst").to_string();
+    let (status, made) = post(&server, &analyst, "/api/audiences", &body);
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(members(&wh, "fans_api", &who), unseen);
+    let (status, error) = post(
+        &server,
+        &analyst,
+        "/api/audiences",
+        &json!({"name": "bad", "lookalike": {"seed": "fans_seed", "size": 5, "percent": 2}}),
+    );
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["path"], "lookalike", "{error}");
+    let (status, error) = post(
+        &server,
+        &analyst,
+        "/api/audiences",
+        &json!({"name": "bad", "lookalike": {"seed": "fans_seed", "size": 5, "weird": 1}}),
+    );
+    assert!(status == 400 || status == 422, "{status} {error}");
+}
