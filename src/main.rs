@@ -10,6 +10,7 @@ mod cli;
 mod demo;
 mod error;
 mod ingest_commands;
+mod postgres;
 mod progress;
 mod query_commands;
 mod serve;
@@ -27,6 +28,11 @@ use error::AppResult;
 /// Our warnings; the storage libraries' own chatter (expected misses while probing for tables,
 /// merge metrics) only when asked for with `SHOAL_LOG`.
 const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,deltalake_core=error";
+
+/// Set algebra and query operators allocate and free many page-sized blocks; the system
+/// allocator hands freed pages back and faults them in again on the next operation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();

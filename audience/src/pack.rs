@@ -330,12 +330,16 @@ async fn compute(
                 .iter()
                 .map(|t| t.name.clone())
                 .collect();
+            let started = Instant::now();
             let parsed = upload::parse(list.bytes, &info.id_type, &types)?;
+            let parse_ms = started.elapsed().as_millis() as u64;
             let (bitmap, report, rows): (RoaringBitmap, MatchReport, Vec<Unmatched>) =
                 upload::match_list(engine, &session, parsed).await?;
             unmatched = rows;
-            let report =
+            let mut report =
                 serde_json::to_value(report).map_err(|e| Error::Internal(e.to_string()))?;
+            report["parse_ms"] = json!(parse_ms);
+            report["match_ms"] = json!(started.elapsed().as_millis() as u64 - parse_ms);
             (bitmap, today, report)
         }
         Source::Lookalike(spec) => {
