@@ -520,4 +520,8 @@ pub struct ServeArgs {
     /// Seconds between checks for dynamic packs whose refresh is due (0: no scheduler).
     #[arg(long, default_value_t = 30)]
     pub schedule_every: u64,
+    /// Postgres wire endpoint for BI tools and psql (password = an API token); "off" to
+    /// serve none.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pub postgres: String,
 }

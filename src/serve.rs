@@ -157,6 +157,26 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
             std::time::Duration::from_secs(args.schedule_every),
         ));
     }
+    if args.postgres != "off" {
+        let listener = tokio::net::TcpListener::bind(&args.postgres)
+            .await
+            .map_err(|e| {
+                AppError::BadRequest(format!(
+                    "--postgres: cannot listen on {}: {e}",
+                    args.postgres
+                ))
+            })?;
+        let pg_address = listener
+            .local_addr()
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        let pg_state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::postgres::serve(pg_state, listener).await {
+                tracing::error!("Postgres endpoint stopped: {e}");
+            }
+        });
+        eprintln!("serving postgres://{pg_address}  (password: an API token)");
+    }
     eprintln!("serving http://{address}  (Ctrl-C to stop)");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async {

@@ -220,6 +220,15 @@ impl Tokens {
         *self.inner.lock().await = None;
     }
 
+    /// The caller a token stands for, when it is live.
+    pub async fn verify(&self, catalog: &Catalog, token: &str) -> AppResult<Option<Caller>> {
+        Ok(self.find(catalog, &hash(token)).await?.map(|info| Caller {
+            token_id: info.token_id,
+            name: info.name,
+            role: info.role,
+        }))
+    }
+
     /// The live token whose hash is `hash`, if any.
     async fn find(&self, catalog: &Catalog, hash: &str) -> AppResult<Option<TokenInfo>> {
         let mut inner = self.inner.lock().await;
@@ -310,12 +319,8 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| AppError::Unauthorized("Authorization must be 'Bearer TOKEN'".into()))?;
         let catalog = state.catalog.read().await.clone();
-        match state.tokens.find(&catalog, &hash(token)).await? {
-            Some(info) => Ok(Caller {
-                token_id: info.token_id,
-                name: info.name,
-                role: info.role,
-            }),
+        match state.tokens.verify(&catalog, token).await? {
+            Some(caller) => Ok(caller),
             None => Err(AppError::Unauthorized(
                 "unknown or revoked API token".into(),
             )),

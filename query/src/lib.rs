@@ -20,4 +20,4 @@ mod tags;
 
 pub use count::{AnswerPath, CountAnswer, PathChoice, Prepared};
 pub use error::{Error, Result};
-pub use session::{Engine, Limits, Session};
+pub use session::{Engine, Limits, RoleView, Session};

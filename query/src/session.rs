@@ -195,6 +195,11 @@ impl Session {
         &self.ctx
     }
 
+    /// The limits its queries run under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// The catalog this session was made from.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
@@ -243,11 +248,27 @@ impl Session {
     /// stored tables are not reachable from this context, so no query — `SELECT *`, joins,
     /// subqueries, functions, `information_schema` — sees a value the role may not.
     pub async fn user_sql(&self, text: &str, role: Role) -> Result<DataFrame> {
+        let view = self.role_view(role).await?;
+        self.plan_in(&view, text).await
+    }
+
+    /// `role`'s views of this snapshot as a context of their own, for clients that plan many
+    /// statements against one snapshot (the Postgres endpoint). Plan in it with
+    /// [`Session::plan_in`].
+    pub async fn role_view(&self, role: Role) -> Result<RoleView> {
         let (ctx, hidden) = self.role_context(role).await?;
-        let frame = ctx
+        Ok(RoleView { ctx, hidden, role })
+    }
+
+    /// Plans read-only SQL in a role view of this session: DDL, DML and other statements
+    /// refused, columns the role may not read named as such, audiences the query names
+    /// loaded.
+    pub async fn plan_in(&self, view: &RoleView, text: &str) -> Result<DataFrame> {
+        let frame = view
+            .ctx
             .sql_with_options(text, read_only())
             .await
-            .map_err(|e| hidden_column_error(sql_message(e), &hidden, role))?;
+            .map_err(|e| hidden_column_error(sql_message(e), &view.hidden, view.role))?;
         self.load_audiences_of(frame.logical_plan()).await?;
         Ok(frame)
     }
@@ -294,7 +315,10 @@ impl Session {
             let plan = LogicalPlanBuilder::scan(name.as_str(), provider_as_source(provider), None)?
                 .project(shown)?
                 .build()?;
-            ctx.register_table(name.as_str(), Arc::new(ViewTable::new(plan, None)))?;
+            ctx.register_table(
+                name.as_str(),
+                Arc::new(RoleTable(ViewTable::new(plan, None))),
+            )?;
         }
         Ok((ctx, hidden))
     }
@@ -488,6 +512,62 @@ fn read_only() -> SQLOptions {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false)
+}
+
+/// A role's view of a stored table. It stands for the table, so catalogs list it as one
+/// (`psql`'s `\dt`, BI tools); planning inlines its projection like any view's.
+#[derive(Debug)]
+struct RoleTable(datafusion::datasource::ViewTable);
+
+#[async_trait::async_trait]
+impl TableProvider for RoleTable {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        datafusion::logical_expr::TableType::Base
+    }
+
+    fn get_logical_plan(&self) -> Option<std::borrow::Cow<'_, LogicalPlan>> {
+        self.0.get_logical_plan()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::logical_expr::Expr],
+    ) -> datafusion::error::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.0.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        self.0.scan(state, projection, filters, limit).await
+    }
+}
+
+/// A role's views of one snapshot (see [`Session::role_view`]).
+pub struct RoleView {
+    ctx: SessionContext,
+    hidden: Vec<HiddenColumn>,
+    role: Role,
+}
+
+impl RoleView {
+    /// The context holding the views (and the bitmap and masking functions).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Whose view it is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
 }
 
 /// A column a role's views leave out.

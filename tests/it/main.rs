@@ -5,6 +5,7 @@ mod auth;
 mod build;
 mod catalog_cli;
 mod ingest;
+mod postgres;
 mod query;
 mod s3;
 mod sample;
@@ -140,6 +141,8 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// `127.0.0.1:PORT` of the Postgres endpoint.
+    pub postgres: String,
     /// API tokens made before the server started: viewer, analyst, admin.
     pub tokens: std::collections::HashMap<&'static str, String>,
 }
@@ -225,7 +228,7 @@ pub fn start_server(args: &[&str]) -> Server {
         .collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .args(args)
-        .args(["--http", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--postgres", "127.0.0.1:0"])
         .env_remove("SHOAL_WAREHOUSE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -233,12 +236,15 @@ pub fn start_server(args: &[&str]) -> Server {
         .expect("start shoal");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let mut postgres = String::new();
     let base = loop {
         let line = lines
             .next()
             .expect("server said where it listens")
             .expect("line");
-        if let Some(rest) = line.strip_prefix("serving ") {
+        if let Some(rest) = line.strip_prefix("serving postgres://") {
+            postgres = rest.split_whitespace().next().expect("address").to_string();
+        } else if let Some(rest) = line.strip_prefix("serving ") {
             break rest.split_whitespace().next().expect("address").to_string();
         }
     };
@@ -247,6 +253,7 @@ pub fn start_server(args: &[&str]) -> Server {
     Server {
         child,
         base,
+        postgres,
         tokens,
     }
 }
