@@ -6,7 +6,7 @@ use std::path::Path as FsPath;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use chrono::Utc;
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use shoal_query::Engine;
 
 use crate::cli::{AudienceCommand, LookalikeMethod, SqlFormat};
 use crate::error::{AppError, AppResult};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::query_commands::{streamed, write_stream};
 use crate::serve::AppState;
 use crate::tokens::Caller;
@@ -299,7 +300,7 @@ pub struct ListQuery {
 pub async fn list_route(
     State(state): State<AppState>,
     _caller: Caller,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
     to_json(json!({"audiences": pack::list(&catalog, query.deleted).await?}))
@@ -335,7 +336,7 @@ pub struct UploadQuery {
 pub async fn upload_route(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<UploadQuery>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
@@ -368,7 +369,7 @@ pub async fn upload_route(
 pub async fn show_route(
     State(state): State<AppState>,
     _caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
     to_json(pack::show(&catalog, &name).await?)
@@ -378,7 +379,7 @@ pub async fn show_route(
 pub async fn versions_route(
     State(state): State<AppState>,
     _caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
     pack::show(&catalog, &name).await?;
@@ -400,8 +401,8 @@ pub struct DiffQuery {
 pub async fn diff_route(
     State(state): State<AppState>,
     _caller: Caller,
-    Path(name): Path<String>,
-    Query(query): Query<DiffQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DiffQuery>,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
     let limit = query.limit.unwrap_or(1000).min(100_000);
@@ -423,7 +424,7 @@ pub async fn diff_route(
 pub async fn refresh_route(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
     to_json(
@@ -442,7 +443,7 @@ pub async fn refresh_route(
 pub async fn delete_route(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
     pack::delete(&catalog, &name, &actor(&caller)).await?;
@@ -453,7 +454,7 @@ pub async fn delete_route(
 pub async fn restore_route(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
     pack::restore(&catalog, &name, &actor(&caller)).await?;
@@ -476,8 +477,8 @@ pub struct ExportQuery {
 pub async fn export_route(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
-    Query(query): Query<ExportQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> AppResult<Response> {
     let catalog = catalog_of(&state).await;
     let columns = split_columns(query.columns.as_deref());
@@ -513,7 +514,7 @@ pub struct UnmatchedPath {
 pub async fn unmatched_route(
     State(state): State<AppState>,
     caller: Caller,
-    Path(path): Path<UnmatchedPath>,
+    ApiPath(path): ApiPath<UnmatchedPath>,
 ) -> AppResult<Response> {
     caller.require(Role::Analyst)?;
     let catalog = catalog_of(&state).await;

@@ -1,7 +1,7 @@
 //! `shoal build` and `shoal identity explain|unlink`, and their HTTP routes.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_catalog::{Catalog, Role};
@@ -10,6 +10,7 @@ use shoal_ingest::identity::{Explanation, explain, unlink};
 
 use crate::cli::{BuildArgs, IdentityCommand};
 use crate::error::{AppError, AppResult};
+use crate::extract::{ApiJson, ApiPath};
 use crate::progress;
 use crate::serve::AppState;
 use crate::tokens::Caller;
@@ -223,7 +224,7 @@ pub async fn build_route(
 pub async fn explain_route(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let user: u32 = user_id.parse().map_err(|_| {
@@ -248,7 +249,7 @@ pub struct UnlinkRequest {
 pub async fn unlink_route(
     State(state): State<AppState>,
     caller: Caller,
-    Json(request): Json<UnlinkRequest>,
+    ApiJson(request): ApiJson<UnlinkRequest>,
 ) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
     if request.reason.trim().is_empty() {

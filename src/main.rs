@@ -9,6 +9,7 @@ mod catalog_commands;
 mod cli;
 mod demo;
 mod error;
+mod extract;
 mod ingest_commands;
 mod postgres;
 mod progress;

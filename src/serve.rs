@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use tokio::sync::RwLock;
 
 use crate::cli::ServeArgs;
 use crate::error::{AppError, AppResult};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::tokens::Caller;
 
 /// What every handler shares.
@@ -251,8 +252,8 @@ struct HistoryQuery {
 async fn table_history(
     State(state): State<AppState>,
     _caller: Caller,
-    Path(name): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await;
     let table = Table::open(catalog.warehouse(), &name).await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -17,6 +17,7 @@ use shoal_catalog::{Catalog, CommitNote, Role, Table};
 use tokio::sync::Mutex;
 
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiPath;
 use crate::serve::AppState;
 use crate::write_keys::hash;
 
@@ -370,7 +371,7 @@ pub async fn create_route(
 pub async fn revoke_route(
     State(state): State<AppState>,
     caller: Caller,
-    Path(token_id): Path<String>,
+    ApiPath(token_id): ApiPath<String>,
 ) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let catalog = state.catalog.read().await.clone();

@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiPath;
 use crate::serve::AppState;
 use crate::write_keys;
 
@@ -107,7 +108,7 @@ fn body_text(headers: &HeaderMap, body: &Bytes) -> AppResult<Vec<u8>> {
 /// `POST /v1/{kind}`.
 pub async fn receive(
     State(state): State<AppState>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> AppResult<Json<Value>> {

@@ -8,7 +8,7 @@ use std::io::Write;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use serde_json::Value;
 use shoal_ingest::{SourceKind, ingest_files};
 
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiQuery;
 use crate::serve::AppState;
 use crate::tracking::{authorise, basic_user};
 
@@ -28,7 +29,7 @@ pub struct UploadQuery {
 /// `POST /api/ingest?source=segment|youzan|tmall&filename=NAME`, body = the file.
 pub async fn upload(
     State(state): State<AppState>,
-    Query(query): Query<UploadQuery>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Json<Value>> {

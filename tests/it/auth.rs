@@ -336,3 +336,39 @@ fn sql_shows_each_role_only_what_it_may_read() {
     assert_eq!(status, 200, "{preview}");
     assert_eq!(preview["rows"][0]["phone"], "+86138****5678");
 }
+
+/// Malformed query strings, path segments and bodies get the API's JSON error, naming what is
+/// wrong, never axum's plain text.
+#[test]
+fn bad_parameters_and_bodies_answer_in_the_error_shape() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wh = world(dir.path());
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
+    let admin = server.client("admin");
+    let check = |response: reqwest::blocking::Response, needle: &str| {
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().expect("a JSON error");
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(needle), "{needle}: {message}");
+    };
+    let get = |path: &str| {
+        admin
+            .get(format!("{}{path}", server.base))
+            .send()
+            .expect("get")
+    };
+    check(get("/api/tables/users/history?limit=many"), "limit");
+    check(get("/api/audiences/x/diff?from=one&to=2"), "from");
+    let unlink = |body: &str| {
+        admin
+            .post(format!("{}/api/identity/unlink", server.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("post")
+    };
+    check(unlink("{\"a\": "), "request body");
+    check(unlink("{\"a\": 5, \"b\": \"phone:x\"}"), "invalid type");
+}

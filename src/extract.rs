@@ -1,0 +1,58 @@
+//! Extractors whose rejections answer in the API's one error shape
+//! (`{"error": {"code", "message", "path"}}`) instead of axum's plain text.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::AppError;
+
+/// Query-string parameters; a bad one is a 400 naming it.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| {
+                AppError::BadRequest(format!("query string: {}", e.body_text()))
+            })
+    }
+}
+
+/// Path segments; a bad one is a 400 naming it.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| AppError::BadRequest(format!("path: {}", e.body_text())))
+    }
+}
+
+/// A JSON body; malformed JSON or a field of the wrong type is a 400 naming it.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        axum::Json::<T>::from_request(request, state)
+            .await
+            .map(|j| ApiJson(j.0))
+            .map_err(|e: JsonRejection| match e {
+                JsonRejection::BytesRejection(e) => {
+                    AppError::TooLarge(format!("request body: {}", e.body_text()))
+                }
+                other => AppError::BadRequest(format!("request body: {}", other.body_text())),
+            })
+    }
+}
