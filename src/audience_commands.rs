@@ -427,16 +427,18 @@ pub async fn refresh_route(
     ApiPath(name): ApiPath<String>,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
-    to_json(
-        pack::refresh(
-            &state.engine,
-            &catalog,
-            &name,
-            Trigger::Manual,
-            &actor(&caller),
-        )
-        .await?,
+    let refreshed = pack::refresh(
+        &state.engine,
+        &catalog,
+        &name,
+        Trigger::Manual,
+        &actor(&caller),
     )
+    .await;
+    if !matches!(refreshed, Err(shoal_audience::Error::Conflict(_))) {
+        state.metrics.refreshed("manual", refreshed.is_ok());
+    }
+    to_json(refreshed?)
 }
 
 /// `DELETE /api/audiences/{name}`: soft delete (owner or admin).
@@ -559,8 +561,17 @@ pub async fn scheduler(state: AppState, every: std::time::Duration) {
         };
         for name in due {
             let (engine, catalog, robot) = (state.engine.clone(), catalog.clone(), robot.clone());
+            let metrics = state.metrics.clone();
             tokio::spawn(async move {
-                match pack::refresh(&engine, &catalog, &name, trigger, &robot).await {
+                let refreshed = pack::refresh(&engine, &catalog, &name, trigger, &robot).await;
+                let label = match trigger {
+                    Trigger::CatchUp => "catch_up",
+                    _ => "schedule",
+                };
+                if !matches!(refreshed, Err(shoal_audience::Error::Conflict(_))) {
+                    metrics.refreshed(label, refreshed.is_ok());
+                }
+                match refreshed {
                     Ok(v) => tracing::info!(
                         "refreshed '{name}': version {} ({} users)",
                         v.version,

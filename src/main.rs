@@ -11,6 +11,7 @@ mod demo;
 mod error;
 mod extract;
 mod ingest_commands;
+mod metrics;
 mod postgres;
 mod progress;
 mod query_commands;

@@ -297,10 +297,18 @@ impl QueryHook for ShoalHook {
         _context: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        let metrics = &self.views.state.metrics;
         match classify(statement) {
             Kind::Protocol => None,
-            Kind::Refused(message) => Some(Err(user_error("25006", message))),
-            Kind::Query => Some(self.run(statement, client).await),
+            Kind::Refused(message) => {
+                metrics.postgres_statement("refused");
+                Some(Err(user_error("25006", message)))
+            }
+            Kind::Query => {
+                let answer = self.run(statement, client).await;
+                metrics.postgres_statement(if answer.is_ok() { "ok" } else { "failed" });
+                Some(answer)
+            }
         }
     }
 
@@ -310,14 +318,18 @@ impl QueryHook for ShoalHook {
         _context: &SessionContext,
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        let metrics = &self.views.state.metrics;
         match classify(statement) {
             Kind::Protocol => None,
-            Kind::Refused(message) => Some(Err(user_error("25006", message))),
-            Kind::Query => Some(
-                self.plan(statement, client)
-                    .await
-                    .map(|(_, frame)| frame.logical_plan().clone()),
-            ),
+            Kind::Refused(message) => {
+                metrics.postgres_statement("refused");
+                Some(Err(user_error("25006", message)))
+            }
+            Kind::Query => {
+                let planned = self.plan(statement, client).await;
+                metrics.postgres_statement(if planned.is_ok() { "ok" } else { "failed" });
+                Some(planned.map(|(_, frame)| frame.logical_plan().clone()))
+            }
         }
     }
 

@@ -26,6 +26,8 @@ pub struct AppState {
     pub(crate) engine: Arc<shoal_query::Engine>,
     /// API tokens, kept current with the warehouse.
     pub(crate) tokens: Arc<crate::tokens::Tokens>,
+    /// What `/metrics` reports.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             build_lock: Arc::new(tokio::sync::Mutex::new(())),
             engine: Arc::new(shoal_query::Engine::new(Default::default())),
             tokens: Arc::new(crate::tokens::Tokens::new()),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         }
     }
 }
@@ -46,6 +49,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::route))
         .route("/api/catalog", get(catalog_definition))
         .route("/api/catalog/check", get(catalog_check))
         .route(
@@ -134,6 +138,10 @@ pub fn app(state: AppState) -> Router {
                 axum::extract::DefaultBodyLimit::max(crate::tracking::MAX_BATCH_BYTES * 2),
             ),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

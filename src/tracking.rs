@@ -169,6 +169,7 @@ pub async fn receive(
     let report =
         shoal_ingest::ingest_segment_messages(&catalog, &format!("POST /v1/{kind}"), raw).await?;
     drop(_writer);
+    state.metrics.ingested("tracking", &report.counts);
     tracing::info!(batch_id = %report.batch_id, messages = count, "tracking batch committed");
     Ok(Json(json!({
         "success": true,

@@ -65,6 +65,7 @@ pub async fn upload(
     let catalog = state.catalog.read().await.clone();
     let _writer = state.tracking.writer.lock().await;
     let report = ingest_files(&catalog, kind, &[path.as_path()], &mut |_| {}).await?;
+    state.metrics.ingested(&report.source, &report.counts);
     Ok(Json(
         serde_json::to_value(&report).map_err(|e| AppError::Internal(e.to_string()))?,
     ))

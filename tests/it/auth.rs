@@ -371,4 +371,17 @@ fn bad_parameters_and_bodies_answer_in_the_error_shape() {
     };
     check(unlink("{\"a\": "), "request body");
     check(unlink("{\"a\": 5, \"b\": \"phone:x\"}"), "invalid type");
+
+    // /metrics counts them under their route patterns, without a token.
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .expect("metrics")
+        .text()
+        .expect("text");
+    for line in [
+        "shoal_http_requests_total{method=\"POST\",route=\"/api/identity/unlink\",status=\"400\"} 2",
+        "shoal_http_requests_total{method=\"GET\",route=\"/api/tables/{name}/history\",status=\"400\"} 1",
+        "shoal_http_request_duration_seconds_count{method=\"POST\",route=\"/api/identity/unlink\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
 }

@@ -164,6 +164,16 @@ fn psql_reads_the_warehouse_as_the_tokens_role_and_writes_nothing() {
         );
     }
     assert!(!Path::new("/tmp/shoal-copy.csv").exists());
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "shoal_postgres_statements_total{outcome=\"refused\"} 6"),
+        "{metrics}"
+    );
     assert_eq!(psql_ok(&server, admin, "SELECT count(*) FROM users"), ["3"]);
     assert_eq!(
         psql_ok(&server, admin, "SET application_name = 'bi'; SELECT 1"),
