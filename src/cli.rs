@@ -524,4 +524,8 @@ pub struct ServeArgs {
     /// serve none.
     #[arg(long, default_value = "127.0.0.1:5433")]
     pub postgres: String,
+    /// Requests per second each API token may make on /api (bursts of twice that); beyond it
+    /// the answer is 429 with Retry-After. 0: no limit.
+    #[arg(long, default_value_t = crate::rate_limit::DEFAULT_PER_SECOND)]
+    pub rate_limit: u32,
 }

@@ -35,6 +35,9 @@ pub enum AppError {
     /// A body over a size limit.
     #[error("{0}")]
     TooLarge(String),
+    /// Too many requests with one token; `retry_after` seconds until the next is accepted.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     /// Anything else that failed on our side.
     #[error("{0}")]
     Internal(String),
@@ -65,6 +68,7 @@ impl AppError {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +92,8 @@ impl IntoResponse for AppError {
             ("conflict", self.to_string())
         } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             ("too_large", self.to_string())
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            ("rate_limited", self.to_string())
         } else {
             ("bad_request", self.to_string())
         };
@@ -104,6 +110,12 @@ impl IntoResponse for AppError {
             _ => {}
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let AppError::RateLimited { retry_after, .. } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

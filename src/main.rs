@@ -15,6 +15,7 @@ mod metrics;
 mod postgres;
 mod progress;
 mod query_commands;
+mod rate_limit;
 mod serve;
 mod tokens;
 mod tracking;

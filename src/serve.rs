@@ -28,6 +28,8 @@ pub struct AppState {
     pub(crate) tokens: Arc<crate::tokens::Tokens>,
     /// What `/metrics` reports.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Requests per token per second.
+    pub(crate) limiter: Arc<crate::rate_limit::RateLimiter>,
 }
 
 impl AppState {
@@ -40,6 +42,7 @@ impl AppState {
             engine: Arc::new(shoal_query::Engine::new(Default::default())),
             tokens: Arc::new(crate::tokens::Tokens::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            limiter: Arc::new(crate::rate_limit::RateLimiter::default()),
         }
     }
 }
@@ -153,7 +156,8 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
     let address = listener
         .local_addr()
         .map_err(|e| AppError::Internal(e.to_string()))?;
-    let state = AppState::new(catalog);
+    let mut state = AppState::new(catalog);
+    state.limiter = Arc::new(crate::rate_limit::RateLimiter::new(args.rate_limit));
     if args.build_every > 0 {
         tokio::spawn(build_loop(
             state.clone(),

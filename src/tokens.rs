@@ -321,7 +321,20 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| AppError::Unauthorized("Authorization must be 'Bearer TOKEN'".into()))?;
         let catalog = state.catalog.read().await.clone();
         match state.tokens.verify(&catalog, token).await? {
-            Some(caller) => Ok(caller),
+            Some(caller) => {
+                state
+                    .limiter
+                    .check(&caller.token_id)
+                    .map_err(|wait| AppError::RateLimited {
+                        message: format!(
+                            "more than {} requests per second with this token; retry in {:.1} s",
+                            state.limiter.per_second(),
+                            wait
+                        ),
+                        retry_after: wait.ceil().max(1.0) as u64,
+                    })?;
+                Ok(caller)
+            }
             None => Err(AppError::Unauthorized(
                 "unknown or revoked API token".into(),
             )),

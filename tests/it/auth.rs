@@ -385,3 +385,46 @@ fn bad_parameters_and_bodies_answer_in_the_error_shape() {
         assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
     }
 }
+
+/// Each token has its own budget of requests per second; beyond it, 429 with Retry-After.
+#[test]
+fn a_token_over_its_rate_gets_429_and_others_do_not() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wh = world(dir.path());
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&[
+        "--warehouse",
+        &location,
+        "serve",
+        "--build-every",
+        "0",
+        "--rate-limit",
+        "2",
+    ]);
+    let whoami = |role: &str| {
+        server
+            .client(role)
+            .get(format!("{}/api/whoami", server.base))
+            .send()
+            .expect("get")
+    };
+    // A burst of twice the rate passes; well before a second is over, the rest wait.
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| whoami("viewer").status().as_u16())
+        .collect();
+    assert_eq!(statuses[..4], [200, 200, 200, 200], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let limited = whoami("viewer");
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: Value = limited.json().expect("json");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(whoami("analyst").status(), 200);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(whoami("viewer").status(), 200);
+}
