@@ -45,6 +45,9 @@ pub enum Command {
     /// list, show, versions, diff, refresh, export, delete, restore.
     #[command(subcommand)]
     Audience(AudienceCommand),
+    /// Reports over the events: funnels.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Manage API tokens (Bearer tokens of /api/* and passwords of the Postgres endpoint).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -409,6 +412,49 @@ pub enum AudienceCommand {
         #[arg(long = "version", id = "pack_version")]
         version: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// People per step of ordered events within a conversion window (ClickHouse
+    /// windowFunnel semantics), conversion between steps and median time between them.
+    Funnel(FunnelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FunnelArgs {
+    /// Step events in order, comma-separated (e.g. view_item,add_to_cart,purchase).
+    #[arg(long)]
+    pub steps: Option<String>,
+    /// The whole request as JSON (steps with filters, exclusions…): a file, or - for stdin;
+    /// flags given too override it.
+    #[arg(long)]
+    pub spec: Option<String>,
+    /// Conversion window from the first step: 30m, 12h, 7d (default 7d).
+    #[arg(long)]
+    pub window: Option<String>,
+    /// strict_order, strict_increase, strict_deduplication, comma-separated.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// First day of events read (default: 29 days before --to).
+    #[arg(long)]
+    pub from: Option<chrono::NaiveDate>,
+    /// Last day of events read (default: today in the catalog's zone).
+    #[arg(long)]
+    pub to: Option<chrono::NaiveDate>,
+    /// Only members of this audience pack.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Leave out people with this event inside their chain: EVENT or EVENT:A-B (between
+    /// steps A and B); repeatable.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Break down by a column: users.city (the person's) or events.channel (the chain's).
+    #[arg(long)]
+    pub breakdown: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

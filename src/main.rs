@@ -16,6 +16,7 @@ mod postgres;
 mod progress;
 mod query_commands;
 mod rate_limit;
+mod report_commands;
 mod serve;
 mod tokens;
 mod tracking;
@@ -110,6 +111,11 @@ async fn run(cli: Cli) -> AppResult<i32> {
         Command::Audience(command) => {
             let catalog = open_catalog(&cli.warehouse).await?;
             audience_commands::command(&catalog, command).await?;
+            Ok(0)
+        }
+        Command::Report(command) => {
+            let catalog = open_catalog(&cli.warehouse).await?;
+            report_commands::command(&catalog, command).await?;
             Ok(0)
         }
         Command::Token(command) => {

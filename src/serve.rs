@@ -69,6 +69,10 @@ pub fn app(state: AppState) -> Router {
             post(crate::query_commands::explain_route),
         )
         .route("/api/query/sql", post(crate::query_commands::sql_route))
+        .route(
+            "/api/reports/funnel",
+            post(crate::report_commands::funnel_route),
+        )
         .route("/api/tables", get(tables))
         .route("/api/whoami", get(crate::tokens::whoami_route))
         .route(

@@ -190,6 +190,14 @@ fn having(count: &CountTest, measure: &str) -> String {
     format!("{measure} {} {}", count.op.sql(), count.value)
 }
 
+/// The rows of `events` (as `alias`) that an event condition's event and filters select,
+/// whatever its count and window: a funnel step.
+pub fn event_rows(e: &EventCondition, alias: &str) -> String {
+    let mut parts = vec![format!("{alias}.event_name = {}", text(&e.event))];
+    parts.extend(e.filters.iter().map(|f| field(f, alias)));
+    parts.join(" AND ")
+}
+
 fn event(e: &EventCondition) -> String {
     let mut filters = vec![
         "e.user_id IS NOT NULL".to_string(),

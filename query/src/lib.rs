@@ -17,6 +17,7 @@ pub mod fields;
 pub mod masking;
 pub mod session;
 mod tags;
+pub mod window_funnel;
 
 pub use count::{AnswerPath, CountAnswer, PathChoice, Prepared};
 pub use error::{Error, Result};

@@ -87,6 +87,7 @@ impl Engine {
         }
         let audiences = AudienceBitmaps::default();
         bitmap_functions::register(&ctx, audiences.clone());
+        crate::window_funnel::register(&ctx);
         Ok(Session {
             ctx,
             catalog: catalog.clone(),
@@ -281,6 +282,7 @@ impl Session {
         let ctx =
             SessionContext::new_with_config_rt(self.ctx.copied_config(), self.ctx.runtime_env());
         bitmap_functions::register(&ctx, self.audiences.clone());
+        crate::window_funnel::register(&ctx);
         let [mask, hash] = crate::masking::udfs();
         let definition = self.catalog.definition();
         let mut hidden = Vec::new();

@@ -1,1 +1,3 @@
-//! placeholder
+//! Reports: funnels over the events, computed by DataFusion aggregates.
+
+pub mod funnel;

@@ -1,0 +1,472 @@
+//! Funnel reports: per-step people, conversion and time between steps, computed by the
+//! `window_funnel` aggregate over the events grouped by person (see
+//! [`shoal_query::window_funnel`]), optionally restricted to an audience pack, with exclusion
+//! events and a breakdown by a person's or an event's column.
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::{Array, AsArray, Int64Array};
+use arrow::datatypes::Int64Type;
+use chrono::NaiveDate;
+use datafusion::error::DataFusionError;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shoal_catalog::{Role, Visibility};
+use shoal_query::condition::{self, CheckContext, Node};
+use shoal_query::window_funnel::{FunnelConfig, MAX_STEPS, Modes};
+use shoal_query::{Error, Result, Session, compile};
+
+/// Most breakdown values reported; the rest are summed into [`OTHER_VALUES`].
+pub const MAX_GROUPS: usize = 50;
+
+/// The label of the breakdown values past [`MAX_GROUPS`].
+pub const OTHER_VALUES: &str = "(other values)";
+
+/// One step: an event with optional filters on its columns (the condition builder's `where`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub event: String,
+    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Value>,
+}
+
+/// An exclusion: people with this event after step `between[0]` and before step
+/// `between[1]` of their chain are left out of the funnel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exclusion {
+    pub event: String,
+    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Value>,
+    /// 1-based steps; default: from the first to the last.
+    #[serde(default)]
+    pub between: Option<[usize; 2]>,
+}
+
+/// A funnel request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelSpec {
+    pub steps: Vec<Step>,
+    /// Conversion window from the first step: `30m`, `12h`, `7d`.
+    pub window: String,
+    #[serde(default)]
+    pub mode: Modes,
+    /// First and last day (catalog zone) of the events read; default: the 30 days to `to`.
+    #[serde(default)]
+    pub from: Option<NaiveDate>,
+    #[serde(default)]
+    pub to: Option<NaiveDate>,
+    /// Only members of this audience pack (its current version).
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<Exclusion>,
+    /// A column to break the funnel down by: `users.city` (the person's value) or
+    /// `events.channel` (chains whose steps all share the value); a bare name is a column of
+    /// users, else of events.
+    #[serde(default)]
+    pub breakdown: Option<String>,
+}
+
+/// Per-step figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepResult {
+    pub step: usize,
+    pub event: String,
+    /// People who reached this step (and every one before it) within the window.
+    pub users: u64,
+    /// Of those who reached the previous step, the share who reached this one.
+    pub conversion_from_previous: Option<f64>,
+    /// Of those who reached the first step, the share who reached this one.
+    pub conversion_from_first: Option<f64>,
+    /// Median seconds from the previous step to this one.
+    pub median_seconds_from_previous: Option<f64>,
+}
+
+/// The funnel of one breakdown value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupResult {
+    pub value: Option<String>,
+    pub steps: Vec<StepResult>,
+}
+
+/// A funnel's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunnelResult {
+    /// The whole funnel (without a breakdown; with one, see `groups`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepResult>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<String>,
+    /// Per breakdown value, most first-step people first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupResult>>,
+    /// People left out by an exclusion event.
+    pub excluded: u64,
+    pub window_seconds: i64,
+    pub mode: Modes,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub audience: Option<String>,
+    /// Table versions read.
+    pub snapshot: BTreeMap<String, u64>,
+    pub sql: String,
+    pub elapsed_ms: u64,
+}
+
+fn invalid(path: &str, message: impl Into<String>) -> Error {
+    Error::Condition {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// The predicate of one step or exclusion: an event condition of the builder, as `role`
+/// may use it.
+fn event_predicate(
+    cx: &CheckContext<'_>,
+    event: &str,
+    filters: &[Value],
+    path: &str,
+) -> Result<String> {
+    let tree = json!({"event": event, "where": filters});
+    match condition::check(&tree, cx) {
+        Ok(Node::Event(event)) => Ok(compile::event_rows(&event, "e")),
+        Ok(_) => Err(invalid(path, "not an event step")),
+        Err(Error::Condition {
+            path: inner,
+            message,
+        }) => Err(invalid(&format!("{path}.{inner}"), message)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where the breakdown's values come from.
+enum Breakdown {
+    User(String),
+    Event(String),
+}
+
+fn breakdown_column(cx: &CheckContext<'_>, name: &str) -> Result<Breakdown> {
+    let definition = cx.definition;
+    let (tables, column): (&[&str], &str) = match name.split_once('.') {
+        Some(("users", column)) => (&["users"], column),
+        Some(("events", column)) => (&["events"], column),
+        Some((table, _)) => {
+            return Err(invalid(
+                "breakdown",
+                format!("'{table}' is neither users nor events"),
+            ));
+        }
+        None => (&["users", "events"], name),
+    };
+    for table in tables {
+        let Some(standard) = definition.table(table).ok().and_then(|t| t.field(column)) else {
+            continue;
+        };
+        let grant = definition.roles.grant(cx.role, standard.sensitivity);
+        if grant.read != Visibility::Clear || !grant.condition {
+            return Err(invalid(
+                "breakdown",
+                format!(
+                    "role {} may not see the {} field '{name}' in clear",
+                    cx.role, standard.sensitivity
+                ),
+            ));
+        }
+        let column = compile::ident(column);
+        return Ok(if *table == "users" {
+            Breakdown::User(column)
+        } else {
+            Breakdown::Event(column)
+        });
+    }
+    Err(invalid(
+        "breakdown",
+        format!("no column '{column}' in {}", tables.join(" or ")),
+    ))
+}
+
+/// Per-step tallies of one group of people.
+#[derive(Default)]
+struct Tally {
+    reached: Vec<u64>,
+    gaps: Vec<Vec<i64>>,
+}
+
+impl Tally {
+    fn add(&mut self, times: &Int64Array, steps: usize) {
+        if self.reached.is_empty() {
+            self.reached = vec![0; steps];
+            self.gaps = vec![Vec::new(); steps];
+        }
+        for k in 0..times.len().min(steps) {
+            self.reached[k] += 1;
+            if k > 0 {
+                self.gaps[k].push(times.value(k) - times.value(k - 1));
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally, steps: usize) {
+        if self.reached.is_empty() {
+            self.reached = vec![0; steps];
+            self.gaps = vec![Vec::new(); steps];
+        }
+        for (k, (n, gaps)) in other.reached.into_iter().zip(other.gaps).enumerate() {
+            self.reached[k] += n;
+            self.gaps[k].extend(gaps);
+        }
+    }
+
+    fn first(&self) -> u64 {
+        self.reached.first().copied().unwrap_or(0)
+    }
+
+    fn results(mut self, spec: &FunnelSpec) -> Vec<StepResult> {
+        let n = spec.steps.len();
+        if self.reached.is_empty() {
+            self.reached = vec![0; n];
+            self.gaps = vec![Vec::new(); n];
+        }
+        (0..n)
+            .map(|k| {
+                let reached = self.reached[k];
+                let ratio = |of: u64| (of > 0).then(|| reached as f64 / of as f64);
+                StepResult {
+                    step: k + 1,
+                    event: spec.steps[k].event.clone(),
+                    users: reached,
+                    conversion_from_previous: if k == 0 {
+                        None
+                    } else {
+                        ratio(self.reached[k - 1])
+                    },
+                    conversion_from_first: if k == 0 { None } else { ratio(self.reached[0]) },
+                    median_seconds_from_previous: median(&mut self.gaps[k]).map(|us| us / 1e6),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs a funnel in `session` as `role`.
+pub async fn run(
+    session: &Session,
+    spec: &FunnelSpec,
+    role: Role,
+    today: Option<NaiveDate>,
+) -> Result<FunnelResult> {
+    let started = std::time::Instant::now();
+    let window = shoal_catalog::parse_duration(&spec.window)
+        .map_err(|e| invalid("window", e))?
+        .num_microseconds()
+        .filter(|w| *w > 0)
+        .ok_or_else(|| invalid("window", "the window must be longer than zero"))?;
+    let n = spec.steps.len();
+    if n == 0 || n > MAX_STEPS {
+        return Err(invalid(
+            "steps",
+            format!("a funnel has 1 to {MAX_STEPS} steps"),
+        ));
+    }
+    if spec.exclude.len() > MAX_STEPS {
+        return Err(invalid(
+            "exclude",
+            format!("at most {MAX_STEPS} exclusions"),
+        ));
+    }
+    let definition = session.catalog().definition();
+    let zone = shoal_catalog::zone_offset(&definition.time_zone)
+        .ok_or_else(|| Error::Invalid(format!("unknown time zone '{}'", definition.time_zone)))?;
+    let today = today.unwrap_or_else(|| chrono::Utc::now().with_timezone(&zone).date_naive());
+    let to = spec.to.unwrap_or(today);
+    let from = spec.from.unwrap_or(to - chrono::Duration::days(29));
+    if from > to {
+        return Err(invalid("from", format!("{from} is after {to}")));
+    }
+    let cx = CheckContext {
+        definition,
+        role,
+        today,
+        zone,
+    };
+    let mut conditions = Vec::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        conditions.push(event_predicate(
+            &cx,
+            &step.event,
+            &step.filters,
+            &format!("steps[{i}]"),
+        )?);
+    }
+    let mut exclusions = Vec::new();
+    for (i, exclusion) in spec.exclude.iter().enumerate() {
+        let path = format!("exclude[{i}]");
+        let [after, before] = exclusion.between.unwrap_or([1, n]);
+        if after < 1 || after >= before || before > n {
+            return Err(invalid(
+                &format!("{path}.between"),
+                format!("steps [A, B] with 1 <= A < B <= {n}"),
+            ));
+        }
+        if n < 2 {
+            return Err(invalid(&path, "exclusions need at least two steps"));
+        }
+        conditions.push(event_predicate(
+            &cx,
+            &exclusion.event,
+            &exclusion.filters,
+            &path,
+        )?);
+        exclusions.push((after, before));
+    }
+    let breakdown = spec
+        .breakdown
+        .as_deref()
+        .map(|name| breakdown_column(&cx, name))
+        .transpose()?;
+    let config = FunnelConfig {
+        window,
+        modes: spec.mode,
+        steps: n,
+        exclusions,
+    };
+    let conditions: Vec<String> = conditions.iter().map(|c| format!("({c})")).collect();
+    let mut filters = vec![
+        "e.user_id IS NOT NULL".to_string(),
+        format!("e.event_date BETWEEN DATE '{from}' AND DATE '{to}'"),
+    ];
+    if !spec.mode.strict_order {
+        // Strict order needs every event, to see the ones between steps.
+        filters.push(format!("({})", conditions.join(" OR ")));
+    }
+    if let Some(name) = &spec.audience {
+        filters.push(format!(
+            "rb_contains({}({}), e.user_id)",
+            compile::AUDIENCE_FUNCTION,
+            compile::text(name)
+        ));
+    }
+    let funnel = format!(
+        "window_funnel({window}, {}, e.event_time, {})",
+        compile::text(&config.mode_text()),
+        conditions.join(", ")
+    );
+    let sql = match &breakdown {
+        None => format!(
+            "SELECT NULL AS value, {funnel} AS chain FROM events e WHERE {} GROUP BY e.user_id",
+            filters.join(" AND ")
+        ),
+        Some(Breakdown::Event(column)) => format!(
+            "SELECT CAST(e.{column} AS VARCHAR) AS value, {funnel} AS chain FROM events e \
+             WHERE {} GROUP BY e.user_id, e.{column}",
+            filters.join(" AND ")
+        ),
+        Some(Breakdown::User(column)) => format!(
+            "SELECT CAST(u.{column} AS VARCHAR) AS value, f.chain FROM \
+             (SELECT e.user_id, {funnel} AS chain FROM events e WHERE {} GROUP BY e.user_id) f \
+             LEFT JOIN users u ON u.user_id = f.user_id",
+            filters.join(" AND ")
+        ),
+    };
+    let frame = session.sql(&sql).await?;
+    let mut stream = session.stream(frame).await?;
+    let mut tallies: HashMap<Option<String>, Tally> = HashMap::new();
+    let mut excluded = 0u64;
+    let work = async {
+        while let Some(batch) = stream.try_next().await? {
+            let values = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let values = values.as_string::<i32>();
+            let Some(chains) = batch.column(1).as_list_opt::<i32>() else {
+                return Err(DataFusionError::Internal("window_funnel answer".into()));
+            };
+            for row in 0..chains.len() {
+                if chains.is_null(row) {
+                    excluded += 1;
+                    continue;
+                }
+                let chain = chains.value(row);
+                if chain.is_empty() {
+                    continue;
+                }
+                let value = values.is_valid(row).then(|| values.value(row).to_string());
+                tallies
+                    .entry(value)
+                    .or_default()
+                    .add(chain.as_primitive::<Int64Type>(), n);
+            }
+        }
+        Ok(())
+    };
+    session.limited(work).await?;
+    let (steps, groups) = if breakdown.is_none() {
+        let tally = tallies.remove(&None).unwrap_or_default();
+        (Some(tally.results(spec)), None)
+    } else {
+        let mut ordered: Vec<(Option<String>, Tally)> = tallies.into_iter().collect();
+        ordered.sort_by(|a, b| b.1.first().cmp(&a.1.first()).then(a.0.cmp(&b.0)));
+        let mut groups = Vec::new();
+        let mut rest: Option<Tally> = None;
+        for (i, (value, tally)) in ordered.into_iter().enumerate() {
+            if i < MAX_GROUPS {
+                groups.push(GroupResult {
+                    value,
+                    steps: tally.results(spec),
+                });
+            } else {
+                rest.get_or_insert_with(Tally::default).merge(tally, n);
+            }
+        }
+        if let Some(rest) = rest {
+            groups.push(GroupResult {
+                value: Some(OTHER_VALUES.to_string()),
+                steps: rest.results(spec),
+            });
+        }
+        (None, Some(groups))
+    };
+    Ok(FunnelResult {
+        steps,
+        breakdown: spec.breakdown.clone(),
+        groups,
+        excluded,
+        window_seconds: window / 1_000_000,
+        mode: spec.mode,
+        from,
+        to,
+        audience: spec.audience.clone(),
+        snapshot: session.versions(),
+        sql,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &mut [i64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid] as f64
+    } else {
+        (values[mid - 1] as f64 + values[mid] as f64) / 2.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut []), None);
+        assert_eq!(median(&mut [5, 1, 3]), Some(3.0));
+        assert_eq!(median(&mut [4, 1, 3, 2]), Some(2.5));
+    }
+}

@@ -1,0 +1,204 @@
+//! `shoal report` and the report API: funnels.
+
+use std::io::Write;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use serde_json::Value;
+use shoal_catalog::{Catalog, Role};
+use shoal_query::Engine;
+use shoal_reports::funnel::{self, Exclusion, FunnelResult, FunnelSpec, Step, StepResult};
+
+use crate::cli::{FunnelArgs, ReportCommand};
+use crate::error::{AppError, AppResult};
+use crate::serve::AppState;
+use crate::tokens::Caller;
+
+/// `shoal report …`.
+pub async fn command(catalog: &Catalog, command: &ReportCommand) -> AppResult<()> {
+    match command {
+        ReportCommand::Funnel(args) => {
+            let spec = funnel_spec(args)?;
+            let engine = Engine::new(Default::default());
+            let session = engine.session(catalog).await?;
+            let result = funnel::run(&session, &spec, Role::Admin, None).await?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                let text = serde_json::to_string(&result)
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
+                writeln!(out, "{text}").map_err(io)?;
+            } else {
+                write_funnel(&mut out, &result).map_err(io)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn io(e: std::io::Error) -> AppError {
+    AppError::Internal(format!("writing the report: {e}"))
+}
+
+/// The request of `shoal report funnel`: a JSON spec, with flags on top.
+fn funnel_spec(args: &FunnelArgs) -> AppResult<FunnelSpec> {
+    let mut spec = match &args.spec {
+        Some(file) => {
+            let bytes = if file == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                    .map_err(|e| AppError::BadRequest(format!("stdin: {e}")))?;
+                bytes
+            } else {
+                std::fs::read(file).map_err(|e| AppError::BadRequest(format!("{file}: {e}")))?
+            };
+            serde_json::from_slice::<FunnelSpec>(&bytes)
+                .map_err(|e| AppError::BadRequest(format!("{file}: {e}")))?
+        }
+        None => FunnelSpec {
+            steps: Vec::new(),
+            window: "7d".into(),
+            mode: Default::default(),
+            from: None,
+            to: None,
+            audience: None,
+            exclude: Vec::new(),
+            breakdown: None,
+        },
+    };
+    if let Some(steps) = &args.steps {
+        spec.steps = steps
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|event| Step {
+                event: event.to_string(),
+                filters: Vec::new(),
+            })
+            .collect();
+    }
+    if spec.steps.is_empty() {
+        return Err(AppError::BadRequest(
+            "give the steps: --steps view_item,add_to_cart,purchase or --spec FILE".into(),
+        ));
+    }
+    if let Some(window) = &args.window {
+        spec.window = window.clone();
+    }
+    if let Some(mode) = &args.mode {
+        spec.mode = shoal_query::window_funnel::Modes::parse(mode)?;
+    }
+    for text in &args.exclude {
+        let (event, between) = match text.split_once(':') {
+            Some((event, range)) => {
+                let parsed = range
+                    .split_once('-')
+                    .and_then(|(a, b)| Some([a.parse().ok()?, b.parse().ok()?]));
+                let Some(between) = parsed else {
+                    return Err(AppError::BadRequest(format!(
+                        "--exclude {text}: expected EVENT or EVENT:A-B (steps A to B)"
+                    )));
+                };
+                (event, Some(between))
+            }
+            None => (text.as_str(), None),
+        };
+        spec.exclude.push(Exclusion {
+            event: event.to_string(),
+            filters: Vec::new(),
+            between,
+        });
+    }
+    spec.from = args.from.or(spec.from);
+    spec.to = args.to.or(spec.to);
+    if args.audience.is_some() {
+        spec.audience = args.audience.clone();
+    }
+    if args.breakdown.is_some() {
+        spec.breakdown = args.breakdown.clone();
+    }
+    Ok(spec)
+}
+
+fn write_steps(out: &mut impl Write, steps: &[StepResult]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:>4}  {:<28} {:>10} {:>10} {:>10} {:>14}",
+        "step", "event", "users", "of prev", "of first", "median gap"
+    )?;
+    let percent = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+    for s in steps {
+        let gap = s
+            .median_seconds_from_previous
+            .map_or("-".to_string(), human_seconds);
+        writeln!(
+            out,
+            "{:>4}  {:<28} {:>10} {:>10} {:>10} {:>14}",
+            s.step,
+            s.event,
+            s.users,
+            percent(s.conversion_from_previous),
+            percent(s.conversion_from_first),
+            gap
+        )?;
+    }
+    Ok(())
+}
+
+fn human_seconds(seconds: f64) -> String {
+    if seconds < 120.0 {
+        format!("{seconds:.0}s")
+    } else if seconds < 7200.0 {
+        format!("{:.1}m", seconds / 60.0)
+    } else if seconds < 172_800.0 {
+        format!("{:.1}h", seconds / 3600.0)
+    } else {
+        format!("{:.1}d", seconds / 86_400.0)
+    }
+}
+
+fn write_funnel(out: &mut impl Write, result: &FunnelResult) -> std::io::Result<()> {
+    if let Some(steps) = &result.steps {
+        write_steps(out, steps)?;
+    }
+    if let (Some(column), Some(groups)) = (&result.breakdown, &result.groups) {
+        for group in groups {
+            writeln!(
+                out,
+                "\n{column} = {}",
+                group.value.as_deref().unwrap_or("(null)")
+            )?;
+            write_steps(out, &group.steps)?;
+        }
+    }
+    writeln!(
+        out,
+        "\n{} to {}, window {}s{}, {} excluded, {} ms",
+        result.from,
+        result.to,
+        result.window_seconds,
+        result
+            .audience
+            .as_ref()
+            .map_or(String::new(), |a| format!(", audience {a}")),
+        result.excluded,
+        result.elapsed_ms
+    )
+}
+
+/// `POST /api/reports/funnel`: a [`FunnelSpec`] → per-step people, conversion and median
+/// time between steps. Every role may run reports.
+pub async fn funnel_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let spec: FunnelSpec = serde_json::from_slice(&body)
+        .map_err(|e| AppError::BadRequest(format!("request body: {e}")))?;
+    let catalog = state.catalog.read().await.clone();
+    let session = state.engine.session(&catalog).await?;
+    let result = funnel::run(&session, &spec, caller.role, None).await?;
+    serde_json::to_value(result)
+        .map(Json)
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
