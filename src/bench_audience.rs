@@ -93,7 +93,7 @@ print(json.dumps({"sizes": [len(a), len(b)],
 }
 
 /// A batch of `schema` with the given columns; the others null.
-fn batch(
+pub(crate) fn batch(
     schema: &SchemaRef,
     rows: usize,
     mut given: HashMap<&str, ArrayRef>,

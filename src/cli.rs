@@ -231,6 +231,24 @@ pub enum QuarantineCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// A 4-step, 7-day funnel over synthetic events (all people and a 10% pack) next to
+    /// chDB's windowFunnel on the same Parquet files; per-step counts must match.
+    Funnel {
+        /// Events (over 90 days).
+        #[arg(long, default_value_t = 200_000_000)]
+        events: u64,
+        /// People (default: events / 20).
+        #[arg(long)]
+        users: Option<u32>,
+        /// Timed runs per engine and case (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to keep the generated warehouse (reused when it matches).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// JSON lines → clean → dedup → Delta commit, next to DuckDB on the same file.
     Ingest {
         /// About this many events (a sample world is written unless --data has events.jsonl).

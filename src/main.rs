@@ -3,6 +3,7 @@
 mod audience_commands;
 mod bench;
 mod bench_audience;
+mod bench_funnel;
 mod bench_query;
 mod build_commands;
 mod catalog_commands;
@@ -166,6 +167,17 @@ async fn run(cli: Cli) -> AppResult<i32> {
             json,
         }) => {
             bench_audience::audience(*universe, *runs, data.clone(), *json).await?;
+            Ok(0)
+        }
+        Command::Bench(cli::BenchCommand::Funnel {
+            events,
+            users,
+            runs,
+            data,
+            json,
+        }) => {
+            let users = users.unwrap_or((*events / 20).clamp(1, u64::from(u32::MAX)) as u32);
+            bench_funnel::funnel(*events, users, *runs, data.clone(), *json).await?;
             Ok(0)
         }
         Command::Bench(cli::BenchCommand::Identity { links, json }) => {

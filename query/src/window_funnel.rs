@@ -44,6 +44,7 @@ pub const MAX_STEPS: usize = 32;
 
 /// How chains are allowed to advance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Modes {
     #[serde(default)]
     pub strict_order: bool,

@@ -7,6 +7,7 @@ mod catalog_cli;
 mod ingest;
 mod postgres;
 mod query;
+mod reports;
 mod s3;
 mod sample;
 mod serve;

@@ -1,0 +1,420 @@
+//! Funnel reports: hand-made event sequences for every mode, exclusions, breakdowns and an
+//! audience restriction, through the CLI and the API; and the demo data against
+//! ClickHouse's own `windowFunnel` (chDB).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::tracking::python;
+use crate::{Server, demo_data, ingest_sample, ingest_segment, json_ok, shoal, start_server};
+
+const HOUR: i64 = 3600;
+
+/// People and their events (hours after 2026-11-10T02:00Z), with the levels counted by hand
+/// for the funnel view_item → add_to_cart → purchase within 7 days:
+///
+/// | who | gender | events (hour: event)                         | default | order | dedup | incr |
+/// |-----|--------|----------------------------------------------|---------|-------|-------|------|
+/// | p1  | male   | 0 view, 1 cart, 2 purchase (category A)      | 3       | 3     | 3     | 3    |
+/// | p2  | male   | 0 view, 1 cart, 193 purchase (8 days later)  | 2       | 2     | 2     | 2    |
+/// | p3  | male   | 0 cart, 1 view                               | 1       | 1     | 1     | 1    |
+/// | p4  | male   | 0 view, 1 purchase, 2 cart, 3 purchase       | 3       | 1     | 3     | 3    |
+/// | p5  | female | 0 view, 1 cart, 2 cart, 3 purchase           | 3       | 3     | 2     | 3    |
+/// | p6  | female | 0 view, 0 cart, 1 purchase                   | 3       | 3     | 3     | 1    |
+/// | p7  | female | 0 view, 1 cart, 2 unfollow, 3 purchase       | 3       | 2     | 3     | 3    |
+/// | p8  | female | 0 purchase                                   | 0       | 0     | 0     | 0    |
+/// | p9  | female | 0 view, 1 follow, 2 cart, 3 purchase         | 3       | 1     | 3     | 3    |
+fn funnel_world(dir: &Path) -> PathBuf {
+    let wh = dir.join("wh");
+    type Person<'a> = (&'a str, &'a str, &'a [(i64, &'a str)]);
+    let people: [Person; 9] = [
+        (
+            "p1",
+            "male",
+            &[(0, "view_item"), (1, "add_to_cart"), (2, "purchase")],
+        ),
+        (
+            "p2",
+            "male",
+            &[(0, "view_item"), (1, "add_to_cart"), (193, "purchase")],
+        ),
+        ("p3", "male", &[(0, "add_to_cart"), (1, "view_item")]),
+        (
+            "p4",
+            "male",
+            &[
+                (0, "view_item"),
+                (1, "purchase"),
+                (2, "add_to_cart"),
+                (3, "purchase"),
+            ],
+        ),
+        (
+            "p5",
+            "female",
+            &[
+                (0, "view_item"),
+                (1, "add_to_cart"),
+                (2, "add_to_cart"),
+                (3, "purchase"),
+            ],
+        ),
+        (
+            "p6",
+            "female",
+            &[(0, "view_item"), (0, "add_to_cart"), (1, "purchase")],
+        ),
+        (
+            "p7",
+            "female",
+            &[
+                (0, "view_item"),
+                (1, "add_to_cart"),
+                (2, "unfollow_official_account"),
+                (3, "purchase"),
+            ],
+        ),
+        ("p8", "female", &[(0, "purchase")]),
+        (
+            "p9",
+            "female",
+            &[
+                (0, "view_item"),
+                (1, "follow_official_account"),
+                (2, "add_to_cart"),
+                (3, "purchase"),
+            ],
+        ),
+    ];
+    let start = chrono::DateTime::parse_from_rfc3339("2026-11-10T02:00:00Z").expect("time");
+    let mut lines = Vec::new();
+    for (who, gender, events) in people {
+        lines.push(
+            json!({"type": "identify", "messageId": format!("i-{who}"), "userId": who,
+            "timestamp": "2026-11-01T02:00:00Z", "traits": {"gender": gender}}),
+        );
+        for (i, (hour, event)) in events.iter().enumerate() {
+            let at = start + chrono::Duration::seconds(hour * HOUR);
+            let properties = if who == "p1" {
+                json!({"category": "A"})
+            } else {
+                json!({})
+            };
+            lines.push(
+                json!({"type": "track", "messageId": format!("{who}-{i}"), "userId": who,
+                "event": event, "timestamp": at.to_rfc3339(), "properties": properties}),
+            );
+        }
+    }
+    let file = dir.join("events.jsonl");
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&file, text.join("\n") + "\n").expect("write");
+    ingest_segment(&wh, &file);
+    json_ok(&shoal(&wh, &["build", "--json", "--as-of", "2026-11-20"]));
+    wh
+}
+
+fn users(result: &Value) -> Vec<u64> {
+    result["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["users"].as_u64().expect("users"))
+        .collect()
+}
+
+fn cli_funnel(wh: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "report",
+        "funnel",
+        "--steps",
+        "view_item,add_to_cart,purchase",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-20",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    json_ok(&shoal(wh, &args))
+}
+
+fn post(server: &Server, role: &str, body: &Value) -> (u16, Value) {
+    let response = server
+        .client(role)
+        .post(format!("{}/api/reports/funnel", server.base))
+        .json(body)
+        .send()
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().expect("json body"))
+}
+
+fn spec(extra: Value) -> Value {
+    let mut spec = json!({
+        "steps": [{"event": "view_item"}, {"event": "add_to_cart"}, {"event": "purchase"}],
+        "window": "7d",
+        "from": "2026-11-01",
+        "to": "2026-11-20",
+    });
+    for (k, v) in extra.as_object().expect("object") {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
+#[test]
+fn funnels_count_hand_made_sequences_in_every_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = funnel_world(dir.path());
+
+    // The CLI, per mode, against the table above.
+    let default = cli_funnel(&wh, &[]);
+    assert_eq!(users(&default), [8, 7, 6]);
+    let steps = &default["steps"];
+    assert_eq!(steps[1]["conversion_from_previous"], json!(7.0 / 8.0));
+    assert_eq!(steps[2]["conversion_from_first"], json!(6.0 / 8.0));
+    // Step 2 gaps (h): p1 1, p2 1, p4 2, p5 2 (its later cart), p6 0, p7 1, p9 2 → 1 h.
+    assert_eq!(steps[1]["median_seconds_from_previous"], json!(3600.0));
+    // Step 3 gaps (h): p1 1, p4 1, p5 1, p6 1, p7 2, p9 1 → 1 h.
+    assert_eq!(steps[2]["median_seconds_from_previous"], json!(3600.0));
+    assert_eq!(steps[0]["median_seconds_from_previous"], Value::Null);
+    for (mode, expected) in [
+        ("strict_order", [8, 5, 3]),
+        ("strict_deduplication", [8, 7, 5]),
+        ("strict_increase", [8, 6, 5]),
+    ] {
+        assert_eq!(
+            users(&cli_funnel(&wh, &["--mode", mode])),
+            expected,
+            "{mode}"
+        );
+    }
+    // A 1-hour window: p1 (2 h to purchase) and the others stop at 2 steps at most.
+    // View→cart within 1 h: p1, p2, p5, p6, p7 (p4's cart is 2 h after, p9's 2 h).
+    // Purchase within 1 h of the view: p6 only.
+    assert_eq!(users(&cli_funnel(&wh, &["--window", "1h"])), [8, 5, 1]);
+    // Excluding unfollows between cart and purchase drops p7.
+    let excluded = cli_funnel(&wh, &["--exclude", "unfollow_official_account:2-3"]);
+    assert_eq!(users(&excluded), [7, 6, 5]);
+    assert_eq!(excluded["excluded"], 1);
+    // Between view and cart it does not (p7's unfollow comes after its cart).
+    let kept = cli_funnel(&wh, &["--exclude", "unfollow_official_account:1-2"]);
+    assert_eq!(users(&kept), [8, 7, 6]);
+    assert_eq!(kept["excluded"], 0);
+
+    // Breakdown by the person's gender: male p1–p4 (3, 2, 1, 3); female p5–p9.
+    let by_gender = cli_funnel(&wh, &["--breakdown", "gender"]);
+    assert!(by_gender.get("steps").is_none());
+    let groups: Vec<(Value, Vec<u64>)> = by_gender["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| (g["value"].clone(), users(g)))
+        .collect();
+    assert_eq!(
+        groups,
+        // Equal first steps: by value.
+        [
+            (json!("female"), vec![4, 4, 4]),
+            (json!("male"), vec![4, 3, 2])
+        ]
+    );
+    // Breakdown by an event column: chains whose steps share the value.
+    let by_category = cli_funnel(&wh, &["--breakdown", "events.category"]);
+    let groups: Vec<(Value, Vec<u64>)> = by_category["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| (g["value"].clone(), users(g)))
+        .collect();
+    assert_eq!(
+        groups,
+        [(Value::Null, vec![7, 6, 5]), (json!("A"), vec![1, 1, 1])]
+    );
+
+    // An audience restriction: the men.
+    let tree = dir.path().join("men.json");
+    std::fs::write(&tree, r#"{"field": "gender", "op": "eq", "value": "male"}"#).expect("tree");
+    json_ok(&shoal(
+        &wh,
+        &[
+            "audience",
+            "create",
+            "men",
+            "--conditions",
+            tree.to_str().expect("path"),
+            "--json",
+        ],
+    ));
+    assert_eq!(users(&cli_funnel(&wh, &["--audience", "men"])), [4, 3, 2]);
+
+    // The API gives the same answers, to every role, with step filters.
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
+    let (status, body) = post(
+        &server,
+        "viewer",
+        &spec(json!({"mode": {"strict_order": true}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(users(&body), [8, 5, 3]);
+    assert!(body["sql"].as_str().expect("sql").contains("window_funnel"));
+    assert!(body["snapshot"]["events"].is_u64(), "{body}");
+    let filtered = json!({
+        "steps": [
+            {"event": "view_item", "where": [{"field": "category", "op": "eq", "value": "A"}]},
+            {"event": "purchase"}
+        ],
+        "window": "1d", "from": "2026-11-01", "to": "2026-11-20"
+    });
+    let (status, body) = post(&server, "analyst", &filtered);
+    assert_eq!((status, users(&body)), (200, vec![1, 1]), "{body}");
+    let (_, body) = post(
+        &server,
+        "viewer",
+        &spec(json!({"exclude": [{"event": "unfollow_official_account", "between": [2, 3]}]})),
+    );
+    assert_eq!(users(&body), [7, 6, 5]);
+    let (_, body) = post(&server, "viewer", &spec(json!({"audience": "men"})));
+    assert_eq!(users(&body), [4, 3, 2]);
+    // The same funnel in SQL, through window_funnel itself.
+    let sql = server
+        .client("analyst")
+        .post(format!("{}/api/query/sql", server.base))
+        .json(
+            &json!({"sql": "SELECT cardinality(window_funnel(604800000000, 'strict_order', \
+            event_time, event_name = 'view_item', event_name = 'add_to_cart', \
+            event_name = 'purchase')) AS level, count(*) AS people FROM events \
+            WHERE user_id IS NOT NULL GROUP BY user_id ORDER BY level"}),
+        )
+        .send()
+        .expect("sql");
+    assert_eq!(sql.status().as_u16(), 200);
+    let sql: Value = sql.json().expect("json");
+    let levels: Vec<i64> = sql["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["level"].as_i64().expect("level"))
+        .collect();
+    // p8 0; p3, p4, p9 1; p2, p7 2; p1, p5, p6 3.
+    assert_eq!(levels, [0, 1, 1, 1, 2, 2, 3, 3, 3]);
+
+    // Bad requests: 400 naming the part at fault.
+    for (body, path) in [
+        (spec(json!({"window": "7 fortnights"})), "window"),
+        (spec(json!({"window": "0d"})), "window"),
+        (spec(json!({"steps": []})), "steps"),
+        (
+            spec(
+                json!({"steps": [{"event": "view_item", "where": [{"field": "nope", "op": "eq", "value": 1}]}]}),
+            ),
+            "steps[0]",
+        ),
+        (
+            spec(json!({"exclude": [{"event": "purchase", "between": [2, 2]}]})),
+            "exclude[0].between",
+        ),
+        (spec(json!({"breakdown": "orders.amount"})), "breakdown"),
+        (spec(json!({"breakdown": "users.phone"})), "breakdown"),
+        (spec(json!({"from": "2026-11-21"})), "from"),
+    ] {
+        let (status, answer) = post(&server, "viewer", &body);
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert!(
+            answer["error"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(path)),
+            "{path}: {answer}"
+        );
+    }
+    for body in [
+        spec(json!({"mode": {"strict_ordr": true}})),
+        spec(json!({"steps": "view_item"})),
+        json!({"window": "7d"}),
+    ] {
+        let (status, answer) = post(&server, "viewer", &body);
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert!(answer["error"]["message"].is_string(), "{answer}");
+    }
+    let (status, answer) = post(&server, "viewer", &spec(json!({"audience": "nobody"})));
+    assert!(matches!(status, 400 | 404), "{status} {answer}");
+    let anonymous = reqwest::blocking::Client::new()
+        .post(format!("{}/api/reports/funnel", server.base))
+        .json(&spec(json!({})))
+        .send()
+        .expect("request");
+    assert_eq!(anonymous.status().as_u16(), 401);
+}
+
+#[test]
+#[ignore = "needs chdb and deltalake; ./scripts/test installs them and runs this"]
+fn funnels_match_clickhouse_window_funnel_on_the_demo_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = dir.path().join("sample");
+    let manifest = demo_data(&sample, 3000, 7);
+    let wh = dir.path().join("wh");
+    ingest_sample(&wh, &sample, &manifest, true);
+    json_ok(&shoal(&wh, &["build", "--json", "--as-of", "2026-11-20"]));
+    let steps = ["view_item", "add_to_cart", "purchase"];
+    for (window, modes) in [
+        ("7d", vec![]),
+        ("1d", vec!["strict_order"]),
+        ("1d", vec!["strict_increase"]),
+        ("1d", vec!["strict_deduplication"]),
+        (
+            "2h",
+            vec!["strict_order", "strict_increase", "strict_deduplication"],
+        ),
+    ] {
+        let mode = modes.join(",");
+        let mut args = vec![
+            "report",
+            "funnel",
+            "--steps",
+            "view_item,add_to_cart,purchase",
+            "--window",
+            window,
+            "--from",
+            "2026-08-23",
+            "--to",
+            "2026-11-20",
+            "--json",
+        ];
+        if !mode.is_empty() {
+            args.extend(["--mode", &mode]);
+        }
+        let ours = json_ok(&shoal(&wh, &args));
+        let window_us = ours["window_seconds"].as_i64().expect("window") * 1_000_000;
+        let request = json!({"steps": steps, "window_us": window_us, "modes": modes,
+            "from": "2026-08-23", "to": "2026-11-20"});
+        let out = std::process::Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/funnel_chdb.py"
+            ))
+            .arg(wh.join("events"))
+            .arg(request.to_string())
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let theirs: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let theirs: Vec<u64> = theirs["reached"]
+            .as_array()
+            .expect("reached")
+            .iter()
+            .map(|v| v.as_u64().expect("count"))
+            .collect();
+        assert!(
+            theirs[0] > 1000 && theirs[2] > 0,
+            "a funnel worth comparing: {theirs:?}"
+        );
+        assert_eq!(users(&ours), theirs, "{window} {modes:?}");
+    }
+}
