@@ -127,56 +127,82 @@ impl Event {
 /// row by descending step, so one row matching several steps advances a chain at most one
 /// step while distinct events logged at the same instant advance in step order.
 pub fn deepest_chain(events: &mut [Event], steps: usize, window: i64, modes: Modes) -> Vec<i64> {
-    events.sort_unstable_by(|a, b| {
-        (a.time, a.row)
-            .cmp(&(b.time, b.row))
-            .then(b.step.cmp(&a.step))
-    });
-    // reached[k]: (start, step times) of the latest chain to reach step k + 1.
-    let mut reached: Vec<Option<(i64, Vec<i64>)>> = vec![None; steps];
-    let mut started = false;
-    let path_to = |reached: &[Option<(i64, Vec<i64>)>], level: usize| -> Vec<i64> {
-        match level.checked_sub(1).and_then(|i| reached.get(i)?.as_ref()) {
-            Some((_, path)) => path.clone(),
-            None => Vec::new(),
+    Walk::new(steps).run(events, window, modes).to_vec()
+}
+
+/// The scratch space of a walk, reused from person to person.
+#[derive(Debug)]
+pub struct Walk {
+    steps: usize,
+    /// Row k: the step times of the latest chain to reach step k + 1 (its first k + 1).
+    paths: Vec<i64>,
+    reached: Vec<bool>,
+}
+
+impl Walk {
+    pub fn new(steps: usize) -> Walk {
+        Walk {
+            steps,
+            paths: vec![0; steps * steps],
+            reached: vec![false; steps],
         }
-    };
-    for event in events.iter() {
-        let (time, step) = (event.time, usize::from(event.step));
-        if step == 0 || step > steps {
-            if modes.strict_order && started {
+    }
+
+    fn path(&self, level: usize) -> &[i64] {
+        match level.checked_sub(1) {
+            Some(k) => &self.paths[k * self.steps..k * self.steps + level],
+            None => &[],
+        }
+    }
+
+    /// The step times of the deepest chain of `events` (see [`deepest_chain`]).
+    pub fn run(&mut self, events: &mut [Event], window: i64, modes: Modes) -> &[i64] {
+        let steps = self.steps;
+        events.sort_unstable_by(|a, b| {
+            (a.time, a.row)
+                .cmp(&(b.time, b.row))
+                .then(b.step.cmp(&a.step))
+        });
+        self.reached.fill(false);
+        let mut started = false;
+        for event in events.iter() {
+            let (time, step) = (event.time, usize::from(event.step));
+            if step == 0 || step > steps {
+                if modes.strict_order && started {
+                    break;
+                }
+            } else if step == 1 {
+                self.reached[0] = true;
+                self.paths[0] = time;
+                started = true;
+            } else if modes.strict_deduplication && self.reached[step - 1] {
+                // A step already reached again: stop.
                 break;
-            }
-        } else if step == 1 {
-            reached[0] = Some((time, vec![time]));
-            started = true;
-        } else if modes.strict_deduplication && reached[step - 1].is_some() {
-            // A step already reached again: stop.
-            break;
-        } else if modes.strict_order && started && reached[step - 2].is_none() {
-            // A step out of order: stop.
-            break;
-        } else if let Some((start, path)) = &reached[step - 2] {
-            let previous = path.last().copied().unwrap_or(*start);
-            let mut in_time = time <= start.saturating_add(window);
-            if modes.strict_increase {
-                in_time = in_time && previous < time;
-            }
-            if in_time {
-                let mut path = path.clone();
-                path.push(time);
-                reached[step - 1] = Some((*start, path));
-                if step == steps {
-                    return path_to(&reached, steps);
+            } else if modes.strict_order && started && !self.reached[step - 2] {
+                // A step out of order: stop.
+                break;
+            } else if self.reached[step - 2] {
+                let from = (step - 2) * steps;
+                let start = self.paths[from];
+                let previous = self.paths[from + step - 2];
+                let mut in_time = time <= start.saturating_add(window);
+                if modes.strict_increase {
+                    in_time = in_time && previous < time;
+                }
+                if in_time {
+                    let to = (step - 1) * steps;
+                    self.paths.copy_within(from..from + step - 1, to);
+                    self.paths[to + step - 1] = time;
+                    self.reached[step - 1] = true;
+                    if step == steps {
+                        return self.path(steps);
+                    }
                 }
             }
         }
+        let deepest = self.reached.iter().rposition(|r| *r).map_or(0, |k| k + 1);
+        self.path(deepest)
     }
-    let deepest = reached
-        .iter()
-        .rposition(Option::is_some)
-        .map_or(0, |k| k + 1);
-    path_to(&reached, deepest)
 }
 
 /// `window_funnel(window, 'modes', event_time, step1, …, stepN[, exclusion1, …])`: the step
@@ -303,7 +329,13 @@ impl FunnelConfig {
 
     /// A person's chain, or None when an exclusion event falls inside it.
     pub fn chain(&self, events: &mut [Event]) -> Option<Vec<i64>> {
-        let chain = deepest_chain(events, self.steps, self.window, self.modes);
+        let mut walk = Walk::new(self.steps);
+        self.chain_in(&mut walk, events).map(<[i64]>::to_vec)
+    }
+
+    /// [`FunnelConfig::chain`] in a reused walk.
+    pub fn chain_in<'w>(&self, walk: &'w mut Walk, events: &mut [Event]) -> Option<&'w [i64]> {
+        let chain = walk.run(events, self.window, self.modes);
         for (j, &(after, before)) in self.exclusions.iter().enumerate() {
             let Some(&lower) = chain.get(after - 1) else {
                 continue;
@@ -580,11 +612,12 @@ impl GroupsAccumulator for FunnelGroups {
         let mut offsets = vec![0i32];
         let mut values = Vec::new();
         let mut valid = Vec::with_capacity(taken.len());
+        let mut walk = Walk::new(self.config.steps);
         for mut events in taken {
             self.events -= events.len();
-            let chain = self.config.chain(&mut events);
+            let chain = self.config.chain_in(&mut walk, &mut events);
             valid.push(chain.is_some());
-            values.extend(chain.unwrap_or_default());
+            values.extend_from_slice(chain.unwrap_or_default());
             offsets.push(values.len() as i32);
         }
         Ok(Arc::new(ListArray::new(
@@ -627,16 +660,33 @@ impl GroupsAccumulator for FunnelGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> DfResult<Vec<ArrayRef>> {
         let rows = values.first().map_or(0, |v| v.len());
-        let mut per_row: Vec<Vec<Event>> = vec![Vec::new(); rows];
+        let mut offsets: Vec<i32> = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        let mut times = Vec::with_capacity(rows);
+        let mut codes = Vec::with_capacity(rows);
         step_events(values, self.config.modes.strict_order, |row, event| {
             if kept(opt_filter, row) {
-                per_row[row].push(event);
+                // Close the lists of the rows before this one.
+                while offsets.len() <= row {
+                    offsets.push(times.len() as i32);
+                }
+                times.push(event.time);
+                codes.push(event.code());
             }
         })?;
-        Ok(vec![
-            lists(per_row.iter().map(Vec::as_slice), |e| e.time),
-            lists(per_row.iter().map(Vec::as_slice), |e| e.code()),
-        ])
+        while offsets.len() <= rows {
+            offsets.push(times.len() as i32);
+        }
+        let offsets = OffsetBuffer::new(offsets.into());
+        let list = |values: Vec<i64>| -> ArrayRef {
+            Arc::new(ListArray::new(
+                Arc::new(Field::new_list_field(DataType::Int64, true)),
+                offsets.clone(),
+                Arc::new(Int64Array::from(values)),
+                None,
+            ))
+        };
+        Ok(vec![list(times), list(codes)])
     }
 
     fn size(&self) -> usize {
@@ -816,6 +866,7 @@ mod tests {
         use arrow::datatypes::Schema;
         use arrow::record_batch::RecordBatch;
         use datafusion::datasource::MemTable;
+        use datafusion::prelude::SessionConfig;
 
         let schema = Arc::new(Schema::new(vec![
             Field::new("user_id", DataType::UInt32, false),
@@ -829,7 +880,7 @@ mod tests {
             &[(1, 0, "a"), (2, 10, "b"), (4, 5, "x")],
             &[(1, 10, "b"), (2, 500, "c"), (3, 5, "a"), (4, 10, "b")],
         ];
-        let partitions = rows
+        let partitions: Vec<Vec<RecordBatch>> = rows
             .iter()
             .map(|rows| {
                 let batch = RecordBatch::try_new(
@@ -841,77 +892,94 @@ mod tests {
                     ],
                 )
                 .expect("batch");
-                vec![batch]
+                // Batches of two rows, so a partial aggregation can decide to skip after
+                // the first.
+                (0..batch.num_rows())
+                    .step_by(2)
+                    .map(|i| batch.slice(i, 2.min(batch.num_rows() - i)))
+                    .collect()
             })
             .collect();
-        let ctx = SessionContext::new();
-        register(&ctx);
-        ctx.register_table(
-            "ev",
-            Arc::new(MemTable::try_new(schema, partitions).expect("table")),
-        )
-        .expect("register");
-        let levels = |sql: String| {
-            let ctx = ctx.clone();
-            async move {
-                let batches = ctx
-                    .sql(&sql)
-                    .await
-                    .expect("plan")
-                    .collect()
-                    .await
-                    .expect("run");
-                let mut out = Vec::new();
-                for batch in batches {
-                    let users = batch
-                        .column(0)
-                        .as_primitive::<arrow::datatypes::UInt32Type>();
-                    let chains = batch.column(1).as_list::<i32>();
-                    for row in 0..batch.num_rows() {
-                        let level = (!chains.is_null(row)).then(|| chains.value(row).len());
-                        out.push((users.value(row), level));
+        // Once with partial aggregation, once skipping it (each row converted to a state).
+        let skipping = SessionConfig::new()
+            .set_usize(
+                "datafusion.execution.skip_partial_aggregation_probe_rows_threshold",
+                1,
+            )
+            .set_str(
+                "datafusion.execution.skip_partial_aggregation_probe_ratio_threshold",
+                "0.0",
+            );
+        for config in [SessionConfig::new(), skipping.clone()] {
+            let ctx = SessionContext::new_with_config(config);
+            register(&ctx);
+            ctx.register_table(
+                "ev",
+                Arc::new(MemTable::try_new(schema.clone(), partitions.clone()).expect("table")),
+            )
+            .expect("register");
+            let levels = |sql: String| {
+                let ctx = ctx.clone();
+                async move {
+                    let batches = ctx
+                        .sql(&sql)
+                        .await
+                        .expect("plan")
+                        .collect()
+                        .await
+                        .expect("run");
+                    let mut out = Vec::new();
+                    for batch in batches {
+                        let users = batch
+                            .column(0)
+                            .as_primitive::<arrow::datatypes::UInt32Type>();
+                        let chains = batch.column(1).as_list::<i32>();
+                        for row in 0..batch.num_rows() {
+                            let level = (!chains.is_null(row)).then(|| chains.value(row).len());
+                            out.push((users.value(row), level));
+                        }
                     }
+                    out.sort_unstable();
+                    out
                 }
-                out.sort_unstable();
-                out
-            }
-        };
-        let steps = "name = 'a', name = 'b', name = 'c'";
-        assert_eq!(
-            levels(format!(
-                "SELECT user_id, window_funnel(100, '', t, {steps}) FROM ev GROUP BY user_id"
-            ))
-            .await,
-            vec![(1, Some(3)), (2, Some(2)), (3, Some(1)), (4, Some(2))]
-        );
-        assert_eq!(
-            levels(format!(
-                "SELECT user_id, window_funnel(100, 'strict_order', t, {steps}) FROM ev \
+            };
+            let steps = "name = 'a', name = 'b', name = 'c'";
+            assert_eq!(
+                levels(format!(
+                    "SELECT user_id, window_funnel(100, '', t, {steps}) FROM ev GROUP BY user_id"
+                ))
+                .await,
+                vec![(1, Some(3)), (2, Some(2)), (3, Some(1)), (4, Some(2))]
+            );
+            assert_eq!(
+                levels(format!(
+                    "SELECT user_id, window_funnel(100, 'strict_order', t, {steps}) FROM ev \
                  GROUP BY user_id"
-            ))
-            .await,
-            vec![(1, Some(3)), (2, Some(2)), (3, Some(1)), (4, Some(1))]
-        );
-        assert_eq!(
-            levels(format!(
-                "SELECT user_id, window_funnel(100, 'exclude:1-3', t, {steps}, name = 'x') \
+                ))
+                .await,
+                vec![(1, Some(3)), (2, Some(2)), (3, Some(1)), (4, Some(1))]
+            );
+            assert_eq!(
+                levels(format!(
+                    "SELECT user_id, window_funnel(100, 'exclude:1-3', t, {steps}, name = 'x') \
                  FROM ev GROUP BY user_id"
-            ))
-            .await,
-            vec![(1, Some(3)), (2, Some(2)), (3, Some(1)), (4, None)]
-        );
-        let refused = ctx
-            .sql(&format!(
-                "SELECT window_funnel(0, '', t, {steps}) FROM ev GROUP BY user_id"
-            ))
-            .await;
-        let refused = match refused {
-            Ok(frame) => frame.collect().await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        assert!(
-            refused.is_err_and(|e| e.to_string().contains("positive")),
-            "a zero window is refused"
-        );
+                ))
+                .await,
+                vec![(1, Some(3)), (2, Some(2)), (3, Some(1)), (4, None)]
+            );
+            let refused = ctx
+                .sql(&format!(
+                    "SELECT window_funnel(0, '', t, {steps}) FROM ev GROUP BY user_id"
+                ))
+                .await;
+            let refused = match refused {
+                Ok(frame) => frame.collect().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            assert!(
+                refused.is_err_and(|e| e.to_string().contains("positive")),
+                "a zero window is refused"
+            );
+        }
     }
 }
