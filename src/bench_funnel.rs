@@ -82,6 +82,7 @@ async fn synthetic_events(catalog: &Catalog, events: u64, users: u32) -> AppResu
         .ok_or_else(|| fail("last day"))?;
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).ok_or_else(|| fail("epoch"))?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let now = chrono::Utc::now().timestamp_micros();
     let mut people = catalog.table("users").await?;
     let schema = people.schema()?;
     let chunk = 1_000_000u32;
@@ -101,6 +102,11 @@ async fn synthetic_events(catalog: &Catalog, events: u64, users: u32) -> AppResu
                     Arc::new(Int64Array::from_iter_values((start..end).map(i64::from))) as ArrayRef,
                 ),
                 ("gender", Arc::new(StringArray::from(marks)) as ArrayRef),
+                (
+                    "updated_at",
+                    Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"))
+                        as ArrayRef,
+                ),
             ]),
         )?);
     }
@@ -163,6 +169,17 @@ async fn synthetic_events(catalog: &Catalog, events: u64, users: u32) -> AppResu
                         TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
                             .with_timezone("UTC"),
                     ) as ArrayRef,
+                ),
+                (
+                    "received_at",
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))
+                            .with_timezone("UTC"),
+                    ) as ArrayRef,
+                ),
+                (
+                    "source",
+                    Arc::new(StringArray::from(vec!["bench"; n])) as ArrayRef,
                 ),
                 (
                     "event_date",

@@ -437,6 +437,45 @@ pub enum ReportCommand {
     /// People per step of ordered events within a conversion window (ClickHouse
     /// windowFunnel semantics), conversion between steps and median time between them.
     Funnel(FunnelArgs),
+    /// Of the people who did an event (first time ever, or in a period) or are in a pack,
+    /// how many came back 0, 1, … days or weeks later.
+    Retention(RetentionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// The cohort event (e.g. purchase); or --audience.
+    #[arg(long)]
+    pub cohort: Option<String>,
+    /// A pack whose members form one cohort starting on --from.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// The return event (default: any event).
+    #[arg(long = "return")]
+    pub returning: Option<String>,
+    /// day or week (Monday weeks).
+    #[arg(long, default_value = "day")]
+    pub period: String,
+    /// Periods after the cohort's (default 7 days or 8 weeks).
+    #[arg(long)]
+    pub periods: Option<u32>,
+    /// first_time (cohort of a person's first cohort event) or recurring (every period
+    /// with one).
+    #[arg(long, default_value = "first_time")]
+    pub kind: String,
+    /// The whole request as JSON (events with filters): a file, or - for stdin; flags given
+    /// too override it.
+    #[arg(long)]
+    pub spec: Option<String>,
+    /// First day of the cohorts (default: 29 days before --to).
+    #[arg(long)]
+    pub from: Option<chrono::NaiveDate>,
+    /// Last day of the cohorts (default: today in the catalog's zone).
+    #[arg(long)]
+    pub to: Option<chrono::NaiveDate>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

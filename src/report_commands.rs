@@ -1,4 +1,4 @@
-//! `shoal report` and the report API: funnels.
+//! `shoal report` and the report API: funnels and retention.
 
 use std::io::Write;
 
@@ -9,8 +9,9 @@ use serde_json::Value;
 use shoal_catalog::{Catalog, Role};
 use shoal_query::Engine;
 use shoal_reports::funnel::{self, Exclusion, FunnelResult, FunnelSpec, Step, StepResult};
+use shoal_reports::retention::{self, EventSpec, RetentionResult, RetentionSpec};
 
-use crate::cli::{FunnelArgs, ReportCommand};
+use crate::cli::{FunnelArgs, ReportCommand, RetentionArgs};
 use crate::error::{AppError, AppResult};
 use crate::serve::AppState;
 use crate::tokens::Caller;
@@ -33,7 +34,104 @@ pub async fn command(catalog: &Catalog, command: &ReportCommand) -> AppResult<()
             }
             Ok(())
         }
+        ReportCommand::Retention(args) => {
+            let spec = retention_spec(args)?;
+            let engine = Engine::new(Default::default());
+            let session = engine.session(catalog).await?;
+            let result = retention::run(&session, &spec, Role::Admin, None).await?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                let text = serde_json::to_string(&result)
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
+                writeln!(out, "{text}").map_err(io)?;
+            } else {
+                write_retention(&mut out, &result).map_err(io)?;
+            }
+            Ok(())
+        }
     }
+}
+
+fn read_spec<T: serde::de::DeserializeOwned>(file: &str) -> AppResult<T> {
+    let bytes = if file == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .map_err(|e| AppError::BadRequest(format!("stdin: {e}")))?;
+        bytes
+    } else {
+        std::fs::read(file).map_err(|e| AppError::BadRequest(format!("{file}: {e}")))?
+    };
+    serde_json::from_slice(&bytes).map_err(|e| AppError::BadRequest(format!("{file}: {e}")))
+}
+
+/// The request of `shoal report retention`: a JSON spec, with flags on top.
+fn retention_spec(args: &RetentionArgs) -> AppResult<RetentionSpec> {
+    let mut spec = match &args.spec {
+        Some(file) => read_spec::<RetentionSpec>(file)?,
+        None => RetentionSpec {
+            cohort: None,
+            audience: None,
+            returning: None,
+            period: Default::default(),
+            periods: None,
+            kind: Default::default(),
+            from: None,
+            to: None,
+        },
+    };
+    let event = |name: &String| EventSpec {
+        event: name.clone(),
+        filters: Vec::new(),
+    };
+    if let Some(cohort) = &args.cohort {
+        spec.cohort = Some(event(cohort));
+    }
+    if let Some(returning) = &args.returning {
+        spec.returning = Some(event(returning));
+    }
+    if args.audience.is_some() {
+        spec.audience = args.audience.clone();
+    }
+    if args.spec.is_none() || args.period != "day" {
+        spec.period = serde_json::from_value(Value::String(args.period.clone()))
+            .map_err(|_| AppError::BadRequest(format!("--period {}: day or week", args.period)))?;
+    }
+    if args.spec.is_none() || args.kind != "first_time" {
+        spec.kind = serde_json::from_value(Value::String(args.kind.clone())).map_err(|_| {
+            AppError::BadRequest(format!("--kind {}: first_time or recurring", args.kind))
+        })?;
+    }
+    spec.periods = args.periods.or(spec.periods);
+    spec.from = args.from.or(spec.from);
+    spec.to = args.to.or(spec.to);
+    Ok(spec)
+}
+
+fn write_retention(out: &mut impl Write, result: &RetentionResult) -> std::io::Result<()> {
+    let unit = match result.period {
+        retention::Period::Day => "day",
+        retention::Period::Week => "week",
+    };
+    write!(out, "{:<12} {:>8}", "cohort", "people")?;
+    for k in 0..=result.periods {
+        write!(out, " {:>7}", format!("{unit} {k}"))?;
+    }
+    writeln!(out)?;
+    for row in &result.cohorts {
+        write!(out, "{:<12} {:>8}", row.cohort.to_string(), row.size)?;
+        for rate in &row.rates {
+            write!(out, " {:>6.1}%", rate * 100.0)?;
+        }
+        writeln!(out)?;
+    }
+    write!(out, "{:<12} {:>8}", "average", "")?;
+    for rate in &result.average {
+        match rate {
+            Some(r) => write!(out, " {:>6.1}%", r * 100.0)?,
+            None => write!(out, " {:>7}", "-")?,
+        }
+    }
+    writeln!(out)
 }
 
 fn io(e: std::io::Error) -> AppError {
@@ -43,18 +141,7 @@ fn io(e: std::io::Error) -> AppError {
 /// The request of `shoal report funnel`: a JSON spec, with flags on top.
 fn funnel_spec(args: &FunnelArgs) -> AppResult<FunnelSpec> {
     let mut spec = match &args.spec {
-        Some(file) => {
-            let bytes = if file == "-" {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
-                    .map_err(|e| AppError::BadRequest(format!("stdin: {e}")))?;
-                bytes
-            } else {
-                std::fs::read(file).map_err(|e| AppError::BadRequest(format!("{file}: {e}")))?
-            };
-            serde_json::from_slice::<FunnelSpec>(&bytes)
-                .map_err(|e| AppError::BadRequest(format!("{file}: {e}")))?
-        }
+        Some(file) => read_spec::<FunnelSpec>(file)?,
         None => FunnelSpec {
             steps: Vec::new(),
             window: "7d".into(),
@@ -198,6 +285,23 @@ pub async fn funnel_route(
     let catalog = state.catalog.read().await.clone();
     let session = state.engine.session(&catalog).await?;
     let result = funnel::run(&session, &spec, caller.role, None).await?;
+    serde_json::to_value(result)
+        .map(Json)
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
+
+/// `POST /api/reports/retention`: a [`RetentionSpec`] → cohorts with people retained per
+/// period. Every role may run reports.
+pub async fn retention_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let spec: RetentionSpec = serde_json::from_slice(&body)
+        .map_err(|e| AppError::BadRequest(format!("request body: {e}")))?;
+    let catalog = state.catalog.read().await.clone();
+    let session = state.engine.session(&catalog).await?;
+    let result = retention::run(&session, &spec, caller.role, None).await?;
     serde_json::to_value(result)
         .map(Json)
         .map_err(|e| AppError::Internal(e.to_string()))

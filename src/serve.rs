@@ -73,6 +73,10 @@ pub fn app(state: AppState) -> Router {
             "/api/reports/funnel",
             post(crate::report_commands::funnel_route),
         )
+        .route(
+            "/api/reports/retention",
+            post(crate::report_commands::retention_route),
+        )
         .route("/api/tables", get(tables))
         .route("/api/whoami", get(crate::tokens::whoami_route))
         .route(

@@ -1,3 +1,4 @@
 //! Reports: funnels over the events, computed by DataFusion aggregates.
 
 pub mod funnel;
+pub mod retention;

@@ -418,3 +418,200 @@ fn funnels_match_clickhouse_window_funnel_on_the_demo_data() {
         assert_eq!(users(&ours), theirs, "{window} {modes:?}");
     }
 }
+
+/// People and their events (days of November 2026, 10:00 in Beijing):
+///
+/// | who | view_item      | purchase          |
+/// |-----|----------------|-------------------|
+/// | r1  | 10             | 11, 13            |
+/// | r2  | 10, 12         |                   |
+/// | r3  | 11             | 11, 12            |
+/// | r4  | 8, 11          | 12                |
+/// | r5  |                | 10                |
+fn retention_world(dir: &Path) -> PathBuf {
+    let wh = dir.join("wh");
+    let people: [(&str, &[u32], &[u32]); 5] = [
+        ("r1", &[10], &[11, 13]),
+        ("r2", &[10, 12], &[]),
+        ("r3", &[11], &[11, 12]),
+        ("r4", &[8, 11], &[12]),
+        ("r5", &[], &[10]),
+    ];
+    let mut lines = Vec::new();
+    for (who, views, purchases) in people {
+        lines.push(
+            json!({"type": "identify", "messageId": format!("i-{who}"), "userId": who,
+            "timestamp": "2026-11-01T02:00:00Z", "traits": {}}),
+        );
+        for (event, days) in [("view_item", views), ("purchase", purchases)] {
+            for day in days {
+                lines.push(
+                    json!({"type": "track", "messageId": format!("{who}-{event}-{day}"),
+                    "userId": who, "event": event,
+                    "timestamp": format!("2026-11-{day:02}T02:00:00Z"), "properties": {}}),
+                );
+            }
+        }
+    }
+    let file = dir.join("events.jsonl");
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&file, text.join("\n") + "\n").expect("write");
+    ingest_segment(&wh, &file);
+    json_ok(&shoal(&wh, &["build", "--json", "--as-of", "2026-11-20"]));
+    wh
+}
+
+fn cohorts(result: &Value) -> Vec<(String, u64, Vec<u64>)> {
+    result["cohorts"]
+        .as_array()
+        .expect("cohorts")
+        .iter()
+        .map(|c| {
+            (
+                c["cohort"].as_str().expect("cohort").to_string(),
+                c["size"].as_u64().expect("size"),
+                c["retained"]
+                    .as_array()
+                    .expect("retained")
+                    .iter()
+                    .map(|n| n.as_u64().expect("n"))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn retention_counts_hand_made_cohorts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = retention_world(dir.path());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "report",
+            "retention",
+            "--return",
+            "purchase",
+            "--periods",
+            "3",
+            "--from",
+            "2026-11-10",
+            "--to",
+            "2026-11-11",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_ok(&shoal(&wh, &args))
+    };
+    let own = |s: &str| s.to_string();
+    // First time: 11-10 is r1 and r2 (r1 buys a day and three days later); 11-11 is r3 only
+    // (r4 first viewed on 11-08).
+    let first = run(&["--cohort", "view_item"]);
+    assert_eq!(
+        cohorts(&first),
+        [
+            (own("2026-11-10"), 2, vec![0, 1, 0, 1]),
+            (own("2026-11-11"), 1, vec![1, 1, 0, 0])
+        ]
+    );
+    assert_eq!(
+        first["average"],
+        json!([1.0 / 3.0, 2.0 / 3.0, 0.0, 1.0 / 3.0])
+    );
+    // Recurring: r4's view on 11-11 puts it in that cohort; it buys the next day.
+    let recurring = run(&["--cohort", "view_item", "--kind", "recurring"]);
+    assert_eq!(
+        cohorts(&recurring),
+        [
+            (own("2026-11-10"), 2, vec![0, 1, 0, 1]),
+            (own("2026-11-11"), 2, vec![1, 2, 0, 0])
+        ]
+    );
+    // Weeks (Monday 11-09): r1, r2, r3 first viewed that week; any event brings them back in
+    // week 0, none in week 1.
+    let weeks = json_ok(&shoal(
+        &wh,
+        &[
+            "report",
+            "retention",
+            "--cohort",
+            "view_item",
+            "--period",
+            "week",
+            "--periods",
+            "1",
+            "--from",
+            "2026-11-09",
+            "--to",
+            "2026-11-15",
+            "--json",
+        ],
+    ));
+    assert_eq!(cohorts(&weeks), [(own("2026-11-09"), 3, vec![3, 0])]);
+
+    // An audience's members as one cohort from 11-11: r1 buys on 11-11 and 11-13, r3 on 11-11
+    // and 11-12.
+    json_ok(&shoal(
+        &wh,
+        &[
+            "audience",
+            "create",
+            "r1_r3",
+            "--sql",
+            "SELECT user_id FROM users WHERE login_id IN ('r1', 'r3')",
+            "--json",
+        ],
+    ));
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
+    let post = |body: Value| {
+        let response = server
+            .client("viewer")
+            .post(format!("{}/api/reports/retention", server.base))
+            .json(&body)
+            .send()
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().expect("json"))
+    };
+    let (status, body) = post(json!({"audience": "r1_r3", "return": {"event": "purchase"},
+        "periods": 3, "from": "2026-11-11", "to": "2026-11-11"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cohorts(&body), [(own("2026-11-11"), 2, vec![2, 1, 1, 0])]);
+    // The API agrees with the CLI.
+    let (_, body) = post(
+        json!({"cohort": {"event": "view_item"}, "return": {"event": "purchase"},
+        "periods": 3, "from": "2026-11-10", "to": "2026-11-11"}),
+    );
+    assert_eq!(cohorts(&body), cohorts(&first));
+
+    for (body, path) in [
+        (
+            json!({"cohort": {"event": "view_item"}, "audience": "r1_r3"}),
+            "audience",
+        ),
+        (json!({"periods": 3}), "cohort"),
+        (
+            json!({"cohort": {"event": "view_item"}, "periods": 1000}),
+            "periods",
+        ),
+        (
+            json!({"cohort": {"event": "view_item", "where": [{"field": "nope", "op": "eq", "value": 1}]}}),
+            "cohort",
+        ),
+        (
+            json!({"cohort": {"event": "view_item"}, "from": "2026-11-12", "to": "2026-11-11"}),
+            "from",
+        ),
+    ] {
+        let (status, answer) = post(body.clone());
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert!(
+            answer["error"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(path)),
+            "{path}: {answer}"
+        );
+    }
+    let (status, answer) = post(json!({"cohort": {"event": "view_item"}, "period": "month"}));
+    assert_eq!(status, 400, "{answer}");
+}
