@@ -44,14 +44,19 @@ fn fail(e: impl std::fmt::Display) -> AppError {
 
 /// chDB's windowFunnel over the events table's files, all people and the pack's members.
 const CHDB_SCRIPT: &str = r#"
-import json, sys, time, chdb
+import glob, json, sys, time, chdb
 from chdb import session
 from deltalake import DeltaTable
 warehouse, steps, window, runs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-files = [f.replace("file://", "") for f in DeltaTable(f"{warehouse}/events").file_uris()]
-users = [f.replace("file://", "") for f in DeltaTable(f"{warehouse}/users").file_uris()]
-def listed(fs):
-    return "{" + ",".join(fs) + "}" if len(fs) > 1 else fs[0]
+def current(table, pattern):
+    # The tables are written once, so their folders hold exactly the current files.
+    files = {f.replace("file://", "") for f in DeltaTable(f"{warehouse}/{table}").file_uris()}
+    found = set(glob.glob(f"{warehouse}/{table}/{pattern}"))
+    if files != found:
+        raise SystemExit(f"{table}: the folder holds other files than the table's")
+    return f"{warehouse}/{table}/{pattern}"
+files = current("events", "event_date=*/*.parquet")
+users = current("users", "*.parquet")
 s = session.Session()
 s.query("SET max_threads = 2")
 conds = ", ".join(f"event_name = '{x}'" for x in steps)
@@ -59,9 +64,9 @@ names = ", ".join(f"'{x}'" for x in steps)
 counts = ", ".join(f"countIf(level >= {k})" for k in range(1, len(steps) + 1))
 def query(extra):
     return (f"SELECT {counts} FROM (SELECT user_id, windowFunnel({window})(toUInt64(toUnixTimestamp64Micro(event_time)), {conds}) AS level "
-            f"FROM file('{listed(files)}', Parquet) WHERE event_name IN ({names}){extra} GROUP BY user_id)")
+            f"FROM file('{files}', Parquet) WHERE event_name IN ({names}){extra} GROUP BY user_id)")
 out = {}
-member = f" AND user_id IN (SELECT user_id FROM file('{listed(users)}', Parquet) WHERE gender = 'in_pack')"
+member = f" AND user_id IN (SELECT user_id FROM file('{users}', Parquet) WHERE gender = 'female')"
 for name, extra in (("all", ""), ("audience", member)):
     q = query(extra)
     result = str(s.query(q, "CSV")).strip()
@@ -75,7 +80,7 @@ for name, extra in (("all", ""), ("audience", member)):
 print(json.dumps(out))
 "#;
 
-/// Writes `users` people (10% marked `in_pack`) and `events` events over `DAYS` days,
+/// Writes `users` people (10% of them women: the pack) and `events` events over `DAYS` days,
 /// sorted by person and time within each day as a build leaves them.
 async fn synthetic_events(catalog: &Catalog, events: u64, users: u32) -> AppResult<()> {
     let last = NaiveDate::from_ymd_opt(LAST_DAY.0, LAST_DAY.1, LAST_DAY.2)
@@ -91,7 +96,7 @@ async fn synthetic_events(catalog: &Catalog, events: u64, users: u32) -> AppResu
         let end = (start + chunk).min(users);
         let n = (end - start) as usize;
         let marks: Vec<&str> = (start..end)
-            .map(|u| if u % 10 == 3 { "in_pack" } else { "other" })
+            .map(|u| if u % 10 == 3 { "female" } else { "male" })
             .collect();
         batches.push(batch(
             &schema,
@@ -248,7 +253,7 @@ pub async fn funnel(
             time_zone: None,
             evaluated_at: None,
             source: SourceField {
-                conditions: Some(json!({"field": "gender", "op": "eq", "value": "in_pack"})),
+                conditions: Some(json!({"field": "gender", "op": "eq", "value": "female"})),
                 ..SourceField::default()
             },
         };

@@ -14,6 +14,7 @@ pub mod condition;
 pub mod count;
 mod error;
 pub mod fields;
+pub mod funnel_people;
 pub mod masking;
 pub mod session;
 mod tags;

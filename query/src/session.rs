@@ -88,6 +88,7 @@ impl Engine {
         let audiences = AudienceBitmaps::default();
         bitmap_functions::register(&ctx, audiences.clone());
         crate::window_funnel::register(&ctx);
+        crate::funnel_people::register(&ctx);
         Ok(Session {
             ctx,
             catalog: catalog.clone(),
@@ -283,6 +284,7 @@ impl Session {
             SessionContext::new_with_config_rt(self.ctx.copied_config(), self.ctx.runtime_env());
         bitmap_functions::register(&ctx, self.audiences.clone());
         crate::window_funnel::register(&ctx);
+        crate::funnel_people::register(&ctx);
         let [mask, hash] = crate::masking::udfs();
         let definition = self.catalog.definition();
         let mut hidden = Vec::new();

@@ -86,6 +86,16 @@ impl Modes {
 /// ends a chain).
 pub const OTHER: u8 = 0;
 
+/// Puts events in walking order: by time; among equal times, rows by their first step, and
+/// within a row by descending step.
+pub fn sort_events(events: &mut [Event]) {
+    events.sort_unstable_by(|a, b| {
+        (a.time, a.row)
+            .cmp(&(b.time, b.row))
+            .then(b.step.cmp(&a.step))
+    });
+}
+
 /// One event as a funnel sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
@@ -108,11 +118,11 @@ impl Event {
     }
 
     /// `step` and `row` in one number, for the aggregate's state.
-    fn code(self) -> i64 {
+    pub(crate) fn code(self) -> i64 {
         i64::from(self.row) << 8 | i64::from(self.step)
     }
 
-    fn from_code(time: i64, code: i64) -> Option<Event> {
+    pub(crate) fn from_code(time: i64, code: i64) -> Option<Event> {
         Some(Event {
             time,
             step: u8::try_from(code & 0xff).ok()?,
@@ -157,12 +167,13 @@ impl Walk {
 
     /// The step times of the deepest chain of `events` (see [`deepest_chain`]).
     pub fn run(&mut self, events: &mut [Event], window: i64, modes: Modes) -> &[i64] {
+        sort_events(events);
+        self.run_sorted(events, window, modes)
+    }
+
+    /// [`Walk::run`] over events already in walking order ([`sort_events`]).
+    pub fn run_sorted(&mut self, events: &[Event], window: i64, modes: Modes) -> &[i64] {
         let steps = self.steps;
-        events.sort_unstable_by(|a, b| {
-            (a.time, a.row)
-                .cmp(&(b.time, b.row))
-                .then(b.step.cmp(&a.step))
-        });
         self.reached.fill(false);
         let mut started = false;
         for event in events.iter() {
@@ -255,7 +266,12 @@ impl FunnelConfig {
         words.join(",")
     }
 
-    fn from_args(args: &AccumulatorArgs) -> DfResult<FunnelConfig> {
+    /// Reads the literal window and modes (the first two arguments); the step and
+    /// exclusion conditions start at argument `conditions_at`.
+    pub(crate) fn from_args(
+        args: &AccumulatorArgs,
+        conditions_at: usize,
+    ) -> DfResult<FunnelConfig> {
         let literal = |i: usize| -> DfResult<ScalarValue> {
             args.exprs
                 .get(i)
@@ -307,7 +323,7 @@ impl FunnelConfig {
                     .map_err(|e| DataFusionError::Plan(e.to_string()))?;
             }
         }
-        let conditions = args.exprs.len().saturating_sub(3);
+        let conditions = args.exprs.len().saturating_sub(conditions_at);
         let steps = conditions.saturating_sub(exclusions.len());
         if steps == 0 || steps > MAX_STEPS || exclusions.len() > MAX_STEPS {
             return Err(DataFusionError::Plan(format!(
@@ -335,7 +351,13 @@ impl FunnelConfig {
 
     /// [`FunnelConfig::chain`] in a reused walk.
     pub fn chain_in<'w>(&self, walk: &'w mut Walk, events: &mut [Event]) -> Option<&'w [i64]> {
-        let chain = walk.run(events, self.window, self.modes);
+        sort_events(events);
+        self.chain_sorted(walk, events)
+    }
+
+    /// [`FunnelConfig::chain`] of events already in walking order, in a reused walk.
+    pub fn chain_sorted<'w>(&self, walk: &'w mut Walk, events: &[Event]) -> Option<&'w [i64]> {
+        let chain = walk.run_sorted(events, self.window, self.modes);
         for (j, &(after, before)) in self.exclusions.iter().enumerate() {
             let Some(&lower) = chain.get(after - 1) else {
                 continue;
@@ -360,7 +382,7 @@ impl FunnelConfig {
     }
 }
 
-fn times_list() -> DataType {
+pub(crate) fn times_list() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true)))
 }
 
@@ -384,7 +406,7 @@ impl AggregateUDFImpl for WindowFunnel {
 
     fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
         Ok(Box::new(FunnelAccumulator {
-            config: FunnelConfig::from_args(&args)?,
+            config: FunnelConfig::from_args(&args, 3)?,
             events: Vec::new(),
         }))
     }
@@ -398,7 +420,7 @@ impl AggregateUDFImpl for WindowFunnel {
         args: AccumulatorArgs,
     ) -> DfResult<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(FunnelGroups {
-            config: FunnelConfig::from_args(&args)?,
+            config: FunnelConfig::from_args(&args, 3)?,
             groups: Vec::new(),
             events: 0,
         }))
@@ -420,19 +442,21 @@ impl AggregateUDFImpl for WindowFunnel {
     }
 }
 
-/// Each row's (time, step) pairs from an update batch's columns.
-fn step_events(
+/// Each row's events from an update batch's columns: the time at `time_at`, the conditions
+/// after it.
+pub(crate) fn step_events(
     values: &[ArrayRef],
+    time_at: usize,
     strict_order: bool,
     mut each: impl FnMut(usize, Event),
 ) -> DfResult<()> {
-    let Some(time) = values.get(2) else {
+    let Some(time) = values.get(time_at) else {
         return Err(DataFusionError::Internal("window_funnel arguments".into()));
     };
     let times = arrow::compute::cast(time, &DataType::Int64)?;
     let times = times.as_primitive::<Int64Type>();
-    let mut flags: Vec<&BooleanArray> = Vec::with_capacity(values.len() - 3);
-    for column in &values[3..] {
+    let mut flags: Vec<&BooleanArray> = Vec::with_capacity(values.len() - time_at - 1);
+    for column in &values[time_at + 1..] {
         flags.push(column.as_boolean_opt().ok_or_else(|| {
             DataFusionError::Plan("window_funnel step conditions must be true/false".into())
         })?);
@@ -465,24 +489,52 @@ fn step_events(
 }
 
 /// The events of a state's two lists at `row`.
-fn state_events(
-    times: &ListArray,
-    steps: &ListArray,
-    row: usize,
-    mut each: impl FnMut(Event),
-) -> DfResult<()> {
-    if times.is_null(row) || steps.is_null(row) {
-        return Ok(());
+/// A state batch's two lists, read without copying.
+struct StateRows<'a> {
+    times: &'a ListArray,
+    steps: &'a ListArray,
+    time_values: &'a [i64],
+    step_values: &'a [i64],
+}
+
+impl<'a> StateRows<'a> {
+    fn new(states: &'a [ArrayRef]) -> DfResult<StateRows<'a>> {
+        let (times, steps) = state_lists(states)?;
+        let (Some(time_values), Some(step_values)) = (
+            times.values().as_primitive_opt::<Int64Type>(),
+            steps.values().as_primitive_opt::<Int64Type>(),
+        ) else {
+            return Err(DataFusionError::Internal(
+                "window_funnel state lists are not of integers".into(),
+            ));
+        };
+        Ok(StateRows {
+            times,
+            steps,
+            time_values: time_values.values(),
+            step_values: step_values.values(),
+        })
     }
-    let t = times.value(row);
-    let s = steps.value(row);
-    let (t, s) = (t.as_primitive::<Int64Type>(), s.as_primitive::<Int64Type>());
-    for i in 0..t.len().min(s.len()) {
-        let event = Event::from_code(t.value(i), s.value(i))
-            .ok_or_else(|| DataFusionError::Internal("window_funnel state step".into()))?;
-        each(event);
+
+    fn len(&self) -> usize {
+        self.times.len()
     }
-    Ok(())
+
+    /// The events of row `row`.
+    fn each(&self, row: usize, mut each: impl FnMut(Event)) -> DfResult<()> {
+        if self.times.is_null(row) || self.steps.is_null(row) {
+            return Ok(());
+        }
+        let (t, s) = (self.times.value_offsets(), self.steps.value_offsets());
+        let times = &self.time_values[t[row] as usize..t[row + 1] as usize];
+        let steps = &self.step_values[s[row] as usize..s[row + 1] as usize];
+        for (&time, &code) in times.iter().zip(steps) {
+            let event = Event::from_code(time, code)
+                .ok_or_else(|| DataFusionError::Internal("window_funnel state step".into()))?;
+            each(event);
+        }
+        Ok(())
+    }
 }
 
 fn state_lists(states: &[ArrayRef]) -> DfResult<(&ListArray, &ListArray)> {
@@ -522,7 +574,7 @@ struct FunnelAccumulator {
 impl Accumulator for FunnelAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
         let events = &mut self.events;
-        step_events(values, self.config.modes.strict_order, |_, event| {
+        step_events(values, 2, self.config.modes.strict_order, |_, event| {
             events.push(event)
         })
     }
@@ -559,9 +611,9 @@ impl Accumulator for FunnelAccumulator {
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
-        let (times, steps) = state_lists(states)?;
-        for row in 0..times.len() {
-            state_events(times, steps, row, |e| self.events.push(e))?;
+        let rows = StateRows::new(states)?;
+        for row in 0..rows.len() {
+            rows.each(row, |e| self.events.push(e))?;
         }
         Ok(())
     }
@@ -582,7 +634,7 @@ impl FunnelGroups {
     }
 }
 
-fn kept(filter: Option<&BooleanArray>, row: usize) -> bool {
+pub(crate) fn kept(filter: Option<&BooleanArray>, row: usize) -> bool {
     filter.is_none_or(|f| f.is_valid(row) && f.value(row))
 }
 
@@ -597,7 +649,7 @@ impl GroupsAccumulator for FunnelGroups {
         self.grow(total_num_groups);
         let groups = &mut self.groups;
         let mut added = 0;
-        step_events(values, self.config.modes.strict_order, |row, event| {
+        step_events(values, 2, self.config.modes.strict_order, |row, event| {
             if kept(opt_filter, row) {
                 groups[group_indices[row]].push(event);
                 added += 1;
@@ -644,11 +696,11 @@ impl GroupsAccumulator for FunnelGroups {
         total_num_groups: usize,
     ) -> DfResult<()> {
         self.grow(total_num_groups);
-        let (times, steps) = state_lists(values)?;
+        let rows = StateRows::new(values)?;
         for (row, group) in group_indices.iter().enumerate() {
             let events = &mut self.groups[*group];
             let before = events.len();
-            state_events(times, steps, row, |e| events.push(e))?;
+            rows.each(row, |e| events.push(e))?;
             self.events += events.len() - before;
         }
         Ok(())
@@ -664,7 +716,7 @@ impl GroupsAccumulator for FunnelGroups {
         offsets.push(0);
         let mut times = Vec::with_capacity(rows);
         let mut codes = Vec::with_capacity(rows);
-        step_events(values, self.config.modes.strict_order, |row, event| {
+        step_events(values, 2, self.config.modes.strict_order, |row, event| {
             if kept(opt_filter, row) {
                 // Close the lists of the rows before this one.
                 while offsets.len() <= row {

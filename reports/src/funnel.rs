@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use arrow::array::{Array, AsArray, Int64Array};
+use arrow::array::{Array, AsArray, StructArray};
 use arrow::datatypes::Int64Type;
 use chrono::NaiveDate;
 use datafusion::error::DataFusionError;
@@ -198,7 +198,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, times: &Int64Array, steps: usize) {
+    fn add(&mut self, times: &[i64], steps: usize) {
         if self.reached.is_empty() {
             self.reached = vec![0; steps];
             self.gaps = vec![Vec::new(); steps];
@@ -206,7 +206,7 @@ impl Tally {
         for k in 0..times.len().min(steps) {
             self.reached[k] += 1;
             if k > 0 {
-                self.gaps[k].push(times.value(k) - times.value(k - 1));
+                self.gaps[k].push(times[k] - times[k - 1]);
             }
         }
     }
@@ -352,25 +352,26 @@ pub async fn run(
         ));
     }
     let funnel = format!(
-        "window_funnel({window}, {}, e.event_time, {})",
+        "window_funnel_people({window}, {}, e.user_id, e.event_time, {})",
         compile::text(&config.mode_text()),
         conditions.join(", ")
     );
+    let bucket = format!("e.user_id / {}", shoal_query::funnel_people::BUCKET);
+    let filters = filters.join(" AND ");
     let sql = match &breakdown {
         None => format!(
-            "SELECT NULL AS value, {funnel} AS chain FROM events e WHERE {} GROUP BY e.user_id",
-            filters.join(" AND ")
+            "SELECT NULL AS value, {funnel} AS people FROM events e WHERE {filters} \
+             GROUP BY {bucket}"
         ),
         Some(Breakdown::Event(column)) => format!(
-            "SELECT CAST(e.{column} AS VARCHAR) AS value, {funnel} AS chain FROM events e \
-             WHERE {} GROUP BY e.user_id, e.{column}",
-            filters.join(" AND ")
+            "SELECT CAST(e.{column} AS VARCHAR) AS value, {funnel} AS people FROM events e \
+             WHERE {filters} GROUP BY {bucket}, e.{column}"
         ),
         Some(Breakdown::User(column)) => format!(
-            "SELECT CAST(u.{column} AS VARCHAR) AS value, f.chain FROM \
-             (SELECT e.user_id, {funnel} AS chain FROM events e WHERE {} GROUP BY e.user_id) f \
-             LEFT JOIN users u ON u.user_id = f.user_id",
-            filters.join(" AND ")
+            "WITH b AS (SELECT {funnel} AS people FROM events e WHERE {filters} GROUP BY {bucket}), \
+             p AS (SELECT unnest(people) AS person FROM b) \
+             SELECT CAST(u.{column} AS VARCHAR) AS value, p.person FROM p \
+             LEFT JOIN users u ON u.user_id = p.person['user_id']"
         ),
     };
     let frame = session.sql(&sql).await?;
@@ -381,23 +382,45 @@ pub async fn run(
         while let Some(batch) = stream.try_next().await? {
             let values = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
             let values = values.as_string::<i32>();
-            let Some(chains) = batch.column(1).as_list_opt::<i32>() else {
-                return Err(DataFusionError::Internal("window_funnel answer".into()));
+            // Per bucket, a list of people; after a join, one person per row.
+            let column = batch.column(1);
+            let (people, bounds): (&StructArray, Vec<usize>) =
+                if let Some(list) = column.as_list_opt::<i32>() {
+                    let Some(people) = list.values().as_struct_opt() else {
+                        return Err(DataFusionError::Internal("window_funnel answer".into()));
+                    };
+                    (
+                        people,
+                        list.value_offsets().iter().map(|o| *o as usize).collect(),
+                    )
+                } else if let Some(people) = column.as_struct_opt() {
+                    (people, (0..=people.len()).collect())
+                } else {
+                    return Err(DataFusionError::Internal("window_funnel answer".into()));
+                };
+            let Some(times) = people.column(1).as_list_opt::<i32>() else {
+                return Err(DataFusionError::Internal("window_funnel times".into()));
             };
-            for row in 0..chains.len() {
-                if chains.is_null(row) {
-                    excluded += 1;
-                    continue;
-                }
-                let chain = chains.value(row);
-                if chain.is_empty() {
+            let Some(time_values) = times.values().as_primitive_opt::<Int64Type>() else {
+                return Err(DataFusionError::Internal("window_funnel times".into()));
+            };
+            let (offsets, time_values) = (times.value_offsets(), time_values.values());
+            for row in 0..bounds.len().saturating_sub(1) {
+                if column.is_null(row) {
                     continue;
                 }
                 let value = values.is_valid(row).then(|| values.value(row).to_string());
-                tallies
-                    .entry(value)
-                    .or_default()
-                    .add(chain.as_primitive::<Int64Type>(), n);
+                for person in bounds[row]..bounds[row + 1] {
+                    if times.is_null(person) {
+                        excluded += 1;
+                        continue;
+                    }
+                    let chain =
+                        &time_values[offsets[person] as usize..offsets[person + 1] as usize];
+                    if !chain.is_empty() {
+                        tallies.entry(value.clone()).or_default().add(chain, n);
+                    }
+                }
             }
         }
         Ok(())
