@@ -11,7 +11,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StructArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, LargeBinaryArray, ListArray, StructArray,
+};
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Int64Type};
 use datafusion::common::ScalarValue;
@@ -32,24 +34,89 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udaf(AggregateUDF::from(WindowFunnelPeople::default()));
 }
 
-/// One person's event.
+/// One person's event, in 16 bytes.
 #[derive(Debug, Clone, Copy)]
 struct PersonEvent {
+    time: i64,
     user: u32,
-    event: Event,
+    step: u8,
+    row: u8,
 }
 
+/// Bytes of one event in a state.
+const PACKED: usize = 14;
+
 impl PersonEvent {
-    fn code(self) -> i64 {
-        i64::from(self.user) << 16 | self.event.code()
+    fn new(user: u32, event: Event) -> PersonEvent {
+        PersonEvent {
+            time: event.time,
+            user,
+            step: event.step,
+            row: event.row,
+        }
     }
 
-    fn from_code(time: i64, code: i64) -> Option<PersonEvent> {
+    fn event(self) -> Event {
+        Event {
+            time: self.time,
+            step: self.step,
+            row: self.row,
+        }
+    }
+
+    fn pack(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.time.to_le_bytes());
+        out.extend_from_slice(&self.user.to_le_bytes());
+        out.push(self.step);
+        out.push(self.row);
+    }
+
+    fn unpack(bytes: &[u8]) -> Option<PersonEvent> {
         Some(PersonEvent {
-            user: u32::try_from(code >> 16).ok()?,
-            event: Event::from_code(time, code & 0xffff)?,
+            time: i64::from_le_bytes(bytes.get(0..8)?.try_into().ok()?),
+            user: u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?),
+            step: *bytes.get(12)?,
+            row: *bytes.get(13)?,
         })
     }
+}
+
+/// Orders `events` by person, keeping their order within a person: a counting sort when the
+/// people are a dense range (a bucket), else a comparison sort.
+fn sort_by_person(events: &mut Vec<PersonEvent>) {
+    let (Some(low), Some(high)) = (
+        events.iter().map(|e| e.user).min(),
+        events.iter().map(|e| e.user).max(),
+    ) else {
+        return;
+    };
+    let span = (high - low) as usize + 1;
+    if span > 4 * events.len() + (1 << 16) {
+        events.sort_by_key(|e| e.user);
+        return;
+    }
+    let mut starts = vec![0usize; span + 1];
+    for e in events.iter() {
+        starts[(e.user - low) as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut sorted = vec![
+        PersonEvent {
+            time: 0,
+            user: 0,
+            step: 0,
+            row: 0
+        };
+        events.len()
+    ];
+    for e in events.iter() {
+        let slot = &mut starts[(e.user - low) as usize];
+        sorted[*slot] = *e;
+        *slot += 1;
+    }
+    *events = sorted;
 }
 
 fn people_type() -> DataType {
@@ -123,18 +190,11 @@ impl AggregateUDFImpl for WindowFunnelPeople {
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
-        Ok(vec![
-            Arc::new(Field::new(
-                format!("{}[times]", args.name),
-                times_list(),
-                true,
-            )),
-            Arc::new(Field::new(
-                format!("{}[codes]", args.name),
-                times_list(),
-                true,
-            )),
-        ])
+        Ok(vec![Arc::new(Field::new(
+            format!("{}[events]", args.name),
+            DataType::LargeBinary,
+            true,
+        ))])
     }
 }
 
@@ -157,7 +217,7 @@ fn person_events(
             return;
         }
         match u32::try_from(users.value(row)) {
-            Ok(user) => each(row, PersonEvent { user, event }),
+            Ok(user) => each(row, PersonEvent::new(user, event)),
             Err(_) => failed = Some(users.value(row)),
         }
     })?;
@@ -169,55 +229,44 @@ fn person_events(
     }
 }
 
-fn list(offsets: &OffsetBuffer<i32>, values: Vec<i64>) -> ArrayRef {
-    Arc::new(ListArray::new(
-        Arc::new(Field::new_list_field(DataType::Int64, true)),
-        offsets.clone(),
-        Arc::new(Int64Array::from(values)),
-        None,
-    ))
-}
-
+/// Each group's events, packed: one binary value per group.
 fn state_of<'a>(groups: impl Iterator<Item = &'a Vec<PersonEvent>>) -> Vec<ArrayRef> {
-    let mut offsets = vec![0i32];
-    let (mut times, mut codes) = (Vec::new(), Vec::new());
+    let mut offsets = vec![0i64];
+    let mut bytes = Vec::new();
     for events in groups {
-        times.extend(events.iter().map(|e| e.event.time));
-        codes.extend(events.iter().map(|e| e.code()));
-        offsets.push(times.len() as i32);
+        bytes.reserve(events.len() * PACKED);
+        for e in events {
+            e.pack(&mut bytes);
+        }
+        offsets.push(bytes.len() as i64);
     }
-    let offsets = OffsetBuffer::new(offsets.into());
-    vec![list(&offsets, times), list(&offsets, codes)]
+    vec![Arc::new(LargeBinaryArray::new(
+        OffsetBuffer::new(offsets.into()),
+        bytes.into(),
+        None,
+    ))]
 }
 
-/// The events of state row `row`.
+/// The events of every state row.
 fn each_state_event(states: &[ArrayRef], mut each: impl FnMut(usize, PersonEvent)) -> DfResult<()> {
-    let (Some(times), Some(codes)) = (
-        states.first().and_then(|a| a.as_list_opt::<i32>()),
-        states.get(1).and_then(|a| a.as_list_opt::<i32>()),
-    ) else {
+    let Some(packed) = states.first().and_then(|a| a.as_binary_opt::<i64>()) else {
         return Err(DataFusionError::Internal(
-            "window_funnel_people state is not two lists".into(),
+            "window_funnel_people state is not binary".into(),
         ));
     };
-    let (Some(time_values), Some(code_values)) = (
-        times.values().as_primitive_opt::<Int64Type>(),
-        codes.values().as_primitive_opt::<Int64Type>(),
-    ) else {
-        return Err(DataFusionError::Internal(
-            "window_funnel_people state lists are not of integers".into(),
-        ));
-    };
-    let (t, c) = (times.value_offsets(), codes.value_offsets());
-    for row in 0..times.len() {
-        if times.is_null(row) || codes.is_null(row) {
+    for row in 0..packed.len() {
+        if packed.is_null(row) {
             continue;
         }
-        let ts = &time_values.values()[t[row] as usize..t[row + 1] as usize];
-        let cs = &code_values.values()[c[row] as usize..c[row + 1] as usize];
-        for (&time, &code) in ts.iter().zip(cs) {
-            let event = PersonEvent::from_code(time, code).ok_or_else(|| {
-                DataFusionError::Internal("window_funnel_people state code".into())
+        let bytes = packed.value(row);
+        if bytes.len() % PACKED != 0 {
+            return Err(DataFusionError::Internal(
+                "window_funnel_people state length".into(),
+            ));
+        }
+        for chunk in bytes.chunks_exact(PACKED) {
+            let event = PersonEvent::unpack(chunk).ok_or_else(|| {
+                DataFusionError::Internal("window_funnel_people state event".into())
             })?;
             each(row, event);
         }
@@ -250,7 +299,7 @@ impl PeopleGroups {
         let mut run: Vec<Event> = Vec::new();
         for mut events in taken {
             self.events -= events.len();
-            events.sort_unstable_by_key(|e| e.user);
+            sort_by_person(&mut events);
             let mut start = 0;
             while start < events.len() {
                 let user = events[start].user;
@@ -260,7 +309,7 @@ impl PeopleGroups {
                         .position(|e| e.user != user)
                         .unwrap_or(events.len() - start);
                 run.clear();
-                run.extend(events[start..end].iter().map(|e| e.event));
+                run.extend(events[start..end].iter().map(|e| e.event()));
                 sort_events(&mut run);
                 let chain = self.config.chain_sorted(&mut walk, &run);
                 users.push(i64::from(user));
@@ -392,12 +441,146 @@ impl Accumulator for PeopleAccumulator {
         self.0
             .state(EmitTo::All)?
             .into_iter()
-            .map(|a| Ok(ScalarValue::List(Arc::new(a.as_list::<i32>().clone()))))
+            .map(|a| ScalarValue::try_from_array(&a, 0))
             .collect()
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
         let rows = states.first().map_or(0, |v| v.len());
         self.0.merge_batch(states, &vec![0; rows], 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::Schema;
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionConfig;
+
+    use super::*;
+
+    /// Deterministic pseudo-random numbers.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    async fn per_person(ctx: &SessionContext, sql: &str) -> BTreeMap<i64, Option<Vec<i64>>> {
+        let batches = ctx
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let mut out = BTreeMap::new();
+        for batch in batches {
+            let users = batch.column(0).as_primitive::<Int64Type>();
+            let chains = batch.column(1).as_list::<i32>();
+            for row in 0..batch.num_rows() {
+                let chain = (!chains.is_null(row)).then(|| {
+                    chains
+                        .value(row)
+                        .as_primitive::<Int64Type>()
+                        .values()
+                        .to_vec()
+                });
+                out.insert(users.value(row), chain);
+            }
+        }
+        out
+    }
+
+    /// Buckets of people give every person the chain that grouping by person gives, across
+    /// buckets, partitions, modes and exclusions.
+    #[tokio::test]
+    async fn buckets_agree_with_grouping_by_person() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Int64, false),
+            Field::new("t", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, false),
+        ]));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let names = ["a", "b", "c", "x", "y"];
+        let partitions: Vec<Vec<RecordBatch>> = (0..3)
+            .map(|_| {
+                (0..4)
+                    .map(|_| {
+                        let rows: Vec<(i64, i64, &str)> = (0..500)
+                            .map(|_| {
+                                let user = (next(&mut state) % 300) as i64 * 701;
+                                let t = (next(&mut state) % 1000) as i64;
+                                (user, t, names[(next(&mut state) % 5) as usize])
+                            })
+                            .collect();
+                        RecordBatch::try_new(
+                            schema.clone(),
+                            vec![
+                                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+                            ],
+                        )
+                        .expect("batch")
+                    })
+                    .collect()
+            })
+            .collect();
+        for config in [
+            SessionConfig::new(),
+            SessionConfig::new().with_target_partitions(1),
+        ] {
+            let ctx = SessionContext::new_with_config(config);
+            crate::window_funnel::register(&ctx);
+            register(&ctx);
+            ctx.register_table(
+                "ev",
+                Arc::new(MemTable::try_new(schema.clone(), partitions.clone()).expect("table")),
+            )
+            .expect("register");
+            let steps = "name = 'a', name = 'b', name = 'c'";
+            for modes in [
+                "",
+                "strict_order",
+                "strict_increase,strict_deduplication",
+                "exclude:1-3",
+            ] {
+                let extra = if modes.starts_with("exclude") {
+                    ", name = 'x'"
+                } else {
+                    ""
+                };
+                let by_person = per_person(
+                    &ctx,
+                    &format!(
+                        "SELECT user_id, window_funnel(100, '{modes}', t, {steps}{extra}) \
+                         FROM ev GROUP BY user_id"
+                    ),
+                )
+                .await;
+                let by_bucket = per_person(
+                    &ctx,
+                    &format!(
+                        "SELECT p['user_id'], p['times'] FROM (SELECT unnest(people) AS p FROM \
+                         (SELECT window_funnel_people(100, '{modes}', user_id, t, {steps}{extra}) \
+                          AS people FROM ev GROUP BY user_id / {BUCKET}))"
+                    ),
+                )
+                .await;
+                assert_eq!(by_person.len(), 300, "{modes}");
+                assert!(
+                    by_person
+                        .values()
+                        .any(|c| c.as_ref().is_some_and(|c| c.len() == 3)),
+                    "{modes}: some chains are complete"
+                );
+                assert_eq!(by_bucket, by_person, "{modes}");
+            }
+        }
     }
 }

@@ -75,7 +75,8 @@ impl Engine {
     /// A session over the newest version of every table `catalog` defines.
     pub async fn session(&self, catalog: &Catalog) -> Result<Session> {
         let tables = self.snapshot(catalog).await?;
-        let config = SessionConfig::new()
+        // DataFusion's own settings can be tuned with DATAFUSION_* variables.
+        let config = SessionConfig::from_env()?
             .with_information_schema(true)
             .with_default_catalog_and_schema("shoal", "public");
         let runtime = RuntimeEnvBuilder::new()

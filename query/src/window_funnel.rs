@@ -455,34 +455,54 @@ pub(crate) fn step_events(
     };
     let times = arrow::compute::cast(time, &DataType::Int64)?;
     let times = times.as_primitive::<Int64Type>();
-    let mut flags: Vec<&BooleanArray> = Vec::with_capacity(values.len() - time_at - 1);
+    let rows = times.len();
+    // Each condition as a plain mask (NULL is false).
+    let mut masks = Vec::with_capacity(values.len() - time_at - 1);
     for column in &values[time_at + 1..] {
-        flags.push(column.as_boolean_opt().ok_or_else(|| {
+        let flag = column.as_boolean_opt().ok_or_else(|| {
             DataFusionError::Plan("window_funnel step conditions must be true/false".into())
-        })?);
+        })?;
+        masks.push(match flag.nulls() {
+            Some(nulls) => flag.values() & nulls.inner(),
+            None => flag.values().clone(),
+        });
     }
-    for row in 0..times.len() {
+    // The first step each row matches (0: none), and whether any row matches more.
+    let mut first = vec![0u8; rows];
+    let mut several = false;
+    for (k, mask) in masks.iter().enumerate() {
+        for row in mask.set_indices() {
+            if first[row] == 0 {
+                first[row] = (k + 1) as u8;
+            } else {
+                several = true;
+            }
+        }
+    }
+    let time_values = times.values();
+    for row in 0..rows {
         if times.is_null(row) {
             continue;
         }
-        let time = times.value(row);
-        let mut first = None;
-        for (k, flag) in flags.iter().enumerate() {
-            if flag.is_valid(row) && flag.value(row) {
-                let step = (k + 1) as u8;
-                let row_first = *first.get_or_insert(step);
-                each(
-                    row,
-                    Event {
-                        time,
-                        step,
-                        row: row_first,
-                    },
-                );
+        let time = time_values[row];
+        match first[row] {
+            0 if strict_order => each(row, Event::new(time, OTHER)),
+            0 => {}
+            step if !several => each(row, Event::new(time, step)),
+            row_first => {
+                for (k, mask) in masks.iter().enumerate() {
+                    if mask.value(row) {
+                        each(
+                            row,
+                            Event {
+                                time,
+                                step: (k + 1) as u8,
+                                row: row_first,
+                            },
+                        );
+                    }
+                }
             }
-        }
-        if strict_order && first.is_none() {
-            each(row, Event::new(time, OTHER));
         }
     }
     Ok(())
