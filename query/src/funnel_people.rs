@@ -65,10 +65,12 @@ impl PersonEvent {
     }
 
     fn pack(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.time.to_le_bytes());
-        out.extend_from_slice(&self.user.to_le_bytes());
-        out.push(self.step);
-        out.push(self.row);
+        let mut bytes = [0u8; PACKED];
+        bytes[..8].copy_from_slice(&self.time.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.user.to_le_bytes());
+        bytes[12] = self.step;
+        bytes[13] = self.row;
+        out.extend_from_slice(&bytes);
     }
 
     fn unpack(bytes: &[u8]) -> Option<PersonEvent> {
@@ -81,23 +83,37 @@ impl PersonEvent {
     }
 }
 
-/// Orders `events` by person, keeping their order within a person: a counting sort when the
-/// people are a dense range (a bucket), else a comparison sort.
-fn sort_by_person(events: &mut Vec<PersonEvent>) {
-    let (Some(low), Some(high)) = (
-        events.iter().map(|e| e.user).min(),
-        events.iter().map(|e| e.user).max(),
-    ) else {
-        return;
-    };
+/// The packed events of `bytes`, ordered by person and in arrival order within a person:
+/// a counting sort when the people are a dense range (a bucket), else a comparison sort.
+fn by_person(bytes: &[u8]) -> DfResult<Vec<PersonEvent>> {
+    let corrupt = || DataFusionError::Internal("window_funnel_people packed events".into());
+    if !bytes.len().is_multiple_of(PACKED) {
+        return Err(corrupt());
+    }
+    let user_of = |chunk: &[u8]| u32::from_le_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]);
+    let (mut low, mut high) = (u32::MAX, 0u32);
+    for chunk in bytes.chunks_exact(PACKED) {
+        let user = user_of(chunk);
+        low = low.min(user);
+        high = high.max(user);
+    }
+    let n = bytes.len() / PACKED;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let span = (high - low) as usize + 1;
-    if span > 4 * events.len() + (1 << 16) {
+    if span > 4 * n + (1 << 16) {
+        let mut events = bytes
+            .chunks_exact(PACKED)
+            .map(PersonEvent::unpack)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(corrupt)?;
         events.sort_by_key(|e| e.user);
-        return;
+        return Ok(events);
     }
     let mut starts = vec![0usize; span + 1];
-    for e in events.iter() {
-        starts[(e.user - low) as usize + 1] += 1;
+    for chunk in bytes.chunks_exact(PACKED) {
+        starts[(user_of(chunk) - low) as usize + 1] += 1;
     }
     for i in 1..starts.len() {
         starts[i] += starts[i - 1];
@@ -109,14 +125,15 @@ fn sort_by_person(events: &mut Vec<PersonEvent>) {
             step: 0,
             row: 0
         };
-        events.len()
+        n
     ];
-    for e in events.iter() {
-        let slot = &mut starts[(e.user - low) as usize];
-        sorted[*slot] = *e;
+    for chunk in bytes.chunks_exact(PACKED) {
+        let event = PersonEvent::unpack(chunk).ok_or_else(corrupt)?;
+        let slot = &mut starts[(event.user - low) as usize];
+        sorted[*slot] = event;
         *slot += 1;
     }
-    *events = sorted;
+    Ok(sorted)
 }
 
 fn people_type() -> DataType {
@@ -170,7 +187,7 @@ impl AggregateUDFImpl for WindowFunnelPeople {
         Ok(Box::new(PeopleAccumulator(PeopleGroups {
             config: FunnelConfig::from_args(&args, 4)?,
             groups: vec![Vec::new()],
-            events: 0,
+            bytes: 0,
         })))
     }
 
@@ -185,7 +202,7 @@ impl AggregateUDFImpl for WindowFunnelPeople {
         Ok(Box::new(PeopleGroups {
             config: FunnelConfig::from_args(&args, 4)?,
             groups: Vec::new(),
-            events: 0,
+            bytes: 0,
         }))
     }
 
@@ -229,17 +246,21 @@ fn person_events(
     }
 }
 
-/// Each group's events, packed: one binary value per group.
-fn state_of<'a>(groups: impl Iterator<Item = &'a Vec<PersonEvent>>) -> Vec<ArrayRef> {
+/// Each group's packed events: one binary value per group.
+fn state_of(groups: Vec<Vec<u8>>) -> Vec<ArrayRef> {
     let mut offsets = vec![0i64];
-    let mut bytes = Vec::new();
-    for events in groups {
-        bytes.reserve(events.len() * PACKED);
-        for e in events {
-            e.pack(&mut bytes);
+    let bytes = if groups.len() == 1 {
+        let only = groups.into_iter().next().unwrap_or_default();
+        offsets.push(only.len() as i64);
+        only
+    } else {
+        let mut bytes = Vec::with_capacity(groups.iter().map(Vec::len).sum());
+        for group in groups {
+            bytes.extend_from_slice(&group);
+            offsets.push(bytes.len() as i64);
         }
-        offsets.push(bytes.len() as i64);
-    }
+        bytes
+    };
     vec![Arc::new(LargeBinaryArray::new(
         OffsetBuffer::new(offsets.into()),
         bytes.into(),
@@ -247,8 +268,8 @@ fn state_of<'a>(groups: impl Iterator<Item = &'a Vec<PersonEvent>>) -> Vec<Array
     ))]
 }
 
-/// The events of every state row.
-fn each_state_event(states: &[ArrayRef], mut each: impl FnMut(usize, PersonEvent)) -> DfResult<()> {
+/// Each state row's packed events.
+fn packed_rows(states: &[ArrayRef], mut each: impl FnMut(usize, &[u8])) -> DfResult<()> {
     let Some(packed) = states.first().and_then(|a| a.as_binary_opt::<i64>()) else {
         return Err(DataFusionError::Internal(
             "window_funnel_people state is not binary".into(),
@@ -259,17 +280,12 @@ fn each_state_event(states: &[ArrayRef], mut each: impl FnMut(usize, PersonEvent
             continue;
         }
         let bytes = packed.value(row);
-        if bytes.len() % PACKED != 0 {
+        if !bytes.len().is_multiple_of(PACKED) {
             return Err(DataFusionError::Internal(
                 "window_funnel_people state length".into(),
             ));
         }
-        for chunk in bytes.chunks_exact(PACKED) {
-            let event = PersonEvent::unpack(chunk).ok_or_else(|| {
-                DataFusionError::Internal("window_funnel_people state event".into())
-            })?;
-            each(row, event);
-        }
+        each(row, bytes);
     }
     Ok(())
 }
@@ -277,8 +293,10 @@ fn each_state_event(states: &[ArrayRef], mut each: impl FnMut(usize, PersonEvent
 /// Per group, one list of every person's events.
 struct PeopleGroups {
     config: FunnelConfig,
-    groups: Vec<Vec<PersonEvent>>,
-    events: usize,
+    /// Per group, its events packed.
+    groups: Vec<Vec<u8>>,
+    /// Bytes held.
+    bytes: usize,
 }
 
 impl PeopleGroups {
@@ -289,7 +307,7 @@ impl PeopleGroups {
     }
 
     /// The people of `taken` groups as a list of `{user_id, times}` per group.
-    fn people(&mut self, taken: Vec<Vec<PersonEvent>>) -> ArrayRef {
+    fn people(&mut self, taken: Vec<Vec<u8>>) -> DfResult<ArrayRef> {
         let mut walk = Walk::new(self.config.steps);
         let mut group_offsets = vec![0i32];
         let mut users = Vec::new();
@@ -297,9 +315,10 @@ impl PeopleGroups {
         let mut times = Vec::new();
         let mut valid = Vec::new();
         let mut run: Vec<Event> = Vec::new();
-        for mut events in taken {
-            self.events -= events.len();
-            sort_by_person(&mut events);
+        for packed in taken {
+            self.bytes -= packed.len();
+            let events = by_person(&packed)?;
+            drop(packed);
             let mut start = 0;
             while start < events.len() {
                 let user = events[start].user;
@@ -331,7 +350,7 @@ impl PeopleGroups {
             vec![Arc::new(Int64Array::from(users)), Arc::new(chains)],
             None,
         );
-        Arc::new(ListArray::new(
+        Ok(Arc::new(ListArray::new(
             Arc::new(Field::new_list_field(
                 DataType::Struct(people_fields()),
                 true,
@@ -339,7 +358,7 @@ impl PeopleGroups {
             OffsetBuffer::new(group_offsets.into()),
             Arc::new(people),
             None,
-        ))
+        )))
     }
 }
 
@@ -356,23 +375,23 @@ impl GroupsAccumulator for PeopleGroups {
         let mut added = 0;
         person_events(values, self.config.modes.strict_order, |row, event| {
             if kept(opt_filter, row) {
-                groups[group_indices[row]].push(event);
-                added += 1;
+                event.pack(&mut groups[group_indices[row]]);
+                added += PACKED;
             }
         })?;
-        self.events += added;
+        self.bytes += added;
         Ok(())
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
         let taken = emit_to.take_needed(&mut self.groups);
-        Ok(self.people(taken))
+        self.people(taken)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
         let taken = emit_to.take_needed(&mut self.groups);
-        self.events -= taken.iter().map(Vec::len).sum::<usize>();
-        Ok(state_of(taken.iter()))
+        self.bytes -= taken.iter().map(Vec::len).sum::<usize>();
+        Ok(state_of(taken))
     }
 
     fn merge_batch(
@@ -384,11 +403,11 @@ impl GroupsAccumulator for PeopleGroups {
         self.grow(total_num_groups);
         let groups = &mut self.groups;
         let mut added = 0;
-        each_state_event(values, |row, event| {
-            groups[group_indices[row]].push(event);
-            added += 1;
+        packed_rows(values, |row, bytes| {
+            groups[group_indices[row]].extend_from_slice(bytes);
+            added += bytes.len();
         })?;
-        self.events += added;
+        self.bytes += added;
         Ok(())
     }
 
@@ -398,18 +417,30 @@ impl GroupsAccumulator for PeopleGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> DfResult<Vec<ArrayRef>> {
         let rows = values.first().map_or(0, |v| v.len());
-        let mut per_row: Vec<Vec<PersonEvent>> = vec![Vec::new(); rows];
+        let mut offsets: Vec<i64> = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        let mut bytes = Vec::with_capacity(rows * PACKED);
         person_events(values, self.config.modes.strict_order, |row, event| {
             if kept(opt_filter, row) {
-                per_row[row].push(event);
+                // Close the values of the rows before this one.
+                while offsets.len() <= row {
+                    offsets.push(bytes.len() as i64);
+                }
+                event.pack(&mut bytes);
             }
         })?;
-        Ok(state_of(per_row.iter()))
+        while offsets.len() <= rows {
+            offsets.push(bytes.len() as i64);
+        }
+        Ok(vec![Arc::new(LargeBinaryArray::new(
+            OffsetBuffer::new(offsets.into()),
+            bytes.into(),
+            None,
+        ))])
     }
 
     fn size(&self) -> usize {
-        self.groups.capacity() * std::mem::size_of::<Vec<PersonEvent>>()
-            + self.events * std::mem::size_of::<PersonEvent>()
+        self.groups.capacity() * std::mem::size_of::<Vec<u8>>() + self.bytes
     }
 }
 
@@ -418,7 +449,7 @@ struct PeopleAccumulator(PeopleGroups);
 
 impl std::fmt::Debug for PeopleAccumulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PeopleAccumulator({} events)", self.0.events)
+        write!(f, "PeopleAccumulator({} bytes)", self.0.bytes)
     }
 }
 
