@@ -235,7 +235,11 @@ pub async fn funnel(
         );
         synthetic_events(&catalog, events, users).await?;
     }
-    let engine = Engine::new(Default::default());
+    // A funnel over every person holds their step events: room for 200M events.
+    let engine = Engine::new(shoal_query::Limits {
+        memory_bytes: 16 << 30,
+        timeout: std::time::Duration::from_secs(900),
+    });
     let me = Actor {
         id: "bench".into(),
         role: Role::Admin,

@@ -336,28 +336,25 @@ pub async fn run(
         exclusions,
     };
     let conditions: Vec<String> = conditions.iter().map(|c| format!("({c})")).collect();
-    let mut filters = vec![
-        "e.user_id IS NOT NULL".to_string(),
-        format!("e.event_date BETWEEN DATE '{from}' AND DATE '{to}'"),
-    ];
-    if !spec.mode.strict_order {
-        // Strict order needs every event, to see the ones between steps.
-        filters.push(format!("({})", conditions.join(" OR ")));
-    }
-    if let Some(name) = &spec.audience {
-        filters.push(format!(
-            "rb_contains({}({}), e.user_id)",
+    let filters =
+        format!("e.user_id IS NOT NULL AND e.event_date BETWEEN DATE '{from}' AND DATE '{to}'");
+    // No filter on the steps' events: the aggregate passes over the others (strict order
+    // needs them), and a filter would copy every column of the rows it keeps.
+    // An audience's members filter the aggregate's input, not the scan's rows: no copy.
+    let members = match &spec.audience {
+        Some(name) => format!(
+            " FILTER (WHERE rb_contains({}({}), e.user_id))",
             compile::AUDIENCE_FUNCTION,
             compile::text(name)
-        ));
-    }
+        ),
+        None => String::new(),
+    };
     let funnel = format!(
-        "window_funnel_people({window}, {}, e.user_id, e.event_time, {})",
+        "window_funnel_people({window}, {}, e.user_id, e.event_time, {}){members}",
         compile::text(&config.mode_text()),
         conditions.join(", ")
     );
     let bucket = format!("e.user_id / {}", shoal_query::funnel_people::BUCKET);
-    let filters = filters.join(" AND ");
     let sql = match &breakdown {
         None => format!(
             "SELECT NULL AS value, {funnel} AS people FROM events e WHERE {filters} \
