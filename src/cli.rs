@@ -440,6 +440,17 @@ pub enum ReportCommand {
     /// Of the people who did an event (first time ever, or in a period) or are in a pack,
     /// how many came back 0, 1, … days or weeks later.
     Retention(RetentionArgs),
+    /// A campaign's funnel (target → reached → clicked → converted), the value it made and
+    /// lost, its cost and ROI, and the uplift over a holdout pack.
+    Roi {
+        /// The campaign as JSON (campaign, audience, control, from, to, days, conversion,
+        /// positive, negative, cost): a file, or - for stdin.
+        #[arg(long)]
+        spec: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,4 @@
-//! `shoal report` and the report API: funnels and retention.
+//! `shoal report` and the report API: funnels, retention and campaign ROI.
 
 use std::io::Write;
 
@@ -8,6 +8,7 @@ use axum::extract::State;
 use serde_json::Value;
 use shoal_catalog::{Catalog, Role};
 use shoal_query::Engine;
+use shoal_reports::campaign::{self, CampaignResult, CampaignSpec};
 use shoal_reports::funnel::{self, Exclusion, FunnelResult, FunnelSpec, Step, StepResult};
 use shoal_reports::retention::{self, EventSpec, RetentionResult, RetentionSpec};
 
@@ -34,6 +35,21 @@ pub async fn command(catalog: &Catalog, command: &ReportCommand) -> AppResult<()
             }
             Ok(())
         }
+        ReportCommand::Roi { spec, json } => {
+            let spec: CampaignSpec = read_spec(spec)?;
+            let engine = Engine::new(Default::default());
+            let session = engine.session(catalog).await?;
+            let result = campaign::run(&session, &spec, Role::Admin).await?;
+            let mut out = std::io::stdout().lock();
+            if *json {
+                let text = serde_json::to_string(&result)
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
+                writeln!(out, "{text}").map_err(io)?;
+            } else {
+                write_campaign(&mut out, &result).map_err(io)?;
+            }
+            Ok(())
+        }
         ReportCommand::Retention(args) => {
             let spec = retention_spec(args)?;
             let engine = Engine::new(Default::default());
@@ -50,6 +66,71 @@ pub async fn command(catalog: &Catalog, command: &ReportCommand) -> AppResult<()
             Ok(())
         }
     }
+}
+
+fn write_campaign(out: &mut impl Write, r: &CampaignResult) -> std::io::Result<()> {
+    let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0));
+    writeln!(
+        out,
+        "campaign {}  ({} to {}, {} days)",
+        r.campaign, r.from, r.to, r.days
+    )?;
+    writeln!(out, "  target     {:>10}", r.target)?;
+    writeln!(
+        out,
+        "  reached    {:>10}  {}",
+        r.reached,
+        percent(r.reach_rate)
+    )?;
+    writeln!(
+        out,
+        "  clicked    {:>10}  {}",
+        r.clicked,
+        percent(r.click_rate)
+    )?;
+    writeln!(
+        out,
+        "  converted  {:>10}  {}",
+        r.converted,
+        percent(r.conversion_rate)
+    )?;
+    for (sign, lines) in [("+", &r.positive), ("-", &r.negative)] {
+        for line in lines.iter() {
+            writeln!(
+                out,
+                "  {sign} {:<30} {:>12.2} × {:<8} = {:>12.2}",
+                serde_json::to_string(&line.metric).unwrap_or_default(),
+                line.units,
+                line.unit_value,
+                line.value
+            )?;
+        }
+    }
+    writeln!(out, "  - cost {:>48.2}", r.cost)?;
+    writeln!(out, "  net {:>51.2}", r.net)?;
+    writeln!(
+        out,
+        "  ROI {:>51}",
+        r.roi
+            .map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0))
+    )?;
+    if let Some(h) = &r.holdout {
+        writeln!(
+            out,
+            "  holdout {}: {:.2}% of {} converted vs {:.2}% of {} targeted; uplift {:.2} points              (95% CI {} to {})",
+            h.control,
+            h.control_rate * 100.0,
+            h.control_size,
+            h.target_rate * 100.0,
+            h.target_size,
+            h.uplift * 100.0,
+            h.uplift_low
+                .map_or("-".into(), |v| format!("{:.2}", v * 100.0)),
+            h.uplift_high
+                .map_or("-".into(), |v| format!("{:.2}", v * 100.0)),
+        )?;
+    }
+    Ok(())
 }
 
 fn read_spec<T: serde::de::DeserializeOwned>(file: &str) -> AppResult<T> {
@@ -302,6 +383,23 @@ pub async fn retention_route(
     let catalog = state.catalog.read().await.clone();
     let session = state.engine.session(&catalog).await?;
     let result = retention::run(&session, &spec, caller.role, None).await?;
+    serde_json::to_value(result)
+        .map(Json)
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
+
+/// `POST /api/reports/roi`: a [`CampaignSpec`] → the campaign's funnel, value, cost, ROI and
+/// holdout uplift. Every role may run reports.
+pub async fn roi_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let spec: CampaignSpec = serde_json::from_slice(&body)
+        .map_err(|e| AppError::BadRequest(format!("request body: {e}")))?;
+    let catalog = state.catalog.read().await.clone();
+    let session = state.engine.session(&catalog).await?;
+    let result = campaign::run(&session, &spec, caller.role).await?;
     serde_json::to_value(result)
         .map(Json)
         .map_err(|e| AppError::Internal(e.to_string()))

@@ -77,6 +77,7 @@ pub fn app(state: AppState) -> Router {
             "/api/reports/retention",
             post(crate::report_commands::retention_route),
         )
+        .route("/api/reports/roi", post(crate::report_commands::roi_route))
         .route("/api/tables", get(tables))
         .route("/api/whoami", get(crate::tokens::whoami_route))
         .route(

@@ -1,4 +1,5 @@
 //! Reports: funnels over the events, computed by DataFusion aggregates.
 
+pub mod campaign;
 pub mod funnel;
 pub mod retention;

@@ -615,3 +615,214 @@ fn retention_counts_hand_made_cohorts() {
     let (status, answer) = post(json!({"cohort": {"event": "view_item"}, "period": "month"}));
     assert_eq!(status, 400, "{answer}");
 }
+
+/// A campaign c1 delivered on 2026-11-10 (times UTC):
+///
+/// | who | packs | events                                                                   |
+/// |-----|-------|--------------------------------------------------------------------------|
+/// | k1  | tgt   | delivered 11-10 02:00, clicked 03:00, purchase 100 on 11-11, unfollow 11-12 |
+/// | k2  | tgt   | delivered 11-10 02:00, purchase 50 on 11-20 (past the 7 days)            |
+/// | k3  | tgt   | purchase 11-12 (never delivered)                                         |
+/// | k4  | –     | delivered 11-10 02:00 (not in the target)                                |
+/// | h1  | hold  | purchase 11-13                                                           |
+/// | h2–h4 | hold | view_item 11-13                                                         |
+fn campaign_world(dir: &Path) -> PathBuf {
+    let wh = dir.join("wh");
+    let events: [(&str, &str, &str, Value); 12] = [
+        (
+            "k1",
+            "campaign_message_delivered",
+            "2026-11-10T02:00:00Z",
+            json!({"campaign_id": "c1"}),
+        ),
+        (
+            "k1",
+            "campaign_message_clicked",
+            "2026-11-10T03:00:00Z",
+            json!({"campaign_id": "c1"}),
+        ),
+        (
+            "k1",
+            "purchase",
+            "2026-11-11T02:00:00Z",
+            json!({"revenue": 100}),
+        ),
+        (
+            "k1",
+            "unfollow_official_account",
+            "2026-11-12T02:00:00Z",
+            json!({}),
+        ),
+        (
+            "k2",
+            "campaign_message_delivered",
+            "2026-11-10T02:00:00Z",
+            json!({"campaign_id": "c1"}),
+        ),
+        (
+            "k2",
+            "purchase",
+            "2026-11-20T02:00:00Z",
+            json!({"revenue": 50}),
+        ),
+        (
+            "k3",
+            "purchase",
+            "2026-11-12T02:00:00Z",
+            json!({"revenue": 10}),
+        ),
+        (
+            "k4",
+            "campaign_message_delivered",
+            "2026-11-10T02:00:00Z",
+            json!({"campaign_id": "c1"}),
+        ),
+        (
+            "h1",
+            "purchase",
+            "2026-11-13T02:00:00Z",
+            json!({"revenue": 20}),
+        ),
+        ("h2", "view_item", "2026-11-13T02:00:00Z", json!({})),
+        ("h3", "view_item", "2026-11-13T02:00:00Z", json!({})),
+        ("h4", "view_item", "2026-11-13T02:00:00Z", json!({})),
+    ];
+    let mut lines = Vec::new();
+    for (i, (who, event, at, properties)) in events.iter().enumerate() {
+        lines.push(
+            json!({"type": "track", "messageId": format!("m{i}"), "userId": who,
+            "event": event, "timestamp": at, "properties": properties}),
+        );
+    }
+    let file = dir.join("events.jsonl");
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&file, text.join("\n") + "\n").expect("write");
+    ingest_segment(&wh, &file);
+    json_ok(&shoal(&wh, &["build", "--json", "--as-of", "2026-11-20"]));
+    for (name, who) in [
+        ("tgt", "'k1', 'k2', 'k3'"),
+        ("hold", "'h1', 'h2', 'h3', 'h4'"),
+    ] {
+        json_ok(&shoal(
+            &wh,
+            &[
+                "audience",
+                "create",
+                name,
+                "--sql",
+                &format!("SELECT user_id FROM users WHERE login_id IN ({who})"),
+                "--json",
+            ],
+        ));
+    }
+    wh
+}
+
+#[test]
+fn campaign_roi_counts_the_funnel_value_cost_and_uplift() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = campaign_world(dir.path());
+    let spec = json!({
+        "campaign": "c1", "audience": "tgt", "control": "hold",
+        "from": "2026-11-10", "to": "2026-11-10", "days": 7,
+        "positive": [{"metric": "revenue", "value": 0.3}],
+        "negative": [{"metric": {"event": "unfollow_official_account"}, "value": 5.0}],
+        "cost": {"per_delivery": 2.0, "fixed": 10.0}
+    });
+    let file = dir.path().join("campaign.json");
+    std::fs::write(&file, spec.to_string()).expect("write");
+    let r = json_ok(&shoal(
+        &wh,
+        &[
+            "report",
+            "roi",
+            "--spec",
+            file.to_str().expect("path"),
+            "--json",
+        ],
+    ));
+    // Target k1 k2 k3; reached k1 k2 (k4 is not targeted); clicked k1; converted k1 (k2 buys
+    // after the 7 days).
+    assert_eq!(
+        (
+            &r["target"],
+            &r["reached"],
+            &r["clicked"],
+            &r["converted"],
+            &r["deliveries"]
+        ),
+        (&json!(3), &json!(2), &json!(1), &json!(1), &json!(2))
+    );
+    assert_eq!(r["positive"][0]["units"], json!(100.0));
+    assert_eq!(r["positive"][0]["value"], json!(30.0));
+    assert_eq!(r["negative"][0]["units"], json!(1.0));
+    // Cost 2 × 2 + 10 = 14; net 30 − 5 − 14 = 11.
+    assert_eq!(r["cost"], json!(14.0));
+    assert_eq!(r["net"], json!(11.0));
+    assert_eq!(r["roi"], json!(11.0 / 14.0));
+    // Holdout, 11-10 to 11-17: target k1 and k3 of 3 converted, holdout h1 of 4.
+    let h = &r["holdout"];
+    assert_eq!(
+        (&h["target_converted"], &h["control_converted"]),
+        (&json!(2), &json!(1))
+    );
+    let uplift = 2.0 / 3.0 - 1.0 / 4.0;
+    let se = ((2.0 / 3.0) * (1.0 / 3.0) / 3.0 + 0.25 * 0.75 / 4.0_f64).sqrt();
+    let close = |v: &Value, x: f64| (v.as_f64().expect("number") - x).abs() < 1e-9;
+    assert!(close(&h["uplift"], uplift), "{h}");
+    assert!(close(&h["uplift_low"], uplift - 1.96 * se), "{h}");
+    assert!(close(&h["uplift_high"], uplift + 1.96 * se), "{h}");
+
+    // The API answers the same; bad specs are 400s naming the part at fault.
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
+    let post = |body: &Value| {
+        let response = server
+            .client("viewer")
+            .post(format!("{}/api/reports/roi", server.base))
+            .json(body)
+            .send()
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().expect("json"))
+    };
+    let (status, body) = post(&spec);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((&body["net"], &body["reached"]), (&json!(11.0), &json!(2)));
+    // Without a target: everyone delivered (k1, k2, k4); no cost, no ROI.
+    let (_, body) = post(&json!({"campaign": "c1", "from": "2026-11-10", "to": "2026-11-10"}));
+    assert_eq!(
+        (&body["target"], &body["reached"], &body["clicked"]),
+        (&json!(3), &json!(3), &json!(1))
+    );
+    assert_eq!(body["roi"], Value::Null);
+    let mut bad = spec.clone();
+    bad["days"] = json!(0);
+    let mut bad_conversion = spec.clone();
+    bad_conversion["conversion"] =
+        json!({"event": "purchase", "where": [{"field": "nope", "op": "eq", "value": 1}]});
+    let mut no_target = spec.clone();
+    no_target
+        .as_object_mut()
+        .expect("object")
+        .remove("audience");
+    let mut bad_cost = spec.clone();
+    bad_cost["cost"] = json!({"per_delivery": -1});
+    for (body, path) in [
+        (bad, "days"),
+        (bad_conversion, "conversion"),
+        (no_target, "control"),
+        (bad_cost, "cost"),
+    ] {
+        let (status, answer) = post(&body);
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert!(
+            answer["error"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(path)),
+            "{path}: {answer}"
+        );
+    }
+    let (status, _) = post(&json!({"campaign": "c1"}));
+    assert_eq!(status, 400);
+}
