@@ -25,45 +25,21 @@ pub async fn command(catalog: &Catalog, command: &ReportCommand) -> AppResult<()
             let engine = Engine::new(Default::default());
             let session = engine.session(catalog).await?;
             let result = funnel::run(&session, &spec, Role::Admin, None).await?;
-            let mut out = std::io::stdout().lock();
-            if args.json {
-                let text = serde_json::to_string(&result)
-                    .map_err(|e| AppError::Internal(e.to_string()))?;
-                writeln!(out, "{text}").map_err(io)?;
-            } else {
-                write_funnel(&mut out, &result).map_err(io)?;
-            }
-            Ok(())
+            print(&result, args.json, write_funnel)
         }
         ReportCommand::Roi { spec, json } => {
             let spec: CampaignSpec = read_spec(spec)?;
             let engine = Engine::new(Default::default());
             let session = engine.session(catalog).await?;
             let result = campaign::run(&session, &spec, Role::Admin).await?;
-            let mut out = std::io::stdout().lock();
-            if *json {
-                let text = serde_json::to_string(&result)
-                    .map_err(|e| AppError::Internal(e.to_string()))?;
-                writeln!(out, "{text}").map_err(io)?;
-            } else {
-                write_campaign(&mut out, &result).map_err(io)?;
-            }
-            Ok(())
+            print(&result, *json, write_campaign)
         }
         ReportCommand::Retention(args) => {
             let spec = retention_spec(args)?;
             let engine = Engine::new(Default::default());
             let session = engine.session(catalog).await?;
             let result = retention::run(&session, &spec, Role::Admin, None).await?;
-            let mut out = std::io::stdout().lock();
-            if args.json {
-                let text = serde_json::to_string(&result)
-                    .map_err(|e| AppError::Internal(e.to_string()))?;
-                writeln!(out, "{text}").map_err(io)?;
-            } else {
-                write_retention(&mut out, &result).map_err(io)?;
-            }
-            Ok(())
+            print(&result, args.json, write_retention)
         }
     }
 }
@@ -215,6 +191,33 @@ fn write_retention(out: &mut impl Write, result: &RetentionResult) -> std::io::R
     writeln!(out)
 }
 
+/// Prints a report: one JSON object, or `text` for people.
+fn print<R: serde::Serialize>(
+    result: &R,
+    json: bool,
+    text: fn(&mut std::io::StdoutLock<'static>, &R) -> std::io::Result<()>,
+) -> AppResult<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let line = serde_json::to_string(result).map_err(|e| AppError::Internal(e.to_string()))?;
+        writeln!(out, "{line}").map_err(io)
+    } else {
+        text(&mut out, result).map_err(io)
+    }
+}
+
+/// A report's JSON answer.
+fn answer(result: impl serde::Serialize) -> AppResult<Json<Value>> {
+    serde_json::to_value(result)
+        .map(Json)
+        .map_err(|e| AppError::Internal(e.to_string()))
+}
+
+/// A report request's body.
+fn request<T: serde::de::DeserializeOwned>(body: &Bytes) -> AppResult<T> {
+    serde_json::from_slice(body).map_err(|e| AppError::BadRequest(format!("request body: {e}")))
+}
+
 fn io(e: std::io::Error) -> AppError {
     AppError::Internal(format!("writing the report: {e}"))
 }
@@ -361,14 +364,10 @@ pub async fn funnel_route(
     caller: Caller,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let spec: FunnelSpec = serde_json::from_slice(&body)
-        .map_err(|e| AppError::BadRequest(format!("request body: {e}")))?;
+    let spec: FunnelSpec = request(&body)?;
     let catalog = state.catalog.read().await.clone();
     let session = state.engine.session(&catalog).await?;
-    let result = funnel::run(&session, &spec, caller.role, None).await?;
-    serde_json::to_value(result)
-        .map(Json)
-        .map_err(|e| AppError::Internal(e.to_string()))
+    answer(funnel::run(&session, &spec, caller.role, None).await?)
 }
 
 /// `POST /api/reports/retention`: a [`RetentionSpec`] → cohorts with people retained per
@@ -378,14 +377,10 @@ pub async fn retention_route(
     caller: Caller,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let spec: RetentionSpec = serde_json::from_slice(&body)
-        .map_err(|e| AppError::BadRequest(format!("request body: {e}")))?;
+    let spec: RetentionSpec = request(&body)?;
     let catalog = state.catalog.read().await.clone();
     let session = state.engine.session(&catalog).await?;
-    let result = retention::run(&session, &spec, caller.role, None).await?;
-    serde_json::to_value(result)
-        .map(Json)
-        .map_err(|e| AppError::Internal(e.to_string()))
+    answer(retention::run(&session, &spec, caller.role, None).await?)
 }
 
 /// `POST /api/reports/roi`: a [`CampaignSpec`] → the campaign's funnel, value, cost, ROI and
@@ -395,12 +390,8 @@ pub async fn roi_route(
     caller: Caller,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let spec: CampaignSpec = serde_json::from_slice(&body)
-        .map_err(|e| AppError::BadRequest(format!("request body: {e}")))?;
+    let spec: CampaignSpec = request(&body)?;
     let catalog = state.catalog.read().await.clone();
     let session = state.engine.session(&catalog).await?;
-    let result = campaign::run(&session, &spec, caller.role).await?;
-    serde_json::to_value(result)
-        .map(Json)
-        .map_err(|e| AppError::Internal(e.to_string()))
+    answer(campaign::run(&session, &spec, caller.role).await?)
 }

@@ -11,26 +11,11 @@ use chrono::NaiveDate;
 use datafusion::error::DataFusionError;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use shoal_catalog::Role;
-use shoal_query::condition::{self, CheckContext, Node};
-use shoal_query::{Error, Result, Session, compile};
+use shoal_query::{Result, Session, compile};
 
-/// An event with filters (the condition builder's `where`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventSpec {
-    pub event: String,
-    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<Value>,
-}
-
-fn event(name: &str) -> EventSpec {
-    EventSpec {
-        event: name.into(),
-        filters: Vec::new(),
-    }
-}
+pub use crate::spec::EventSpec;
+use crate::spec::{context, event_predicate, invalid};
 
 /// What a unit of value counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,26 +135,6 @@ pub struct CampaignResult {
     pub elapsed_ms: u64,
 }
 
-fn invalid(path: &str, message: impl Into<String>) -> Error {
-    Error::Condition {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
-fn predicate(cx: &CheckContext<'_>, spec: &EventSpec, path: &str) -> Result<String> {
-    let tree = json!({"event": spec.event, "where": spec.filters});
-    match condition::check(&tree, cx) {
-        Ok(Node::Event(event)) => Ok(compile::event_rows(&event, "e")),
-        Ok(_) => Err(invalid(path, "not an event")),
-        Err(Error::Condition {
-            path: inner,
-            message,
-        }) => Err(invalid(&format!("{path}.{inner}"), message)),
-        Err(e) => Err(e),
-    }
-}
-
 /// One number from the first row of `sql`'s answer, by column.
 async fn numbers(session: &Session, sql: &str) -> Result<Vec<f64>> {
     let frame = session.sql(sql).await?;
@@ -225,35 +190,15 @@ pub async fn run(session: &Session, spec: &CampaignSpec, role: Role) -> Result<C
     {
         return Err(invalid("cost", "costs are finite numbers of at least 0"));
     }
-    let definition = session.catalog().definition();
-    let zone = shoal_catalog::zone_offset(&definition.time_zone)
-        .ok_or_else(|| Error::Invalid(format!("unknown time zone '{}'", definition.time_zone)))?;
-    let cx = CheckContext {
-        definition,
-        role,
-        today: spec.to,
-        zone,
-    };
+    let (cx, _) = context(session, role, Some(spec.to))?;
     let campaign = compile::text(&spec.campaign);
-    let delivered = predicate(
-        &cx,
-        spec.delivered
-            .as_ref()
-            .unwrap_or(&event("campaign_message_delivered")),
-        "delivered",
-    )?;
-    let clicked = predicate(
-        &cx,
-        spec.clicked
-            .as_ref()
-            .unwrap_or(&event("campaign_message_clicked")),
-        "clicked",
-    )?;
-    let conversion = predicate(
-        &cx,
-        spec.conversion.as_ref().unwrap_or(&event("purchase")),
-        "conversion",
-    )?;
+    let checked = |given: &Option<EventSpec>, default: &str, path: &str| {
+        let e = given.clone().unwrap_or_else(|| EventSpec::named(default));
+        event_predicate(&cx, &e.event, &e.filters, path)
+    };
+    let delivered = checked(&spec.delivered, "campaign_message_delivered", "delivered")?;
+    let clicked = checked(&spec.clicked, "campaign_message_clicked", "clicked")?;
+    let conversion = checked(&spec.conversion, "purchase", "conversion")?;
     let (from, to) = (spec.from, spec.to);
     let until = to + chrono::Duration::days(i64::from(days));
     let in_target = |alias: &str| match &spec.audience {

@@ -11,11 +11,14 @@ use chrono::NaiveDate;
 use datafusion::error::DataFusionError;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use shoal_catalog::{Role, Visibility};
-use shoal_query::condition::{self, CheckContext, Node};
+use shoal_query::condition::CheckContext;
 use shoal_query::window_funnel::{FunnelConfig, MAX_STEPS, Modes};
-use shoal_query::{Error, Result, Session, compile};
+use shoal_query::{Result, Session, compile};
+
+pub use crate::spec::EventSpec;
+use crate::spec::{context, event_predicate, invalid};
 
 /// Most breakdown values reported; the rest are summed into [`OTHER_VALUES`].
 pub const MAX_GROUPS: usize = 50;
@@ -24,13 +27,7 @@ pub const MAX_GROUPS: usize = 50;
 pub const OTHER_VALUES: &str = "(other values)";
 
 /// One step: an event with optional filters on its columns (the condition builder's `where`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Step {
-    pub event: String,
-    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<Value>,
-}
+pub type Step = EventSpec;
 
 /// An exclusion: people with this event after step `between[0]` and before step
 /// `between[1]` of their chain are left out of the funnel.
@@ -115,33 +112,6 @@ pub struct FunnelResult {
     pub snapshot: BTreeMap<String, u64>,
     pub sql: String,
     pub elapsed_ms: u64,
-}
-
-fn invalid(path: &str, message: impl Into<String>) -> Error {
-    Error::Condition {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
-/// The predicate of one step or exclusion: an event condition of the builder, as `role`
-/// may use it.
-fn event_predicate(
-    cx: &CheckContext<'_>,
-    event: &str,
-    filters: &[Value],
-    path: &str,
-) -> Result<String> {
-    let tree = json!({"event": event, "where": filters});
-    match condition::check(&tree, cx) {
-        Ok(Node::Event(event)) => Ok(compile::event_rows(&event, "e")),
-        Ok(_) => Err(invalid(path, "not an event step")),
-        Err(Error::Condition {
-            path: inner,
-            message,
-        }) => Err(invalid(&format!("{path}.{inner}"), message)),
-        Err(e) => Err(e),
-    }
 }
 
 /// Where the breakdown's values come from.
@@ -279,21 +249,12 @@ pub async fn run(
             format!("at most {MAX_STEPS} exclusions"),
         ));
     }
-    let definition = session.catalog().definition();
-    let zone = shoal_catalog::zone_offset(&definition.time_zone)
-        .ok_or_else(|| Error::Invalid(format!("unknown time zone '{}'", definition.time_zone)))?;
-    let today = today.unwrap_or_else(|| chrono::Utc::now().with_timezone(&zone).date_naive());
+    let (cx, today) = context(session, role, today)?;
     let to = spec.to.unwrap_or(today);
     let from = spec.from.unwrap_or(to - chrono::Duration::days(29));
     if from > to {
         return Err(invalid("from", format!("{from} is after {to}")));
     }
-    let cx = CheckContext {
-        definition,
-        role,
-        today,
-        zone,
-    };
     let mut conditions = Vec::new();
     for (i, step) in spec.steps.iter().enumerate() {
         conditions.push(event_predicate(

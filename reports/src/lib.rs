@@ -3,3 +3,4 @@
 pub mod campaign;
 pub mod funnel;
 pub mod retention;
+pub mod spec;

@@ -11,10 +11,11 @@ use chrono::{Datelike, NaiveDate};
 use datafusion::error::DataFusionError;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use shoal_catalog::Role;
-use shoal_query::condition::{self, CheckContext, Node};
-use shoal_query::{Error, Result, Session, compile};
+use shoal_query::{Result, Session, compile};
+
+pub use crate::spec::EventSpec;
+use crate::spec::{context, event_predicate, invalid};
 
 /// Most periods after the cohort's.
 pub const MAX_PERIODS: u32 = 90;
@@ -58,15 +59,6 @@ pub enum Kind {
     FirstTime,
     /// A person joins the cohort of every period with a cohort event.
     Recurring,
-}
-
-/// An event with filters (the condition builder's `where`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventSpec {
-    pub event: String,
-    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<Value>,
 }
 
 /// A retention request.
@@ -123,26 +115,6 @@ pub struct RetentionResult {
     pub elapsed_ms: u64,
 }
 
-fn invalid(path: &str, message: impl Into<String>) -> Error {
-    Error::Condition {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
-fn event_predicate(cx: &CheckContext<'_>, spec: &EventSpec, path: &str) -> Result<String> {
-    let tree = json!({"event": spec.event, "where": spec.filters});
-    match condition::check(&tree, cx) {
-        Ok(Node::Event(event)) => Ok(compile::event_rows(&event, "e")),
-        Ok(_) => Err(invalid(path, "not an event")),
-        Err(Error::Condition {
-            path: inner,
-            message,
-        }) => Err(invalid(&format!("{path}.{inner}"), message)),
-        Err(e) => Err(e),
-    }
-}
-
 /// Runs a retention report in `session` as `role`.
 pub async fn run(
     session: &Session,
@@ -151,16 +123,7 @@ pub async fn run(
     today: Option<NaiveDate>,
 ) -> Result<RetentionResult> {
     let started = std::time::Instant::now();
-    let definition = session.catalog().definition();
-    let zone = shoal_catalog::zone_offset(&definition.time_zone)
-        .ok_or_else(|| Error::Invalid(format!("unknown time zone '{}'", definition.time_zone)))?;
-    let today = today.unwrap_or_else(|| chrono::Utc::now().with_timezone(&zone).date_naive());
-    let cx = CheckContext {
-        definition,
-        role,
-        today,
-        zone,
-    };
+    let (cx, today) = context(session, role, today)?;
     let period = spec.period;
     let periods = spec.periods.unwrap_or(match period {
         Period::Day => 7,
@@ -196,7 +159,7 @@ pub async fn run(
         }
         (None, None) => return Err(invalid("cohort", "a cohort event or an audience is needed")),
         (Some(cohort), None) => {
-            let predicate = event_predicate(&cx, cohort, "cohort")?;
+            let predicate = event_predicate(&cx, &cohort.event, &cohort.filters, "cohort")?;
             match spec.kind {
                 Kind::FirstTime => format!(
                     "SELECT user_id, cohort FROM (SELECT e.user_id, {} AS cohort \
@@ -222,7 +185,7 @@ pub async fn run(
         ),
     };
     let return_predicate = match &spec.returning {
-        Some(r) => event_predicate(&cx, r, "return")?,
+        Some(r) => event_predicate(&cx, &r.event, &r.filters, "return")?,
         None => "TRUE".to_string(),
     };
     let sql = format!(

@@ -140,10 +140,11 @@ fn cli_funnel(wh: &Path, extra: &[&str]) -> Value {
     json_ok(&shoal(wh, &args))
 }
 
-fn post(server: &Server, role: &str, body: &Value) -> (u16, Value) {
+/// `POST /api/reports/{report}` as `role`: the status and the JSON answer.
+fn post_report(server: &Server, report: &str, role: &str, body: &Value) -> (u16, Value) {
     let response = server
         .client(role)
-        .post(format!("{}/api/reports/funnel", server.base))
+        .post(format!("{}/api/reports/{report}", server.base))
         .json(body)
         .send()
         .expect("request");
@@ -253,8 +254,9 @@ fn funnels_count_hand_made_sequences_in_every_mode() {
     // The API gives the same answers, to every role, with step filters.
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
-    let (status, body) = post(
+    let (status, body) = post_report(
         &server,
+        "funnel",
         "viewer",
         &spec(json!({"mode": {"strict_order": true}})),
     );
@@ -269,15 +271,21 @@ fn funnels_count_hand_made_sequences_in_every_mode() {
         ],
         "window": "1d", "from": "2026-11-01", "to": "2026-11-20"
     });
-    let (status, body) = post(&server, "analyst", &filtered);
+    let (status, body) = post_report(&server, "funnel", "analyst", &filtered);
     assert_eq!((status, users(&body)), (200, vec![1, 1]), "{body}");
-    let (_, body) = post(
+    let (_, body) = post_report(
         &server,
+        "funnel",
         "viewer",
         &spec(json!({"exclude": [{"event": "unfollow_official_account", "between": [2, 3]}]})),
     );
     assert_eq!(users(&body), [7, 6, 5]);
-    let (_, body) = post(&server, "viewer", &spec(json!({"audience": "men"})));
+    let (_, body) = post_report(
+        &server,
+        "funnel",
+        "viewer",
+        &spec(json!({"audience": "men"})),
+    );
     assert_eq!(users(&body), [4, 3, 2]);
     // The same funnel in SQL, through window_funnel itself.
     let sql = server
@@ -321,7 +329,7 @@ fn funnels_count_hand_made_sequences_in_every_mode() {
         (spec(json!({"breakdown": "users.phone"})), "breakdown"),
         (spec(json!({"from": "2026-11-21"})), "from"),
     ] {
-        let (status, answer) = post(&server, "viewer", &body);
+        let (status, answer) = post_report(&server, "funnel", "viewer", &body);
         assert_eq!(status, 400, "{body} → {answer}");
         assert!(
             answer["error"]["path"]
@@ -335,11 +343,16 @@ fn funnels_count_hand_made_sequences_in_every_mode() {
         spec(json!({"steps": "view_item"})),
         json!({"window": "7d"}),
     ] {
-        let (status, answer) = post(&server, "viewer", &body);
+        let (status, answer) = post_report(&server, "funnel", "viewer", &body);
         assert_eq!(status, 400, "{body} → {answer}");
         assert!(answer["error"]["message"].is_string(), "{answer}");
     }
-    let (status, answer) = post(&server, "viewer", &spec(json!({"audience": "nobody"})));
+    let (status, answer) = post_report(
+        &server,
+        "funnel",
+        "viewer",
+        &spec(json!({"audience": "nobody"})),
+    );
     assert!(matches!(status, 400 | 404), "{status} {answer}");
     let anonymous = reqwest::blocking::Client::new()
         .post(format!("{}/api/reports/funnel", server.base))
@@ -563,16 +576,7 @@ fn retention_counts_hand_made_cohorts() {
     ));
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
-    let post = |body: Value| {
-        let response = server
-            .client("viewer")
-            .post(format!("{}/api/reports/retention", server.base))
-            .json(&body)
-            .send()
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.json::<Value>().expect("json"))
-    };
+    let post = |body: Value| post_report(&server, "retention", "viewer", &body);
     let (status, body) = post(json!({"audience": "r1_r3", "return": {"event": "purchase"},
         "periods": 3, "from": "2026-11-11", "to": "2026-11-11"}));
     assert_eq!(status, 200, "{body}");
@@ -776,16 +780,7 @@ fn campaign_roi_counts_the_funnel_value_cost_and_uplift() {
     // The API answers the same; bad specs are 400s naming the part at fault.
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "0"]);
-    let post = |body: &Value| {
-        let response = server
-            .client("viewer")
-            .post(format!("{}/api/reports/roi", server.base))
-            .json(body)
-            .send()
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.json::<Value>().expect("json"))
-    };
+    let post = |body: &Value| post_report(&server, "roi", "viewer", body);
     let (status, body) = post(&spec);
     assert_eq!(status, 200, "{body}");
     assert_eq!((&body["net"], &body["reached"]), (&json!(11.0), &json!(2)));
