@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_audience::lookalike::{LookalikeSpec, Method};
 use shoal_audience::pack::{self, Actor, NewPack, Side, SourceField, Trigger, UploadedList};
+use shoal_audience::schedule::Schedule;
 use shoal_audience::{export, store};
 use shoal_catalog::{Catalog, Role};
 use shoal_query::Engine;
@@ -363,6 +364,34 @@ pub async fn upload_route(
     )
     .await?;
     to_json(json!({"audience": summary, "version": version}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleQuery {
+    cron: String,
+    #[serde(default)]
+    time_zone: Option<String>,
+}
+
+/// `GET /api/schedule?cron=0 3 * * *&time_zone=Asia/Shanghai`: a dynamic pack's schedule in
+/// words and its next five runs, as the console's cron picker previews them; a bad schedule
+/// or zone is a 400 naming which.
+pub async fn schedule_route(
+    _caller: Caller,
+    ApiQuery(query): ApiQuery<ScheduleQuery>,
+) -> AppResult<Json<Value>> {
+    let schedule = Schedule::parse(&query.cron, query.time_zone.as_deref())?;
+    let now = Utc::now();
+    let now = chrono::Timelike::with_nanosecond(&now, 0).unwrap_or(now);
+    let runs = schedule.upcoming(now, 5)?;
+    Ok(Json(json!({
+        "schedule": query.cron,
+        "time_zone": schedule.zone(),
+        "description": schedule.describe(),
+        "next_runs": runs.iter().map(|t| schedule.local(*t)).collect::<Vec<_>>(),
+        "next_runs_utc": runs,
+    })))
 }
 
 /// `GET /api/audiences/{name}`: the pack, its versions and runs.

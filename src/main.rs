@@ -8,6 +8,7 @@ mod bench_query;
 mod build_commands;
 mod catalog_commands;
 mod cli;
+mod console;
 mod demo;
 mod error;
 mod extract;

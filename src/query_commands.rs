@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use shoal_catalog::{Catalog, Role};
+use shoal_catalog::{Catalog, Role, Visibility};
 use shoal_query::count::{self, PathChoice};
 use shoal_query::session::{columns, rows_as_json};
 use shoal_query::{Engine, Session};
@@ -458,8 +458,25 @@ pub async fn fields_route(State(state): State<AppState>, caller: Caller) -> AppR
         .collect();
     let session = state.engine.session(&catalog).await?;
     let events = shoal_query::count::event_names(&state.engine, &session).await?;
+    let columns: Vec<Value> = match definition.table("users") {
+        Ok(users) => users
+            .fields
+            .iter()
+            .filter_map(|f| {
+                let grant = definition.roles.grant(caller.role, f.sensitivity);
+                (grant.read != Visibility::Denied || grant.export != Visibility::Denied).then(
+                    || {
+                        json!({"field": f.name, "zh": f.zh, "en": f.en, "type": f.value_type,
+                        "sensitivity": f.sensitivity, "read": grant.read, "export": grant.export})
+                    },
+                )
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     Ok(Json(json!({
         "fields": fields,
+        "columns": columns,
         "derived": derived,
         "events": events,
         "time_zone": definition.time_zone,

@@ -383,6 +383,18 @@ pub async fn retention_route(
     answer(retention::run(&session, &spec, caller.role, None).await?)
 }
 
+/// `GET /api/reports/campaigns`: campaigns with deliveries, their first and last delivery day
+/// and reach, the most recent first (what the console's ROI view offers). Every role may ask.
+pub async fn campaigns_route(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await.clone();
+    let session = state.engine.session(&catalog).await?;
+    let campaigns = campaign::campaigns(&session).await?;
+    Ok(Json(serde_json::json!({ "campaigns": campaigns })))
+}
+
 /// `POST /api/reports/roi`: a [`CampaignSpec`] → the campaign's funnel, value, cost, ROI and
 /// holdout uplift. Every role may run reports.
 pub async fn roi_route(

@@ -50,6 +50,9 @@ impl AppState {
 /// The HTTP application: routes over the shared state.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/", get(crate::console::index))
+        .route("/assets/app.js", get(crate::console::script))
+        .route("/assets/app.css", get(crate::console::style))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::route))
@@ -78,6 +81,14 @@ pub fn app(state: AppState) -> Router {
             post(crate::report_commands::retention_route),
         )
         .route("/api/reports/roi", post(crate::report_commands::roi_route))
+        .route(
+            "/api/reports/campaigns",
+            get(crate::report_commands::campaigns_route),
+        )
+        .route(
+            "/api/schedule",
+            get(crate::audience_commands::schedule_route),
+        )
         .route("/api/tables", get(tables))
         .route("/api/whoami", get(crate::tokens::whoami_route))
         .route(

@@ -71,6 +71,13 @@ impl Schedule {
         format!("{} ({})", self.cron.describe(), self.zone.name())
     }
 
+    /// `t` as the schedule's zone shows it: `2026-11-24 03:00 CST`.
+    pub fn local(&self, t: DateTime<Utc>) -> String {
+        t.with_timezone(&self.zone)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string()
+    }
+
     /// The zone's name.
     pub fn zone(&self) -> &str {
         self.zone.name()
@@ -91,6 +98,16 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .expect("time")
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn local_times_read_in_the_zone() {
+        let shanghai = Schedule::parse("0 3 * * *", Some("Asia/Shanghai")).expect("parses");
+        let next = shanghai
+            .next_after(at("2026-11-23T20:00:00Z"))
+            .expect("next");
+        assert_eq!(next, at("2026-11-24T19:00:00Z"));
+        assert_eq!(shanghai.local(next), "2026-11-25 03:00 CST");
     }
 
     #[test]

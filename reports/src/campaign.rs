@@ -162,6 +162,57 @@ async fn numbers(session: &Session, sql: &str) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// A campaign seen in the events: the days it was delivered on and how many it reached.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CampaignSummary {
+    pub campaign: String,
+    /// First and last day (catalog zone) with a delivery.
+    pub first_day: String,
+    pub last_day: String,
+    pub deliveries: u64,
+    pub people: u64,
+}
+
+/// The campaigns with deliveries (`campaign_message_delivered` carrying a `campaign_id`), the
+/// most recent first: what a campaign report can be run on.
+pub async fn campaigns(session: &Session) -> Result<Vec<CampaignSummary>> {
+    let sql = "SELECT campaign_id, CAST(min(event_date) AS VARCHAR) AS first_day, \
+               CAST(max(event_date) AS VARCHAR) AS last_day, count(*) AS deliveries, \
+               count(DISTINCT user_id) AS people FROM events \
+               WHERE event_name = 'campaign_message_delivered' AND campaign_id IS NOT NULL \
+               GROUP BY campaign_id ORDER BY last_day DESC, campaign_id LIMIT 1000";
+    let frame = session.sql(sql).await?;
+    let mut stream = session.stream(frame).await?;
+    let mut out = Vec::new();
+    let work = async {
+        while let Some(batch) = stream.try_next().await? {
+            let text = |i: usize| arrow::compute::cast(batch.column(i), &DataType::Utf8);
+            let count = |i: usize| arrow::compute::cast(batch.column(i), &DataType::UInt64);
+            let (names, firsts, lasts) = (text(0)?, text(1)?, text(2)?);
+            let (deliveries, people) = (count(3)?, count(4)?);
+            let (names, firsts, lasts) = (
+                names.as_string::<i32>(),
+                firsts.as_string::<i32>(),
+                lasts.as_string::<i32>(),
+            );
+            let deliveries = deliveries.as_primitive::<arrow::datatypes::UInt64Type>();
+            let people = people.as_primitive::<arrow::datatypes::UInt64Type>();
+            for row in 0..batch.num_rows() {
+                out.push(CampaignSummary {
+                    campaign: names.value(row).to_string(),
+                    first_day: firsts.value(row).to_string(),
+                    last_day: lasts.value(row).to_string(),
+                    deliveries: deliveries.value(row),
+                    people: people.value(row),
+                });
+            }
+        }
+        Ok::<_, DataFusionError>(())
+    };
+    session.limited(work).await?;
+    Ok(out)
+}
+
 fn rate(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }

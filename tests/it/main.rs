@@ -4,6 +4,7 @@ mod audience;
 mod auth;
 mod build;
 mod catalog_cli;
+mod console;
 mod ingest;
 mod postgres;
 mod query;

@@ -784,6 +784,19 @@ fn campaign_roi_counts_the_funnel_value_cost_and_uplift() {
     let (status, body) = post(&spec);
     assert_eq!(status, 200, "{body}");
     assert_eq!((&body["net"], &body["reached"]), (&json!(11.0), &json!(2)));
+    // The campaigns a report can be run on: c1, delivered to k1, k2 and k4 on 11-10 (Beijing).
+    let campaigns: Value = server
+        .client("viewer")
+        .get(format!("{}/api/reports/campaigns", server.base))
+        .send()
+        .expect("campaigns")
+        .json()
+        .expect("json");
+    assert_eq!(
+        campaigns,
+        json!({"campaigns": [{"campaign": "c1", "first_day": "2026-11-10",
+            "last_day": "2026-11-10", "deliveries": 3, "people": 3}]})
+    );
     // Without a target: everyone delivered (k1, k2, k4); no cost, no ROI.
     let (_, body) = post(&json!({"campaign": "c1", "from": "2026-11-10", "to": "2026-11-10"}));
     assert_eq!(
