@@ -142,6 +142,10 @@ pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()
         "  try: curl -H 'Authorization: Bearer {}' http://{}/api/whoami",
         token.token, args.serve.http
     );
+    println!(
+        "web console: http://{}/?token={}  (signs in once; the token leaves the address bar)",
+        args.serve.http, token.token
+    );
     if args.no_serve {
         return Ok(());
     }

@@ -74,6 +74,37 @@ fn the_console_shows_what_the_api_answers_in_a_real_browser() {
         &json!({"name": "over_40", "sql": "SELECT user_id FROM users WHERE age > 40"}),
     );
 
+    // A list to upload: three phones people have (one written the way people type it, one
+    // twice), one nobody has, one that is not a phone.
+    let phones = post(
+        &server,
+        "admin",
+        "/api/query/sql",
+        &json!({"sql": "SELECT phone FROM users WHERE phone IS NOT NULL ORDER BY user_id LIMIT 3"}),
+    );
+    let phones: Vec<String> = phones["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["phone"].as_str().expect("phone").to_string())
+        .collect();
+    assert_eq!(phones.len(), 3);
+    let spaced = format!(
+        "{} {} {}",
+        &phones[1][3..6],
+        &phones[1][6..10],
+        &phones[1][10..]
+    );
+    let list = dir.path().join("crm.csv");
+    std::fs::write(
+        &list,
+        format!(
+            "phone\n{}\n{spaced}\n{}\n{}\n+8619900000000\nnot-a-phone\n",
+            phones[0], phones[2], phones[0]
+        ),
+    )
+    .expect("write list");
+
     let shots = screenshots();
     let tokens = json!({"viewer": server.token("viewer"), "analyst": server.token("analyst")});
     let out = std::process::Command::new(python())
@@ -88,6 +119,7 @@ fn the_console_shows_what_the_api_answers_in_a_real_browser() {
             "2026-10-22",
             "2026-11-20",
         ])
+        .env("SHOAL_UPLOAD_FILE", &list)
         .output()
         .expect("python");
     assert!(
@@ -159,6 +191,28 @@ fn the_console_shows_what_the_api_answers_in_a_real_browser() {
         .json()
         .expect("json");
     assert_eq!(saved["size"].as_u64(), Some(combo));
+
+    // The upload dialog's match report, counted by hand: 6 rows, 3 people, 1 unknown phone,
+    // 1 invalid, 1 repeated.
+    assert_eq!(
+        seen["upload_report"],
+        json!({"rows": 6, "matched": 3, "unmatched": 1, "invalid": 1, "duplicates": 1})
+    );
+
+    // The lookalike dialog made a pack of 50 outside the seed and showed its holdout check.
+    let like: Value = server
+        .client("analyst")
+        .get(format!("{}/api/audiences/console_like", server.base))
+        .send()
+        .expect("show")
+        .json()
+        .expect("json");
+    assert_eq!(like["size"], 50, "{like}");
+    let report = seen["lookalike_report"].as_str().expect("report");
+    assert!(
+        report.starts_with("50 people added; holdout check:") && report.contains("lift"),
+        "{report}"
+    );
 
     // The funnel the page drew is the API's funnel.
     let funnel = post(

@@ -117,6 +117,18 @@ with sync_playwright() as p:
     shot(page, "05-export-dialog")
     export.get_by_role("button", name="Close").click()
 
+    # Lookalike of the saved pack: 50 more people, with the holdout check.
+    page.get_by_role("button", name="Lookalike…").click()
+    look = page.get_by_role("dialog")
+    look.get_by_label("Name").fill(f"{prefix}_like")
+    look.get_by_label("expand by").select_option("size")
+    look.get_by_label("amount").fill("50")
+    look.get_by_role("button", name="Create").click()
+    expect(look.get_by_test_id("lookalike-report")).to_be_visible(timeout=60000)
+    seen["lookalike_report"] = look.get_by_test_id("lookalike-report").inner_text()
+    shot(page, "05b-lookalike-dialog")
+    look.get_by_role("button", name="Close").click()
+
     # Set algebra: drag console_men into ∪, then over_40 into −.
     page.goto(base + "/#/audiences")
     expect(page.get_by_test_id("audiences")).to_contain_text(men)
@@ -129,6 +141,22 @@ with sync_playwright() as p:
     page.get_by_role("button", name="Save as audience").click()
     expect(page.get_by_test_id("saved-link")).to_be_visible()
     shot(page, "06-audiences")
+
+    # Upload a list of phones; the dialog reports what matched.
+    upload = os.environ.get("SHOAL_UPLOAD_FILE")
+    if upload:
+        page.get_by_role("button", name="+ Upload a list").click()
+        up = page.get_by_role("dialog")
+        up.get_by_label("Name").fill(f"{prefix}_crm")
+        up.get_by_label("File").set_input_files(upload)
+        up.get_by_role("button", name="Upload").click()
+        expect(up.get_by_test_id("match-report")).to_be_visible()
+        seen["upload_report"] = {
+            key: int(up.locator(f"dd[data-key={key}]").inner_text().replace(",", ""))
+            for key in ("rows", "matched", "unmatched", "invalid", "duplicates")
+        }
+        shot(page, "06b-upload-dialog")
+        up.get_by_role("button", name="Close").click()
 
     # Funnel: view_item → add_to_cart → purchase within 7 days over the given days.
     page.goto(base + "/#/reports/funnel")

@@ -52,7 +52,7 @@ interface Detail extends Pack {
   schedule_description: string | null;
 }
 
-const when = (s: string | null | undefined) => (s ? s.replace("T", " ").slice(0, 19) : "–");
+const when = (s: string | null | undefined) => (s ? s.replace("T", " ").slice(0, 19) + " UTC" : "–");
 
 export function Audiences({ me }: { me: Me }) {
   const [list, error, reload] = useLoad(() => get<{ audiences: Pack[] }>("/api/audiences"));
@@ -553,7 +553,7 @@ function LookalikeDialog({ seed, onClose }: { seed: string; onClose: () => void 
                 size: formatNumber(report.size),
                 found: formatNumber(holdout?.found),
                 hidden: formatNumber(holdout?.hidden),
-                lift: holdout?.lift ?? "–",
+                lift: holdout?.lift == null ? "–" : Number(holdout.lift).toFixed(1),
               })}
             </p>
             <p class="muted">
