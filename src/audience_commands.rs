@@ -613,5 +613,41 @@ pub async fn scheduler(state: AppState, every: std::time::Duration) {
                 }
             });
         }
+        refresh_saved_reports(&state, &catalog, trigger).await;
+    }
+}
+
+/// Runs the saved reports that are due: by their schedule (a missed run once, at start) or
+/// because a pack they read has a new version.
+async fn refresh_saved_reports(state: &AppState, catalog: &Catalog, tick: Trigger) {
+    use shoal_reports::saved;
+    let due = match saved::due(&state.engine, catalog, Utc::now()).await {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::warn!("scheduler: cannot read the saved reports: {e}");
+            return;
+        }
+    };
+    for (name, why) in due {
+        let why = match (why, tick) {
+            (saved::Trigger::Schedule, Trigger::CatchUp) => saved::Trigger::CatchUp,
+            (why, _) => why,
+        };
+        let (engine, catalog) = (state.engine.clone(), catalog.clone());
+        tokio::spawn(async move {
+            let robot = saved::Actor {
+                id: "scheduler".into(),
+                role: Role::Admin,
+            };
+            match saved::refresh(&engine, &catalog, &name, why, &robot).await {
+                Ok(run) => tracing::info!(
+                    "report '{name}' refreshed ({}): version {:?}",
+                    why.name(),
+                    run.version
+                ),
+                Err(shoal_audience::Error::Conflict(_)) => {}
+                Err(e) => tracing::warn!("report '{name}' failed (previous rows kept): {e}"),
+            }
+        });
     }
 }

@@ -451,6 +451,55 @@ pub enum ReportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Save a report under a name: run now, on a schedule, and whenever a pack it reads gets
+    /// a new version; every run lands in report_runs and report_funnel / _retention / _roi.
+    Save {
+        name: String,
+        /// funnel, retention or roi.
+        #[arg(long)]
+        kind: String,
+        /// The report's request as JSON (as POST /api/reports/KIND takes it): a file, or -.
+        #[arg(long)]
+        spec: String,
+        /// Five-field cron schedule of refreshes.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Zone the schedule is read in (default UTC).
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Saved reports with their last run and next scheduled run.
+    List {
+        /// Include deleted reports.
+        #[arg(long)]
+        deleted: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A saved report: its spec, runs, and the rows of its newest version.
+    Show {
+        name: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a saved report now.
+    Refresh {
+        name: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Soft-delete a saved report (its rows stay).
+    Delete { name: String },
+    /// Restore a deleted saved report.
+    Restore { name: String },
 }
 
 #[derive(Debug, Args)]

@@ -11,9 +11,11 @@ use shoal_query::Engine;
 use shoal_reports::campaign::{self, CampaignResult, CampaignSpec};
 use shoal_reports::funnel::{self, Exclusion, FunnelResult, FunnelSpec, Step, StepResult};
 use shoal_reports::retention::{self, EventSpec, RetentionResult, RetentionSpec};
+use shoal_reports::saved::{self, NewReport, Trigger};
 
 use crate::cli::{FunnelArgs, ReportCommand, RetentionArgs};
 use crate::error::{AppError, AppResult};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::serve::AppState;
 use crate::tokens::Caller;
 
@@ -41,7 +43,240 @@ pub async fn command(catalog: &Catalog, command: &ReportCommand) -> AppResult<()
             let result = retention::run(&session, &spec, Role::Admin, None).await?;
             print(&result, args.json, write_retention)
         }
+        ReportCommand::Save {
+            name,
+            kind,
+            spec,
+            schedule,
+            zone,
+            description,
+            json,
+        } => {
+            let new = NewReport {
+                name: name.clone(),
+                kind: serde_json::from_value(Value::String(kind.clone())).map_err(|_| {
+                    AppError::BadRequest(format!(
+                        "--kind: '{kind}' is not a report kind (funnel, retention or roi)"
+                    ))
+                })?,
+                description: description.clone(),
+                spec: read_spec(spec)?,
+                schedule: schedule.clone(),
+                time_zone: zone.clone(),
+            };
+            let engine = Engine::new(Default::default());
+            let (summary, run) = saved::save(&engine, catalog, new, &cli_actor()).await?;
+            let answer = serde_json::json!({"report": summary, "run": run});
+            print(&answer, *json, |out, a| {
+                writeln!(
+                    out,
+                    "saved report '{}': version {} stored in {}",
+                    a["report"]["name"].as_str().unwrap_or_default(),
+                    a["run"]["version"],
+                    rows_table(&a["report"]["kind"])
+                )
+            })
+        }
+        ReportCommand::List { deleted, json } => {
+            let engine = Engine::new(Default::default());
+            let reports = saved::list(&engine, catalog, *deleted).await?;
+            print(&serde_json::json!({"reports": reports}), *json, |out, a| {
+                writeln!(
+                    out,
+                    "{:<24} {:<10} {:>4} {:<22} {:<8} {:<18} next run",
+                    "name", "kind", "ver", "last run", "status", "schedule"
+                )?;
+                for r in a["reports"].as_array().into_iter().flatten() {
+                    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+                    let last = &r["last_run"];
+                    writeln!(
+                        out,
+                        "{:<24} {:<10} {:>4} {:<22} {:<8} {:<18} {}{}",
+                        text(&r["name"]),
+                        text(&r["kind"]),
+                        last["version"]
+                            .as_u64()
+                            .map_or("-".into(), |v| v.to_string()),
+                        text(&last["started_at"])
+                            .chars()
+                            .take(19)
+                            .collect::<String>(),
+                        text(&last["status"]),
+                        text(&r["schedule"]),
+                        text(&r["next_run"]),
+                        if r["deleted_at"].is_null() {
+                            ""
+                        } else {
+                            "  (deleted)"
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+        }
+        ReportCommand::Show { name, json } => {
+            let engine = Engine::new(Default::default());
+            let detail = saved::show(&engine, catalog, name).await?;
+            print(&detail, *json, |out, d| {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&d["report"]).unwrap_or_default()
+                )?;
+                for run in d["runs"].as_array().into_iter().flatten() {
+                    writeln!(
+                        out,
+                        "  run {} {} {} {}",
+                        run["started_at"].as_str().unwrap_or_default(),
+                        run["trigger"].as_str().unwrap_or_default(),
+                        run["status"].as_str().unwrap_or_default(),
+                        run["error"].as_str().unwrap_or_default()
+                    )?;
+                }
+                writeln!(
+                    out,
+                    "rows of the newest version in {}:",
+                    d["table"].as_str().unwrap_or_default()
+                )?;
+                for row in d["rows"].as_array().into_iter().flatten() {
+                    writeln!(out, "  {row}")?;
+                }
+                Ok(())
+            })
+        }
+        ReportCommand::Refresh { name, json } => {
+            let engine = Engine::new(Default::default());
+            let run = saved::refresh(&engine, catalog, name, Trigger::Manual, &cli_actor()).await?;
+            print(&run, *json, |out, r| {
+                writeln!(
+                    out,
+                    "report '{}': version {} in {:.0} ms",
+                    r.report,
+                    r.version.map_or("-".into(), |v| v.to_string()),
+                    r.duration_ms
+                )
+            })
+        }
+        ReportCommand::Delete { name } => {
+            let engine = Engine::new(Default::default());
+            saved::set_deleted(&engine, catalog, name, true, &cli_actor()).await?;
+            println!("report '{name}' deleted (shoal report restore {name} undoes it)");
+            Ok(())
+        }
+        ReportCommand::Restore { name } => {
+            let engine = Engine::new(Default::default());
+            saved::set_deleted(&engine, catalog, name, false, &cli_actor()).await?;
+            println!("report '{name}' restored");
+            Ok(())
+        }
     }
+}
+
+/// The command line owns the warehouse.
+fn cli_actor() -> saved::Actor {
+    saved::Actor {
+        id: "cli".into(),
+        role: Role::Admin,
+    }
+}
+
+fn caller_actor(caller: &Caller) -> saved::Actor {
+    saved::Actor {
+        id: caller.author(),
+        role: caller.role,
+    }
+}
+
+fn rows_table(kind: &Value) -> String {
+    format!("report_{}", kind.as_str().unwrap_or_default())
+}
+
+/// `GET /api/reports/saved?deleted=true`: saved reports with their last and next runs.
+pub async fn saved_list_route(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiQuery(query): ApiQuery<SavedListQuery>,
+) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await.clone();
+    let reports = saved::list(&state.engine, &catalog, query.deleted).await?;
+    Ok(Json(serde_json::json!({ "reports": reports })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedListQuery {
+    #[serde(default)]
+    deleted: bool,
+}
+
+/// `POST /api/reports/saved` (analyst): `{"name", "kind", "spec", "schedule"?, "time_zone"?,
+/// "description"?}` → the saved report and its first run.
+pub async fn saved_create_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let new: NewReport = request(&body)?;
+    let catalog = state.catalog.read().await.clone();
+    let (summary, run) = saved::save(&state.engine, &catalog, new, &caller_actor(&caller)).await?;
+    Ok(Json(serde_json::json!({"report": summary, "run": run})))
+}
+
+/// `GET /api/reports/saved/{name}`: the report, its runs and its newest rows.
+pub async fn saved_show_route(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await.clone();
+    Ok(Json(saved::show(&state.engine, &catalog, &name).await?))
+}
+
+/// `POST /api/reports/saved/{name}/refresh` (analyst): a new version now.
+pub async fn saved_refresh_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await.clone();
+    let run = saved::refresh(
+        &state.engine,
+        &catalog,
+        &name,
+        Trigger::Manual,
+        &caller_actor(&caller),
+    )
+    .await?;
+    answer(run)
+}
+
+/// `DELETE /api/reports/saved/{name}` (owner or admin): soft delete; its rows stay.
+pub async fn saved_delete_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await.clone();
+    saved::set_deleted(&state.engine, &catalog, &name, true, &caller_actor(&caller)).await?;
+    Ok(Json(serde_json::json!({"report": name, "deleted": true})))
+}
+
+/// `POST /api/reports/saved/{name}/restore` (owner or admin).
+pub async fn saved_restore_route(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> AppResult<Json<Value>> {
+    let catalog = state.catalog.read().await.clone();
+    saved::set_deleted(
+        &state.engine,
+        &catalog,
+        &name,
+        false,
+        &caller_actor(&caller),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({"report": name, "deleted": false})))
 }
 
 fn write_campaign(out: &mut impl Write, r: &CampaignResult) -> std::io::Result<()> {

@@ -89,6 +89,24 @@ pub fn app(state: AppState) -> Router {
             "/api/schedule",
             get(crate::audience_commands::schedule_route),
         )
+        .route(
+            "/api/reports/saved",
+            get(crate::report_commands::saved_list_route)
+                .post(crate::report_commands::saved_create_route),
+        )
+        .route(
+            "/api/reports/saved/{name}",
+            get(crate::report_commands::saved_show_route)
+                .delete(crate::report_commands::saved_delete_route),
+        )
+        .route(
+            "/api/reports/saved/{name}/refresh",
+            post(crate::report_commands::saved_refresh_route),
+        )
+        .route(
+            "/api/reports/saved/{name}/restore",
+            post(crate::report_commands::saved_restore_route),
+        )
         .route("/api/tables", get(tables))
         .route("/api/whoami", get(crate::tokens::whoami_route))
         .route(

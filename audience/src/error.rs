@@ -36,7 +36,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Error::Invalid {
             field: field.to_string(),
             message: message.into(),

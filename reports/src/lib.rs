@@ -3,4 +3,5 @@
 pub mod campaign;
 pub mod funnel;
 pub mod retention;
+pub mod saved;
 pub mod spec;

@@ -834,3 +834,297 @@ fn campaign_roi_counts_the_funnel_value_cost_and_uplift() {
     let (status, _) = post(&json!({"campaign": "c1"}));
     assert_eq!(status, 400);
 }
+
+#[test]
+fn saved_reports_are_stored_as_tables_and_follow_their_campaign() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = campaign_world(dir.path());
+    let spec = json!({
+        "campaign": "c1", "audience": "tgt", "control": "hold",
+        "from": "2026-11-10", "to": "2026-11-10", "days": 7,
+        "positive": [{"metric": "revenue", "value": 0.3}],
+        "negative": [{"metric": {"event": "unfollow_official_account"}, "value": 5.0}],
+        "cost": {"per_delivery": 2.0, "fixed": 10.0}
+    });
+    let file = dir.path().join("campaign.json");
+    std::fs::write(&file, spec.to_string()).expect("write");
+    let spec_file = file.to_str().expect("path");
+    let saved = json_ok(&shoal(
+        &wh,
+        &[
+            "report", "save", "c1_roi", "--kind", "roi", "--spec", spec_file, "--json",
+        ],
+    ));
+    assert_eq!(saved["run"]["version"], 1, "{saved}");
+    assert_eq!(saved["run"]["packs"], json!({"tgt": 1, "hold": 1}));
+
+    // The rows BI tools read: the same figures as the report (worked out by hand above:
+    // target 3, reached 2, clicked 1, converted 1; +30 revenue value, −5 unfollows, cost 14).
+    let sql = |query: &str| -> Vec<Value> {
+        let out = json_ok(&shoal(&wh, &["sql", query, "--format", "json"]));
+        out["rows"].as_array().expect("rows").clone()
+    };
+    let rows = sql(
+        "SELECT report, version, campaign, CAST(from_day AS VARCHAR) AS from_day, target, reached, clicked, converted, deliveries, positive, negative, cost, net FROM report_roi",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            json!({"report": "c1_roi", "version": 1, "campaign": "c1", "from_day": "2026-11-10",
+            "target": 3, "reached": 2, "clicked": 1, "converted": 1, "deliveries": 2,
+            "positive": 30.0, "negative": 5.0, "cost": 14.0, "net": 11.0})
+        ]
+    );
+    // The run keeps the inputs: the spec verbatim, the table versions and pack versions read.
+    let runs =
+        sql("SELECT report, version, trigger, status, spec, snapshot, packs FROM report_runs");
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(
+        (&run["trigger"], &run["status"]),
+        (&json!("create"), &json!("ok"))
+    );
+    let stored: Value = serde_json::from_str(run["spec"].as_str().expect("spec")).expect("json");
+    assert_eq!(stored, spec);
+    let snapshot: Value =
+        serde_json::from_str(run["snapshot"].as_str().expect("snapshot")).expect("json");
+    assert!(snapshot["events"].as_u64().is_some(), "{snapshot}");
+
+    // A funnel and a retention report land one row per step / per cohort and period.
+    let funnel = dir.path().join("funnel.json");
+    std::fs::write(
+        &funnel,
+        json!({"steps": [{"event": "campaign_message_delivered"}, {"event": "purchase"}],
+               "window": "7d", "from": "2026-11-10", "to": "2026-11-20"})
+        .to_string(),
+    )
+    .expect("write");
+    json_ok(&shoal(
+        &wh,
+        &[
+            "report",
+            "save",
+            "deliveries_to_purchase",
+            "--kind",
+            "funnel",
+            "--spec",
+            funnel.to_str().expect("path"),
+            "--json",
+        ],
+    ));
+    let steps = sql("SELECT step, event, users FROM report_funnel ORDER BY step");
+    // Delivered: k1, k2, k4; of those, k1 bought within 7 days (k2 after 10 days).
+    assert_eq!(
+        steps,
+        vec![
+            json!({"step": 1, "event": "campaign_message_delivered", "users": 3}),
+            json!({"step": 2, "event": "purchase", "users": 1}),
+        ]
+    );
+
+    // Over HTTP: roles, bad input, and a refresh that follows the campaign's target pack.
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&[
+        "--warehouse",
+        &location,
+        "serve",
+        "--build-every",
+        "0",
+        "--schedule-every",
+        "1",
+    ]);
+    let call = |role: &str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut request = server
+            .client(role)
+            .request(method, format!("{}{path}", server.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().expect("request");
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().expect("json"))
+    };
+    let post = reqwest::Method::POST;
+    let new = |name: &str, spec: Value| json!({"name": name, "kind": "roi", "spec": spec});
+    let (status, body) = call(
+        "viewer",
+        post.clone(),
+        "/api/reports/saved",
+        Some(new("v", spec.clone())),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = call(
+        "analyst",
+        post.clone(),
+        "/api/reports/saved",
+        Some(new("c1_roi", spec.clone())),
+    );
+    assert_eq!(status, 409, "{body}");
+    let mut broken = spec.clone();
+    broken["days"] = json!(0);
+    let (status, body) = call(
+        "analyst",
+        post.clone(),
+        "/api/reports/saved",
+        Some(new("broken", broken)),
+    );
+    assert_eq!(
+        (status, &body["error"]["path"]),
+        (400, &json!("days")),
+        "{body}"
+    );
+    let (status, body) = call(
+        "analyst",
+        post.clone(),
+        "/api/reports/saved",
+        Some(new("no_spec", json!({"from": "2026-11-10"}))),
+    );
+    assert_eq!(
+        (status, &body["error"]["path"]),
+        (400, &json!("spec")),
+        "{body}"
+    );
+    let (status, body) = call(
+        "analyst",
+        post.clone(),
+        "/api/reports/saved",
+        Some(json!({"name": "x", "kind": "roi", "spec": spec, "schedule": "0 3 * *"})),
+    );
+    assert_eq!(
+        (status, &body["error"]["path"]),
+        (400, &json!("schedule")),
+        "{body}"
+    );
+    let (status, body) = call(
+        "analyst",
+        post.clone(),
+        "/api/reports/saved",
+        Some(json!({"name": "../x", "kind": "roi", "spec": spec})),
+    );
+    assert_eq!(
+        (status, &body["error"]["path"]),
+        (400, &json!("name")),
+        "{body}"
+    );
+    let (status, body) = call(
+        "analyst",
+        post.clone(),
+        "/api/reports/saved",
+        Some(
+            json!({"name": "daily", "kind": "roi", "spec": spec, "schedule": "0 3 * * *",
+                    "time_zone": "Asia/Shanghai"}),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["report"]["next_run"]
+            .as_str()
+            .expect("next")
+            .contains("T19:00:00"),
+        "{body}"
+    );
+    let (status, body) = call("viewer", reqwest::Method::GET, "/api/reports/saved", None);
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["reports"]
+        .as_array()
+        .expect("reports")
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["c1_roi", "daily", "deliveries_to_purchase"]);
+
+    // The campaign's target pack gains a version: the saved reports reading it follow.
+    let (status, body) = call("analyst", post.clone(), "/api/audiences/tgt/refresh", None);
+    assert_eq!(status, 200, "{body}");
+    let mut followed = Value::Null;
+    for _ in 0..60 {
+        let (_, detail) = call(
+            "viewer",
+            reqwest::Method::GET,
+            "/api/reports/saved/c1_roi",
+            None,
+        );
+        if detail["runs"].as_array().is_some_and(|r| r.len() == 2) {
+            followed = detail;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let runs = followed["runs"]
+        .as_array()
+        .expect("a second run after the pack's refresh");
+    assert_eq!(
+        (&runs[1]["trigger"], &runs[1]["version"]),
+        (&json!("pack"), &json!(2))
+    );
+    assert_eq!(runs[1]["packs"], json!({"tgt": 2, "hold": 1}));
+    assert_eq!(followed["rows"][0]["version"], 2);
+    assert_eq!(followed["rows"][0]["net"], 11.0);
+    // The funnel reads no pack: it did not run again.
+    let (_, funnel) = call(
+        "viewer",
+        reqwest::Method::GET,
+        "/api/reports/saved/deliveries_to_purchase",
+        None,
+    );
+    assert_eq!(funnel["runs"].as_array().expect("runs").len(), 1);
+
+    // Refresh by hand, delete and restore.
+    let (status, body) = call(
+        "viewer",
+        post.clone(),
+        "/api/reports/saved/c1_roi/refresh",
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = call(
+        "analyst",
+        post.clone(),
+        "/api/reports/saved/c1_roi/refresh",
+        None,
+    );
+    assert_eq!(
+        (status, &body["version"], &body["trigger"]),
+        (200, &json!(3), &json!("manual")),
+        "{body}"
+    );
+    let (status, body) = call(
+        "analyst",
+        reqwest::Method::DELETE,
+        "/api/reports/saved/c1_roi",
+        None,
+    );
+    assert_eq!(status, 403, "only its owner (the CLI) or an admin: {body}");
+    let (status, _) = call(
+        "admin",
+        reqwest::Method::DELETE,
+        "/api/reports/saved/c1_roi",
+        None,
+    );
+    assert_eq!(status, 200);
+    let (_, body) = call("viewer", reqwest::Method::GET, "/api/reports/saved", None);
+    assert_eq!(body["reports"].as_array().expect("reports").len(), 2);
+    let (status, body) = call(
+        "analyst",
+        post.clone(),
+        "/api/reports/saved/c1_roi/refresh",
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = call(
+        "admin",
+        post.clone(),
+        "/api/reports/saved/c1_roi/restore",
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, body) = call(
+        "viewer",
+        reqwest::Method::GET,
+        "/api/reports/saved/nothing",
+        None,
+    );
+    assert_eq!(status, 404, "{body}");
+    let rows = sql("SELECT count(*) AS n FROM report_roi WHERE report = 'c1_roi'");
+    assert_eq!(rows[0]["n"], 3, "every version's rows are kept");
+}
