@@ -290,6 +290,13 @@ fn the_console_shows_what_the_api_answers_in_a_real_browser() {
         "{terms}"
     );
     assert!(seen["retention_rows"].as_u64().expect("rows") > 1);
+    // Saved from the ROI view: the stored row is the API's answer.
+    let row = &seen["saved_roi_row"];
+    assert_eq!(row["campaign"], roi["campaign"]);
+    assert_eq!(row["version"], "1");
+    for key in ["target", "reached", "converted"] {
+        assert_eq!(row[key], roi[key].to_string(), "{key}: {row}");
+    }
 
     // Roles: the analyst sees the SQL page and exports phones hashed; the viewer signed in
     // through /?token= (dropped from the address), has no SQL page, cannot save or refresh,

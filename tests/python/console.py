@@ -188,6 +188,19 @@ with sync_playwright() as p:
     }
     shot(page, "08-roi")
 
+    # Keep it as a saved report; the saved reports tab shows its stored rows.
+    page.get_by_label("report name").fill(f"{prefix}_roi")
+    page.get_by_role("button", name="Save report").click()
+    expect(page.get_by_test_id("report-saved")).to_contain_text("version 1", timeout=20000)
+    page.goto(base + "/#/reports/saved")
+    page.locator(f"[data-testid=saved-reports] tr[data-name={prefix}_roi] button.link").click()
+    saved_rows = page.get_by_test_id("saved-rows")
+    expect(saved_rows).to_be_visible()
+    headers = [h.inner_text() for h in saved_rows.locator("thead th").all()]
+    cells = [c.inner_text() for c in saved_rows.locator("tbody tr").first.locator("td").all()]
+    seen["saved_roi_row"] = dict(zip(headers, cells))
+    shot(page, "08b-saved-reports")
+
     page.goto(base + "/#/reports/retention")
     page.get_by_role("button", name="Run").click()
     expect(page.get_by_test_id("retention")).to_be_visible()

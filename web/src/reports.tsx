@@ -2,7 +2,7 @@
 
 import { useState } from "preact/hooks";
 import { errorText, get, post } from "./api";
-import { ErrorLine, Me, loadFields, useLoad } from "./common";
+import { ErrorLine, Me, Table, allowed, loadFields, useLoad } from "./common";
 import { formatNumber, label, percent, t } from "./i18n";
 import { Chart } from "./chart";
 
@@ -10,6 +10,7 @@ const TABS = [
   ["funnel", "Funnel"],
   ["roi", "Campaign ROI"],
   ["retention", "Retention"],
+  ["saved", "Saved reports"],
 ];
 
 export function Reports({ me, tab }: { me: Me; tab: string }) {
@@ -22,7 +23,7 @@ export function Reports({ me, tab }: { me: Me; tab: string }) {
           </a>
         ))}
       </nav>
-      {tab === "roi" ? <Roi me={me} /> : tab === "retention" ? <Retention /> : <Funnel />}
+      {tab === "roi" ? <Roi me={me} /> : tab === "retention" ? <Retention me={me} /> : tab === "saved" ? <Saved me={me} /> : <Funnel me={me} />}
     </div>
   );
 }
@@ -64,7 +65,7 @@ function duration(s: number | null) {
   return `${(s / 86400).toFixed(1)} d`;
 }
 
-function Funnel() {
+function Funnel({ me }: { me: Me }) {
   const [fields] = useLoad(loadFields);
   const packs = usePacks();
   const [steps, setSteps] = useState<string[]>(["view_item", "add_to_cart", "purchase"]);
@@ -78,6 +79,7 @@ function Funnel() {
   const [answer, setAnswer] = useState<any>(null);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const [spec, setSpec] = useState<Record<string, unknown> | null>(null);
   const events = fields?.events ?? [];
   const breakdowns = (fields?.fields ?? []).filter((f) => ["enum", "bool", "string"].includes(f.type) && (f.table === "users" || f.table === "events") && f.sensitivity !== "confidential");
 
@@ -91,6 +93,7 @@ function Funnel() {
     if (breakdown) body.breakdown = breakdown.includes(".") ? breakdown : "users." + breakdown;
     try {
       setAnswer(await post("/api/reports/funnel", body));
+      setSpec(body);
       setError(null);
     } catch (err) {
       setError(errorText(err));
@@ -172,6 +175,7 @@ function Funnel() {
         </div>
       </form>
       <ErrorLine error={error} />
+      {answer && spec && <SaveReport me={me} kind="funnel" spec={spec} />}
       {answer && (
         <>
           <Chart
@@ -287,7 +291,7 @@ function LinesEditor({ lines, set, events, title }: { lines: Line[]; set: (l: Li
   );
 }
 
-function Roi({ me: _me }: { me: Me }) {
+function Roi({ me }: { me: Me }) {
   const [fields] = useLoad(loadFields);
   const packs = usePacks();
   const [campaigns] = useLoad(() => get<{ campaigns: Campaign[] }>("/api/reports/campaigns"));
@@ -305,6 +309,7 @@ function Roi({ me: _me }: { me: Me }) {
   const [answer, setAnswer] = useState<any>(null);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const [spec, setSpec] = useState<Record<string, unknown> | null>(null);
   const events = fields?.events ?? [];
 
   const choose = (name: string) => {
@@ -334,6 +339,7 @@ function Roi({ me: _me }: { me: Me }) {
     if (control) body.control = control;
     try {
       setAnswer(await post("/api/reports/roi", body));
+      setSpec(body);
       setError(null);
     } catch (err) {
       setError(errorText(err));
@@ -413,6 +419,7 @@ function Roi({ me: _me }: { me: Me }) {
         </div>
       </form>
       <ErrorLine error={error} />
+      {answer && spec && <SaveReport me={me} kind="roi" spec={spec} />}
       {answer && (
         <div class="roi" data-testid="roi">
           <div class="columns2">
@@ -529,7 +536,7 @@ function Roi({ me: _me }: { me: Me }) {
   );
 }
 
-function Retention() {
+function Retention({ me }: { me: Me }) {
   const [fields] = useLoad(loadFields);
   const packs = usePacks();
   const [cohort, setCohort] = useState("purchase");
@@ -543,6 +550,7 @@ function Retention() {
   const [answer, setAnswer] = useState<any>(null);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const [spec, setSpec] = useState<Record<string, unknown> | null>(null);
   const events = fields?.events ?? [];
 
   async function run(e: Event) {
@@ -556,6 +564,7 @@ function Retention() {
     if (to) body.to = to;
     try {
       setAnswer(await post("/api/reports/retention", body));
+      setSpec(body);
       setError(null);
     } catch (err) {
       setError(errorText(err));
@@ -619,6 +628,7 @@ function Retention() {
         </div>
       </form>
       <ErrorLine error={error} />
+      {answer && spec && <SaveReport me={me} kind="retention" spec={spec} />}
       {answer && (
         <div class="grid-wrap">
           <table class="grid retention" data-testid="retention">
@@ -657,6 +667,144 @@ function Retention() {
             </tbody>
           </table>
         </div>
+      )}
+    </section>
+  );
+}
+
+/** Keeps the report just run under a name: refreshed on a schedule and when its packs change. */
+function SaveReport({ me, kind, spec }: { me: Me; kind: string; spec: Record<string, unknown> }) {
+  const [name, setName] = useState("");
+  const [schedule, setSchedule] = useState("");
+  const [zone, setZone] = useState("Asia/Shanghai");
+  const [saved, setSaved] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  if (!allowed(me, "analyst")) return null;
+  async function save(e: Event) {
+    e.preventDefault();
+    try {
+      const body: Record<string, unknown> = { name, kind, spec };
+      if (schedule.trim()) Object.assign(body, { schedule: schedule.trim(), time_zone: zone });
+      const answer = await post<{ run: { version: number } }>("/api/reports/saved", body);
+      setSaved(t("saved as {name}, version {v}", { name, v: answer.run.version }));
+      setError(null);
+    } catch (err) {
+      setError(errorText(err));
+    }
+  }
+  return (
+    <form class="inline save-report" onSubmit={save} aria-label={t("Save report")}>
+      <input aria-label={t("report name")} placeholder={t("report name")} required value={name} onInput={(e) => setName((e.target as HTMLInputElement).value)} />
+      <input aria-label={t("refresh schedule (cron, optional)")} placeholder={t("refresh schedule (cron, optional)")} value={schedule} onInput={(e) => setSchedule((e.target as HTMLInputElement).value)} />
+      {schedule.trim() && <input aria-label={t("Time zone")} value={zone} onInput={(e) => setZone((e.target as HTMLInputElement).value)} />}
+      <button type="submit">{t("Save report")}</button>
+      {saved && (
+        <a href="#/reports/saved" data-testid="report-saved">
+          {saved}
+        </a>
+      )}
+      <ErrorLine error={error} />
+    </form>
+  );
+}
+
+interface SavedSummary {
+  name: string;
+  kind: string;
+  owner: string;
+  schedule: string | null;
+  time_zone: string | null;
+  next_run: string | null;
+  last_run: { version: number | null; started_at: string; status: string; trigger: string; error: string | null } | null;
+}
+
+/** Saved reports: what BI reads from the report_* tables, with their runs. */
+function Saved({ me }: { me: Me }) {
+  const [list, error, reload] = useLoad(() => get<{ reports: SavedSummary[] }>("/api/reports/saved"));
+  const [open, setOpen] = useState<any>(null);
+  const [actionError, setActionError] = useState<string | null>(null);
+  async function show(name: string) {
+    try {
+      setOpen(await get("/api/reports/saved/" + encodeURIComponent(name)));
+      setActionError(null);
+    } catch (e) {
+      setActionError(errorText(e));
+    }
+  }
+  async function refresh(name: string) {
+    try {
+      await post("/api/reports/saved/" + encodeURIComponent(name) + "/refresh");
+      reload();
+      await show(name);
+    } catch (e) {
+      setActionError(errorText(e));
+    }
+  }
+  const rows = open?.rows ?? [];
+  const columns = rows.length ? Object.keys(rows[0]).filter((c) => !["report", "refreshed_at"].includes(c)) : [];
+  return (
+    <section>
+      <h1>{t("Saved reports")}</h1>
+      <p class="muted">{t("Each run lands in report_runs and report_funnel / report_retention / report_roi, which BI tools read over the Postgres endpoint.")}</p>
+      <ErrorLine error={error ? errorText(error) : actionError} />
+      {list && (
+        <div class="grid-wrap">
+          <table class="grid" data-testid="saved-reports">
+            <thead>
+              <tr>
+                <th>{t("Name")}</th>
+                <th>{t("Kind")}</th>
+                <th>{t("Version")}</th>
+                <th>{t("Last refresh")}</th>
+                <th>{t("Status")}</th>
+                <th>{t("Schedule")}</th>
+                <th>{t("Next run")}</th>
+                <th />
+              </tr>
+            </thead>
+            <tbody>
+              {list.reports.map((r) => (
+                <tr data-name={r.name}>
+                  <td>
+                    <button type="button" class="link" onClick={() => show(r.name)}>
+                      {r.name}
+                    </button>
+                  </td>
+                  <td>{t(r.kind)}</td>
+                  <td class="num">{r.last_run?.version ?? "–"}</td>
+                  <td>
+                    {r.last_run?.started_at.replace("T", " ").slice(0, 19)} {r.last_run && `(${t(r.last_run.trigger)})`}
+                  </td>
+                  <td>
+                    <span class={"status " + (r.last_run?.status ?? "none")}>{t(r.last_run?.status ?? "none")}</span>
+                  </td>
+                  <td>{r.schedule ? `${r.schedule} (${r.time_zone ?? "UTC"})` : "–"}</td>
+                  <td>{r.next_run ? r.next_run.replace("T", " ").slice(0, 16) + " UTC" : "–"}</td>
+                  <td>
+                    {allowed(me, "analyst") && (
+                      <button type="button" onClick={() => refresh(r.name)}>
+                        {t("Refresh now")}
+                      </button>
+                    )}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {list.reports.length === 0 && <p class="muted">{t("No saved reports yet: run a report and save it.")}</p>}
+        </div>
+      )}
+      {open && (
+        <>
+          <h2>
+            {open.report.name} · <code>{open.table}</code> · {t("version {v}", { v: rows[0]?.version ?? "–" })}
+          </h2>
+          <Table testId="saved-rows" columns={columns} rows={rows} />
+          <details>
+            <summary>{t("Spec")}</summary>
+            <pre class="definition">{JSON.stringify(open.report.spec, null, 2)}</pre>
+          </details>
+        </>
       )}
     </section>
   );
