@@ -6,6 +6,7 @@ pub mod export;
 pub mod expr;
 pub mod lookalike;
 pub mod pack;
+pub mod running;
 pub mod schedule;
 pub mod store;
 pub mod upload;

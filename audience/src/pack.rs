@@ -1,7 +1,7 @@
 //! Making, refreshing, comparing and deleting packs.
 
 use std::collections::HashSet;
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use arrow::array::{Array, AsArray};
@@ -18,6 +18,7 @@ use shoal_query::{Engine, Session};
 use crate::error::{Error, Result};
 use crate::expr::SetExpr;
 use crate::lookalike::{self, LookalikeSpec};
+use crate::running::{Guard, Registry};
 use crate::schedule::Schedule;
 use crate::store::{self, NewVersion, Pack, Run, Version};
 use crate::upload::{self, MatchReport, Unmatched};
@@ -144,6 +145,12 @@ struct Computed {
 
 /// Checks a pack name: letters, digits and `_`, starting with a letter.
 pub fn check_name(name: &str) -> Result<()> {
+    check_name_of("pack", name)
+}
+
+/// Checks the name of a `what` (pack, report): 1 to 64 letters, digits and `_`, starting
+/// with a letter.
+pub fn check_name_of(what: &str, name: &str) -> Result<()> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(char::is_alphabetic);
     if !first_ok
@@ -153,7 +160,7 @@ pub fn check_name(name: &str) -> Result<()> {
         return Err(Error::invalid(
             "name",
             format!(
-                "'{name}' is not a pack name: 1 to {MAX_NAME} letters, digits or _, starting with a letter"
+                "'{name}' is not a {what} name: 1 to {MAX_NAME} letters, digits or _, starting with a letter"
             ),
         ));
     }
@@ -364,29 +371,12 @@ async fn compute(
 static WRITES: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 /// Packs being computed now; a second computation of one is refused, never overlapped.
-static RUNNING: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+static RUNNING: Registry = Registry::new();
 
-struct Running(String);
-
-impl Running {
-    fn start(name: &str) -> Result<Running> {
-        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-        if !running.insert(name.to_string()) {
-            return Err(Error::Conflict(format!(
-                "audience '{name}' is being computed now; try again when it is done"
-            )));
-        }
-        Ok(Running(name.to_string()))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        RUNNING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.0);
-    }
+fn start_running(name: &str) -> Result<Guard> {
+    RUNNING.start(name, || {
+        format!("audience '{name}' is being computed now; try again when it is done")
+    })
 }
 
 /// The current members of version `version` of `name` (stored ids remapped through merges).
@@ -566,7 +556,7 @@ pub async fn create(
             None => format!("an audience named '{}' exists", existing.name),
         }));
     }
-    let _running = Running::start(&request.name)?;
+    let _running = start_running(&request.name)?;
     let started = Utc::now();
     let clock = Instant::now();
     let computed = compute(
@@ -691,7 +681,7 @@ pub async fn refresh(
             format!("'{name}' is an uploaded list; upload a new list to change it"),
         ));
     }
-    let _running = Running::start(name)?;
+    let _running = start_running(name)?;
     let started = Utc::now();
     let clock = Instant::now();
     let evaluated_at = if pack.mode == "once" {

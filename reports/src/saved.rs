@@ -5,13 +5,13 @@
 //! also lands as rows of `report_funnel`, `report_retention` or `report_roi`, numbered by
 //! version, so BI tools read them over the Postgres endpoint and anyone can reproduce them.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use shoal_audience::running::{Guard, Registry};
 use shoal_audience::schedule::Schedule;
 use shoal_audience::{Error, Result};
 use shoal_catalog::{Catalog, CommitNote, Role};
@@ -168,19 +168,7 @@ fn internal(e: impl std::fmt::Display) -> Error {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    let ok = name.chars().next().is_some_and(char::is_alphabetic)
-        && name.chars().count() <= 64
-        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "name",
-            format!(
-                "'{name}' is not a report name: 1 to 64 letters, digits or _, starting with a letter"
-            ),
-        ))
-    }
+    shoal_audience::pack::check_name_of("report", name)
 }
 
 /// The packs a spec reads, by name.
@@ -413,34 +401,13 @@ async fn write_state(catalog: &Catalog, report: &SavedReport, by: &str) -> Resul
     append_rows(catalog, SAVED, &[row], by).await
 }
 
-/// Names with a run under way in this process: runs of one report never overlap.
-fn running() -> &'static Mutex<HashSet<String>> {
-    static RUNNING: std::sync::OnceLock<Mutex<HashSet<String>>> = std::sync::OnceLock::new();
-    RUNNING.get_or_init(|| Mutex::new(HashSet::new()))
-}
+/// Reports with a run under way in this process: runs of one report never overlap.
+static RUNNING: Registry = Registry::new();
 
-struct RunGuard(String);
-
-impl RunGuard {
-    fn take(name: &str) -> Result<RunGuard> {
-        let mut set = running()
-            .lock()
-            .map_err(|_| Error::Internal("report run registry poisoned".into()))?;
-        if !set.insert(name.to_string()) {
-            return Err(Error::Conflict(format!(
-                "report '{name}' is being refreshed; try again when that run ends"
-            )));
-        }
-        Ok(RunGuard(name.to_string()))
-    }
-}
-
-impl Drop for RunGuard {
-    fn drop(&mut self) {
-        if let Ok(mut set) = running().lock() {
-            set.remove(&self.0);
-        }
-    }
+fn start_running(name: &str) -> Result<Guard> {
+    RUNNING.start(name, || {
+        format!("report '{name}' is being refreshed; try again when that run ends")
+    })
 }
 
 /// The current versions of the packs `report` reads.
@@ -585,7 +552,7 @@ pub async fn save(
             None => format!("a report named '{}' exists", new.name),
         }));
     }
-    let _one_at_a_time = RunGuard::take(&new.name)?;
+    let _one_at_a_time = start_running(&new.name)?;
     let now = timestamp(Utc::now());
     let report = SavedReport {
         name: new.name,
@@ -700,7 +667,7 @@ pub async fn refresh(
             "refreshing a saved report needs an analyst or admin token".into(),
         ));
     }
-    let _one_at_a_time = RunGuard::take(name)?;
+    let _one_at_a_time = start_running(name)?;
     if trigger != Trigger::Manual {
         // Asked by the scheduler: still due now that no other run is under way?
         let last = runs(engine, catalog, Some(name), false).await?.pop();
