@@ -699,3 +699,76 @@ fn lookalikes_find_the_planted_fans_and_report_a_holdout_check() {
     );
     assert!(status == 400 || status == 422, "{status} {error}");
 }
+
+#[test]
+#[ignore = "needs pyroaring and deltalake; ./scripts/test installs them and runs this"]
+fn stored_bitmaps_read_the_same_in_croaring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sample = dir.path().join("sample");
+    let manifest = crate::demo_data(&sample, 5000, 3);
+    let wh = dir.path().join("wh");
+    crate::ingest_sample(&wh, &sample, &manifest, true);
+    json_ok(&shoal(&wh, &["build", "--json", "--as-of", "2026-11-20"]));
+    // Dense (every id: runs or a bitset), half the ids (a bitset container), sparse (arrays).
+    let packs = [
+        ("everyone", "SELECT user_id FROM users"),
+        (
+            "even_ids",
+            "SELECT user_id FROM users WHERE user_id % 2 = 0",
+        ),
+        ("over_40", "SELECT user_id FROM users WHERE age >= 40"),
+    ];
+    let mut expected = BTreeMap::new();
+    for (name, sql) in packs {
+        create(&wh, &[name, "--sql", sql]);
+        let out = json_ok(&shoal(
+            &wh,
+            &[
+                "sql",
+                &format!("{sql} ORDER BY user_id"),
+                "--format",
+                "json",
+            ],
+        ));
+        let ids: Vec<u64> = out["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["user_id"].as_u64().expect("id"))
+            .collect();
+        expected.insert(name, ids);
+    }
+    let out = std::process::Command::new(crate::tracking::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/bitmaps_pyroaring.py"
+        ))
+        .arg(wh.join("audience_versions"))
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut kinds = BTreeMap::new();
+    for (name, ids) in &expected {
+        let version = &read[*name]["1"];
+        assert!(
+            ids.len() > 100,
+            "{name}: a pack worth reading ({})",
+            ids.len()
+        );
+        assert_eq!(version["size"].as_u64(), Some(ids.len() as u64), "{name}");
+        assert_eq!(version["stored_size"], version["size"], "{name}");
+        assert_eq!(version["members"], json!(ids), "{name}");
+        for (kind, n) in version["containers"].as_object().expect("containers") {
+            *kinds.entry(kind.clone()).or_insert(0) += n.as_u64().expect("count");
+        }
+    }
+    assert!(
+        kinds["array"] > 0 && kinds["bitset"] + kinds["run"] > 0,
+        "the packs span container kinds: {kinds:?}"
+    );
+}
