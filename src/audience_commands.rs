@@ -21,6 +21,7 @@ use shoal_query::Engine;
 use crate::cli::{AudienceCommand, LookalikeMethod, SqlFormat};
 use crate::error::{AppError, AppResult};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::openapi::ApiErrors;
 use crate::query_commands::{streamed, write_stream};
 use crate::serve::AppState;
 use crate::tokens::Caller;
@@ -291,13 +292,18 @@ fn to_json(value: impl serde::Serialize) -> AppResult<Json<Value>> {
         .map_err(|e| AppError::Internal(e.to_string()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// List deleted packs instead.
     #[serde(default)]
     deleted: bool,
 }
 
 /// `GET /api/audiences?deleted=true`.
+#[utoipa::path(get, path = "/api/audiences", tag = "audiences", security(("token" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "Packs with size, mode, last refresh and status", body = Object), ApiErrors))]
 pub async fn list_route(
     State(state): State<AppState>,
     _caller: Caller,
@@ -308,32 +314,42 @@ pub async fn list_route(
 }
 
 /// `POST /api/audiences`: `{"name", "conditions"|"sql"|"expr", "mode"?, "schedule"?, …}`.
+#[utoipa::path(post, path = "/api/audiences", tag = "audiences", security(("token" = [])),
+    request_body = shoal_audience::pack::NewPack,
+    responses((status = 200, description = "The pack and its first version", body = Object), ApiErrors))]
 pub async fn create_route(
     State(state): State<AppState>,
     caller: Caller,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let request: NewPack = serde_json::from_slice(&body)
-        .map_err(|e| AppError::BadRequest(format!("audience request: {e}")))?;
+    let request: NewPack = crate::extract::json_body(&body)?;
     let catalog = catalog_of(&state).await;
     let (summary, version) =
         pack::create(&state.engine, &catalog, request, None, &actor(&caller)).await?;
     to_json(json!({"audience": summary, "version": version}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
+    /// The new pack's name.
     name: String,
     #[serde(default)]
     description: Option<String>,
+    /// auto (default), user_id, phone, phone_sha256 or an identity type.
     #[serde(default)]
     id_type: Option<String>,
+    /// The file's name; `.csv` is read as CSV.
     #[serde(default)]
     filename: Option<String>,
 }
 
 /// `POST /api/audiences/upload?name=N&id_type=auto|phone|…&filename=F`, body = the list.
+#[utoipa::path(post, path = "/api/audiences/upload", tag = "audiences", security(("token" = [])),
+    params(UploadQuery),
+    request_body(content = crate::openapi::FileBody, content_type = "application/octet-stream", description = "The list: CSV or text of user ids, login ids, phones or SHA-256 hashed phones"),
+    responses((status = 200, description = "The pack, its first version and the match report", body = Object), ApiErrors))]
 pub async fn upload_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -366,10 +382,13 @@ pub async fn upload_route(
     to_json(json!({"audience": summary, "version": version}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleQuery {
+    /// Five cron fields: minute hour day-of-month month day-of-week.
     cron: String,
+    /// An IANA zone (default UTC).
     #[serde(default)]
     time_zone: Option<String>,
 }
@@ -377,6 +396,9 @@ pub struct ScheduleQuery {
 /// `GET /api/schedule?cron=0 3 * * *&time_zone=Asia/Shanghai`: a dynamic pack's schedule in
 /// words and its next five runs, as the console's cron picker previews them; a bad schedule
 /// or zone is a 400 naming which.
+#[utoipa::path(get, path = "/api/schedule", tag = "audiences", security(("token" = [])),
+    params(ScheduleQuery),
+    responses((status = 200, description = "The schedule in words and its next five runs", body = Object), ApiErrors))]
 pub async fn schedule_route(
     _caller: Caller,
     ApiQuery(query): ApiQuery<ScheduleQuery>,
@@ -395,6 +417,9 @@ pub async fn schedule_route(
 }
 
 /// `GET /api/audiences/{name}`: the pack, its versions and runs.
+#[utoipa::path(get, path = "/api/audiences/{name}", tag = "audiences", security(("token" = [])),
+    params(("name" = String, Path, description = "The pack's name")),
+    responses((status = 200, description = "The pack, its versions and runs", body = Object), ApiErrors))]
 pub async fn show_route(
     State(state): State<AppState>,
     _caller: Caller,
@@ -405,6 +430,9 @@ pub async fn show_route(
 }
 
 /// `GET /api/audiences/{name}/versions`.
+#[utoipa::path(get, path = "/api/audiences/{name}/versions", tag = "audiences", security(("token" = [])),
+    params(("name" = String, Path, description = "The pack's name")),
+    responses((status = 200, description = "Every version with its size and added/removed counts", body = Object), ApiErrors))]
 pub async fn versions_route(
     State(state): State<AppState>,
     _caller: Caller,
@@ -415,18 +443,27 @@ pub async fn versions_route(
     to_json(json!({"audience": name, "versions": store::versions(&catalog, &name).await?}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DiffQuery {
+    /// The older version.
     from: u64,
+    /// The newer version.
     to: u64,
+    /// List who entered or who left.
     #[serde(default)]
+    #[param(inline)]
     list: Option<Side>,
+    /// Most ids to list.
     #[serde(default)]
     limit: Option<usize>,
 }
 
 /// `GET /api/audiences/{name}/diff?from=1&to=2&list=entered|left&limit=1000`.
+#[utoipa::path(get, path = "/api/audiences/{name}/diff", tag = "audiences", security(("token" = [])),
+    params(("name" = String, Path, description = "The pack's name"), DiffQuery),
+    responses((status = 200, description = "Entered and left between two versions, and who", body = Object), ApiErrors))]
 pub async fn diff_route(
     State(state): State<AppState>,
     _caller: Caller,
@@ -450,6 +487,9 @@ pub async fn diff_route(
 }
 
 /// `POST /api/audiences/{name}/refresh`: a new version now.
+#[utoipa::path(post, path = "/api/audiences/{name}/refresh", tag = "audiences", security(("token" = [])),
+    params(("name" = String, Path, description = "The pack's name")),
+    responses((status = 200, description = "The new version", body = Object), ApiErrors))]
 pub async fn refresh_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -471,6 +511,9 @@ pub async fn refresh_route(
 }
 
 /// `DELETE /api/audiences/{name}`: soft delete (owner or admin).
+#[utoipa::path(delete, path = "/api/audiences/{name}", tag = "audiences", security(("token" = [])),
+    params(("name" = String, Path, description = "The pack's name")),
+    responses((status = 200, description = "Deleted (restorable)", body = Object), ApiErrors))]
 pub async fn delete_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -482,6 +525,9 @@ pub async fn delete_route(
 }
 
 /// `POST /api/audiences/{name}/restore`.
+#[utoipa::path(post, path = "/api/audiences/{name}/restore", tag = "audiences", security(("token" = [])),
+    params(("name" = String, Path, description = "The pack's name")),
+    responses((status = 200, description = "Restored", body = Object), ApiErrors))]
 pub async fn restore_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -492,19 +538,29 @@ pub async fn restore_route(
     Ok(Json(json!({"audience": name, "deleted": false})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
+    /// The version to export (default the current one).
     #[serde(default)]
     version: Option<u64>,
+    /// Comma-separated columns of the wide tables to join.
     #[serde(default)]
     columns: Option<String>,
+    /// csv (default) or jsonl.
     #[serde(default)]
     format: Option<String>,
 }
 
 /// `GET /api/audiences/{name}/export?columns=phone,member_level&format=csv|jsonl&version=N`:
 /// streamed, each column as the caller's role may export it; logged.
+#[utoipa::path(get, path = "/api/audiences/{name}/export", tag = "audiences",
+    security(("token" = [])),
+    params(("name" = String, Path, description = "The pack's name"), ExportQuery),
+    responses((status = 200, description = "Members with the chosen columns, masked or hashed \
+    as the role may export them, streamed", content((String = "text/csv"),
+        (String = "application/x-ndjson"))), ApiErrors))]
 pub async fn export_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -534,14 +590,21 @@ pub async fn export_route(
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct UnmatchedPath {
+    /// The pack's name.
     name: String,
+    /// The upload's version.
     version: u64,
 }
 
 /// `GET /api/audiences/{name}/versions/{version}/unmatched`: an upload's rows that found
 /// nobody, as CSV (line, value, reason).
+#[utoipa::path(get, path = "/api/audiences/{name}/versions/{version}/unmatched",
+    tag = "audiences", security(("token" = [])), params(UnmatchedPath),
+    responses((status = 200, description = "line, value, reason", body = String,
+        content_type = "text/csv"), ApiErrors))]
 pub async fn unmatched_route(
     State(state): State<AppState>,
     caller: Caller,

@@ -150,19 +150,42 @@ fn cases() -> Vec<Case> {
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Client {
+/// A keep-alive HTTP/1.1 client on one connection, as lean as the benches need: the client's
+/// own costs stay out of the server's figures.
+pub(crate) struct Client {
     stream: TcpStream,
     host: String,
-    token: String,
+    authorization: String,
 }
 
 impl Client {
-    async fn post(&mut self, path: &str, body: &Value) -> AppResult<Value> {
+    /// Connects to `address`; every request sends `authorization` (e.g. `Bearer TOKEN`).
+    pub(crate) async fn connect(
+        address: std::net::SocketAddr,
+        authorization: String,
+    ) -> AppResult<Client> {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| AppError::Internal(format!("bench client: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Client {
+            stream,
+            host: address.to_string(),
+            authorization,
+        })
+    }
+
+    pub(crate) fn authorization(&self) -> &str {
+        &self.authorization
+    }
+
+    /// POSTs `body` as JSON; anything but a 200 is an error carrying the status and body.
+    pub(crate) async fn post(&mut self, path: &str, body: &Value) -> AppResult<Value> {
         let body = body.to_string();
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
-            self.token,
+            self.authorization,
             body.len()
         );
         let fail = |e: std::io::Error| AppError::Internal(format!("bench client: {e}"));
@@ -208,7 +231,7 @@ impl Client {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -282,16 +305,15 @@ pub async fn query(
     // The bench measures queries, not the per-token rate limit.
     state.limiter = std::sync::Arc::new(crate::rate_limit::RateLimiter::new(0));
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, crate::serve::app(state)).await;
+        crate::serve::serve_http(
+            listener,
+            crate::serve::app(state),
+            std::time::Duration::from_secs(30),
+            std::future::pending(),
+        )
+        .await;
     });
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
-    let mut client = Client {
-        stream,
-        host: address.to_string(),
-        token,
-    };
+    let mut client = Client::connect(address, format!("Bearer {token}")).await?;
 
     let cases = cases();
     let mut rows = Vec::new();

@@ -11,6 +11,7 @@ use shoal_ingest::identity::{Explanation, explain, unlink};
 use crate::cli::{BuildArgs, IdentityCommand};
 use crate::error::{AppError, AppResult};
 use crate::extract::{ApiJson, ApiPath};
+use crate::openapi::ApiErrors;
 use crate::progress;
 use crate::serve::AppState;
 use crate::tokens::Caller;
@@ -184,16 +185,21 @@ fn print_explanation(e: &Explanation) {
 }
 
 /// Body of `POST /api/build`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildRequest {
+    /// Rebuild every table instead of what changed.
     #[serde(default)]
     full: bool,
+    /// The day derived features count back from (default today).
     #[serde(default)]
     as_of: Option<chrono::NaiveDate>,
 }
 
 /// `POST /api/build`: runs a build (one at a time) and returns its report.
+#[utoipa::path(post, path = "/api/build", tag = "identity", security(("token" = [])),
+    request_body(content = Option<BuildRequest>, description = "Optional; an empty body builds what changed"),
+    responses((status = 200, description = "The build's report", body = Object), ApiErrors))]
 pub async fn build_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -203,8 +209,7 @@ pub async fn build_route(
     let request: BuildRequest = if body.iter().all(u8::is_ascii_whitespace) {
         BuildRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| AppError::BadRequest(format!("build request: {e}")))?
+        crate::extract::json_body(&body)?
     };
     let _one_at_a_time = state.build_lock.lock().await;
     let catalog = state.catalog.read().await.clone();
@@ -221,6 +226,9 @@ pub async fn build_route(
 }
 
 /// `GET /api/identity/{user_id}`: why a person's identities are one person.
+#[utoipa::path(get, path = "/api/identity/{user_id}", tag = "identity", security(("token" = [])),
+    params(("user_id" = String, Path, description = "A user id")),
+    responses((status = 200, description = "The person's identities and the links joining them", body = Object), ApiErrors))]
 pub async fn explain_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -237,15 +245,21 @@ pub async fn explain_route(
 }
 
 /// Body of `POST /api/identity/unlink`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnlinkRequest {
+    /// One end of the link, `type:value` (e.g. `phone:+8613800000000`).
     a: String,
+    /// The other end.
     b: String,
+    /// Why the link is wrong (kept in the merge log).
     reason: String,
 }
 
 /// `POST /api/identity/unlink`: removes a wrong link, splitting the person.
+#[utoipa::path(post, path = "/api/identity/unlink", tag = "identity", security(("token" = [])),
+    request_body = UnlinkRequest,
+    responses((status = 200, description = "The split: who kept the id, who got new ones", body = Object), ApiErrors))]
 pub async fn unlink_route(
     State(state): State<AppState>,
     caller: Caller,

@@ -287,6 +287,28 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A bounded load test on loopback: tracking-API batches and audience counts at once for
+    /// a fixed time; requests/s, p50/p99, errors, and a check that every acknowledged event is
+    /// in the warehouse exactly once.
+    Load {
+        /// People in the sample world the counts run on.
+        #[arg(long, default_value_t = 20_000)]
+        users: u32,
+        /// How long to load the server.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Concurrent tracking clients (each sends 20-event batches back to back).
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Concurrent count clients.
+        #[arg(long, default_value_t = 4)]
+        readers: usize,
+        /// Where to keep the generated world (reused when it matches).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Audience packs: set algebra next to pyroaring, materialising a pack from a tree and
     /// matching an uploaded list of phones, over a synthetic universe.
     Audience {
@@ -691,4 +713,8 @@ pub struct ServeArgs {
     /// the answer is 429 with Retry-After. 0: no limit.
     #[arg(long, default_value_t = crate::rate_limit::DEFAULT_PER_SECOND)]
     pub rate_limit: u32,
+    /// Seconds a client has to send a request's headers, and each next piece of its body,
+    /// before the connection is closed (a body that stalls gets 408).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_timeout: u64,
 }

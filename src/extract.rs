@@ -56,3 +56,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             })
     }
 }
+
+/// Parses a JSON request body; an error names the field at fault
+/// (`request body: steps[1].event: invalid type: integer `5`, expected a string`).
+pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        let path = e.path().to_string();
+        let error = e.into_inner();
+        if path == "." || path.is_empty() {
+            AppError::BadRequest(format!("request body: {error}"))
+        } else {
+            AppError::BadRequest(format!("request body: {path}: {error}"))
+        }
+    })?;
+    reader
+        .end()
+        .map_err(|e| AppError::BadRequest(format!("request body: {e}")))?;
+    Ok(value)
+}

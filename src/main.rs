@@ -4,6 +4,7 @@ mod audience_commands;
 mod bench;
 mod bench_audience;
 mod bench_funnel;
+mod bench_load;
 mod bench_query;
 mod build_commands;
 mod catalog_commands;
@@ -14,6 +15,7 @@ mod error;
 mod extract;
 mod ingest_commands;
 mod metrics;
+mod openapi;
 mod postgres;
 mod progress;
 mod query_commands;
@@ -159,6 +161,17 @@ async fn run(cli: Cli) -> AppResult<i32> {
             json,
         }) => {
             bench_query::query(*users, data.clone(), *runs, *json).await?;
+            Ok(0)
+        }
+        Command::Bench(cli::BenchCommand::Load {
+            users,
+            seconds,
+            writers,
+            readers,
+            data,
+            json,
+        }) => {
+            bench_load::load(*users, *seconds, *writers, *readers, data.clone(), *json).await?;
             Ok(0)
         }
         Command::Bench(cli::BenchCommand::Audience {

@@ -209,6 +209,9 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format: requests by route, query \
+    times, ingest rows, refresh outcomes", body = String, content_type = "text/plain")))]
 pub async fn route(State(state): State<AppState>) -> Response {
     (
         [(

@@ -24,6 +24,7 @@ use shoal_query::{Engine, Session};
 
 use crate::cli::{CountArgs, CountPath, SqlArgs, SqlFormat};
 use crate::error::{AppError, AppResult};
+use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::tokens::Caller;
 
@@ -147,12 +148,16 @@ pub async fn count_command(catalog: &Catalog, args: &CountArgs) -> AppResult<()>
 
 /// Parses a JSON body into `T`; a bad body is a 400 naming where it went wrong.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> AppResult<T> {
-    serde_json::from_slice(body).map_err(|e| AppError::BadRequest(format!("request body: {e}")))
+    crate::extract::json_body(body)
 }
 
-#[derive(Deserialize)]
+/// A condition tree to count, explain or preview.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CountRequest {
+pub struct CountRequest {
+    /// The condition tree (groups `all`/`any`/`not`, field, event, order, derived and
+    /// audience conditions; see the README).
+    #[schema(value_type = Object)]
     conditions: Value,
     #[serde(default)]
     evaluated_at: Option<NaiveDate>,
@@ -184,6 +189,10 @@ fn to_json(value: impl serde::Serialize) -> AppResult<Json<Value>> {
 }
 
 /// `POST /api/query/count`: `{"conditions": TREE}` → `{count, path, evaluated_at, snapshot}`.
+#[utoipa::path(post, path = "/api/query/count", tag = "query", security(("token" = [])),
+    request_body = CountRequest,
+    responses((status = 200, description = "The count, the path that answered, the evaluation \
+    date and the table versions read", body = Object), ApiErrors))]
 pub async fn count_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -196,25 +205,38 @@ pub async fn count_route(
     to_json(answer)
 }
 
-#[derive(Deserialize)]
+/// A condition tree and the columns of `users` to show for its first members.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PreviewRequest {
+pub struct PreviewRequest {
+    #[schema(value_type = Object)]
     conditions: Value,
     #[serde(default)]
     evaluated_at: Option<NaiveDate>,
+    /// Columns of `users` (default: a few identifying ones).
     #[serde(default)]
     columns: Vec<String>,
+    /// People to show (default 20, at most 1,000).
     #[serde(default)]
     limit: Option<usize>,
 }
 
 /// `POST /api/query/preview`: the first members with chosen columns of `users`.
+#[utoipa::path(post, path = "/api/query/preview", tag = "query", security(("token" = [])),
+    request_body = PreviewRequest,
+    responses((status = 200, description = "Columns as the role reads them and the rows", body = Object), ApiErrors))]
 pub async fn preview_route(
     State(state): State<AppState>,
     caller: Caller,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
     let request: PreviewRequest = parse(&body)?;
+    if request.limit.is_some_and(|n| n > count::MAX_PREVIEW_ROWS) {
+        return Err(AppError::BadRequest(format!(
+            "limit: a preview shows at most {} people; export a pack for more",
+            count::MAX_PREVIEW_ROWS
+        )));
+    }
     let (session, prepared) =
         prepared(&state, &caller, &request.conditions, request.evaluated_at).await?;
     let preview = count::preview(
@@ -230,6 +252,9 @@ pub async fn preview_route(
 }
 
 /// `POST /api/query/explain`: the SQL a tree compiles to, its plan and the path a count takes.
+#[utoipa::path(post, path = "/api/query/explain", tag = "query", security(("token" = [])),
+    request_body = CountRequest,
+    responses((status = 200, description = "SQL, plan and path", body = Object), ApiErrors))]
 pub async fn explain_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -242,18 +267,29 @@ pub async fn explain_route(
     to_json(explanation)
 }
 
-#[derive(Deserialize)]
+/// A read-only SQL statement (SELECT, WITH or EXPLAIN).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SqlRequest {
+pub struct SqlRequest {
     sql: String,
+    /// json (default), jsonl, csv or arrow; all but json stream every row.
     #[serde(default)]
     format: Option<String>,
+    /// Rows of a JSON answer (default 10,000, at most 100,000).
     #[serde(default)]
     limit: Option<usize>,
 }
 
 /// `POST /api/query/sql`: read-only SQL; `format` json (default, capped rows), csv or arrow
 /// (streamed).
+#[utoipa::path(post, path = "/api/query/sql", tag = "query", security(("token" = [])),
+    request_body = SqlRequest,
+    responses((status = 200, description = "Rows: JSON (capped), or streamed CSV, JSON lines or \
+    Arrow IPC", content(
+        (Object = "application/json"),
+        (String = "text/csv"),
+        (String = "application/x-ndjson"),
+        (String = "application/vnd.apache.arrow.stream"))), ApiErrors))]
 pub async fn sql_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -276,7 +312,15 @@ pub async fn sql_route(
     let frame = session.user_sql(&request.sql, caller.role).await?;
     let schema: SchemaRef = frame.schema().inner().clone();
     if format == SqlFormat::Json {
-        let limit = request.limit.unwrap_or(10_000).min(MAX_JSON_ROWS);
+        let limit = match request.limit {
+            Some(limit) if limit > MAX_JSON_ROWS => {
+                return Err(AppError::BadRequest(format!(
+                    "limit: at most {MAX_JSON_ROWS} rows in a JSON answer; format csv, jsonl or \
+                     arrow streams every row"
+                )));
+            }
+            limit => limit.unwrap_or(10_000),
+        };
         let started = Instant::now();
         let mut stream = session.stream(frame).await?;
         let mut batches = Vec::new();
@@ -445,6 +489,9 @@ impl Encoder {
 }
 
 /// `GET /api/catalog/fields`: what the condition builder offers.
+#[utoipa::path(get, path = "/api/catalog/fields", tag = "catalog", security(("token" = [])),
+    responses((status = 200, description = "Fields with types, operators, enum values and \
+    display names; derived conditions; events; users columns as the role sees them", body = Object), ApiErrors))]
 pub async fn fields_route(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await.clone();
     let definition = catalog.definition();

@@ -16,6 +16,7 @@ use shoal_reports::saved::{self, NewReport, Trigger};
 use crate::cli::{FunnelArgs, ReportCommand, RetentionArgs};
 use crate::error::{AppError, AppResult};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::tokens::Caller;
 
@@ -192,6 +193,9 @@ fn rows_table(kind: &Value) -> String {
 }
 
 /// `GET /api/reports/saved?deleted=true`: saved reports with their last and next runs.
+#[utoipa::path(get, path = "/api/reports/saved", tag = "reports", security(("token" = [])),
+    params(SavedListQuery),
+    responses((status = 200, description = "Saved reports with their last and next runs", body = Object), ApiErrors))]
 pub async fn saved_list_route(
     State(state): State<AppState>,
     _caller: Caller,
@@ -202,15 +206,20 @@ pub async fn saved_list_route(
     Ok(Json(serde_json::json!({ "reports": reports })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SavedListQuery {
+    /// List deleted reports instead.
     #[serde(default)]
     deleted: bool,
 }
 
 /// `POST /api/reports/saved` (analyst): `{"name", "kind", "spec", "schedule"?, "time_zone"?,
 /// "description"?}` → the saved report and its first run.
+#[utoipa::path(post, path = "/api/reports/saved", tag = "reports", security(("token" = [])),
+    request_body = shoal_reports::saved::NewReport,
+    responses((status = 200, description = "The saved report and its first run", body = Object), ApiErrors))]
 pub async fn saved_create_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,6 +232,9 @@ pub async fn saved_create_route(
 }
 
 /// `GET /api/reports/saved/{name}`: the report, its runs and its newest rows.
+#[utoipa::path(get, path = "/api/reports/saved/{name}", tag = "reports", security(("token" = [])),
+    params(("name" = String, Path, description = "The saved report's name")),
+    responses((status = 200, description = "The report, its runs and its newest rows", body = Object), ApiErrors))]
 pub async fn saved_show_route(
     State(state): State<AppState>,
     _caller: Caller,
@@ -233,6 +245,9 @@ pub async fn saved_show_route(
 }
 
 /// `POST /api/reports/saved/{name}/refresh` (analyst): a new version now.
+#[utoipa::path(post, path = "/api/reports/saved/{name}/refresh", tag = "reports", security(("token" = [])),
+    params(("name" = String, Path, description = "The saved report's name")),
+    responses((status = 200, description = "The new run", body = Object), ApiErrors))]
 pub async fn saved_refresh_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -251,6 +266,9 @@ pub async fn saved_refresh_route(
 }
 
 /// `DELETE /api/reports/saved/{name}` (owner or admin): soft delete; its rows stay.
+#[utoipa::path(delete, path = "/api/reports/saved/{name}", tag = "reports", security(("token" = [])),
+    params(("name" = String, Path, description = "The saved report's name")),
+    responses((status = 200, description = "Deleted (restorable)", body = Object), ApiErrors))]
 pub async fn saved_delete_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -262,6 +280,9 @@ pub async fn saved_delete_route(
 }
 
 /// `POST /api/reports/saved/{name}/restore` (owner or admin).
+#[utoipa::path(post, path = "/api/reports/saved/{name}/restore", tag = "reports", security(("token" = [])),
+    params(("name" = String, Path, description = "The saved report's name")),
+    responses((status = 200, description = "Restored", body = Object), ApiErrors))]
 pub async fn saved_restore_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -450,7 +471,7 @@ fn answer(result: impl serde::Serialize) -> AppResult<Json<Value>> {
 
 /// A report request's body.
 fn request<T: serde::de::DeserializeOwned>(body: &Bytes) -> AppResult<T> {
-    serde_json::from_slice(body).map_err(|e| AppError::BadRequest(format!("request body: {e}")))
+    crate::extract::json_body(body)
 }
 
 fn io(e: std::io::Error) -> AppError {
@@ -594,6 +615,9 @@ fn write_funnel(out: &mut impl Write, result: &FunnelResult) -> std::io::Result<
 
 /// `POST /api/reports/funnel`: a [`FunnelSpec`] → per-step people, conversion and median
 /// time between steps. Every role may run reports.
+#[utoipa::path(post, path = "/api/reports/funnel", tag = "reports", security(("token" = [])),
+    request_body = shoal_reports::funnel::FunnelSpec,
+    responses((status = 200, description = "Per step: people, conversion from the previous and the first step, median time between steps", body = Object), ApiErrors))]
 pub async fn funnel_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -607,6 +631,9 @@ pub async fn funnel_route(
 
 /// `POST /api/reports/retention`: a [`RetentionSpec`] → cohorts with people retained per
 /// period. Every role may run reports.
+#[utoipa::path(post, path = "/api/reports/retention", tag = "reports", security(("token" = [])),
+    request_body = shoal_reports::retention::RetentionSpec,
+    responses((status = 200, description = "Cohorts with people retained per period", body = Object), ApiErrors))]
 pub async fn retention_route(
     State(state): State<AppState>,
     caller: Caller,
@@ -620,6 +647,8 @@ pub async fn retention_route(
 
 /// `GET /api/reports/campaigns`: campaigns with deliveries, their first and last delivery day
 /// and reach, the most recent first (what the console's ROI view offers). Every role may ask.
+#[utoipa::path(get, path = "/api/reports/campaigns", tag = "reports", security(("token" = [])),
+    responses((status = 200, description = "Campaigns with deliveries, newest first", body = Object), ApiErrors))]
 pub async fn campaigns_route(
     State(state): State<AppState>,
     _caller: Caller,
@@ -632,6 +661,9 @@ pub async fn campaigns_route(
 
 /// `POST /api/reports/roi`: a [`CampaignSpec`] → the campaign's funnel, value, cost, ROI and
 /// holdout uplift. Every role may run reports.
+#[utoipa::path(post, path = "/api/reports/roi", tag = "reports", security(("token" = [])),
+    request_body = shoal_reports::campaign::CampaignSpec,
+    responses((status = 200, description = "The campaign funnel, positive and negative value, cost, ROI and holdout uplift", body = Object), ApiErrors))]
 pub async fn roi_route(
     State(state): State<AppState>,
     caller: Caller,

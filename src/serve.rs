@@ -2,17 +2,22 @@
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shoal_catalog::{Catalog, Table, check_all};
 use tokio::sync::RwLock;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::cli::ServeArgs;
 use crate::error::{AppError, AppResult};
 use crate::extract::{ApiPath, ApiQuery};
+use crate::openapi::{ApiDoc, ApiErrors};
 use crate::tokens::Caller;
 
 /// What every handler shares.
@@ -47,143 +52,84 @@ impl AppState {
     }
 }
 
-/// The HTTP application: routes over the shared state.
+/// The HTTP application: routes over the shared state. Every operation under `/api`, `/v1`
+/// and the health routes is registered through `routes!`, which also writes it into the
+/// OpenAPI document served at `/api/openapi.json`.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(crate::console::index))
-        .route("/assets/app.js", get(crate::console::script))
-        .route("/assets/app.css", get(crate::console::style))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::metrics::route))
-        .route("/api/catalog", get(catalog_definition))
-        .route("/api/catalog/check", get(catalog_check))
-        .route(
-            "/api/catalog/fields",
-            get(crate::query_commands::fields_route),
-        )
-        .route("/api/query/count", post(crate::query_commands::count_route))
-        .route(
-            "/api/query/preview",
-            post(crate::query_commands::preview_route),
-        )
-        .route(
-            "/api/query/explain",
-            post(crate::query_commands::explain_route),
-        )
-        .route("/api/query/sql", post(crate::query_commands::sql_route))
-        .route(
-            "/api/reports/funnel",
-            post(crate::report_commands::funnel_route),
-        )
-        .route(
-            "/api/reports/retention",
-            post(crate::report_commands::retention_route),
-        )
-        .route("/api/reports/roi", post(crate::report_commands::roi_route))
-        .route(
-            "/api/reports/campaigns",
-            get(crate::report_commands::campaigns_route),
-        )
-        .route(
-            "/api/schedule",
-            get(crate::audience_commands::schedule_route),
-        )
-        .route(
-            "/api/reports/saved",
-            get(crate::report_commands::saved_list_route)
-                .post(crate::report_commands::saved_create_route),
-        )
-        .route(
-            "/api/reports/saved/{name}",
-            get(crate::report_commands::saved_show_route)
-                .delete(crate::report_commands::saved_delete_route),
-        )
-        .route(
-            "/api/reports/saved/{name}/refresh",
-            post(crate::report_commands::saved_refresh_route),
-        )
-        .route(
-            "/api/reports/saved/{name}/restore",
-            post(crate::report_commands::saved_restore_route),
-        )
-        .route("/api/tables", get(tables))
-        .route("/api/whoami", get(crate::tokens::whoami_route))
-        .route(
-            "/api/audiences",
-            get(crate::audience_commands::list_route).post(crate::audience_commands::create_route),
-        )
-        .route(
-            "/api/audiences/upload",
-            post(crate::audience_commands::upload_route)
-                .layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
-        )
-        .route(
-            "/api/audiences/{name}",
-            get(crate::audience_commands::show_route)
-                .delete(crate::audience_commands::delete_route),
-        )
-        .route(
-            "/api/audiences/{name}/versions",
-            get(crate::audience_commands::versions_route),
-        )
-        .route(
-            "/api/audiences/{name}/versions/{version}/unmatched",
-            get(crate::audience_commands::unmatched_route),
-        )
-        .route(
-            "/api/audiences/{name}/diff",
-            get(crate::audience_commands::diff_route),
-        )
-        .route(
-            "/api/audiences/{name}/refresh",
-            post(crate::audience_commands::refresh_route),
-        )
-        .route(
-            "/api/audiences/{name}/restore",
-            post(crate::audience_commands::restore_route),
-        )
-        .route(
-            "/api/audiences/{name}/export",
-            get(crate::audience_commands::export_route),
-        )
-        .route(
-            "/api/tokens",
-            get(crate::tokens::list_route).post(crate::tokens::create_route),
-        )
-        .route(
-            "/api/tokens/{token_id}",
-            axum::routing::delete(crate::tokens::revoke_route),
-        )
-        .route("/api/tables/{name}/history", get(table_history))
-        .route(
-            "/api/build",
-            axum::routing::post(crate::build_commands::build_route),
-        )
-        .route(
-            "/api/identity/{user_id}",
-            get(crate::build_commands::explain_route),
-        )
-        .route(
-            "/api/identity/unlink",
-            axum::routing::post(crate::build_commands::unlink_route),
-        )
-        .route(
-            "/api/ingest",
-            axum::routing::post(crate::uploads::upload)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/v1/{kind}",
-            axum::routing::post(crate::tracking::receive).layer(
-                axum::extract::DefaultBodyLimit::max(crate::tracking::MAX_BATCH_BYTES * 2),
-            ),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::metrics::track,
+    use crate::{audience_commands as audiences, build_commands as builds};
+    use crate::{query_commands as queries, report_commands as reports, tokens};
+    let (api, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(crate::metrics::route))
+        .routes(routes!(catalog_definition))
+        .routes(routes!(catalog_check))
+        .routes(routes!(queries::fields_route))
+        .routes(routes!(queries::count_route))
+        .routes(routes!(queries::preview_route))
+        .routes(routes!(queries::explain_route))
+        .routes(routes!(queries::sql_route))
+        .routes(routes!(reports::funnel_route))
+        .routes(routes!(reports::retention_route))
+        .routes(routes!(reports::roi_route))
+        .routes(routes!(reports::campaigns_route))
+        .routes(routes!(audiences::schedule_route))
+        .routes(routes!(
+            reports::saved_list_route,
+            reports::saved_create_route
         ))
-        .with_state(state)
+        .routes(routes!(
+            reports::saved_show_route,
+            reports::saved_delete_route
+        ))
+        .routes(routes!(reports::saved_refresh_route))
+        .routes(routes!(reports::saved_restore_route))
+        .routes(routes!(tables))
+        .routes(routes!(table_history))
+        .routes(routes!(tokens::whoami_route))
+        .routes(routes!(audiences::list_route, audiences::create_route))
+        .routes(routes!(audiences::upload_route).layer(DefaultBodyLimit::max(512 << 20)))
+        .routes(routes!(audiences::show_route, audiences::delete_route))
+        .routes(routes!(audiences::versions_route))
+        .routes(routes!(audiences::unmatched_route))
+        .routes(routes!(audiences::diff_route))
+        .routes(routes!(audiences::refresh_route))
+        .routes(routes!(audiences::restore_route))
+        .routes(routes!(audiences::export_route))
+        .routes(routes!(tokens::list_route, tokens::create_route))
+        .routes(routes!(tokens::revoke_route))
+        .routes(routes!(builds::build_route))
+        .routes(routes!(builds::explain_route))
+        .routes(routes!(builds::unlink_route))
+        .routes(routes!(crate::uploads::upload).layer(DefaultBodyLimit::disable()))
+        .routes(
+            routes!(crate::tracking::receive)
+                .layer(DefaultBodyLimit::max(crate::tracking::MAX_BATCH_BYTES * 2)),
+        )
+        .split_for_parts();
+    let document: Arc<str> = document
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!(r#"{{"error": "{e}"}}"#))
+        .into();
+    api.route(
+        "/api/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { crate::openapi::document_response(&document) }
+        }),
+    )
+    .route("/", get(crate::console::index))
+    .route("/assets/app.js", get(crate::console::script))
+    .route("/assets/app.css", get(crate::console::style))
+    .route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::metrics::track,
+    ))
+    .layer(axum::middleware::from_fn(crate::openapi::error_shape))
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        crate::openapi::panicked,
+    ))
+    .with_state(state)
 }
 
 /// Serves until Ctrl-C is pressed.
@@ -229,12 +175,73 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
         eprintln!("serving postgres://{pg_address}  (password: an API token)");
     }
     eprintln!("serving http://{address}  (Ctrl-C to stop)");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+    let client_timeout = std::time::Duration::from_secs(args.client_timeout);
+    serve_http(listener, app(state), client_timeout, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    Ok(())
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish
+/// (for up to 30 s). HTTP/1 and HTTP/2. A client has `client_timeout` to send a request's
+/// headers, and to send each next piece of its body, before the connection is closed (408
+/// for a body): a slow or stalled client holds nothing for long.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    client_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        client_timeout,
+    ));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
+            |request: axum::http::Request<hyper::body::Incoming>| {
+                request.map(axum::body::Body::new)
+            },
+        ));
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(client_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown())
         .await
-        .map_err(|e| AppError::Internal(e.to_string()))
+        .is_err()
+    {
+        tracing::warn!("requests still open after 30 s at shutdown");
+    }
 }
 
 /// Builds whenever events or orders without a person are waiting (tracking API messages,
@@ -270,17 +277,33 @@ async fn build_loop(state: AppState, every: std::time::Duration) {
     }
 }
 
+/// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the warehouse can be listed.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "Ready, with the number of tables", body = Object)))]
 async fn readyz(State(state): State<AppState>) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await;
     let tables = catalog.warehouse().table_names().await?;
     Ok(Json(json!({"status": "ready", "tables": tables.len()})))
 }
 
+/// `GET /api/catalog`: the catalog definition and its revision.
+#[utoipa::path(get, path = "/api/catalog", tag = "catalog", security(("token" = [])),
+    responses((status = 200, description = "Field standards, derived conditions, roles, monitors", body = Object), ApiErrors))]
 async fn catalog_definition(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     let catalog = state.catalog.read().await;
     Json(json!({"revision": catalog.revision(), "definition": catalog.definition()}))
 }
 
+/// `GET /api/catalog/check`: every quality monitor's status now.
+#[utoipa::path(get, path = "/api/catalog/check", tag = "catalog", security(("token" = [])),
+    responses((status = 200, description = "The worst status and each monitor's", body = Object), ApiErrors))]
 async fn catalog_check(State(state): State<AppState>, _caller: Caller) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await;
     let results = check_all(&catalog, chrono::Utc::now()).await?;
@@ -288,17 +311,26 @@ async fn catalog_check(State(state): State<AppState>, _caller: Caller) -> AppRes
     Ok(Json(json!({"status": worst, "monitors": results})))
 }
 
+/// `GET /api/tables`: every table with its version, rows and last commit.
+#[utoipa::path(get, path = "/api/tables", tag = "catalog", security(("token" = [])),
+    responses((status = 200, description = "The tables", body = Object), ApiErrors))]
 async fn tables(State(state): State<AppState>, _caller: Caller) -> AppResult<Json<Value>> {
     let catalog = state.catalog.read().await;
     let tables = shoal_catalog::table_summaries(catalog.warehouse()).await?;
     Ok(Json(json!({"tables": tables})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// Newest commits to list (default 20, at most 1000).
     limit: Option<usize>,
 }
 
+/// `GET /api/tables/{name}/history`: a table's commits, newest first.
+#[utoipa::path(get, path = "/api/tables/{name}/history", tag = "catalog", security(("token" = [])),
+    params(("name" = String, Path, description = "Table name"), HistoryQuery),
+    responses((status = 200, description = "The commits", body = Object), ApiErrors))]
 async fn table_history(
     State(state): State<AppState>,
     _caller: Caller,

@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::error::{AppError, AppResult};
 use crate::extract::ApiPath;
+use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::write_keys::hash;
 
@@ -343,11 +344,15 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// `GET /api/whoami`: the caller's token id, name and role.
+#[utoipa::path(get, path = "/api/whoami", tag = "tokens", security(("token" = [])),
+    responses((status = 200, description = "token_id, name, role", body = Object), ApiErrors))]
 pub async fn whoami_route(caller: Caller) -> Json<Value> {
     Json(json!({"token_id": caller.token_id, "name": caller.name, "role": caller.role}))
 }
 
 /// `GET /api/tokens` (admin): every token without its secret.
+#[utoipa::path(get, path = "/api/tokens", tag = "tokens", security(("token" = [])),
+    responses((status = 200, description = "Every token, without secrets", body = Object), ApiErrors))]
 pub async fn list_route(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let catalog = state.catalog.read().await.clone();
@@ -355,22 +360,25 @@ pub async fn list_route(State(state): State<AppState>, caller: Caller) -> AppRes
 }
 
 /// Body of `POST /api/tokens`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateRequest {
+pub struct CreateRequest {
     name: String,
+    /// viewer, analyst or admin.
     role: String,
 }
 
 /// `POST /api/tokens` (admin): `{"name", "role"}` → the new token, shown once.
+#[utoipa::path(post, path = "/api/tokens", tag = "tokens", security(("token" = [])),
+    request_body = CreateRequest,
+    responses((status = 200, description = "The new token; its secret is shown only here", body = Object), ApiErrors))]
 pub async fn create_route(
     State(state): State<AppState>,
     caller: Caller,
     body: axum::body::Bytes,
 ) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
-    let request: CreateRequest = serde_json::from_slice(&body)
-        .map_err(|e| AppError::BadRequest(format!("token request: {e}")))?;
+    let request: CreateRequest = crate::extract::json_body(&body)?;
     let role: Role = request
         .role
         .parse()
@@ -381,6 +389,9 @@ pub async fn create_route(
 }
 
 /// `DELETE /api/tokens/{token_id}` (admin): revokes a token at once.
+#[utoipa::path(delete, path = "/api/tokens/{token_id}", tag = "tokens", security(("token" = [])),
+    params(("token_id" = String, Path, description = "The token's id")),
+    responses((status = 200, description = "Revoked", body = Object), ApiErrors))]
 pub async fn revoke_route(
     State(state): State<AppState>,
     caller: Caller,

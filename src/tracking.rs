@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::error::{AppError, AppResult};
 use crate::extract::ApiPath;
+use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::write_keys;
 
@@ -106,6 +107,12 @@ fn body_text(headers: &HeaderMap, body: &Bytes) -> AppResult<Vec<u8>> {
 }
 
 /// `POST /v1/{kind}`.
+#[utoipa::path(post, path = "/v1/{kind}", tag = "ingest", security(("write_key" = [])),
+    params(("kind" = crate::openapi::TrackingCall, Path, description = "The Segment call")),
+    request_body(content = Object, description = "A Segment message, or `{batch: [messages]}` \
+    for /v1/batch; gzip with `Content-Encoding: gzip`; at most 32 KB per message and 500 KB \
+    per batch"),
+    responses((status = 200, description = "Committed: `{success: true}` once every message is durable", body = Object), ApiErrors))]
 pub async fn receive(
     State(state): State<AppState>,
     ApiPath(kind): ApiPath<String>,

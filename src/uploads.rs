@@ -17,16 +17,25 @@ use shoal_ingest::{SourceKind, ingest_files};
 
 use crate::error::{AppError, AppResult};
 use crate::extract::ApiQuery;
+use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::tracking::{authorise, basic_user};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// segment, youzan or tmall.
     source: String,
+    /// The file's name (its extension tells CSV, JSON lines or Parquet).
     filename: Option<String>,
 }
 
 /// `POST /api/ingest?source=segment|youzan|tmall&filename=NAME`, body = the file.
+#[utoipa::path(post, path = "/api/ingest", tag = "ingest", security(("write_key" = [])),
+    params(UploadQuery),
+    request_body(content = crate::openapi::FileBody, content_type = "application/octet-stream",
+        description = "The file, streamed to disk before it is read"),
+    responses((status = 200, description = "The batch: received, landed, quarantined, duplicates", body = Object), ApiErrors))]
 pub async fn upload(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<UploadQuery>,

@@ -44,7 +44,7 @@ const CLIP: f64 = 5.0;
 const L2: f64 = 1e-3;
 
 /// How people are scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     #[default]
@@ -53,7 +53,7 @@ pub enum Method {
 }
 
 /// A lookalike definition, stored verbatim.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookalikeSpec {
     /// The seed pack (its current version at each computation).

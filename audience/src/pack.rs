@@ -92,7 +92,7 @@ impl Actor {
 }
 
 /// A request to make a pack.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPack {
     pub name: String,
@@ -115,7 +115,7 @@ pub struct NewPack {
 }
 
 /// The source given in a request: exactly one of these.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct SourceField {
     #[serde(default)]
     pub conditions: Option<Value>,
@@ -800,7 +800,7 @@ pub async fn show(catalog: &Catalog, name: &str) -> Result<Detail> {
 }
 
 /// Which members a diff lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
     /// In the newer version, not the older.

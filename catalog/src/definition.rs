@@ -246,20 +246,18 @@ pub fn zone_offset(zone: &str) -> Option<chrono::FixedOffset> {
 /// Parses `"45s"`, `"30m"`, `"26h"`, `"3d"`.
 pub fn parse_duration(text: &str) -> std::result::Result<chrono::Duration, String> {
     let text = text.trim();
-    let split = text.len().saturating_sub(1);
+    let bad = || format!("'{text}' is not a duration like 45s, 30m, 26h or 3d");
+    let split = text.char_indices().next_back().map_or(0, |(i, _)| i);
     let (number, unit) = text.split_at(split);
-    let n: i64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 45s, 30m, 26h or 3d"))?;
-    match unit {
-        "s" => Ok(chrono::Duration::seconds(n)),
-        "m" => Ok(chrono::Duration::minutes(n)),
-        "h" => Ok(chrono::Duration::hours(n)),
-        "d" => Ok(chrono::Duration::days(n)),
-        _ => Err(format!(
-            "'{text}' is not a duration like 45s, 30m, 26h or 3d"
-        )),
-    }
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let duration = match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => return Err(bad()),
+    };
+    duration.ok_or_else(|| format!("'{text}' is too long a duration"))
 }
 
 /// The catalog of one warehouse: its definition at one revision, and the tables it defines.
@@ -439,4 +437,20 @@ async fn read_revision(history: &Table) -> Result<Option<CatalogDefinition>> {
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_and_refuse_without_panicking() {
+        assert_eq!(parse_duration("45s"), Ok(chrono::Duration::seconds(45)));
+        assert_eq!(parse_duration(" 7d "), Ok(chrono::Duration::days(7)));
+        assert_eq!(parse_duration("26h"), Ok(chrono::Duration::hours(26)));
+        for bad in ["", "d", "7", "7w", "x7d", "7天", "\u{80}", "é", "1é"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_duration("9223372036854775807d").is_err_and(|e| e.contains("too long")));
+    }
 }

@@ -22,7 +22,7 @@ use crate::session::{Engine, Session, SnapshotVersions};
 use crate::tags::TagIndex;
 
 /// Which path to answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PathChoice {
     /// Bitmaps where they cover the tree, a scan for the rest.

@@ -43,7 +43,7 @@ pub fn register(ctx: &SessionContext) {
 pub const MAX_STEPS: usize = 32;
 
 /// How chains are allowed to advance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Modes {
     #[serde(default)]

@@ -18,7 +18,7 @@ pub use crate::spec::EventSpec;
 use crate::spec::{context, event_predicate, invalid};
 
 /// What a unit of value counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Conversion events.
@@ -32,7 +32,7 @@ pub enum Metric {
 }
 
 /// A metric and what one unit of it is worth (yuan; a margin, a follower's value).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Worth {
     pub metric: Metric,
@@ -40,7 +40,7 @@ pub struct Worth {
 }
 
 /// What the campaign cost.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cost {
     #[serde(default)]
@@ -50,7 +50,7 @@ pub struct Cost {
 }
 
 /// A campaign report request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
     /// The campaign id on its events.

@@ -31,7 +31,7 @@ pub type Step = EventSpec;
 
 /// An exclusion: people with this event after step `between[0]` and before step
 /// `between[1]` of their chain are left out of the funnel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Exclusion {
     pub event: String,
@@ -43,7 +43,7 @@ pub struct Exclusion {
 }
 
 /// A funnel request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunnelSpec {
     pub steps: Vec<Step>,

@@ -23,7 +23,7 @@ pub const MAX_PERIODS: u32 = 90;
 pub const MAX_COHORTS: i64 = 400;
 
 /// Day or Monday-to-Sunday week.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     #[default]
@@ -51,8 +51,9 @@ impl Period {
 }
 
 /// Who starts a cohort.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = RetentionKind)]
 pub enum Kind {
     /// A person joins the cohort of the period of their first cohort event ever.
     #[default]
@@ -62,7 +63,7 @@ pub enum Kind {
 }
 
 /// A retention request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionSpec {
     /// The cohort event; or `audience`.

@@ -29,8 +29,9 @@ pub const RETENTION_ROWS: &str = "report_retention";
 pub const ROI_ROWS: &str = "report_roi";
 
 /// Which report a saved report is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ReportKind)]
 pub enum Kind {
     Funnel,
     Retention,
@@ -91,7 +92,7 @@ impl Trigger {
 }
 
 /// A request to save a report.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewReport {
     pub name: String,

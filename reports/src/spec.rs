@@ -8,7 +8,7 @@ use shoal_query::condition::{self, CheckContext, Node};
 use shoal_query::{Error, Result, Session, compile};
 
 /// An event with filters on its columns (the condition builder's `where`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventSpec {
     pub event: String,

@@ -5,6 +5,7 @@ mod auth;
 mod build;
 mod catalog_cli;
 mod console;
+mod hostile;
 mod ingest;
 mod postgres;
 mod query;
