@@ -781,3 +781,37 @@ parameters = { "path.name" = { dictionary = "reports", probability = 0.7 } }
         200
     );
 }
+
+/// `shoal bench load`, briefly: tracking writes and counts at once, no errors, and every
+/// acknowledged event is in the `events` table once (the bench reads it back and says so).
+#[test]
+fn a_short_load_run_loses_and_doubles_no_acknowledged_event() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["bench", "load", "--users", "300", "--seconds", "4"])
+        .args(["--writers", "2", "--readers", "2", "--json", "--data"])
+        .arg(&data)
+        .env_remove("SHOAL_WAREHOUSE")
+        .output()
+        .expect("bench load");
+    let report = json_ok(&out);
+    assert_eq!(report["errors"], 0, "{report}");
+    let warehouse = &report["warehouse"];
+    let acknowledged = warehouse["acknowledged_events"].as_u64().expect("n");
+    assert!(acknowledged >= 20, "{report}");
+    assert_eq!(acknowledged % 20, 0, "whole batches: {report}");
+    assert_eq!(warehouse["stored_events"].as_u64(), Some(acknowledged));
+    assert_eq!(warehouse["missing"], 0);
+    assert_eq!(warehouse["duplicated"], 0);
+    assert_eq!(
+        warehouse["events_table_growth"].as_u64(),
+        Some(acknowledged)
+    );
+    let kinds = report["kinds"].as_array().expect("kinds");
+    assert_eq!(kinds.len(), 2, "{report}");
+    for kind in kinds {
+        assert!(kind["requests"].as_u64().expect("requests") > 0, "{kind}");
+        assert!(kind["p99_ms"].as_f64() >= kind["p50_ms"].as_f64(), "{kind}");
+    }
+}
