@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::Path as FsPath;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
 use chrono::Utc;
@@ -20,7 +19,7 @@ use shoal_query::Engine;
 
 use crate::cli::{AudienceCommand, LookalikeMethod, SqlFormat};
 use crate::error::{AppError, AppResult};
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiBytes, ApiPath, ApiQuery};
 use crate::openapi::ApiErrors;
 use crate::query_commands::{streamed, write_stream};
 use crate::serve::AppState;
@@ -320,7 +319,7 @@ pub async fn list_route(
 pub async fn create_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let request: NewPack = crate::extract::json_body(&body)?;
     let catalog = catalog_of(&state).await;
@@ -354,7 +353,7 @@ pub async fn upload_route(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<UploadQuery>,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let catalog = catalog_of(&state).await;
     let request = NewPack {

@@ -45,6 +45,22 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> f64 {
     p50(times)
 }
 
+/// Milliseconds per run of `op` on a fresh copy of `left` (made outside the clock), p50 over
+/// `runs`: the in-place form the set-expression evaluator uses on the packs it loads.
+fn time_in_place(runs: usize, left: &RoaringBitmap, mut op: impl FnMut(&mut RoaringBitmap)) -> f64 {
+    let times = (0..runs)
+        .map(|_| {
+            let mut target = left.clone();
+            let start = Instant::now();
+            op(std::hint::black_box(&mut target));
+            let elapsed = start.elapsed().as_secs_f64() * 1e3;
+            drop(std::hint::black_box(target));
+            elapsed
+        })
+        .collect();
+    p50(times)
+}
+
 fn random_set(universe: u32, share: f64, seed: u64) -> RoaringBitmap {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = RoaringBitmap::new();
@@ -69,10 +85,21 @@ def p50(f):
     for _ in range(runs):
         t = time.perf_counter(); f(); times.append((time.perf_counter() - t) * 1e3)
     return sorted(times)[len(times) // 2]
+def p50_in_place(f):
+    times = []
+    for _ in range(runs):
+        c = a.copy()
+        t = time.perf_counter(); f(c); times.append((time.perf_counter() - t) * 1e3)
+        del c
+    return sorted(times)[len(times) // 2]
 print(json.dumps({"sizes": [len(a), len(b)],
     "and": p50(lambda: a & b), "or": p50(lambda: a | b), "andnot": p50(lambda: a - b),
     "xor": p50(lambda: a ^ b), "cardinality": p50(lambda: len(a)),
-    "and_cardinality": p50(lambda: a.intersection_cardinality(b))}))
+    "and_cardinality": p50(lambda: a.intersection_cardinality(b)),
+    "and_in_place": p50_in_place(lambda c: c.__iand__(b)),
+    "or_in_place": p50_in_place(lambda c: c.__ior__(b)),
+    "andnot_in_place": p50_in_place(lambda c: c.__isub__(b)),
+    "xor_in_place": p50_in_place(lambda c: c.__ixor__(b))}))
 "#;
     let out = Command::new(python())
         .arg("-c")
@@ -243,6 +270,10 @@ pub async fn audience(
         "xor": time(runs, || &a ^ &b),
         "cardinality": time(runs, || a.len()),
         "and_cardinality": time(runs, || a.intersection_len(&b)),
+        "and_in_place": time_in_place(runs, &a, |c| *c &= &b),
+        "or_in_place": time_in_place(runs, &a, |c| *c |= &b),
+        "andnot_in_place": time_in_place(runs, &a, |c| *c -= &b),
+        "xor_in_place": time_in_place(runs, &a, |c| *c ^= &b),
     });
     let theirs = pyroaring(&a, &b, runs);
 
@@ -366,6 +397,10 @@ pub async fn audience(
         "xor",
         "cardinality",
         "and_cardinality",
+        "and_in_place",
+        "or_in_place",
+        "andnot_in_place",
+        "xor_in_place",
     ] {
         let mine = ours[op].as_f64().unwrap_or_default();
         match &theirs {

@@ -203,7 +203,7 @@ pub struct BuildRequest {
 pub async fn build_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::extract::ApiBytes(body): crate::extract::ApiBytes,
 ) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let request: BuildRequest = if body.iter().all(u8::is_ascii_whitespace) {

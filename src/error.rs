@@ -35,6 +35,9 @@ pub enum AppError {
     /// A body over a size limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A client that stopped sending its request.
+    #[error("{0}")]
+    Timeout(String),
     /// Too many requests with one token; `retry_after` seconds until the next is accepted.
     #[error("{message}")]
     RateLimited { message: String, retry_after: u64 },
@@ -68,6 +71,7 @@ impl AppError {
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -92,6 +96,8 @@ impl IntoResponse for AppError {
             ("conflict", self.to_string())
         } else if status == StatusCode::PAYLOAD_TOO_LARGE {
             ("too_large", self.to_string())
+        } else if status == StatusCode::REQUEST_TIMEOUT {
+            ("timeout", self.to_string())
         } else if status == StatusCode::TOO_MANY_REQUESTS {
             ("rate_limited", self.to_string())
         } else {

@@ -1,7 +1,8 @@
 //! Extractors whose rejections answer in the API's one error shape
 //! (`{"error": {"code", "message", "path"}}`) instead of axum's plain text.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -38,6 +39,39 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
+/// The raw body. One over the route's limit is a 413, one that stalls past the client
+/// timeout a 408, any other failure to read it a 400 — in the API's error shape.
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        Bytes::from_request(request, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|e| body_error(&e))
+    }
+}
+
+/// What went wrong reading a body, by the error's type (never its text).
+fn body_error(rejection: &BytesRejection) -> AppError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return AppError::Timeout(
+                "request body: no data arrived within the client timeout".into(),
+            );
+        }
+        source = error.source();
+    }
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::TooLarge(format!("request body: {}", rejection.body_text()))
+    } else {
+        AppError::BadRequest(format!("request body: {}", rejection.body_text()))
+    }
+}
+
 /// A JSON body; malformed JSON or a field of the wrong type is a 400 naming it.
 pub struct ApiJson<T>(pub T);
 
@@ -49,9 +83,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .await
             .map(|j| ApiJson(j.0))
             .map_err(|e: JsonRejection| match e {
-                JsonRejection::BytesRejection(e) => {
-                    AppError::TooLarge(format!("request body: {}", e.body_text()))
-                }
+                JsonRejection::BytesRejection(e) => body_error(&e),
                 other => AppError::BadRequest(format!("request body: {}", other.body_text())),
             })
     }

@@ -145,13 +145,6 @@ pub async fn error_shape(request: Request, next: Next) -> Response {
         Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
         Err(_) => String::new(),
     };
-    // A body that stalled past the client timeout reaches the handler's extractor as a
-    // failed read; it is the client's timeout, not a bad request.
-    let status = if status == StatusCode::BAD_REQUEST && text.contains("designated timeout") {
-        StatusCode::REQUEST_TIMEOUT
-    } else {
-        status
-    };
     let code = match status {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",

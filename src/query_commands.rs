@@ -24,6 +24,7 @@ use shoal_query::{Engine, Session};
 
 use crate::cli::{CountArgs, CountPath, SqlArgs, SqlFormat};
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiBytes;
 use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::tokens::Caller;
@@ -196,7 +197,7 @@ fn to_json(value: impl serde::Serialize) -> AppResult<Json<Value>> {
 pub async fn count_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let request: CountRequest = parse(&body)?;
     let (session, prepared) =
@@ -228,7 +229,7 @@ pub struct PreviewRequest {
 pub async fn preview_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let request: PreviewRequest = parse(&body)?;
     if request.limit.is_some_and(|n| n > count::MAX_PREVIEW_ROWS) {
@@ -258,7 +259,7 @@ pub async fn preview_route(
 pub async fn explain_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let request: CountRequest = parse(&body)?;
     let (session, prepared) =
@@ -293,7 +294,7 @@ pub struct SqlRequest {
 pub async fn sql_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Response> {
     caller.require(Role::Analyst)?;
     let request: SqlRequest = parse(&body)?;

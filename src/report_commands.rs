@@ -15,7 +15,7 @@ use shoal_reports::saved::{self, NewReport, Trigger};
 
 use crate::cli::{FunnelArgs, ReportCommand, RetentionArgs};
 use crate::error::{AppError, AppResult};
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiBytes, ApiPath, ApiQuery};
 use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::tokens::Caller;
@@ -223,7 +223,7 @@ pub struct SavedListQuery {
 pub async fn saved_create_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let new: NewReport = request(&body)?;
     let catalog = state.catalog.read().await.clone();
@@ -621,7 +621,7 @@ fn write_funnel(out: &mut impl Write, result: &FunnelResult) -> std::io::Result<
 pub async fn funnel_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let spec: FunnelSpec = request(&body)?;
     let catalog = state.catalog.read().await.clone();
@@ -637,7 +637,7 @@ pub async fn funnel_route(
 pub async fn retention_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let spec: RetentionSpec = request(&body)?;
     let catalog = state.catalog.read().await.clone();
@@ -667,7 +667,7 @@ pub async fn campaigns_route(
 pub async fn roi_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     let spec: CampaignSpec = request(&body)?;
     let catalog = state.catalog.read().await.clone();

@@ -375,7 +375,7 @@ pub struct CreateRequest {
 pub async fn create_route(
     State(state): State<AppState>,
     caller: Caller,
-    body: axum::body::Bytes,
+    crate::extract::ApiBytes(body): crate::extract::ApiBytes,
 ) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let request: CreateRequest = crate::extract::json_body(&body)?;

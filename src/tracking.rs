@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiBytes;
 use crate::extract::ApiPath;
 use crate::openapi::ApiErrors;
 use crate::serve::AppState;
@@ -117,7 +118,7 @@ pub async fn receive(
     State(state): State<AppState>,
     ApiPath(kind): ApiPath<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     if kind != "batch" && !KINDS.contains(&kind.as_str()) {
         return Err(AppError::BadRequest(format!(

@@ -399,7 +399,7 @@ fn a_token_over_its_rate_gets_429_and_others_do_not() {
         "--build-every",
         "0",
         "--rate-limit",
-        "2",
+        "1",
     ]);
     let whoami = |role: &str| {
         server
@@ -408,14 +408,15 @@ fn a_token_over_its_rate_gets_429_and_others_do_not() {
             .send()
             .expect("get")
     };
-    // A burst of twice the rate passes; well before a second is over, the rest wait.
-    let statuses: Vec<u16> = (0..12)
-        .map(|_| whoami("viewer").status().as_u16())
-        .collect();
-    assert_eq!(statuses[..4], [200, 200, 200, 200], "{statuses:?}");
-    assert!(statuses.contains(&429), "{statuses:?}");
-    let limited = whoami("viewer");
-    assert_eq!(limited.status(), 429);
+    // A burst of twice the rate passes; the rest of a quick run of requests is refused (each
+    // refusal judged on its own answer, however slowly a loaded machine sends them).
+    let answers: Vec<reqwest::blocking::Response> = (0..12).map(|_| whoami("viewer")).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses[..2], [200, 200], "{statuses:?}");
+    let limited = answers
+        .into_iter()
+        .find(|r| r.status() == 429)
+        .unwrap_or_else(|| panic!("no 429 in {statuses:?}"));
     let retry: u64 = limited.headers()["retry-after"]
         .to_str()
         .expect("ascii")

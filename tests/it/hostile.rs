@@ -508,6 +508,18 @@ fn hostile_input_gets_a_clear_4xx_and_changes_nothing() {
         400,
         "name",
     );
+    let (status, body) = post_json(
+        &server,
+        "/api/query/count",
+        &json!({"conditions": {"audience": "vip' OR '1'='1"}}),
+    );
+    assert!(status == 400 || status == 404, "{status} {body}");
+    let (status, body) = post_json(
+        &server,
+        "/api/query/preview",
+        &json!({"conditions": men.clone(), "columns": ["gender FROM users; DROP TABLE users; --"]}),
+    );
+    assert_eq!(status, 400, "{body}");
     for statement in [
         "SELECT 1; DROP TABLE users",
         "DROP TABLE users",

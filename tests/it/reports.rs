@@ -1077,12 +1077,22 @@ fn saved_reports_are_stored_as_tables_and_follow_their_campaign() {
         None,
     );
     assert_eq!(status, 403, "{body}");
-    let (status, body) = call(
-        "analyst",
-        post.clone(),
-        "/api/reports/saved/c1_roi/refresh",
-        None,
-    );
+    // The pack-triggered run is visible once committed; its name is released a moment
+    // later, and a refresh asked for meanwhile is refused with 409 rather than queued.
+    let (mut status, mut body) = (0, Value::Null);
+    for _ in 0..40 {
+        (status, body) = call(
+            "analyst",
+            post.clone(),
+            "/api/reports/saved/c1_roi/refresh",
+            None,
+        );
+        if status != 409 {
+            break;
+        }
+        assert_eq!(body["error"]["code"], "conflict", "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
     assert_eq!(
         (status, &body["version"], &body["trigger"]),
         (200, &json!(3), &json!("manual")),
