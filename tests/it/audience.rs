@@ -143,7 +143,7 @@ fn packs_come_from_conditions_sql_expressions_and_uploads() {
         assert_eq!(members(&wh, name, &who), expected, "{expr}");
     }
 
-    // An uploaded list: phones in any format, a hashed phone, strangers and junk.
+    // An uploaded list: phones in any format, a hashed phone, a login id, strangers and junk.
     let hashed: String = sha2::Sha256::digest(b"+8613800000004")
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -151,17 +151,22 @@ fn packs_come_from_conditions_sql_expressions_and_uploads() {
     let list = dir.path().join("list.txt");
     std::fs::write(
         &list,
-        format!("13800000001\n+86 138 0000 0002\n{hashed}\n13900000000\n138****0001\nL_nobody\n13800000001\n"),
+        format!("13800000001\n+86 138 0000 0002\n{hashed}\n13900000000\n138****0001\nL_nobody\n13800000001\ne\n"),
     )
     .expect("list");
     let uploaded = create(&wh, &["phones", "--upload", list.to_str().expect("path")]);
     let report = &uploaded["version"]["report"];
-    assert_eq!(report["rows"], 7, "{report}");
-    assert_eq!(report["matched"], 3, "{report}");
+    assert_eq!(report["rows"], 8, "{report}");
+    assert_eq!(report["matched"], 4, "{report}");
+    assert_eq!(
+        report["by_type"],
+        json!({"phone": 2, "phone_sha256": 1, "login_id": 1}),
+        "{report}"
+    );
     assert_eq!(report["unmatched"], 2, "{report}");
     assert_eq!(report["invalid"], 1, "{report}");
     assert_eq!(report["duplicates"], 1, "{report}");
-    assert_eq!(members(&wh, "phones", &who), ["a", "b", "d"]);
+    assert_eq!(members(&wh, "phones", &who), ["a", "b", "d", "e"]);
     let unmatched = stdout_ok(&shoal(&wh, &["audience", "unmatched", "phones"]));
     assert_eq!(
         unmatched.lines().collect::<Vec<_>>(),
