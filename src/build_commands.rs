@@ -10,7 +10,7 @@ use shoal_ingest::identity::{Explanation, explain, unlink};
 
 use crate::cli::{BuildArgs, IdentityCommand};
 use crate::error::{AppError, AppResult};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiBytes, ApiJson, ApiPath};
 use crate::openapi::ApiErrors;
 use crate::progress;
 use crate::serve::AppState;
@@ -203,7 +203,7 @@ pub struct BuildRequest {
 pub async fn build_route(
     State(state): State<AppState>,
     caller: Caller,
-    crate::extract::ApiBytes(body): crate::extract::ApiBytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let request: BuildRequest = if body.iter().all(u8::is_ascii_whitespace) {

@@ -17,7 +17,7 @@ use shoal_catalog::{Catalog, CommitNote, Role, Table};
 use tokio::sync::Mutex;
 
 use crate::error::{AppError, AppResult};
-use crate::extract::ApiPath;
+use crate::extract::{ApiBytes, ApiPath};
 use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::write_keys::hash;
@@ -375,7 +375,7 @@ pub struct CreateRequest {
 pub async fn create_route(
     State(state): State<AppState>,
     caller: Caller,
-    crate::extract::ApiBytes(body): crate::extract::ApiBytes,
+    ApiBytes(body): ApiBytes,
 ) -> AppResult<Json<Value>> {
     caller.require(Role::Admin)?;
     let request: CreateRequest = crate::extract::json_body(&body)?;

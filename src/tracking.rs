@@ -19,8 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::error::{AppError, AppResult};
-use crate::extract::ApiBytes;
-use crate::extract::ApiPath;
+use crate::extract::{ApiBytes, ApiPath};
 use crate::openapi::ApiErrors;
 use crate::serve::AppState;
 use crate::write_keys;
