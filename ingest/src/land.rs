@@ -255,6 +255,12 @@ struct Lander<'a> {
     /// `events` as it was when the batch began: rows this batch lands are deduped by `seen`
     /// in memory, so only what came before needs probing, and an empty table none at all.
     events_before: Option<shoal_catalog::Table>,
+    /// Message ids seen in this batch (every file of it), as 128-bit fingerprints (16 bytes
+    /// each, not the id's text): a batch of ten million messages keeps about 300 MB here.
+    seen: HashSet<u128>,
+    /// The `events` commit running while the next chunk is cleaned: at most one at a time,
+    /// so commits land in file order.
+    events_commit: Option<tokio::task::JoinHandle<Result<u64>>>,
 }
 
 impl<'a> Lander<'a> {
@@ -275,6 +281,8 @@ impl<'a> Lander<'a> {
             },
             versions: BTreeMap::new(),
             events_before: None,
+            seen: HashSet::new(),
+            events_commit: None,
         })
     }
 
@@ -285,11 +293,7 @@ impl<'a> Lander<'a> {
     ) -> Result<Counts> {
         let label = file_name(file);
         match tabular::sniff(file)? {
-            Format::JsonLines => {
-                let records =
-                    numbered_lines(file)?.map(|item| item.map(|(w, l)| (w, Item::Line(l))));
-                self.segment_lines(records, &label, progress).await
-            }
+            Format::JsonLines => self.segment_json_file(file, &label, progress).await,
             Format::Csv => {
                 let records =
                     tabular::csv_records(file)?.map(|item| item.map(|(n, r)| (Where::Line(n), r)));
@@ -310,90 +314,144 @@ impl<'a> Lander<'a> {
         label: &str,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
-        let chunk = chunk_rows();
-        let mut counts = Counts::default();
-        // Message ids seen in this batch, as 128-bit fingerprints (16 bytes each, not the id's
-        // text): a file of ten million messages keeps about 300 MB here.
-        let mut seen: HashSet<u128> = HashSet::new();
-        let mut rows: Vec<EventRow> = Vec::new();
-        let mut rejected: Vec<Rejected> = Vec::new();
+        let schema = self.events_schema().await?;
+        let mut pending = Pending::new(chunk_rows());
+        let source = self.kind.name();
+        let mut part = PartBuilder::default();
         for item in lines {
             let (location, record) = item?;
-            let line = match record {
-                Item::Line(line) => line,
-                Item::Broken { raw, rejection } => {
-                    counts.received += 1;
-                    rejected.push(Rejected {
-                        location: location.text(label),
-                        rejection,
-                        raw,
-                    });
-                    continue;
-                }
-            };
-            let (text, parsed_text) = match std::str::from_utf8(&line) {
-                Ok(text) => (std::borrow::Cow::Borrowed(text), true),
-                Err(_) => (String::from_utf8_lossy(&line), false),
-            };
-            let text = text.trim_end_matches('\r');
-            if text.trim().is_empty() {
-                continue;
-            }
-            counts.received += 1;
-            let parsed = if parsed_text {
-                segment::parse_line(text, self.kind.name(), self.clock)
-            } else {
-                Err(Rejection::new(
-                    reason::INVALID_JSON,
-                    "line is not valid UTF-8",
-                ))
-            };
-            match parsed {
-                Ok(row) => {
-                    if seen.insert(twox_hash::XxHash3_128::oneshot(row.event_id.as_bytes())) {
-                        rows.push(row);
-                    } else {
-                        counts.duplicates += 1;
-                    }
-                }
-                Err(rejection) => rejected.push(Rejected {
-                    location: location.text(label),
-                    rejection,
-                    raw: text.to_string(),
-                }),
-            }
-            if rows.len() >= chunk {
-                self.land_events(std::mem::take(&mut rows), &mut counts)
-                    .await?;
-                progress(counts.received);
-            }
-            if rejected.len() >= chunk {
-                self.quarantine(std::mem::take(&mut rejected), &mut counts)
-                    .await?;
+            part.record(location, record, label, source, self.clock);
+            if part.len() >= PART_ROWS {
+                let done = std::mem::take(&mut part).finish(&schema)?;
+                self.take(done, &mut pending, progress).await?;
             }
         }
-        self.land_events(rows, &mut counts).await?;
-        self.quarantine(rejected, &mut counts).await?;
-        progress(counts.received);
-        Ok(counts)
+        let done = part.finish(&schema)?;
+        self.take(done, &mut pending, progress).await?;
+        self.finish(pending, progress).await
     }
 
-    async fn land_events(&mut self, rows: Vec<EventRow>, counts: &mut Counts) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
+    /// A JSON-lines file of Segment messages, cleaned on every core: a reader cuts the file
+    /// into blocks of whole lines, each block's lines are cleaned in parallel into Arrow
+    /// columns, and the parts come back in file order to be deduped and landed here while the
+    /// next ones are cleaned.
+    async fn segment_json_file(
+        &mut self,
+        file: &Path,
+        label: &str,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Counts> {
+        let schema = self.events_schema().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Part>>(8);
+        let reader = tokio::task::spawn_blocking({
+            let file = file.to_path_buf();
+            let label = label.to_string();
+            let source = self.kind.name();
+            let clock = self.clock;
+            move || {
+                let context = PartContext {
+                    label: &label,
+                    source,
+                    clock,
+                    schema: &schema,
+                };
+                if let Err(e) = clean_json_blocks(&file, &context, &tx) {
+                    // The receiver may be gone already; then the error has no one to tell.
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
+        });
+        let mut pending = Pending::new(chunk_rows());
+        while let Some(part) = rx.recv().await {
+            self.take(part?, &mut pending, progress).await?;
         }
+        reader
+            .await
+            .map_err(|e| Error::Internal(format!("reading {label}: {e}")))?;
+        self.finish(pending, progress).await
+    }
+
+    /// The schema of `events`, from the table as it was when the batch began.
+    async fn events_schema(&mut self) -> Result<SchemaRef> {
         if self.events_before.is_none() {
             self.events_before = Some(self.catalog.table("events").await?);
+        }
+        self.events_before
+            .as_ref()
+            .ok_or_else(|| Error::Internal("events baseline not opened".into()))?
+            .schema()
+            .map_err(Error::from)
+    }
+
+    /// Adds one cleaned part to `pending` (its messages already seen in this batch are
+    /// duplicates), landing or quarantining a full chunk.
+    async fn take(
+        &mut self,
+        part: Part,
+        pending: &mut Pending,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<()> {
+        pending.counts.received += part.received;
+        pending.rejected.extend(part.rejected);
+        let fresh: Vec<bool> = part
+            .fingerprints
+            .iter()
+            .map(|f| self.seen.insert(*f))
+            .collect();
+        let kept = fresh.iter().filter(|f| **f).count();
+        pending.counts.duplicates += (fresh.len() - kept) as u64;
+        if kept > 0 {
+            let batch = if kept == fresh.len() {
+                part.rows
+            } else {
+                arrow::compute::filter_record_batch(&part.rows, &BooleanArray::from(fresh))
+                    .map_err(|e| Error::Internal(format!("dropping duplicates: {e}")))?
+            };
+            pending.rows += batch.num_rows();
+            pending.batches.push(batch);
+        }
+        if pending.rows >= pending.chunk {
+            self.land_events(pending).await?;
+            progress(pending.counts.received);
+        }
+        if pending.rejected.len() >= pending.chunk {
+            self.quarantine(std::mem::take(&mut pending.rejected), &mut pending.counts)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Lands and quarantines what is left in `pending`; its counts are the source's.
+    async fn finish(
+        &mut self,
+        mut pending: Pending,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Counts> {
+        self.land_events(&mut pending).await?;
+        self.quarantine(std::mem::take(&mut pending.rejected), &mut pending.counts)
+            .await?;
+        self.events_committed().await?;
+        progress(pending.counts.received);
+        Ok(pending.counts)
+    }
+
+    /// Lands the rows of `pending` (leaving it empty): dedup against what was there before
+    /// the batch, then one commit, which sorts and writes while the caller goes on.
+    async fn land_events(&mut self, pending: &mut Pending) -> Result<()> {
+        let mut batches = std::mem::take(&mut pending.batches);
+        pending.rows = 0;
+        if batches.is_empty() {
+            return Ok(());
         }
         let baseline = self
             .events_before
             .as_ref()
             .ok_or_else(|| Error::Internal("events baseline not opened".into()))?;
-        // Rows are referenced, filtered and sorted by reference: they are large and never move.
-        let mut keep: Vec<&EventRow> = if baseline.version() == 0 {
-            rows.iter().collect()
-        } else {
-            let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+        if baseline.version() > 0 {
+            let mut ids: Vec<String> = Vec::new();
+            for batch in &batches {
+                ids.extend(event_ids(batch)?.iter().flatten().map(str::to_string));
+            }
             let existing = self
                 .existing_keys(baseline, &["event_id"], vec![ids], None)
                 .await?;
@@ -401,24 +459,45 @@ impl<'a> Lander<'a> {
                 .keys()
                 .filter_map(|k| k.first().map(String::as_str))
                 .collect();
-            rows.iter()
-                .filter(|r| !existing.contains(r.event_id.as_str()))
-                .collect()
-        };
-        counts.duplicates += (rows.len() - keep.len()) as u64;
-        if keep.is_empty() {
+            if !existing.is_empty() {
+                let mut fresh = Vec::with_capacity(batches.len());
+                for batch in &batches {
+                    let keep: BooleanArray = event_ids(batch)?
+                        .iter()
+                        .map(|id| Some(!id.is_some_and(|id| existing.contains(id))))
+                        .collect();
+                    let before = batch.num_rows();
+                    let kept = arrow::compute::filter_record_batch(batch, &keep)
+                        .map_err(|e| Error::Internal(format!("dropping duplicates: {e}")))?;
+                    pending.counts.duplicates += (before - kept.num_rows()) as u64;
+                    fresh.push(kept);
+                }
+                batches = fresh;
+            }
+        }
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows == 0 {
             return Ok(());
         }
-        keep.sort_unstable_by(|a, b| {
-            a.event_time
-                .cmp(&b.event_time)
-                .then_with(|| a.event_id.cmp(&b.event_id))
-        });
+        pending.counts.landed += rows as u64;
+        self.events_committed().await?;
         let mut table = self.catalog.table("events").await?;
-        let batch = events_batch(&table.schema()?, &keep)?;
-        let version = table.append(vec![batch], self.note()).await?;
-        self.versions.insert("events".into(), version);
-        counts.landed += keep.len() as u64;
+        let note = self.note();
+        self.events_commit = Some(tokio::spawn(async move {
+            let batch = sorted_by_time(batches)?;
+            Ok(table.append(vec![batch], note).await?)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the running `events` commit, if any, and records its version.
+    async fn events_committed(&mut self) -> Result<()> {
+        if let Some(commit) = self.events_commit.take() {
+            let version = commit
+                .await
+                .map_err(|e| Error::Internal(format!("committing events: {e}")))??;
+            self.versions.insert("events".into(), version);
+        }
         Ok(())
     }
 
@@ -813,6 +892,264 @@ impl<'a> Lander<'a> {
 
     fn note(&self) -> CommitNote {
         CommitNote::new("batch_id", self.batch_id.as_str()).with("source", self.kind.name())
+    }
+}
+
+/// Cleaned rows and rejections of one source waiting for their chunk to fill.
+struct Pending {
+    chunk: usize,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    rejected: Vec<Rejected>,
+    counts: Counts,
+}
+
+impl Pending {
+    fn new(chunk: usize) -> Self {
+        Pending {
+            chunk,
+            batches: Vec::new(),
+            rows: 0,
+            rejected: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+}
+
+/// Records per part of a Segment source: each part is cleaned into one Arrow batch.
+const PART_ROWS: usize = 8192;
+
+/// What a run of consecutive records of a Segment source became.
+struct Part {
+    /// Records read (blank lines are not records).
+    received: u64,
+    /// The clean rows, in record order, in the `events` schema.
+    rows: RecordBatch,
+    /// The fingerprint of each row's message id.
+    fingerprints: Vec<u128>,
+    /// Records for quarantine.
+    rejected: Vec<Rejected>,
+}
+
+/// What a part's records are cleaned with.
+struct PartContext<'a> {
+    label: &'a str,
+    source: &'static str,
+    clock: Clock,
+    schema: &'a SchemaRef,
+}
+
+/// Collects the records of one part.
+#[derive(Default)]
+struct PartBuilder {
+    received: u64,
+    rows: Vec<EventRow>,
+    fingerprints: Vec<u128>,
+    rejected: Vec<Rejected>,
+}
+
+impl PartBuilder {
+    fn len(&self) -> usize {
+        self.rows.len() + self.rejected.len()
+    }
+
+    fn finish(self, schema: &SchemaRef) -> Result<Part> {
+        let refs: Vec<&EventRow> = self.rows.iter().collect();
+        Ok(Part {
+            received: self.received,
+            rows: events_batch(schema, &refs)?,
+            fingerprints: self.fingerprints,
+            rejected: self.rejected,
+        })
+    }
+}
+
+/// The `event_id` column of an `events` batch.
+fn event_ids(batch: &RecordBatch) -> Result<&StringArray> {
+    batch
+        .column_by_name("event_id")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| Error::Internal("events batch without a text event_id".into()))
+}
+
+/// One batch of `batches`' rows ordered by (event_time, event_id), as `events` files are
+/// written.
+fn sorted_by_time(batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    let fail = |e: arrow::error::ArrowError| Error::Internal(format!("sorting events: {e}"));
+    let schema = batches
+        .first()
+        .map(RecordBatch::schema)
+        .ok_or_else(|| Error::Internal("no events to sort".into()))?;
+    let batch = arrow::compute::concat_batches(&schema, &batches).map_err(fail)?;
+    drop(batches);
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("events batch without {name}")))
+    };
+    let keys = [column("event_time")?, column("event_id")?]
+        .into_iter()
+        .map(|values| arrow::compute::SortColumn {
+            values,
+            options: None,
+        })
+        .collect::<Vec<_>>();
+    let order = arrow::compute::lexsort_to_indices(&keys, None).map_err(fail)?;
+    arrow::compute::take_record_batch(&batch, &order).map_err(fail)
+}
+
+impl PartBuilder {
+    /// Cleans one Segment record.
+    fn record(&mut self, location: Where, record: Item, label: &str, source: &str, clock: Clock) {
+        match record {
+            Item::Line(line) => self.line(&line, || location.text(label), source, clock),
+            Item::Broken { raw, rejection } => {
+                self.received += 1;
+                self.rejected.push(Rejected {
+                    location: location.text(label),
+                    rejection,
+                    raw,
+                });
+            }
+        }
+    }
+
+    /// Cleans one line of JSON; `location` names it if it is quarantined. Blank lines are
+    /// not records.
+    fn line(&mut self, line: &[u8], location: impl FnOnce() -> String, source: &str, clock: Clock) {
+        let (text, utf8) = match std::str::from_utf8(line) {
+            Ok(text) => (std::borrow::Cow::Borrowed(text), true),
+            Err(_) => (String::from_utf8_lossy(line), false),
+        };
+        let text = text.trim_end_matches('\r');
+        if text.trim().is_empty() {
+            return;
+        }
+        self.received += 1;
+        let parsed = if utf8 {
+            segment::parse_line(text, source, clock)
+        } else {
+            Err(Rejection::new(
+                reason::INVALID_JSON,
+                "line is not valid UTF-8",
+            ))
+        };
+        match parsed {
+            Ok(row) => {
+                self.fingerprints
+                    .push(twox_hash::XxHash3_128::oneshot(row.event_id.as_bytes()));
+                self.rows.push(row);
+            }
+            Err(rejection) => self.rejected.push(Rejected {
+                location: location(),
+                rejection,
+                raw: text.to_string(),
+            }),
+        }
+    }
+}
+
+/// Bytes read per block of a JSON-lines file (a block is extended to the end of its last line).
+const BLOCK_BYTES: usize = 4 << 20;
+
+/// Reads `file` in blocks of whole lines and sends each block's cleaned records, in file
+/// order; the lines of a block are cleaned on every core. Stops quietly when the receiver is
+/// gone.
+fn clean_json_blocks(
+    file: &Path,
+    context: &PartContext,
+    tx: &tokio::sync::mpsc::Sender<Result<Part>>,
+) -> Result<()> {
+    let label = context.label;
+    let mut reader = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One buffer for the whole file: the unfinished line at the end of a block moves to the
+    // front and the next read appends to it.
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut carried = 0usize;
+    let mut lines_before = 0usize;
+    let mut first = true;
+    loop {
+        buffer.resize(carried + BLOCK_BYTES, 0);
+        let mut filled = carried;
+        while filled < buffer.len() {
+            match reader.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(file, e)),
+            }
+        }
+        let eof = filled < buffer.len();
+        let start = if first && buffer[..filled].starts_with(b"\xef\xbb\xbf") {
+            3
+        } else {
+            0
+        };
+        // The block ends with its last whole line; a line longer than a block makes the
+        // buffer grow until it ends.
+        let end = if eof {
+            filled
+        } else {
+            match buffer[start..filled].iter().rposition(|b| *b == b'\n') {
+                Some(i) => start + i + 1,
+                None => {
+                    carried = filled;
+                    continue;
+                }
+            }
+        };
+        first = false;
+        let block = &buffer[start..end];
+        let mut lines: Vec<&[u8]> = block.split(|b| *b == b'\n').collect();
+        if block.last() == Some(&b'\n') {
+            lines.pop();
+        }
+        let per_worker = lines.len().div_ceil(workers).max(1);
+        let parts: Vec<Part> = std::thread::scope(|scope| {
+            let handles: Vec<_> = lines
+                .chunks(per_worker)
+                .enumerate()
+                .map(|(part, lines)| {
+                    let offset = lines_before + part * per_worker;
+                    scope.spawn(move || {
+                        let mut builder = PartBuilder::default();
+                        for (i, line) in lines.iter().enumerate() {
+                            builder.line(
+                                line,
+                                || Where::Line(offset + i + 1).text(label),
+                                context.source,
+                                context.clock,
+                            );
+                        }
+                        builder.finish(context.schema)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle.join().map_err(|_| {
+                        Error::Internal(format!(
+                            "cleaning {label} from line {}: a worker failed",
+                            lines_before + 1
+                        ))
+                    })?
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        lines_before += lines.len();
+        for part in parts {
+            if tx.blocking_send(Ok(part)).is_err() {
+                return Ok(());
+            }
+        }
+        if eof {
+            return Ok(());
+        }
+        buffer.copy_within(end..filled, 0);
+        carried = filled - end;
     }
 }
 

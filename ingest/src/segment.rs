@@ -7,6 +7,9 @@
 //! in E.164.
 
 use chrono::{DateTime, FixedOffset, Utc};
+use std::borrow::Cow;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -58,7 +61,289 @@ fn string(object: &Map<String, Value>, key: &str) -> Option<String> {
     }
 }
 
-/// Parses one raw line.
+/// A top-level field of a message where Segment expects an id, a name or a time: text (borrowed
+/// from the line when it has no escapes), a number, or anything else (ignored).
+#[derive(Debug, Default)]
+enum Scalar<'a> {
+    Text(Cow<'a, str>),
+    Number(serde_json::Number),
+    #[default]
+    Other,
+}
+
+impl Scalar<'_> {
+    /// Text trimmed (empty is absent) or a number's text, as ids are read.
+    fn id(&self) -> Option<String> {
+        match self {
+            Scalar::Text(s) => clean::text(s),
+            Scalar::Number(n) => Some(n.to_string()),
+            Scalar::Other => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Scalar::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Text(Cow::Owned(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Scalar::Other, Scalar::Number))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// `context.channel` when `context` is an object; the rest of `context` is skipped unread.
+struct ContextChannel<'a>(Option<Scalar<'a>>);
+
+impl<'de> Deserialize<'de> for ContextChannel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ContextChannel<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut channel = None;
+                while let Some(key) = map.next_key::<Field>()? {
+                    if key == Field::Channel {
+                        channel = Some(map.next_value::<Scalar<'de>>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(ContextChannel(channel))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                ScalarVisitor.visit_seq(seq).map(|_| ContextChannel(None))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Self::Value, E> {
+                Ok(ContextChannel(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ContextChannel(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ContextChannel(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ContextChannel(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ContextChannel(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ContextChannel(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ContextChannel(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The top-level keys a message is read by; any other key is skipped without being built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Type,
+    AnonymousId,
+    UserId,
+    Event,
+    PreviousId,
+    MessageId,
+    Name,
+    Timestamp,
+    SentAt,
+    ReceivedAt,
+    OriginalTimestamp,
+    Properties,
+    Traits,
+    Context,
+    Channel,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "type" => Field::Type,
+                    "anonymousId" => Field::AnonymousId,
+                    "userId" => Field::UserId,
+                    "event" => Field::Event,
+                    "previousId" => Field::PreviousId,
+                    "messageId" => Field::MessageId,
+                    "name" => Field::Name,
+                    "timestamp" => Field::Timestamp,
+                    "sentAt" => Field::SentAt,
+                    "receivedAt" => Field::ReceivedAt,
+                    "originalTimestamp" => Field::OriginalTimestamp,
+                    "properties" => Field::Properties,
+                    "traits" => Field::Traits,
+                    "context" => Field::Context,
+                    "channel" => Field::Channel,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+/// The parts of a Segment message that cleaning reads. Repeated keys keep the last value, as a
+/// JSON object would.
+#[derive(Default)]
+struct Envelope<'a> {
+    kind: Option<Scalar<'a>>,
+    anonymous_id: Option<Scalar<'a>>,
+    user_id: Option<Scalar<'a>>,
+    event: Option<Scalar<'a>>,
+    previous_id: Option<Scalar<'a>>,
+    message_id: Option<Scalar<'a>>,
+    name: Option<Scalar<'a>>,
+    /// `timestamp`, `sentAt`, `receivedAt`, `originalTimestamp`, in that order of preference.
+    times: [Option<Scalar<'a>>; 4],
+    properties: Option<Value>,
+    traits: Option<Value>,
+    channel: Option<Scalar<'a>>,
+}
+
+const TIME_FIELDS: [&str; 4] = ["timestamp", "sentAt", "receivedAt", "originalTimestamp"];
+
+/// A line's top level: the envelope when it is a JSON object, `None` for any other JSON value.
+struct Top<'a>(Option<Envelope<'a>>);
+
+impl<'de> Deserialize<'de> for Top<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Top<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut e = Envelope::default();
+                while let Some(key) = map.next_key::<Field>()? {
+                    let slot = match key {
+                        Field::Type => &mut e.kind,
+                        Field::AnonymousId => &mut e.anonymous_id,
+                        Field::UserId => &mut e.user_id,
+                        Field::Event => &mut e.event,
+                        Field::PreviousId => &mut e.previous_id,
+                        Field::MessageId => &mut e.message_id,
+                        Field::Name => &mut e.name,
+                        Field::Timestamp => &mut e.times[0],
+                        Field::SentAt => &mut e.times[1],
+                        Field::ReceivedAt => &mut e.times[2],
+                        Field::OriginalTimestamp => &mut e.times[3],
+                        Field::Properties => {
+                            e.properties = Some(map.next_value()?);
+                            continue;
+                        }
+                        Field::Traits => {
+                            e.traits = Some(map.next_value()?);
+                            continue;
+                        }
+                        Field::Context => {
+                            e.channel = map.next_value::<ContextChannel<'de>>()?.0;
+                            continue;
+                        }
+                        Field::Channel | Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(Top(Some(e)))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                ScalarVisitor.visit_seq(seq).map(|_| Top(None))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Self::Value, E> {
+                Ok(Top(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Top(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Top(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Top(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Top(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Top(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Top(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn id(slot: &Option<Scalar<'_>>) -> Option<String> {
+    slot.as_ref().and_then(Scalar::id)
+}
+
+/// Parses one raw line. Only the fields cleaning reads are built; `context` and unknown keys
+/// are checked for JSON syntax and skipped.
 pub fn parse_line(line: &str, source: &str, clock: Clock) -> Result<EventRow, Rejection> {
     if line.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::new(
@@ -69,25 +354,25 @@ pub fn parse_line(line: &str, source: &str, clock: Clock) -> Result<EventRow, Re
             ),
         ));
     }
-    let value: Value = serde_json::from_str(line)
+    let Top(message) = serde_json::from_str(line)
         .map_err(|e| Rejection::new(reason::INVALID_JSON, format!("not JSON: {e}")))?;
-    parse_message(value, line, source, clock)
-}
-
-/// Cleans one message already parsed as JSON; `raw` is its text (for the derived id).
-pub fn parse_message(
-    value: Value,
-    raw: &str,
-    source: &str,
-    clock: Clock,
-) -> Result<EventRow, Rejection> {
-    let Value::Object(mut message) = value else {
+    let Some(message) = message else {
         return Err(Rejection::new(
             reason::INVALID_JSON,
             "a message is a JSON object",
         ));
     };
-    let kind = match message.get("type").and_then(Value::as_str) {
+    clean_message(message, line, source, clock)
+}
+
+/// Cleans one message; `raw` is its text (for the derived id).
+fn clean_message(
+    message: Envelope<'_>,
+    raw: &str,
+    source: &str,
+    clock: Clock,
+) -> Result<EventRow, Rejection> {
+    let kind = match message.kind.as_ref().and_then(Scalar::as_str) {
         Some(t) => TYPES
             .iter()
             .find(|k| k.eq_ignore_ascii_case(t))
@@ -100,8 +385,8 @@ pub fn parse_message(
             })?,
         None => return Err(Rejection::new(reason::MISSING_REQUIRED, "type: missing")),
     };
-    let anonymous_id = string(&message, "anonymousId");
-    let login_id = string(&message, "userId");
+    let anonymous_id = id(&message.anonymous_id);
+    let login_id = id(&message.user_id);
     if anonymous_id.is_none() && login_id.is_none() {
         return Err(Rejection::new(
             reason::MISSING_REQUIRED,
@@ -109,7 +394,7 @@ pub fn parse_message(
         ));
     }
     let event_name = match kind {
-        "track" => string(&message, "event").ok_or_else(|| {
+        "track" => id(&message.event).ok_or_else(|| {
             Rejection::new(
                 reason::MISSING_REQUIRED,
                 "event: a track call needs an event name",
@@ -117,24 +402,28 @@ pub fn parse_message(
         })?,
         other => other.to_string(),
     };
-    if kind == "alias" && string(&message, "previousId").is_none() {
+    let previous_id = id(&message.previous_id);
+    if kind == "alias" && previous_id.is_none() {
         return Err(Rejection::new(
             reason::MISSING_REQUIRED,
             "previousId: an alias call needs it",
         ));
     }
-    let (time_field, time_text) = ["timestamp", "sentAt", "receivedAt", "originalTimestamp"]
+    let received_text;
+    let (time_field, time_text) = match TIME_FIELDS
         .iter()
-        .find_map(|k| {
-            message
-                .get(*k)
-                .and_then(Value::as_str)
-                .map(|t| (*k, t.to_string()))
-        })
-        .unwrap_or_else(|| ("receivedAt", clock.received_at.to_rfc3339()));
-    let event_time = clean::timestamp(time_field, &time_text, clock.zone, clock.received_at)?;
+        .zip(&message.times)
+        .find_map(|(k, v)| v.as_ref().and_then(Scalar::as_str).map(|t| (*k, t)))
+    {
+        Some(found) => found,
+        None => {
+            received_text = clock.received_at.to_rfc3339();
+            ("receivedAt", received_text.as_str())
+        }
+    };
+    let event_time = clean::timestamp(time_field, time_text, clock.zone, clock.received_at)?;
 
-    let event_id = match string(&message, "messageId") {
+    let event_id = match id(&message.message_id) {
         Some(id) => id,
         None => {
             let digest = Sha256::digest(raw.as_bytes());
@@ -143,12 +432,12 @@ pub fn parse_message(
     };
 
     // identify/group carry traits; the others properties.
-    let payload_key = if matches!(kind, "identify" | "group") {
-        "traits"
+    let (payload_key, payload) = if matches!(kind, "identify" | "group") {
+        ("traits", message.traits)
     } else {
-        "properties"
+        ("properties", message.properties)
     };
-    let mut payload = match message.remove(payload_key) {
+    let mut payload = match payload {
         Some(Value::Object(p)) => p,
         Some(Value::Null) | None => Map::new(),
         Some(_) => {
@@ -203,18 +492,18 @@ pub fn parse_message(
         },
     };
     let page = match kind {
-        "page" | "screen" => string(&payload, "path").or_else(|| string(&message, "name")),
+        "page" | "screen" => string(&payload, "path").or_else(|| id(&message.name)),
         _ => string(&payload, "path"),
     };
     let channel = string(&payload, "channel").or_else(|| {
         message
-            .get("context")
-            .and_then(|c| c.get("channel"))
-            .and_then(Value::as_str)
+            .channel
+            .as_ref()
+            .and_then(Scalar::as_str)
             .and_then(clean::text)
     });
     if kind == "alias"
-        && let Some(previous) = string(&message, "previousId")
+        && let Some(previous) = previous_id
     {
         payload.insert("previousId".into(), Value::String(previous));
     }
@@ -369,5 +658,139 @@ mod tests {
         assert!(a.event_id.starts_with("sha256:"));
         let other = parse_line(&line.replace("\"x\"", "\"y\""), "segment", clock()).expect("c");
         assert_ne!(a.event_id, other.event_id);
+    }
+
+    #[test]
+    fn repeated_keys_numbers_escapes_and_odd_shapes_read_as_json_objects_do() {
+        let line = r#"{"type":"track","event":"a","event":" caf\u00e9 ","userId":42,"messageId":1.5,
+            "integrations":{"All":true,"x":[1,{"a":null}]},"timestamp":5,
+            "sentAt":"2026-10-01T00:00:00Z","context":{"channel":"web","channel":" app "},
+            "traits":"not looked at for a track call","properties":{"price":"1.50"}}"#;
+        let row = parse_line(line, "segment", clock()).expect("clean");
+        assert_eq!(
+            row.event_name, "café",
+            "the last repeated key wins, escapes decoded"
+        );
+        assert_eq!(row.login_id.as_deref(), Some("42"));
+        assert_eq!(row.event_id, "1.5");
+        assert_eq!(row.channel.as_deref(), Some("app"));
+        assert_eq!(row.price, Some(150));
+        assert_eq!(
+            row.event_time,
+            Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0)
+                .single()
+                .expect("t")
+                .timestamp_micros(),
+            "a timestamp that is not text is passed over for sentAt"
+        );
+        let page = r#"{"type":"page","anonymousId":"a","name":"首页","context":"web","timestamp":"2026-10-01T00:00:00Z"}"#;
+        let row = parse_line(page, "segment", clock()).expect("page");
+        assert_eq!(row.page.as_deref(), Some("首页"));
+        assert_eq!(row.channel, None);
+        for (not_object, expected) in [
+            ("[1,2]", "a message is a JSON object"),
+            ("\"x\"", "a message is a JSON object"),
+            ("null", "a message is a JSON object"),
+            ("{\"type\":", "not JSON"),
+            ("{\"type\":\"track\"} x", "not JSON"),
+        ] {
+            let err = parse_line(not_object, "segment", clock()).expect_err(not_object);
+            assert_eq!(err.code, reason::INVALID_JSON, "{not_object}");
+            assert!(
+                err.message.contains(expected),
+                "{not_object}: {}",
+                err.message
+            );
+        }
+    }
+
+    mod envelope {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            "type",
+            "anonymousId",
+            "userId",
+            "event",
+            "previousId",
+            "messageId",
+            "name",
+            "timestamp",
+            "sentAt",
+            "receivedAt",
+            "originalTimestamp",
+            "properties",
+            "traits",
+            "context",
+            "channel",
+            "integrations",
+        ];
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                (-1e9f64..1e9).prop_map(Value::from),
+                "[ a-z\u{4e00}-\u{4e09}\"\\\\\n]{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    prop::collection::vec(
+                        (prop::sample::select(vec!["channel", "k", "phone"]), inner),
+                        0..3
+                    )
+                    .prop_map(|kv| {
+                        Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                    }),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Whatever the keys, their order, repeats and value shapes, the envelope reads what
+            /// a whole `serde_json::Value` of the same text holds.
+            #[test]
+            fn the_envelope_reads_what_a_json_value_holds(
+                pairs in prop::collection::vec((prop::sample::select(KEYS.to_vec()), value()), 0..12)
+            ) {
+                let text = format!(
+                    "{{{}}}",
+                    pairs
+                        .iter()
+                        .map(|(k, v)| format!("{}:{}", Value::from(*k), v))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                let whole: Map<String, Value> = serde_json::from_str(&text).expect("object");
+                let Top(Some(e)) = serde_json::from_str::<Top>(&text).expect("envelope") else {
+                    panic!("an object reads as an envelope");
+                };
+                let slots = [
+                    ("anonymousId", &e.anonymous_id),
+                    ("userId", &e.user_id),
+                    ("event", &e.event),
+                    ("previousId", &e.previous_id),
+                    ("messageId", &e.message_id),
+                    ("name", &e.name),
+                ];
+                for (key, slot) in slots {
+                    prop_assert_eq!(id(slot), string(&whole, key), "{}", key);
+                }
+                let as_str = |slot: &Option<Scalar>| slot.as_ref().and_then(Scalar::as_str).map(str::to_string);
+                prop_assert_eq!(as_str(&e.kind), whole.get("type").and_then(Value::as_str).map(str::to_string));
+                for (key, slot) in TIME_FIELDS.iter().zip(&e.times) {
+                    prop_assert_eq!(as_str(slot), whole.get(*key).and_then(Value::as_str).map(str::to_string));
+                }
+                prop_assert_eq!(
+                    as_str(&e.channel),
+                    whole.get("context").and_then(|c| c.get("channel")).and_then(Value::as_str).map(str::to_string)
+                );
+                prop_assert_eq!(e.properties.as_ref(), whole.get("properties"));
+                prop_assert_eq!(e.traits.as_ref(), whole.get("traits"));
+            }
+        }
     }
 }

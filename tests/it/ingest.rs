@@ -544,3 +544,83 @@ fn events_import_from_csv_and_parquet_through_the_same_cleaning() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_json_lines_file_of_many_blocks_keeps_every_line_and_its_number() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    // About 11 MB: the file is read in blocks of 4 MiB, so lines straddle block ends. It
+    // starts with a byte-order mark, some lines end in CRLF, one line deep inside is broken.
+    let n = 36_000usize;
+    let broken_at = 30_001usize;
+    let pad = "x".repeat(220);
+    let mut text = String::from("\u{feff}");
+    for i in 0..n {
+        if i + 1 == broken_at {
+            text.push_str("{\"type\":\"track\", not json\n");
+            continue;
+        }
+        text.push_str(&format!(
+            "{{\"type\":\"track\",\"messageId\":\"m-{i}\",\"anonymousId\":\"a-{}\",\"event\":\"view\",\"timestamp\":\"2026-10-01T00:00:00Z\",\"properties\":{{\"pad\":\"{pad}\",\"n\":{i}}}}}",
+            i % 97
+        ));
+        text.push_str(if i % 1000 == 7 { "\r\n" } else { "\n" });
+    }
+    let big = dir.path().join("big.jsonl");
+    std::fs::write(&big, &text).expect("write");
+    assert!(text.len() > 2 * (4 << 20), "{} bytes", text.len());
+
+    let report = ingest(&wh, "segment", &[&big]);
+    balanced(&report);
+    assert_eq!(report["received"].as_u64(), Some(n as u64));
+    assert_eq!(report["landed"].as_u64(), Some(n as u64 - 1));
+    assert_eq!(report["quarantined"].as_u64(), Some(1));
+    let list = json_ok(&shoal(&wh, &["quarantine", "list", "--json"]));
+    let locations: Vec<&str> = list["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["location"].as_str().expect("l"))
+        .collect();
+    assert_eq!(locations, vec![format!("big.jsonl:{broken_at}")]);
+
+    let mut ids: Vec<u64> = crate::rows(&wh, "events")
+        .iter()
+        .map(|r| {
+            let id = r["event_id"].as_str().expect("id");
+            id.strip_prefix("m-").expect("m-").parse().expect("n")
+        })
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<u64> = (0..n as u64)
+        .filter(|i| *i + 1 != broken_at as u64)
+        .collect();
+    assert_eq!(ids, expected, "every line but the broken one, once");
+}
+
+#[test]
+fn a_message_repeated_in_two_files_of_one_batch_lands_once() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let line = |id: &str| {
+        format!(
+            "{{\"type\":\"track\",\"messageId\":\"{id}\",\"anonymousId\":\"a\",\"event\":\"view\",\"timestamp\":\"2026-10-01T00:00:00Z\"}}\n"
+        )
+    };
+    let a = dir.path().join("a.jsonl");
+    let b = dir.path().join("b.jsonl");
+    std::fs::write(&a, line("m-1") + &line("m-2")).expect("write");
+    std::fs::write(&b, line("m-2") + &line("m-3") + &line("m-3")).expect("write");
+    let report = ingest(&wh, "segment", &[&a, &b]);
+    balanced(&report);
+    assert_eq!(
+        (
+            report["received"].as_u64(),
+            report["landed"].as_u64(),
+            report["duplicates"].as_u64()
+        ),
+        (Some(5), Some(3), Some(2)),
+        "{report}"
+    );
+    assert_eq!(crate::table_rows(&wh, "events"), Some(3));
+}
