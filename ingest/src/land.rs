@@ -1226,8 +1226,16 @@ fn decimals(values: Vec<Option<i64>>) -> Option<ArrayRef> {
     .map(|a| Arc::new(a) as ArrayRef)
 }
 
-fn texts<'a>(values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(values.collect::<StringArray>())
+fn texts<'a>(values: impl Iterator<Item = Option<&'a str>> + Clone) -> ArrayRef {
+    // Sized first, so the value buffer is allocated once instead of grown.
+    let (rows, bytes) = values
+        .clone()
+        .fold((0, 0), |(n, b), v| (n + 1, b + v.map_or(0, str::len)));
+    let mut builder = arrow::array::StringBuilder::with_capacity(rows, bytes);
+    for value in values {
+        builder.append_option(value);
+    }
+    Arc::new(builder.finish())
 }
 
 /// A batch of `schema` with `n` rows: each column from `column`, or nulls when it has none.

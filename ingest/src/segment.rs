@@ -533,8 +533,22 @@ fn clean_message(
         quantity,
         revenue,
         channel,
-        properties: (!payload.is_empty()).then(|| Value::Object(payload).to_string()),
+        properties: (!payload.is_empty()).then(|| compact(&payload, raw.len())),
     })
+}
+
+/// `payload` as compact JSON text (keys in order, as `Value`'s `Display` writes it), in one
+/// buffer sized from the message it came from.
+fn compact(payload: &Map<String, Value>, hint: usize) -> String {
+    let mut text = Vec::with_capacity(hint);
+    // Writing JSON into memory neither fails nor writes anything but UTF-8; the fallback is
+    // the same text by the slower path.
+    if serde_json::to_writer(&mut text, payload).is_ok()
+        && let Ok(text) = String::from_utf8(text)
+    {
+        return text;
+    }
+    Value::Object(payload.clone()).to_string()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -675,6 +689,7 @@ mod tests {
         assert_eq!(row.event_id, "1.5");
         assert_eq!(row.channel.as_deref(), Some("app"));
         assert_eq!(row.price, Some(150));
+        assert_eq!(row.properties.as_deref(), Some(r#"{"price":"1.50"}"#));
         assert_eq!(
             row.event_time,
             Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0)
