@@ -137,54 +137,67 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
     }
 }
 
-/// `context.channel` when `context` is an object; the rest of `context` is skipped unread.
-struct ContextChannel<'a>(Option<Scalar<'a>>);
+/// A value read from the entries of a JSON object.
+trait FromEntries<'de>: Sized {
+    fn from_entries<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+}
 
-impl<'de> Deserialize<'de> for ContextChannel<'de> {
+/// `Some` when the JSON value is an object; any other value is consumed and reads as `None`.
+struct Object<T>(Option<T>);
+
+impl<'de, T: FromEntries<'de>> Deserialize<'de> for Object<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ContextChannel<'de>;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: FromEntries<'de>> Visitor<'de> for V<T> {
+            type Value = Object<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut channel = None;
-                while let Some(key) = map.next_key::<Field>()? {
-                    if key == Field::Channel {
-                        channel = Some(map.next_value::<Scalar<'de>>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(ContextChannel(channel))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::from_entries(map).map(|t| Object(Some(t)))
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                ScalarVisitor.visit_seq(seq).map(|_| ContextChannel(None))
-            }
-            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Self::Value, E> {
-                Ok(ContextChannel(None))
+                ScalarVisitor.visit_seq(seq).map(|_| Object(None))
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(ContextChannel(None))
+                Ok(Object(None))
             }
             fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(ContextChannel(None))
+                Ok(Object(None))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(ContextChannel(None))
+                Ok(Object(None))
             }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(ContextChannel(None))
+                Ok(Object(None))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(ContextChannel(None))
+                Ok(Object(None))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(ContextChannel(None))
+                Ok(Object(None))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// `context.channel`; the rest of `context` is skipped unread.
+struct Context<'a> {
+    channel: Option<Scalar<'a>>,
+}
+
+impl<'de> FromEntries<'de> for Context<'de> {
+    fn from_entries<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut channel = None;
+        while let Some(key) = map.next_key::<Field>()? {
+            if key == Field::Channel {
+                channel = Some(map.next_value::<Scalar<'de>>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Context { channel })
     }
 }
 
@@ -262,79 +275,45 @@ struct Envelope<'a> {
 
 const TIME_FIELDS: [&str; 4] = ["timestamp", "sentAt", "receivedAt", "originalTimestamp"];
 
-/// A line's top level: the envelope when it is a JSON object, `None` for any other JSON value.
-struct Top<'a>(Option<Envelope<'a>>);
-
-impl<'de> Deserialize<'de> for Top<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Top<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut e = Envelope::default();
-                while let Some(key) = map.next_key::<Field>()? {
-                    let slot = match key {
-                        Field::Type => &mut e.kind,
-                        Field::AnonymousId => &mut e.anonymous_id,
-                        Field::UserId => &mut e.user_id,
-                        Field::Event => &mut e.event,
-                        Field::PreviousId => &mut e.previous_id,
-                        Field::MessageId => &mut e.message_id,
-                        Field::Name => &mut e.name,
-                        Field::Timestamp => &mut e.times[0],
-                        Field::SentAt => &mut e.times[1],
-                        Field::ReceivedAt => &mut e.times[2],
-                        Field::OriginalTimestamp => &mut e.times[3],
-                        Field::Properties => {
-                            e.properties = Some(map.next_value()?);
-                            continue;
-                        }
-                        Field::Traits => {
-                            e.traits = Some(map.next_value()?);
-                            continue;
-                        }
-                        Field::Context => {
-                            e.channel = map.next_value::<ContextChannel<'de>>()?.0;
-                            continue;
-                        }
-                        Field::Channel | Field::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    *slot = Some(map.next_value()?);
+impl<'de> FromEntries<'de> for Envelope<'de> {
+    fn from_entries<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut e = Envelope::default();
+        while let Some(key) = map.next_key::<Field>()? {
+            let slot = match key {
+                Field::Type => &mut e.kind,
+                Field::AnonymousId => &mut e.anonymous_id,
+                Field::UserId => &mut e.user_id,
+                Field::Event => &mut e.event,
+                Field::PreviousId => &mut e.previous_id,
+                Field::MessageId => &mut e.message_id,
+                Field::Name => &mut e.name,
+                Field::Timestamp => &mut e.times[0],
+                Field::SentAt => &mut e.times[1],
+                Field::ReceivedAt => &mut e.times[2],
+                Field::OriginalTimestamp => &mut e.times[3],
+                Field::Properties => {
+                    e.properties = Some(map.next_value()?);
+                    continue;
                 }
-                Ok(Top(Some(e)))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                ScalarVisitor.visit_seq(seq).map(|_| Top(None))
-            }
-            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Self::Value, E> {
-                Ok(Top(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Top(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Top(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Top(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Top(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Top(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Top(None))
-            }
+                Field::Traits => {
+                    e.traits = Some(map.next_value()?);
+                    continue;
+                }
+                Field::Context => {
+                    e.channel = map
+                        .next_value::<Object<Context<'de>>>()?
+                        .0
+                        .and_then(|c| c.channel);
+                    continue;
+                }
+                Field::Channel | Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
         }
-        d.deserialize_any(V)
+        Ok(e)
     }
 }
 
@@ -354,7 +333,7 @@ pub fn parse_line(line: &str, source: &str, clock: Clock) -> Result<EventRow, Re
             ),
         ));
     }
-    let Top(message) = serde_json::from_str(line)
+    let Object::<Envelope>(message) = serde_json::from_str(line)
         .map_err(|e| Rejection::new(reason::INVALID_JSON, format!("not JSON: {e}")))?;
     let Some(message) = message else {
         return Err(Rejection::new(
@@ -780,7 +759,7 @@ mod tests {
                         .join(",")
                 );
                 let whole: Map<String, Value> = serde_json::from_str(&text).expect("object");
-                let Top(Some(e)) = serde_json::from_str::<Top>(&text).expect("envelope") else {
+                let Object(Some(e)) = serde_json::from_str::<Object<Envelope>>(&text).expect("envelope") else {
                     panic!("an object reads as an envelope");
                 };
                 let slots = [
