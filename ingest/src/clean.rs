@@ -74,38 +74,52 @@ pub fn phone(field: &str, raw: &str) -> Result<Phone, Rejection> {
             format!("{field}: '{raw}' is not a phone number"),
         )
     };
+    // At most 17 digits can make a phone (`00` and 15); more are refused without counting on.
     let plus = text.starts_with('+');
-    let mut digits = String::with_capacity(text.len());
-    for c in text.chars().skip(usize::from(plus)) {
-        match c {
-            '0'..='9' => digits.push(c),
-            ' ' | '-' | '(' | ')' | '.' => {}
+    let mut digits = [0u8; 17];
+    let mut n = 0;
+    for b in text.bytes().skip(usize::from(plus)) {
+        match b {
+            b'0'..=b'9' if n < digits.len() => {
+                digits[n] = b;
+                n += 1;
+            }
+            b' ' | b'-' | b'(' | b')' | b'.' => {}
             _ => return Err(bad()),
         }
     }
-    let international = if plus {
+    let digits = &digits[..n];
+    let international: &[u8] = if plus {
         digits
-    } else if let Some(rest) = digits.strip_prefix("00") {
-        rest.to_string()
-    } else if digits.len() == 13 && digits.starts_with("86") {
+    } else if let Some(rest) = digits.strip_prefix(b"00") {
+        rest
+    } else if digits.len() == 13 && digits.starts_with(b"86") {
         digits
     } else if digits.len() == 11 {
-        format!("86{digits}")
+        // National mobile: the country code goes in front.
+        let mobile = digits[0] == b'1' && digits[1] >= b'3';
+        if !mobile {
+            return Err(bad());
+        }
+        let mut e164 = String::with_capacity(14);
+        e164.push_str("+86");
+        e164.extend(digits.iter().map(|&d| char::from(d)));
+        return Ok(Phone::Valid(e164));
     } else {
         return Err(bad());
     };
-    if let Some(national) = international.strip_prefix("86") {
-        let mobile = national.len() == 11
-            && national.starts_with('1')
-            && national.as_bytes()[1].is_ascii_digit()
-            && national.as_bytes()[1] >= b'3';
+    if let Some(national) = international.strip_prefix(b"86") {
+        let mobile = national.len() == 11 && national[0] == b'1' && national[1] >= b'3';
         if !mobile {
             return Err(bad());
         }
     } else if !(8..=15).contains(&international.len()) {
         return Err(bad());
     }
-    Ok(Phone::Valid(format!("+{international}")))
+    let mut e164 = String::with_capacity(international.len() + 1);
+    e164.push('+');
+    e164.extend(international.iter().map(|&d| char::from(d)));
+    Ok(Phone::Valid(e164))
 }
 
 pub use shoal_catalog::zone_offset;
@@ -276,6 +290,15 @@ mod tests {
             phone("phone", "+1 415 555 0100"),
             Ok(Phone::Valid("+14155550100".into()))
         );
+        assert_eq!(
+            phone("phone", "00 1 415 555 0100"),
+            Ok(Phone::Valid("+14155550100".into()))
+        );
+        assert_eq!(
+            phone("phone", "+123456789012345"),
+            Ok(Phone::Valid("+123456789012345".into())),
+            "fifteen digits is the longest E.164 number"
+        );
         assert_eq!(phone("phone", "138****5678"), Ok(Phone::Masked));
         assert_eq!(phone("phone", "  "), Ok(Phone::Missing));
         for raw in [
@@ -285,6 +308,12 @@ mod tests {
             "000-0000",
             "+86 1234",
             "12812345678",
+            "+8612812345678",
+            "+861381234567",
+            "+1234567890123456",
+            "001234567890123456",
+            "0012345678901234567890",
+            "1381234567８",
         ] {
             let err = phone("traits.phone", raw).expect_err(raw);
             assert_eq!(err.code, reason::BAD_PHONE);

@@ -25,10 +25,19 @@ pub fn mask(text: &str) -> String {
 
 /// SHA-256 of the text, uppercase hex (the form ad platforms match on).
 pub fn hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
+    hash_hex(text).iter().map(|&b| char::from(b)).collect()
+}
+
+/// [`hash`] as 64 ASCII bytes, without allocating.
+pub fn hash_hex(text: &str) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let digest = Sha256::digest(text.as_bytes());
+    let mut hex = [0u8; 64];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(digest.iter()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 15)];
+    }
+    hex
 }
 
 /// Rewrites `value` as `visibility` allows; nulls stay null.
