@@ -345,29 +345,38 @@ pub async fn audience(
         text.push_str(&phone);
         text.push('\n');
     }
-    let request = NewPack {
-        name: format!("upload_{stamp}"),
-        description: None,
-        mode: None,
-        schedule: None,
-        time_zone: None,
-        evaluated_at: None,
-        source: SourceField::default(),
-    };
-    let start = Instant::now();
-    let (_, uploaded) = pack::create(
-        &engine,
-        &catalog,
-        request,
-        Some(UploadedList {
-            file: "phones.txt",
-            id_type: "phone",
-            bytes: text.as_bytes(),
-        }),
-        &me,
-    )
-    .await?;
-    let upload_ms = start.elapsed().as_secs_f64() * 1e3;
+    // Three uploads of the list as three packs: the median, since one run on a shared
+    // machine says little.
+    let mut uploads = Vec::new();
+    let mut uploaded = None;
+    for i in 0..3 {
+        let request = NewPack {
+            name: format!("upload_{stamp}_{i}"),
+            description: None,
+            mode: None,
+            schedule: None,
+            time_zone: None,
+            evaluated_at: None,
+            source: SourceField::default(),
+        };
+        let start = Instant::now();
+        let (_, version) = pack::create(
+            &engine,
+            &catalog,
+            request,
+            Some(UploadedList {
+                file: "phones.txt",
+                id_type: "phone",
+                bytes: text.as_bytes(),
+            }),
+            &me,
+        )
+        .await?;
+        uploads.push(start.elapsed().as_secs_f64() * 1e3);
+        uploaded = Some(version);
+    }
+    let uploaded = uploaded.ok_or_else(|| fail("no upload ran"))?;
+    let upload_ms = p50(uploads.clone());
 
     let result = json!({
         "universe": universe,
@@ -375,7 +384,7 @@ pub async fn audience(
         "set_ops_ms": {"shoal": ours, "pyroaring": theirs.as_ref().ok()},
         "pyroaring_error": theirs.as_ref().err(),
         "materialise": {"pack_size": pack_size, "path": path, "first_ms": first_materialise, "p50_ms": warm_materialise},
-        "upload": {"rows": list_rows, "ms": upload_ms, "report": uploaded.report},
+        "upload": {"rows": list_rows, "ms": upload_ms, "runs_ms": uploads, "report": uploaded.report},
     });
     if json_out {
         println!("{result}");
@@ -422,8 +431,11 @@ pub async fn audience(
         path.as_str().unwrap_or("?")
     );
     println!(
-        "upload {list_rows} phones and match them: {upload_ms:.0} ms ({} matched, {} unmatched)",
-        uploaded.report["matched"], uploaded.report["unmatched"]
+        "upload {list_rows} phones and match them: p50 of 3 {upload_ms:.0} ms (read {} ms, match {} ms; {} matched, {} unmatched)",
+        uploaded.report["parse_ms"],
+        uploaded.report["match_ms"],
+        uploaded.report["matched"],
+        uploaded.report["unmatched"]
     );
     Ok(())
 }
