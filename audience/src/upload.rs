@@ -139,27 +139,46 @@ impl Lookup {
         }
     }
 
-    /// The entry holding `value` of `kind`, if the list has it.
-    fn find(&self, kind: &str, value: &str) -> Option<u32> {
+    /// Whether the list may hold `key`: false for nearly every key it does not.
+    fn passes(&self, key: u128) -> bool {
         if self.filter.is_empty() {
-            return None;
+            return false;
         }
-        let key = key(kind, value);
         let bit = ((key >> 64) as usize) & (self.filter.len() * 64 - 1);
-        if self.filter[bit / 64] & (1 << (bit % 64)) == 0 {
-            return None;
-        }
-        self.shards[shard_of(key, self.shards.len())]
+        self.filter[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    /// The entry of `key`, if the list holds it.
+    fn get(&self, key: u128) -> Option<u32> {
+        self.shards
+            .get(shard_of(key, self.shards.len().max(1)))?
             .get(&key)
             .copied()
+    }
+
+    /// The entry holding `value` of `kind`, if the list has it.
+    #[cfg(test)]
+    fn find(&self, kind: &str, value: &str) -> Option<u32> {
+        let key = key(kind, value);
+        if self.passes(key) {
+            self.get(key)
+        } else {
+            None
+        }
     }
 }
 
 /// The key of identifier `value` of `kind`.
 fn key(kind: &str, value: &str) -> u128 {
-    let seed = kind
-        .bytes()
-        .fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)));
+    seeded_key(kind_seed(kind), value)
+}
+
+fn kind_seed(kind: &str) -> u64 {
+    kind.bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)))
+}
+
+fn seeded_key(seed: u64, value: &str) -> u128 {
     twox_hash::XxHash3_128::oneshot_with_seed(seed, value.as_bytes())
 }
 
@@ -624,12 +643,20 @@ async fn scan_links(
 }
 
 /// Probes one partition of links against the list.
+///
+/// Each batch goes in stages — every row's key, then the filter over all keys, then the index
+/// for the few that pass — so the memory reads of one stage overlap instead of waiting on
+/// each other row by row.
 async fn probe(
     mut stream: SendableRecordBatchStream,
     lookup: Arc<Lookup>,
     hashed: bool,
 ) -> datafusion::error::Result<Vec<(u32, u32)>> {
     let mut hits = Vec::new();
+    // (key, user) of each link of the batch, and of each phone's hash when the list has some.
+    let mut keyed: Vec<(u128, u32)> = Vec::new();
+    let mut passed: Vec<(u128, u32)> = Vec::new();
+    let sha_seed = kind_seed(PHONE_SHA256);
     while let Some(batch) = stream.try_next().await? {
         let types = arrow::compute::cast(batch.column(0), &DataType::Utf8View)?;
         let values = arrow::compute::cast(batch.column(1), &DataType::Utf8View)?;
@@ -639,6 +666,8 @@ async fn probe(
             values.as_string_view(),
             users.as_primitive::<Int64Type>(),
         );
+        keyed.clear();
+        let mut seed = (String::new(), 0);
         for i in 0..batch.num_rows() {
             if types.is_null(i) || values.is_null(i) || users.is_null(i) {
                 continue;
@@ -647,18 +676,25 @@ async fn probe(
                 continue;
             };
             let (kind, value) = (types.value(i), values.value(i));
-            if let Some(entry) = lookup.find(kind, value) {
-                hits.push((entry, user));
+            if seed.0 != kind {
+                seed = (kind.to_string(), kind_seed(kind));
             }
+            keyed.push((seeded_key(seed.1, value), user));
             if hashed && kind == PHONE {
                 let hex = shoal_query::masking::hash_hex(value);
-                if let Ok(hex) = std::str::from_utf8(&hex)
-                    && let Some(entry) = lookup.find(PHONE_SHA256, hex)
-                {
-                    hits.push((entry, user));
-                }
+                keyed.push((
+                    twox_hash::XxHash3_128::oneshot_with_seed(sha_seed, &hex),
+                    user,
+                ));
             }
         }
+        passed.clear();
+        passed.extend(keyed.iter().filter(|(key, _)| lookup.passes(*key)));
+        hits.extend(
+            passed
+                .iter()
+                .filter_map(|(key, user)| lookup.get(*key).map(|entry| (entry, *user))),
+        );
     }
     Ok(hits)
 }
