@@ -493,7 +493,12 @@ fn the_audience_api_follows_roles_and_masks_exports() {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let (_, text) = get(&server, "viewer", "/api/audiences/every_minute");
         refreshed = serde_json::from_str(&text).expect("json");
-        if refreshed["versions"].as_array().map(Vec::len) >= Some(2) {
+        // The run is recorded just after the version it made is committed: wait for both.
+        let scheduled = refreshed["runs"].as_array().is_some_and(|runs| {
+            runs.iter()
+                .any(|r| r["trigger"] == "schedule" || r["trigger"] == "catch_up")
+        });
+        if scheduled && refreshed["versions"].as_array().map(Vec::len) >= Some(2) {
             break;
         }
     }
