@@ -28,6 +28,19 @@ fn fail(e: impl std::fmt::Display) -> AppError {
     AppError::Internal(e.to_string())
 }
 
+/// A request for a `once` pack named `name` made from `source`.
+fn once(name: String, source: SourceField) -> NewPack {
+    NewPack {
+        name,
+        description: None,
+        mode: None,
+        schedule: None,
+        time_zone: None,
+        evaluated_at: None,
+        source,
+    }
+}
+
 fn p50(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
@@ -300,18 +313,13 @@ pub async fn audience(
     let mut pack_size = 0;
     let mut path = Value::Null;
     for i in 0..runs.clamp(3, 7) {
-        let request = NewPack {
-            name: format!("men_{stamp}_{i}"),
-            description: None,
-            mode: None,
-            schedule: None,
-            time_zone: None,
-            evaluated_at: None,
-            source: SourceField {
+        let request = once(
+            format!("men_{stamp}_{i}"),
+            SourceField {
                 conditions: Some(tree.clone()),
                 ..SourceField::default()
             },
-        };
+        );
         let start = Instant::now();
         let (_, version) = pack::create(&engine, &catalog, request, None, &me).await?;
         materialise.push(start.elapsed().as_secs_f64() * 1e3);
@@ -350,15 +358,7 @@ pub async fn audience(
     let mut uploads = Vec::new();
     let mut uploaded = None;
     for i in 0..3 {
-        let request = NewPack {
-            name: format!("upload_{stamp}_{i}"),
-            description: None,
-            mode: None,
-            schedule: None,
-            time_zone: None,
-            evaluated_at: None,
-            source: SourceField::default(),
-        };
+        let request = once(format!("upload_{stamp}_{i}"), SourceField::default());
         let start = Instant::now();
         let (_, version) = pack::create(
             &engine,
