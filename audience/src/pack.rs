@@ -391,6 +391,16 @@ pub async fn members(
     Ok(session.merge_log().await?.remap(&stored))
 }
 
+/// Whether the pack being committed may have versions already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Just made: its row was inserted under the write lock and it is being computed (no
+    /// refresh can run alongside), so no version of it can exist.
+    First,
+    /// Refreshed: the next number after the newest stored version.
+    Next,
+}
+
 /// Commits a computed version: the next number, added/removed against the previous version.
 async fn commit(
     engine: &Engine,
@@ -398,10 +408,14 @@ async fn commit(
     name: &str,
     definition: &Value,
     computed: &Computed,
+    pending: Pending,
     by: &str,
 ) -> Result<Version> {
     let _one_writer = WRITES.lock().await;
-    let previous = store::versions(catalog, name).await?.pop();
+    let previous = match pending {
+        Pending::First => None,
+        Pending::Next => store::versions(catalog, name).await?.pop(),
+    };
     let (version, added, removed) = match &previous {
         None => (1, computed.bitmap.len(), 0),
         Some(p) => {
@@ -599,6 +613,7 @@ pub async fn create(
         &pack.name,
         &definition,
         &computed,
+        Pending::First,
         &actor.id,
     )
     .await?;
@@ -708,6 +723,7 @@ pub async fn refresh(
             name,
             &pack.definition,
             &computed,
+            Pending::Next,
             &actor.id,
         )
         .await

@@ -15,12 +15,21 @@ use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
+use deltalake::TableProperty;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result, SnapshotRef};
 use crate::warehouse::{Warehouse, storage_options};
+
+/// Commits between Delta checkpoints (Delta's own default outside delta-rs). Opening a table
+/// reads its last checkpoint and replays every commit after it, and pack, run and batch
+/// tables take a commit per operation: a short interval keeps each open to a few files.
+pub const CHECKPOINT_INTERVAL: u64 = 10;
+
+/// The interval delta-rs checkpoints at when a table sets none.
+const DELTA_RS_INTERVAL: u64 = 100;
 
 /// A DataFusion session able to plan Delta writes: frames given to
 /// [`Table::overwrite_frame`] must be made in one of these.
@@ -146,6 +155,10 @@ impl Table {
             .with_table_name(name)
             .with_columns(struct_type.fields().cloned())
             .with_partition_columns(partition_by.to_vec())
+            .with_configuration_property(
+                TableProperty::CheckpointInterval,
+                Some(CHECKPOINT_INTERVAL.to_string()),
+            )
             .with_save_mode(SaveMode::Ignore)
             .await
             .map_err(|e| Error::delta(name, e))?;
@@ -313,7 +326,7 @@ impl Table {
             .with_commit_properties(note.properties())
             .await
             .map_err(|e| self.write_error(e))?;
-        self.delta = written;
+        self.committed(written).await;
         Ok(self.version())
     }
 
@@ -327,7 +340,7 @@ impl Table {
             .with_commit_properties(note.properties())
             .await
             .map_err(|e| self.write_error(e))?;
-        self.delta = delta;
+        self.committed(delta).await;
         Ok(metrics.num_deleted_rows.unwrap_or(0) as u64)
     }
 
@@ -370,7 +383,7 @@ impl Table {
             .map_err(|e| self.write_error(e))?
             .await
             .map_err(|e| self.write_error(e))?;
-        self.delta = delta;
+        self.committed(delta).await;
         Ok(MergeOutcome {
             version: self.version(),
             inserted: metrics.num_target_rows_inserted,
@@ -397,7 +410,7 @@ impl Table {
             .with_commit_properties(note.properties())
             .await
             .map_err(|e| self.write_error(e))?;
-        self.delta = written;
+        self.committed(written).await;
         Ok(self.version())
     }
 
@@ -472,7 +485,7 @@ impl Table {
             .map_err(|e| self.write_error(e))?
             .await
             .map_err(|e| self.write_error(e))?;
-        self.delta = delta;
+        self.committed(delta).await;
         Ok(MergeOutcome {
             version: self.version(),
             inserted: metrics.num_target_rows_inserted,
@@ -615,6 +628,31 @@ impl Table {
             name: self.name,
             delta,
         })
+    }
+
+    /// Takes the handle of a write's outcome, and a checkpoint when the new version closes an
+    /// interval of [`CHECKPOINT_INTERVAL`] commits in a table that sets none (tables made
+    /// before Shoal set it at creation; delta-rs alone would checkpoint them every 100). A
+    /// failed checkpoint leaves the committed write as it is: the next one is tried later.
+    async fn committed(&mut self, delta: DeltaTable) {
+        let before = self.delta.version();
+        self.delta = delta;
+        let Some(version) = self.delta.version().filter(|v| Some(*v) != before) else {
+            return;
+        };
+        let Ok(state) = self.delta.snapshot() else {
+            return;
+        };
+        let closes = |interval: u64| (version + 1).is_multiple_of(interval);
+        if state.table_config().checkpoint_interval.is_some()
+            || !closes(CHECKPOINT_INTERVAL)
+            || closes(DELTA_RS_INTERVAL)
+        {
+            return;
+        }
+        if let Err(e) = deltalake::checkpoints::create_checkpoint(&self.delta, None).await {
+            tracing::warn!(table = %self.name, version, "checkpoint not written: {e}");
+        }
     }
 
     fn write_error(&self, e: DeltaTableError) -> Error {

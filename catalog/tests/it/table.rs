@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use shoal_catalog::{CommitNote, Error, SnapshotRef, Table};
 
 use crate::{people, people_schema, rows_of, temp_warehouse};
@@ -369,4 +370,113 @@ fn parquet_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Checkpoint files in a table's log, as version numbers.
+fn checkpoints(dir: &std::path::Path, table: &str) -> Vec<u64> {
+    let mut found: Vec<u64> = std::fs::read_dir(dir.join(table).join("_delta_log"))
+        .expect("log")
+        .filter_map(|e| {
+            let name = e.expect("entry").file_name().into_string().expect("utf-8");
+            name.strip_suffix(".checkpoint.parquet")
+                .map(|v| v.parse().expect("version"))
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// `delta.checkpointInterval` as the newest metadata action of the log records it.
+fn recorded_interval(dir: &std::path::Path, table: &str) -> Option<String> {
+    let log = dir.join(table).join("_delta_log");
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
+        .expect("log")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let mut interval = None;
+    for commit in commits {
+        for line in std::fs::read_to_string(commit).expect("commit").lines() {
+            let action: serde_json::Value = serde_json::from_str(line).expect("json");
+            if let Some(config) = action.pointer("/metaData/configuration") {
+                interval = config["delta.checkpointInterval"]
+                    .as_str()
+                    .map(str::to_string);
+            }
+        }
+    }
+    interval
+}
+
+#[tokio::test]
+async fn tables_checkpoint_every_ten_commits() {
+    let (dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    assert_eq!(recorded_interval(dir.path(), "people").as_deref(), Some("10"));
+    for i in 1..=21 {
+        table
+            .append(
+                vec![people(&[(i, "Ann", "上海")])],
+                CommitNote::new("batch_id", i),
+            )
+            .await
+            .expect("append");
+    }
+    // Versions 9 and 19 close an interval (versions count from 0).
+    assert_eq!(checkpoints(dir.path(), "people"), vec![9, 19]);
+    let reopened = Table::open(&warehouse, "people").await.expect("open");
+    assert_eq!(reopened.version(), 21);
+    assert_eq!(rows_of(&reopened).await.len(), 21);
+}
+
+#[tokio::test]
+async fn older_tables_checkpoint_every_ten_commits_unless_they_chose_an_interval() {
+    let (dir, warehouse) = temp_warehouse();
+    // Tables as they were made before the interval was set at creation (delta-rs alone
+    // checkpoints those every 100 commits), and one whose owner chose 50.
+    let make = |name: &'static str, config: Option<&'static str>| {
+        let url = warehouse.table_url(name).expect("url");
+        async move {
+            std::fs::create_dir_all(url.to_file_path().expect("path")).expect("dir");
+            let fields = deltalake::kernel::StructType::try_from_arrow(people_schema().as_ref())
+                .expect("schema");
+            let mut create = deltalake::DeltaTable::try_from_url(url)
+                .await
+                .expect("handle")
+                .create()
+                .with_columns(fields.fields().cloned());
+            if let Some(value) = config {
+                create = create.with_configuration_property(
+                    deltalake::TableProperty::CheckpointInterval,
+                    Some(value),
+                );
+            }
+            create.await.expect("create");
+        }
+    };
+    make("old", None).await;
+    make("chosen", Some("50")).await;
+    for name in ["old", "chosen"] {
+        // Opening as the catalog does changes nothing in the log.
+        let mut table = Table::create_if_missing(&warehouse, name, people_schema(), &[])
+            .await
+            .expect("open");
+        assert_eq!(table.version(), 0);
+        for i in 1..=12 {
+            table
+                .append(vec![people(&[(i, "Bo", "杭州")])], CommitNote::default())
+                .await
+                .expect("append");
+        }
+        let reopened = Table::open(&warehouse, name).await.expect("reopen");
+        assert_eq!(reopened.version(), 12);
+        assert_eq!(rows_of(&reopened).await.len(), 12);
+    }
+    assert_eq!(recorded_interval(dir.path(), "old"), None);
+    assert_eq!(checkpoints(dir.path(), "old"), vec![9]);
+    assert_eq!(recorded_interval(dir.path(), "chosen").as_deref(), Some("50"));
+    assert!(checkpoints(dir.path(), "chosen").is_empty());
 }
