@@ -16,8 +16,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanBuilder, Int64Array, Int64Builder,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Int64Array,
+    Int64Builder,
 };
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
@@ -282,6 +284,55 @@ impl ScalarUDFImpl for Cardinality {
 struct Contains {
     signature: Signature,
     cache: BitmapCache,
+    flat: FlatCache,
+}
+
+/// Ids below this have a flat bit set (at most 16 MiB) for membership tests.
+const FLAT_IDS: u32 = 1 << 27;
+
+/// A flat bit set of the last constant bitmap tested against (one bit per id below its
+/// largest member): one memory read per test, where a roaring lookup searches containers.
+/// Built once per query, when the bitmap's ids are all below [`FLAT_IDS`].
+#[derive(Debug, Default)]
+struct FlatCache(Mutex<Option<(Arc<RoaringBitmap>, Arc<Vec<u64>>)>>);
+
+impl FlatCache {
+    fn get(&self, bitmap: &Arc<RoaringBitmap>) -> Option<Arc<Vec<u64>>> {
+        let max = bitmap.max()?;
+        if max >= FLAT_IDS {
+            return None;
+        }
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, words)) = slot.as_ref()
+            && Arc::ptr_eq(cached, bitmap)
+        {
+            return Some(words.clone());
+        }
+        let mut words = vec![0u64; max as usize / 64 + 1];
+        for id in bitmap.iter() {
+            words[id as usize / 64] |= 1 << (id % 64);
+        }
+        let words = Arc::new(words);
+        *slot = Some((bitmap.clone(), words.clone()));
+        Some(words)
+    }
+}
+
+/// Whether each id is a member: nulls stay null, ids that are no user id are not members.
+fn memberships(ids: &Int64Array, bitmap: &RoaringBitmap, flat: Option<&[u64]>) -> BooleanArray {
+    let values = ids.values();
+    let bits = match flat {
+        Some(words) => BooleanBuffer::collect_bool(values.len(), |i| {
+            let id = values[i] as u64;
+            words
+                .get((id / 64) as usize)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0)
+        }),
+        None => BooleanBuffer::collect_bool(values.len(), |i| {
+            u32::try_from(values[i]).is_ok_and(|u| bitmap.contains(u))
+        }),
+    };
+    BooleanArray::new(bits, ids.nulls().cloned())
 }
 
 impl Contains {
@@ -293,6 +344,7 @@ impl Contains {
         Contains {
             signature: Signature::one_of(signatures, Volatility::Immutable),
             cache: BitmapCache::default(),
+            flat: FlatCache::default(),
         }
     }
 }
@@ -332,27 +384,24 @@ impl ScalarUDFImpl for Contains {
         let ids = args.args[1].to_array(n)?;
         let ids = arrow::compute::cast(&ids, &DataType::Int64)?;
         let ids = ids.as_primitive::<Int64Type>();
-        let mut out = BooleanBuilder::with_capacity(n);
         if let Bitmaps::One(one) = &bitmaps {
             // The common case (`rb_contains(audience('vip'), user_id)`): one bitmap, many ids.
-            match one {
-                None => out.append_nulls(n),
+            let answer = match one {
+                None => BooleanArray::new_null(n),
                 Some(bitmap) => {
-                    for row in 0..n {
-                        out.append_option(ids.is_valid(row).then(|| {
-                            u32::try_from(ids.value(row)).is_ok_and(|u| bitmap.contains(u))
-                        }));
-                    }
+                    let flat = self.flat.get(bitmap);
+                    memberships(ids, bitmap, flat.as_deref().map(Vec::as_slice))
+                },
+            };
+            return shape(Arc::new(answer), scalar);
+        }
+        let mut out = BooleanBuilder::with_capacity(n);
+        for row in 0..n {
+            match (bitmaps.get(row)?, ids.is_valid(row)) {
+                (Some(b), true) => {
+                    out.append_value(u32::try_from(ids.value(row)).is_ok_and(|u| b.contains(u)))
                 }
-            }
-        } else {
-            for row in 0..n {
-                match (bitmaps.get(row)?, ids.is_valid(row)) {
-                    (Some(b), true) => {
-                        out.append_value(u32::try_from(ids.value(row)).is_ok_and(|u| b.contains(u)))
-                    }
-                    _ => out.append_null(),
-                }
+                _ => out.append_null(),
             }
         }
         shape(Arc::new(out.finish()), scalar)
@@ -477,5 +526,64 @@ impl Accumulator for BitmapAccumulator {
             self.bitmap |= from_bytes(partial)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memberships_agree_with_the_bitmap_on_both_paths() {
+        let ids = Int64Array::from(vec![
+            Some(0),
+            Some(5),
+            None,
+            Some(6),
+            Some(-1),
+            Some(63),
+            Some(64),
+            Some(1_000_000),
+            Some(1_000_001),
+            Some(i64::from(u32::MAX) + 1),
+            Some(i64::MIN),
+        ]);
+        // Answers worked out by hand from the members below.
+        let expected = vec![
+            Some(true),
+            Some(true),
+            None,
+            Some(false),
+            Some(false),
+            Some(true),
+            Some(false),
+            Some(true),
+            Some(false),
+            Some(false),
+            Some(false),
+        ];
+        let small = Arc::new(RoaringBitmap::from_iter([0u32, 5, 63, 1_000_000]));
+        let cache = FlatCache::default();
+        let flat = cache.get(&small).expect("ids below 2^27 have a flat set");
+        assert_eq!(flat.len(), 1_000_000 / 64 + 1);
+        assert!(Arc::ptr_eq(&flat, &cache.get(&small).expect("cached")));
+        let answer = memberships(&ids, &small, Some(flat.as_slice()));
+        assert_eq!(answer.iter().collect::<Vec<_>>(), expected);
+        assert_eq!(
+            memberships(&ids, &small, None).iter().collect::<Vec<_>>(),
+            expected
+        );
+
+        // A member at 2^27 or above: tested on the roaring bitmap itself.
+        let mut large = (*small).clone();
+        large.insert(FLAT_IDS);
+        let large = Arc::new(large);
+        assert!(cache.get(&large).is_none());
+        let wide = Int64Array::from(vec![Some(i64::from(FLAT_IDS)), Some(5), Some(6)]);
+        assert_eq!(
+            memberships(&wide, &large, None).iter().collect::<Vec<_>>(),
+            vec![Some(true), Some(true), Some(false)]
+        );
+        assert!(cache.get(&Arc::new(RoaringBitmap::new())).is_none());
     }
 }

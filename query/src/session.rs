@@ -198,6 +198,20 @@ impl Session {
         &self.ctx
     }
 
+    /// Makes this session's scans test their filters on the filtered columns first and
+    /// decode the other columns only for the rows that pass: for filters that keep few rows
+    /// (an audience's members), where decoding whole pages and filtering after costs more.
+    pub fn filter_before_decoding(&self) {
+        self.ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .execution
+            .parquet
+            .pushdown_filters = true;
+    }
+
     /// The limits its queries run under.
     pub fn limits(&self) -> Limits {
         self.limits

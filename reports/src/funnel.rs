@@ -297,21 +297,22 @@ pub async fn run(
         exclusions,
     };
     let conditions: Vec<String> = conditions.iter().map(|c| format!("({c})")).collect();
-    let filters =
+    let mut filters =
         format!("e.user_id IS NOT NULL AND e.event_date BETWEEN DATE '{from}' AND DATE '{to}'");
     // No filter on the steps' events: the aggregate passes over the others (strict order
     // needs them), and a filter would copy every column of the rows it keeps.
-    // An audience's members filter the aggregate's input, not the scan's rows: no copy.
-    let members = match &spec.audience {
-        Some(name) => format!(
-            " FILTER (WHERE rb_contains({}({}), e.user_id))",
+    // An audience's members are tested in the scan, on the user ids alone: the other columns
+    // are decoded only for the rows of members.
+    if let Some(name) = &spec.audience {
+        filters.push_str(&format!(
+            " AND rb_contains({}({}), e.user_id)",
             compile::AUDIENCE_FUNCTION,
             compile::text(name)
-        ),
-        None => String::new(),
-    };
+        ));
+        session.filter_before_decoding();
+    }
     let funnel = format!(
-        "window_funnel_people({window}, {}, e.user_id, e.event_time, {}){members}",
+        "window_funnel_people({window}, {}, e.user_id, e.event_time, {})",
         compile::text(&config.mode_text()),
         conditions.join(", ")
     );
