@@ -252,6 +252,9 @@ pub async fn run(session: &Session, spec: &CampaignSpec, role: Role) -> Result<C
     let conversion = checked(&spec.conversion, "purchase", "conversion")?;
     let (from, to) = (spec.from, spec.to);
     let until = to + chrono::Duration::days(i64::from(days));
+    if spec.audience.is_some() {
+        session.filter_before_decoding();
+    }
     let in_target = |alias: &str| match &spec.audience {
         Some(name) => format!(
             " AND rb_contains({}({}), {alias}.user_id)",
@@ -377,6 +380,7 @@ async fn holdout(
         ));
     };
     let from = spec.from;
+    session.filter_before_decoding();
     let converted = |name: &str| {
         format!(
             "SELECT count(DISTINCT e.user_id) FROM events e WHERE e.user_id IS NOT NULL \
