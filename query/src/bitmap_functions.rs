@@ -391,7 +391,7 @@ impl ScalarUDFImpl for Contains {
                 Some(bitmap) => {
                     let flat = self.flat.get(bitmap);
                     memberships(ids, bitmap, flat.as_deref().map(Vec::as_slice))
-                },
+                }
             };
             return shape(Arc::new(answer), scalar);
         }

@@ -15,6 +15,8 @@ use arrow::datatypes::{DataType, Int64Type};
 use datafusion::catalog::TableProvider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext, col, lit};
@@ -56,7 +58,28 @@ pub struct Engine {
     providers: Mutex<HashMap<(String, u64), Arc<dyn TableProvider>>>,
     universe: Mutex<Option<(u64, Arc<RoaringBitmap>)>>,
     tags: Mutex<Option<Arc<TagIndex>>>,
+    footers: Footers,
 }
+
+/// Parquet footers (schema, row groups, statistics, page indexes) read by any session,
+/// kept for the next: data files never change once written, so a query does not read the
+/// footer of every file again. Bounded; least recently used footers leave first.
+struct Footers(Arc<FileMetadataCache>);
+
+impl Default for Footers {
+    fn default() -> Self {
+        Footers(Arc::new(DefaultCache::new(FOOTER_CACHE_BYTES)))
+    }
+}
+
+impl std::fmt::Debug for Footers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Footers")
+    }
+}
+
+/// Memory for cached footers.
+const FOOTER_CACHE_BYTES: usize = 256 << 20;
 
 impl Engine {
     /// An engine whose sessions run under `limits`.
@@ -81,6 +104,11 @@ impl Engine {
             .with_default_catalog_and_schema("shoal", "public");
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .with_cache_manager(
+                CacheManagerConfig::default()
+                    .with_file_metadata_cache(Some(self.footers.0.clone()))
+                    .with_metadata_cache_limit(FOOTER_CACHE_BYTES),
+            )
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         for (name, table) in &tables {
@@ -666,4 +694,79 @@ pub fn columns(schema: &arrow::datatypes::Schema) -> Vec<ColumnInfo> {
             data_type: f.data_type().to_string(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use arrow::array::{ArrayRef, Int64Array, new_null_array};
+    use shoal_catalog::{CommitNote, Warehouse};
+
+    use super::*;
+
+    /// Sessions of one engine share the footers their scans read: a second query reads no
+    /// footer again, and a new file adds its own.
+    #[tokio::test]
+    async fn sessions_share_the_footers_they_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let warehouse =
+            Warehouse::open(&format!("file://{}", dir.path().display())).expect("warehouse");
+        let catalog = Catalog::open(warehouse).await.expect("catalog");
+        let mut users = catalog.table("users").await.expect("users");
+        let schema = users.schema().expect("schema");
+        let rows = |ids: Vec<i64>| {
+            let given: HashMap<&str, ArrayRef> =
+                HashMap::from([("user_id", Arc::new(Int64Array::from(ids)) as ArrayRef)]);
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| match given.get(f.name().as_str()) {
+                    Some(a) => a.clone(),
+                    None if f.is_nullable() => new_null_array(f.data_type(), 3),
+                    None => arrow::compute::cast(&Int64Array::from(vec![0; 3]), f.data_type())
+                        .expect("a zero of the column's type"),
+                })
+                .collect();
+            RecordBatch::try_new(schema.clone(), columns).expect("batch")
+        };
+        for ids in [vec![1, 2, 3], vec![4, 5, 6]] {
+            users
+                .append(vec![rows(ids)], CommitNote::default())
+                .await
+                .expect("append");
+        }
+        let engine = Engine::default();
+        let sum = |session: Session| async move {
+            let frame = session
+                .sql("SELECT sum(user_id) FROM users WHERE user_id > 1")
+                .await
+                .expect("plan");
+            let batches = frame.collect().await.expect("run");
+            arrow::compute::cast(batches[0].column(0), &DataType::Int64)
+                .expect("cast")
+                .as_primitive::<Int64Type>()
+                .value(0)
+        };
+        assert_eq!(engine.footers.0.len(), 0);
+        assert_eq!(
+            sum(engine.session(&catalog).await.expect("session")).await,
+            20
+        );
+        assert_eq!(engine.footers.0.len(), 2, "one footer per data file");
+        assert_eq!(
+            sum(engine.session(&catalog).await.expect("session")).await,
+            20
+        );
+        assert_eq!(engine.footers.0.len(), 2);
+        users
+            .append(vec![rows(vec![7, 8, 9])], CommitNote::default())
+            .await
+            .expect("append");
+        assert_eq!(
+            sum(engine.session(&catalog).await.expect("session")).await,
+            44
+        );
+        assert_eq!(engine.footers.0.len(), 3);
+    }
 }

@@ -415,7 +415,10 @@ async fn tables_checkpoint_every_ten_commits() {
     let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
         .await
         .expect("create");
-    assert_eq!(recorded_interval(dir.path(), "people").as_deref(), Some("10"));
+    assert_eq!(
+        recorded_interval(dir.path(), "people").as_deref(),
+        Some("10")
+    );
     for i in 1..=21 {
         table
             .append(
@@ -477,6 +480,9 @@ async fn older_tables_checkpoint_every_ten_commits_unless_they_chose_an_interval
     }
     assert_eq!(recorded_interval(dir.path(), "old"), None);
     assert_eq!(checkpoints(dir.path(), "old"), vec![9]);
-    assert_eq!(recorded_interval(dir.path(), "chosen").as_deref(), Some("50"));
+    assert_eq!(
+        recorded_interval(dir.path(), "chosen").as_deref(),
+        Some("50")
+    );
     assert!(checkpoints(dir.path(), "chosen").is_empty());
 }
