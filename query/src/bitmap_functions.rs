@@ -294,7 +294,10 @@ const FLAT_IDS: u32 = 1 << 27;
 /// largest member): one memory read per test, where a roaring lookup searches containers.
 /// Built once per query, when the bitmap's ids are all below [`FLAT_IDS`].
 #[derive(Debug, Default)]
-struct FlatCache(Mutex<Option<(Arc<RoaringBitmap>, Arc<Vec<u64>>)>>);
+struct FlatCache(Mutex<Option<Flat>>);
+
+/// A bitmap with its flat bit set.
+type Flat = (Arc<RoaringBitmap>, Arc<Vec<u64>>);
 
 impl FlatCache {
     fn get(&self, bitmap: &Arc<RoaringBitmap>) -> Option<Arc<Vec<u64>>> {
