@@ -26,7 +26,7 @@ use crate::warehouse::{Warehouse, storage_options};
 /// Commits between Delta checkpoints (Delta's own default outside delta-rs). Opening a table
 /// reads its last checkpoint and replays every commit after it, and pack, run and batch
 /// tables take a commit per operation: a short interval keeps each open to a few files.
-pub const CHECKPOINT_INTERVAL: u64 = 10;
+const CHECKPOINT_INTERVAL: u64 = 10;
 
 /// The interval delta-rs checkpoints at when a table sets none.
 const DELTA_RS_INTERVAL: u64 = 100;

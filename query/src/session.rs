@@ -226,10 +226,11 @@ impl Session {
         &self.ctx
     }
 
-    /// Makes this session's scans test their filters on the filtered columns first and
-    /// decode the other columns only for the rows that pass: for filters that keep few rows
-    /// (an audience's members), where decoding whole pages and filtering after costs more.
-    pub fn filter_before_decoding(&self) {
+    /// The SQL filter keeping rows of `audience`'s members (`user_id` names their column),
+    /// for reports restricted to a pack. It also makes this session's scans test filters on
+    /// the filtered columns first and decode the other columns only for the rows that pass:
+    /// a pack keeps few rows, where decoding whole pages and filtering after costs more.
+    pub fn members_filter(&self, audience: &str, user_id: &str) -> String {
         self.ctx
             .state_ref()
             .write()
@@ -238,6 +239,11 @@ impl Session {
             .execution
             .parquet
             .pushdown_filters = true;
+        format!(
+            "rb_contains({}({}), {user_id})",
+            crate::compile::AUDIENCE_FUNCTION,
+            crate::compile::text(audience)
+        )
     }
 
     /// The limits its queries run under.

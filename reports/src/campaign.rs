@@ -252,14 +252,10 @@ pub async fn run(session: &Session, spec: &CampaignSpec, role: Role) -> Result<C
     let conversion = checked(&spec.conversion, "purchase", "conversion")?;
     let (from, to) = (spec.from, spec.to);
     let until = to + chrono::Duration::days(i64::from(days));
-    if spec.audience.is_some() {
-        session.filter_before_decoding();
-    }
     let in_target = |alias: &str| match &spec.audience {
         Some(name) => format!(
-            " AND rb_contains({}({}), {alias}.user_id)",
-            compile::AUDIENCE_FUNCTION,
-            compile::text(name)
+            " AND {}",
+            session.members_filter(name, &format!("{alias}.user_id"))
         ),
         None => String::new(),
     };
@@ -380,14 +376,12 @@ async fn holdout(
         ));
     };
     let from = spec.from;
-    session.filter_before_decoding();
     let converted = |name: &str| {
         format!(
             "SELECT count(DISTINCT e.user_id) FROM events e WHERE e.user_id IS NOT NULL \
              AND e.event_date BETWEEN DATE '{from}' AND DATE '{until}' AND {conversion} \
-             AND rb_contains({}({}), e.user_id)",
-            compile::AUDIENCE_FUNCTION,
-            compile::text(name)
+             AND {}",
+            session.members_filter(name, "e.user_id")
         )
     };
     let target_size = session.audience(target_name).await?.len();

@@ -304,12 +304,8 @@ pub async fn run(
     // An audience's members are tested in the scan, on the user ids alone: the other columns
     // are decoded only for the rows of members.
     if let Some(name) = &spec.audience {
-        filters.push_str(&format!(
-            " AND rb_contains({}({}), e.user_id)",
-            compile::AUDIENCE_FUNCTION,
-            compile::text(name)
-        ));
-        session.filter_before_decoding();
+        filters.push_str(" AND ");
+        filters.push_str(&session.members_filter(name, "e.user_id"));
     }
     let funnel = format!(
         "window_funnel_people({window}, {}, e.user_id, e.event_time, {})",
