@@ -219,11 +219,36 @@ impl Table {
     }
 
     /// Moves this handle to the table's newest version, reading only the commits since.
+    /// Commits are numbered without gaps, so a table whose next commit file does not exist
+    /// has none since: that is one `stat` (a HEAD on object stores), not a listing of its log.
     pub async fn refresh(&mut self) -> Result<()> {
+        if !self.may_have_moved().await {
+            return Ok(());
+        }
         self.delta
             .update_incremental(None)
             .await
             .map_err(|e| Error::delta(&self.name, e))
+    }
+
+    /// Whether a commit after this handle's version may exist (true when unsure).
+    async fn may_have_moved(&self) -> bool {
+        let Some(version) = self.delta.version() else {
+            return true;
+        };
+        let next = format!("_delta_log/{:020}.json", version + 1);
+        let url = self.delta.table_url();
+        if url.scheme() == "file" {
+            return match url.to_file_path() {
+                Ok(root) => !matches!(root.join(&next).try_exists(), Ok(false)),
+                Err(()) => true,
+            };
+        }
+        let store = self.delta.object_store();
+        !matches!(
+            object_store::ObjectStoreExt::head(&store, &object_store::path::Path::from(next)).await,
+            Err(object_store::Error::NotFound { .. })
+        )
     }
 
     /// The table's name.

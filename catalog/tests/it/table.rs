@@ -486,3 +486,32 @@ async fn older_tables_checkpoint_every_ten_commits_unless_they_chose_an_interval
     );
     assert!(checkpoints(dir.path(), "chosen").is_empty());
 }
+
+#[tokio::test]
+async fn a_refreshed_handle_sees_every_commit_made_elsewhere() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut writer = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    let mut reader = Table::open(&warehouse, "people").await.expect("open");
+    // Nothing new: the handle stays where it is.
+    reader.refresh().await.expect("refresh");
+    assert_eq!(reader.version(), 0);
+    for i in 1..=12 {
+        writer
+            .append(
+                vec![people(&[(i, "Ann", "上海")])],
+                CommitNote::new("batch_id", i),
+            )
+            .await
+            .expect("append");
+        if i == 1 || i == 12 {
+            reader.refresh().await.expect("refresh");
+            assert_eq!(reader.version(), i as u64);
+            assert_eq!(rows_of(&reader).await.len(), i as usize);
+        }
+    }
+    // Past a checkpoint (version 9) and again with nothing new.
+    reader.refresh().await.expect("refresh");
+    assert_eq!(reader.version(), 12);
+}
