@@ -1,8 +1,10 @@
 //! Compiles a checked condition tree into SQL over `users`: the scan path.
 //!
-//! Every condition becomes a predicate that is never null (a user either matches or not), so
-//! `not` is the complement against the whole universe and the order of conditions never
-//! changes the result. Values are written as escaped SQL literals; the test below parses
+//! A condition's predicate may be null where a column is (a user with no city is in no city
+//! list): `AND` and `OR` keep "true" exactly where null counts as false, so only `not` makes
+//! its operand never null before negating it. So `not` is the complement against the whole
+//! universe and the order of conditions never changes the result, and the filters the scan
+//! sees stay as plain as the tree (no wrapper per condition to evaluate twice). Values are written as escaped SQL literals; the test below parses
 //! hostile values back to check they stay one literal.
 
 use crate::condition::{
@@ -24,7 +26,7 @@ pub fn predicate(node: &Node) -> String {
         Node::Any(children) if children.is_empty() => "FALSE".to_string(),
         Node::All(children) => group(children, " AND "),
         Node::Any(children) => group(children, " OR "),
-        Node::Not(child) => format!("NOT ({})", predicate(child)),
+        Node::Not(child) => format!("NOT ({})", never_null(predicate(child))),
         Node::Field(f) if f.table == "users" => field(f, USERS),
         Node::Field(f) => format!(
             "{USERS}.user_id IN (SELECT t.user_id FROM {} t WHERE t.user_id IS NOT NULL AND {})",
@@ -106,22 +108,21 @@ fn field(f: &FieldCondition, alias: &str) -> String {
         Test::IsNull => format!("{column} IS NULL"),
         Test::NotNull => format!("{column} IS NOT NULL"),
         Test::In(values) if values.len() == 1 => {
-            never_null(format!("{column} = {}", literal(&values[0], ty)))
+            format!("{column} = {}", literal(&values[0], ty))
         }
-        Test::In(values) => never_null(format!("{column} IN ({})", list(values))),
-        Test::NotIn(values) => never_null(format!("{column} NOT IN ({})", list(values))),
-        Test::NotEqual(value) => never_null(format!("{column} <> {}", literal(value, ty))),
-        Test::Contains(needle) => never_null(format!(
-            "strpos(CAST({column} AS VARCHAR), {}) > 0",
-            text(needle)
-        )),
-        Test::Prefix(start) => never_null(format!("starts_with({column}, {})", text(start))),
-        Test::Range(range) => never_null(number_range(&column, range, ty)),
-        Test::Time(range) => never_null(time_range(&column, range, ty)),
-        Test::NotTime(range) => never_null(format!(
+        Test::In(values) => format!("{column} IN ({})", list(values)),
+        Test::NotIn(values) => format!("{column} NOT IN ({})", list(values)),
+        Test::NotEqual(value) => format!("{column} <> {}", literal(value, ty)),
+        Test::Contains(needle) => {
+            format!("strpos(CAST({column} AS VARCHAR), {}) > 0", text(needle))
+        }
+        Test::Prefix(start) => format!("starts_with({column}, {})", text(start)),
+        Test::Range(range) => number_range(&column, range, ty),
+        Test::Time(range) => time_range(&column, range, ty),
+        Test::NotTime(range) => format!(
             "{column} IS NOT NULL AND NOT ({})",
             time_range(&column, range, ty)
-        )),
+        ),
     }
 }
 

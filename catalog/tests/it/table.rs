@@ -515,3 +515,30 @@ async fn a_refreshed_handle_sees_every_commit_made_elsewhere() {
     reader.refresh().await.expect("refresh");
     assert_eq!(reader.version(), 12);
 }
+
+#[tokio::test]
+async fn data_files_hold_row_groups_of_at_most_128k_rows() {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let (dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    let rows: Vec<(i64, &str, &str)> = (0..300_000).map(|i| (i, "Ann", "上海")).collect();
+    table
+        .append(vec![people(&rows)], CommitNote::new("batch_id", "big"))
+        .await
+        .expect("append");
+    let mut sizes = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("people")).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "parquet") {
+            let reader =
+                SerializedFileReader::new(std::fs::File::open(&path).expect("open")).expect("read");
+            sizes.extend(reader.metadata().row_groups().iter().map(|g| g.num_rows()));
+        }
+    }
+    sizes.sort_unstable();
+    // 300,000 = 131,072 + 131,072 + 37,856: two full groups and the rest.
+    assert_eq!(sizes, vec![37_856, 131_072, 131_072]);
+    assert_eq!(shoal_catalog::ROW_GROUP_ROWS, 131_072);
+}
