@@ -16,6 +16,7 @@ mod error;
 pub mod fields;
 pub mod funnel_people;
 pub mod masking;
+mod scan_filters;
 pub mod session;
 mod tags;
 pub mod window_funnel;

@@ -15,9 +15,10 @@ use arrow::datatypes::{DataType, Int64Type};
 use datafusion::catalog::TableProvider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
 use datafusion::execution::cache::default_cache::DefaultCache;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext, col, lit};
 use futures::TryStreamExt;
@@ -110,7 +111,7 @@ impl Engine {
                     .with_metadata_cache_limit(FOOTER_CACHE_BYTES),
             )
             .build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let ctx = context(config, runtime);
         for (name, table) in &tables {
             ctx.register_table(name.as_str(), self.provider(table).await?)?;
         }
@@ -209,6 +210,17 @@ impl Engine {
         *self.tags.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
         Ok(index)
     }
+}
+
+/// A context with DataFusion's defaults and Shoal's own planning rules.
+fn context(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(crate::scan_filters::DistinctScanFilters))
+        .build();
+    SessionContext::new_with_state(state)
 }
 
 /// One request's view of the warehouse.
@@ -329,8 +341,7 @@ impl Session {
     async fn role_context(&self, role: Role) -> Result<(SessionContext, Vec<HiddenColumn>)> {
         use datafusion::datasource::{ViewTable, provider_as_source};
         use datafusion::logical_expr::{Expr, LogicalPlanBuilder, cast};
-        let ctx =
-            SessionContext::new_with_config_rt(self.ctx.copied_config(), self.ctx.runtime_env());
+        let ctx = context(self.ctx.copied_config(), self.ctx.runtime_env());
         bitmap_functions::register(&ctx, self.audiences.clone());
         crate::window_funnel::register(&ctx);
         crate::funnel_people::register(&ctx);
