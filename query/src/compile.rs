@@ -26,7 +26,10 @@ pub fn predicate(node: &Node) -> String {
         Node::Any(children) if children.is_empty() => "FALSE".to_string(),
         Node::All(children) => group(children, " AND "),
         Node::Any(children) => group(children, " OR "),
-        Node::Not(child) => format!("NOT ({})", never_null(predicate(child))),
+        Node::Not(child) if may_be_null(child) => {
+            format!("NOT ({})", never_null(predicate(child)))
+        }
+        Node::Not(child) => format!("NOT ({})", predicate(child)),
         Node::Field(f) if f.table == "users" => field(f, USERS),
         Node::Field(f) => format!(
             "{USERS}.user_id IN (SELECT t.user_id FROM {} t WHERE t.user_id IS NOT NULL AND {})",
@@ -39,6 +42,20 @@ pub fn predicate(node: &Node) -> String {
             "rb_contains({AUDIENCE_FUNCTION}({}), {USERS}.user_id)",
             text(name)
         ),
+    }
+}
+
+/// Whether `node`'s predicate can be null for some user. Only a test of a `users` column can
+/// (the column may be null); membership tests (events, orders, other tables, audiences) ask
+/// about `user_id`, which every user has. A `not` of a predicate that cannot be null needs no
+/// wrapper, which matters: DataFusion plans `COALESCE(x IN (subquery), FALSE)` as two joins
+/// against the subquery, reading its table twice.
+fn may_be_null(node: &Node) -> bool {
+    match node {
+        Node::All(children) | Node::Any(children) => children.iter().any(may_be_null),
+        Node::Not(_) => false,
+        Node::Field(f) if f.table == "users" => !matches!(f.test, Test::IsNull | Test::NotNull),
+        Node::Field(_) | Node::Event(_) | Node::Orders(_) | Node::Audience(_) => false,
     }
 }
 
@@ -284,6 +301,40 @@ fn orders(o: &OrderCondition) -> String {
 mod tests {
     use super::*;
     use datafusion::sql::sqlparser::ast::Value as SqlValue;
+
+    #[test]
+    fn only_a_not_of_a_nullable_test_is_made_never_null() {
+        let city = Node::Field(FieldCondition {
+            table: "users".into(),
+            column: "city".into(),
+            value_type: ValueType::String,
+            test: Test::In(vec![Literal::Text("上海".into())]),
+        });
+        let bought = Node::Event(EventCondition {
+            event: "purchase".into(),
+            filters: Vec::new(),
+            count: CountTest::AT_LEAST_ONCE,
+            window: None,
+        });
+        let coalesced = |node: &Node| predicate(node).matches("COALESCE").count();
+        // Plain under all/any: null counts as false there already.
+        assert_eq!(coalesced(&Node::All(vec![city.clone(), bought.clone()])), 0);
+        // A null city is "not in 上海".
+        assert_eq!(coalesced(&Node::Not(Box::new(city.clone()))), 1);
+        assert_eq!(
+            coalesced(&Node::Not(Box::new(Node::Any(vec![
+                bought.clone(),
+                city.clone()
+            ])))),
+            1
+        );
+        // Membership of a user id is never null: no wrapper (it would plan two joins).
+        assert_eq!(coalesced(&Node::Not(Box::new(bought.clone()))), 0);
+        assert_eq!(
+            coalesced(&Node::Not(Box::new(Node::Not(Box::new(city))))),
+            1
+        );
+    }
 
     #[test]
     fn literals_cannot_break_out_of_their_quotes() {
