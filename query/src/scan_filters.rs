@@ -73,7 +73,7 @@ mod tests {
     use arrow::array::{Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::MemTable;
-    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+    use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
     /// The predicates of the plan's Parquet scans, one string per conjunct.
     fn scan_conjuncts(plan: &Arc<dyn ExecutionPlan>) -> Vec<Vec<String>> {
@@ -124,14 +124,10 @@ mod tests {
             .await
             .expect("write");
 
-        let ctx = SessionContext::new();
-        ctx.state_ref()
-            .write()
-            .config_mut()
-            .options_mut()
-            .execution
-            .parquet
-            .pushdown_filters = true;
+        // Filters tested while decoding, as in a Delta scan.
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new().set_bool("datafusion.execution.parquet.pushdown_filters", true),
+        );
         ctx.register_parquet(
             "t",
             path.to_str().expect("path"),
