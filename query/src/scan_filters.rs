@@ -48,22 +48,30 @@ impl PhysicalOptimizerRule for DistinctScanFilters {
 /// `node` again with one copy of each conjunct of its Parquet predicate, when it is a Parquet
 /// scan whose predicate repeats one.
 fn distinct_filters(node: &dyn ExecutionPlan) -> Option<Arc<dyn ExecutionPlan>> {
+    with_parquet_predicate(node, |predicate| {
+        let parts = split_conjunction(predicate);
+        let mut kept: Vec<Arc<dyn PhysicalExpr>> = Vec::with_capacity(parts.len());
+        for part in &parts {
+            if !kept.iter().any(|k| k.as_ref() == part.as_ref()) {
+                kept.push(Arc::clone(part));
+            }
+        }
+        (kept.len() < parts.len()).then(|| conjunction(kept))
+    })
+}
+
+/// `node` again with the predicate `change` makes of its own, when it is a Parquet scan with
+/// a predicate and `change` makes one.
+fn with_parquet_predicate(
+    node: &dyn ExecutionPlan,
+    change: impl FnOnce(&Arc<dyn PhysicalExpr>) -> Option<Arc<dyn PhysicalExpr>>,
+) -> Option<Arc<dyn ExecutionPlan>> {
     let exec = node.downcast_ref::<DataSourceExec>()?;
     let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
     let parquet = config.file_source.downcast_ref::<ParquetSource>()?;
-    let predicate = parquet.filter()?;
-    let parts = split_conjunction(&predicate);
-    let mut kept: Vec<Arc<dyn PhysicalExpr>> = Vec::with_capacity(parts.len());
-    for part in &parts {
-        if !kept.iter().any(|k| k.as_ref() == part.as_ref()) {
-            kept.push(Arc::clone(part));
-        }
-    }
-    if kept.len() == parts.len() {
-        return None;
-    }
+    let predicate = change(&parquet.filter()?)?;
     let mut config = config.clone();
-    config.file_source = Arc::new(parquet.with_predicate(conjunction(kept)));
+    config.file_source = Arc::new(parquet.with_predicate(predicate));
     Some(Arc::new(exec.clone().with_data_source(Arc::new(config))))
 }
 
@@ -149,25 +157,14 @@ mod tests {
         // Each conjunct twice over, as a scan of a Delta table gets them.
         let doubled = plan
             .transform_up(|node| {
-                let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
-                    return Ok(Transformed::no(node));
-                };
-                let config = exec
-                    .data_source()
-                    .downcast_ref::<FileScanConfig>()
-                    .expect("file scan");
-                let parquet = config
-                    .file_source
-                    .downcast_ref::<ParquetSource>()
-                    .expect("parquet");
-                let predicate = parquet.filter().expect("predicate");
-                let mut config = config.clone();
-                config.file_source = Arc::new(
-                    parquet.with_predicate(conjunction([Arc::clone(&predicate), predicate])),
-                );
-                Ok(Transformed::yes(
-                    Arc::new(exec.clone().with_data_source(Arc::new(config))) as _,
-                ))
+                Ok(
+                    match with_parquet_predicate(node.as_ref(), |p| {
+                        Some(conjunction([Arc::clone(p), Arc::clone(p)]))
+                    }) {
+                        Some(scan) => Transformed::yes(scan),
+                        None => Transformed::no(node),
+                    },
+                )
             })
             .data()
             .expect("double");
