@@ -5,6 +5,12 @@
 //! body's `writeKey`), bodies may be gzip-compressed, a message may be 32 KB and a batch 500 KB.
 //! A 200 is sent only after the messages are committed to the warehouse; messages that cannot
 //! be cleaned are committed to `quarantine` instead, so nothing acknowledged is ever lost.
+//!
+//! Commits are grouped: requests queue their messages for one committer task, which lands
+//! everything that queued while its last commit ran as one batch (one `events` commit, one
+//! `batches` row), then answers each request with its own counts. A lone request is committed
+//! at once; many concurrent ones share the cost of a commit instead of waiting in line for
+//! one each. A request whose client goes away is still committed (a retry is a duplicate).
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -16,7 +22,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use base64::Engine;
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, RwLock, mpsc, oneshot};
 
 use crate::error::{AppError, AppResult};
 use crate::extract::{ApiBytes, ApiPath};
@@ -27,12 +33,20 @@ use crate::write_keys;
 /// Segment's limit for a batch request.
 pub const MAX_BATCH_BYTES: usize = 500 * 1024;
 
+/// A group commit takes what is queued up to this many messages (a request is never split).
+const GROUP_MESSAGES: usize = 50_000;
+
+/// Requests that may wait for the committer before new ones wait to be queued.
+const QUEUE_REQUESTS: usize = 1024;
+
 /// What the tracking routes share.
 pub struct Tracking {
     /// Hashes of the active write keys, reloaded when an unknown key shows up.
     keys: RwLock<HashSet<String>>,
-    /// One writer at a time, so two requests cannot both land one messageId.
+    /// One writer at a time, so two batches cannot both land one messageId.
     pub(crate) writer: Mutex<()>,
+    /// The committer's queue, started with the first request.
+    queue: std::sync::OnceLock<mpsc::Sender<Job>>,
 }
 
 impl Tracking {
@@ -40,6 +54,98 @@ impl Tracking {
         Tracking {
             keys: RwLock::new(HashSet::new()),
             writer: Mutex::new(()),
+            queue: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+/// One request's messages waiting for a commit, and where its answer goes.
+struct Job {
+    request: shoal_ingest::Request,
+    reply: oneshot::Sender<Result<Committed, String>>,
+}
+
+/// What a request's messages became.
+struct Committed {
+    batch_id: String,
+    counts: shoal_ingest::Counts,
+}
+
+/// Queues `request` for the committer and waits until it is committed.
+async fn commit(state: &AppState, request: shoal_ingest::Request) -> AppResult<Committed> {
+    let queue = state.tracking.queue.get_or_init(|| {
+        let (tx, rx) = mpsc::channel(QUEUE_REQUESTS);
+        tokio::spawn(committer(state.clone(), rx));
+        tx
+    });
+    let (reply, answer) = oneshot::channel();
+    queue
+        .send(Job { request, reply })
+        .await
+        .map_err(|_| AppError::Internal("the tracking committer has stopped".into()))?;
+    match answer.await {
+        Ok(Ok(committed)) => Ok(committed),
+        Ok(Err(message)) => Err(AppError::Internal(format!(
+            "committing messages: {message}"
+        ))),
+        Err(_) => Err(AppError::Internal(
+            "the tracking committer stopped before answering".into(),
+        )),
+    }
+}
+
+/// Commits queued requests, a group at a time, until the server stops.
+async fn committer(state: AppState, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut messages = first.request.messages.len();
+        let mut jobs = vec![first];
+        while messages < GROUP_MESSAGES {
+            match queue.try_recv() {
+                Ok(job) => {
+                    messages += job.request.messages.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
+        let group = requests.len();
+        // Its own task, so that even a panic while committing answers every request.
+        let landed = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let catalog = state.catalog.read().await.clone();
+                let _writer = state.tracking.writer.lock().await;
+                shoal_ingest::ingest_segment_requests(&catalog, requests).await
+            }
+        })
+        .await;
+        let landed = match landed {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the commit failed: {e}")),
+        };
+        match landed {
+            Ok(report) => {
+                tracing::info!(batch_id = %report.batch_id, requests = group, messages,
+                    "tracking batch committed");
+                for (reply, file) in replies.into_iter().zip(report.files) {
+                    state.metrics.ingested("tracking", &file.counts);
+                    // A client that went away has no one waiting here; its messages stay.
+                    let _ = reply.send(Ok(Committed {
+                        batch_id: report.batch_id.clone(),
+                        counts: file.counts,
+                    }));
+                }
+            }
+            Err(message) => {
+                tracing::error!(requests = group, messages, error = %message,
+                    "tracking batch not committed");
+                for reply in replies {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
         }
     }
 }
@@ -170,21 +276,22 @@ pub async fn receive(
             m.to_string()
         })
         .collect();
-    let count = raw.len();
-    let catalog = state.catalog.read().await.clone();
-    let _writer = state.tracking.writer.lock().await;
-    let report =
-        shoal_ingest::ingest_segment_messages(&catalog, &format!("POST /v1/{kind}"), raw).await?;
-    drop(_writer);
-    state.metrics.ingested("tracking", &report.counts);
-    tracing::info!(batch_id = %report.batch_id, messages = count, "tracking batch committed");
+    let committed = commit(
+        &state,
+        shoal_ingest::Request {
+            origin: format!("POST /v1/{kind}"),
+            messages: raw,
+        },
+    )
+    .await?;
+    let counts = committed.counts;
     Ok(Json(json!({
         "success": true,
-        "batch_id": report.batch_id,
-        "received": report.counts.received,
-        "landed": report.counts.landed,
-        "quarantined": report.counts.quarantined,
-        "duplicates": report.counts.duplicates,
+        "batch_id": committed.batch_id,
+        "received": counts.received,
+        "landed": counts.landed,
+        "quarantined": counts.quarantined,
+        "duplicates": counts.duplicates,
     })))
 }
 

@@ -54,6 +54,53 @@ pub fn write_session() -> SessionContext {
     deltalake::delta_datafusion::create_session().into_inner()
 }
 
+/// One data file of a table's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataFile {
+    /// Path from the table's root.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A Parquet file in an object store, read by ranges: the footer first, then the column
+/// chunks a read asks for.
+struct StoredFile {
+    store: Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+}
+
+impl deltalake::parquet::arrow::async_reader::AsyncFileReader for StoredFile {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, deltalake::parquet::errors::Result<bytes::Bytes>> {
+        Box::pin(async move {
+            Ok(object_store::ObjectStoreExt::get_range(&self.store, &self.path, range).await?)
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        deltalake::parquet::errors::Result<
+            Arc<deltalake::parquet::file::metadata::ParquetMetaData>,
+        >,
+    > {
+        Box::pin(async move {
+            let size = self.size;
+            let metadata = deltalake::parquet::file::metadata::ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(64 * 1024))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        })
+    }
+}
+
 /// A Delta table of the warehouse, pinned at one snapshot.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -285,6 +332,57 @@ impl Table {
             .snapshot()
             .map_err(|e| Error::delta(&self.name, e))?;
         Ok(snapshot.snapshot().arrow_schema())
+    }
+
+    /// The data files of this snapshot: path from the table's root, and size in bytes.
+    pub fn data_files(&self) -> Result<Vec<DataFile>> {
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
+        Ok(snapshot
+            .log_data()
+            .into_iter()
+            .map(|add| DataFile {
+                path: add.object_store_path().to_string(),
+                size: add.size().max(0) as u64,
+            })
+            .collect())
+    }
+
+    /// Reads `columns` of some of the table's data files (from [`Table::data_files`]), a few
+    /// files at a time, handing each batch to `each` as it is decoded.
+    pub async fn read_files(
+        &self,
+        files: &[DataFile],
+        columns: &[&str],
+        mut each: impl FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
+        use deltalake::parquet::arrow::ProjectionMask;
+        use futures::StreamExt;
+        let store = self.delta.object_store();
+        let mut reads = futures::stream::iter(files.iter().cloned())
+            .map(|file| {
+                let reader = StoredFile {
+                    store: store.clone(),
+                    path: file.path.as_str().into(),
+                    size: file.size,
+                };
+                async move {
+                    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+                    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.to_vec());
+                    let stream = builder.with_projection(mask).build()?;
+                    stream.try_collect::<Vec<_>>().await
+                }
+            })
+            .buffer_unordered(4);
+        while let Some(batches) = reads.next().await {
+            for batch in batches.map_err(|e| Error::Internal(format!("{}: {e}", self.name)))? {
+                each(batch)?;
+            }
+        }
+        Ok(())
     }
 
     /// A DataFusion provider reading this snapshot.

@@ -151,29 +151,81 @@ pub async fn ingest_files(
     Ok(report)
 }
 
-/// Lands Segment messages received over HTTP as one batch; `origin` names the request in
-/// quarantine locations (`origin#index`). Returns when everything is committed.
-pub async fn ingest_segment_messages(
+/// Messages of one tracking request: `origin` names the request in quarantine locations
+/// (`origin#index`) and in the batch report.
+pub struct Request {
+    pub origin: String,
+    pub messages: Vec<String>,
+}
+
+/// Lands the messages of many tracking requests as one batch: one `events` commit, one
+/// `quarantine` commit and one `batches` row for all of them, however many there are. The
+/// report has one entry in `files` per request, in order, with that request's own counts.
+/// Returns when everything is committed.
+pub async fn ingest_segment_requests(
     catalog: &Catalog,
-    origin: &str,
-    messages: Vec<String>,
+    requests: Vec<Request>,
 ) -> Result<BatchReport> {
     let started = Utc::now();
     let mut lander = Lander::new(catalog, SourceKind::Segment, started)?;
-    let lines = messages.into_iter().enumerate().map(|(i, m)| {
-        Ok((
-            Where::Named(format!("{origin}#{i}")),
-            Item::Line(m.into_bytes()),
-        ))
-    });
-    let counts = lander.segment_lines(lines, origin, &mut |_| {}).await?;
+    let schema = lander.events_schema().await?;
+    let source = SourceKind::Segment.name();
+    let mut files = Vec::with_capacity(requests.len());
+    let mut batches = Vec::with_capacity(requests.len());
+    let mut rejected = Vec::new();
+    for Request { origin, messages } in requests {
+        let mut part = PartBuilder::default();
+        for (i, message) in messages.iter().enumerate() {
+            part.line(
+                message.as_bytes(),
+                || format!("{origin}#{i}"),
+                source,
+                lander.clock,
+            );
+        }
+        let part = part.finish(&schema)?;
+        let mut counts = Counts {
+            received: part.received,
+            quarantined: part.rejected.len() as u64,
+            ..Counts::default()
+        };
+        for r in &part.rejected {
+            *counts
+                .reasons
+                .entry(r.rejection.code.to_string())
+                .or_insert(0) += 1;
+        }
+        let (rows, repeated) = lander.unseen(part.rows, &part.fingerprints)?;
+        counts.duplicates += repeated;
+        rejected.extend(part.rejected);
+        batches.push(rows);
+        files.push(FileReport {
+            file: origin,
+            counts,
+        });
+    }
+    let (batches, existing) = lander.without_existing(batches).await?;
+    for ((file, rows), existing) in files.iter_mut().zip(&batches).zip(existing) {
+        file.counts.duplicates += existing;
+        file.counts.landed += rows.num_rows() as u64;
+    }
+    let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    if !batches.is_empty() {
+        let mut table = catalog.table("events").await?;
+        let version = table
+            .append(vec![sorted_by_time(batches)?], lander.note())
+            .await?;
+        lander.versions.insert("events".into(), version);
+    }
+    lander.quarantine(rejected, &mut Counts::default()).await?;
+    let mut counts = Counts::default();
+    for file in &files {
+        counts.add(&file.counts);
+    }
     let report = BatchReport {
         batch_id: lander.batch_id.clone(),
-        source: SourceKind::Segment.name().to_string(),
-        files: vec![FileReport {
-            file: origin.to_string(),
-            counts: counts.clone(),
-        }],
+        source: source.to_string(),
+        files,
         counts,
         versions: lander.versions.clone(),
     };
@@ -393,20 +445,9 @@ impl<'a> Lander<'a> {
     ) -> Result<()> {
         pending.counts.received += part.received;
         pending.rejected.extend(part.rejected);
-        let fresh: Vec<bool> = part
-            .fingerprints
-            .iter()
-            .map(|f| self.seen.insert(*f))
-            .collect();
-        let kept = fresh.iter().filter(|f| **f).count();
-        pending.counts.duplicates += (fresh.len() - kept) as u64;
-        if kept > 0 {
-            let batch = if kept == fresh.len() {
-                part.rows
-            } else {
-                arrow::compute::filter_record_batch(&part.rows, &BooleanArray::from(fresh))
-                    .map_err(|e| Error::Internal(format!("dropping duplicates: {e}")))?
-            };
+        let (batch, repeated) = self.unseen(part.rows, &part.fingerprints)?;
+        pending.counts.duplicates += repeated;
+        if batch.num_rows() > 0 {
             pending.rows += batch.num_rows();
             pending.batches.push(batch);
         }
@@ -443,38 +484,9 @@ impl<'a> Lander<'a> {
         if batches.is_empty() {
             return Ok(());
         }
-        let baseline = self
-            .events_before
-            .as_ref()
-            .ok_or_else(|| Error::Internal("events baseline not opened".into()))?;
-        if baseline.version() > 0 {
-            let mut ids: Vec<String> = Vec::new();
-            for batch in &batches {
-                ids.extend(event_ids(batch)?.iter().flatten().map(str::to_string));
-            }
-            let existing = self
-                .existing_keys(baseline, &["event_id"], vec![ids], None)
-                .await?;
-            let existing: HashSet<&str> = existing
-                .keys()
-                .filter_map(|k| k.first().map(String::as_str))
-                .collect();
-            if !existing.is_empty() {
-                let mut fresh = Vec::with_capacity(batches.len());
-                for batch in &batches {
-                    let keep: BooleanArray = event_ids(batch)?
-                        .iter()
-                        .map(|id| Some(!id.is_some_and(|id| existing.contains(id))))
-                        .collect();
-                    let before = batch.num_rows();
-                    let kept = arrow::compute::filter_record_batch(batch, &keep)
-                        .map_err(|e| Error::Internal(format!("dropping duplicates: {e}")))?;
-                    pending.counts.duplicates += (before - kept.num_rows()) as u64;
-                    fresh.push(kept);
-                }
-                batches = fresh;
-            }
-        }
+        let (kept, existing) = self.without_existing(batches).await?;
+        pending.counts.duplicates += existing.iter().sum::<u64>();
+        batches = kept;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows == 0 {
             return Ok(());
@@ -488,6 +500,77 @@ impl<'a> Lander<'a> {
             Ok(table.append(vec![batch], note).await?)
         }));
         Ok(())
+    }
+
+    /// The rows of `rows` whose message was not seen earlier in this batch (`fingerprints`
+    /// holds each row's), and how many were.
+    fn unseen(&mut self, rows: RecordBatch, fingerprints: &[u128]) -> Result<(RecordBatch, u64)> {
+        let fresh: Vec<bool> = fingerprints.iter().map(|f| self.seen.insert(*f)).collect();
+        let kept = fresh.iter().filter(|f| **f).count();
+        let repeated = (fresh.len() - kept) as u64;
+        if kept == fresh.len() {
+            return Ok((rows, repeated));
+        }
+        let rows = arrow::compute::filter_record_batch(&rows, &BooleanArray::from(fresh))
+            .map_err(|e| Error::Internal(format!("dropping duplicates: {e}")))?;
+        Ok((rows, repeated))
+    }
+
+    /// `batches` without the rows whose message was in `events` before the batch began, and
+    /// how many each batch lost.
+    async fn without_existing(
+        &self,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(Vec<RecordBatch>, Vec<u64>)> {
+        let none = vec![0; batches.len()];
+        let baseline = self
+            .events_before
+            .as_ref()
+            .ok_or_else(|| Error::Internal("events baseline not opened".into()))?;
+        if baseline.version() == 0 || batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok((batches, none));
+        }
+        // Only ids whose fingerprint `events` holds can be there; the table confirms them.
+        let known = crate::known_ids::known_ids(self.catalog).await?;
+        let known = known
+            .as_ref()
+            .ok_or_else(|| Error::Internal("message ids not read".into()))?;
+        let mut candidates: Vec<String> = Vec::new();
+        for batch in &batches {
+            candidates.extend(
+                event_ids(batch)?
+                    .iter()
+                    .flatten()
+                    .filter(|id| known.may_hold(id))
+                    .map(str::to_string),
+            );
+        }
+        if candidates.is_empty() {
+            return Ok((batches, none));
+        }
+        let existing = self
+            .existing_keys(known.table(), &["event_id"], vec![candidates], None)
+            .await?;
+        let existing: HashSet<&str> = existing
+            .keys()
+            .filter_map(|k| k.first().map(String::as_str))
+            .collect();
+        if existing.is_empty() {
+            return Ok((batches, none));
+        }
+        let mut fresh = Vec::with_capacity(batches.len());
+        let mut lost = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            let keep: BooleanArray = event_ids(batch)?
+                .iter()
+                .map(|id| Some(!id.is_some_and(|id| existing.contains(id))))
+                .collect();
+            let kept = arrow::compute::filter_record_batch(batch, &keep)
+                .map_err(|e| Error::Internal(format!("dropping duplicates: {e}")))?;
+            lost.push((batch.num_rows() - kept.num_rows()) as u64);
+            fresh.push(kept);
+        }
+        Ok((fresh, lost))
     }
 
     /// Waits for the running `events` commit, if any, and records its version.

@@ -12,6 +12,7 @@ pub mod clean;
 mod columns;
 mod error;
 pub mod identity;
+mod known_ids;
 mod land;
 pub mod orders;
 mod report;
@@ -21,6 +22,7 @@ mod tabular;
 
 pub use error::{Error, Result};
 pub use land::{
-    CHUNK_ROWS, SourceKind, decode, describe, ingest_files, ingest_segment_messages, replay,
+    CHUNK_ROWS, Request, SourceKind, decode, describe, ingest_files, ingest_segment_requests,
+    replay,
 };
 pub use report::{BatchReport, Counts, FileReport};

@@ -168,6 +168,119 @@ async fn bad_requests_get_clear_errors_and_good_ones_are_committed_before_200() 
 }
 
 #[tokio::test]
+async fn concurrent_requests_share_commits_and_each_gets_its_own_counts() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let key = write_key(&wh);
+    let server = serve(&wh);
+    let client = reqwest::Client::new();
+    const REQUESTS: usize = 24;
+    // Request r: ten new messages m-r-0..9, the first message of request r-1 again, and one
+    // message without an event (quarantined). 240 distinct ids, 23 repeats, 24 bad.
+    let body = |r: usize| {
+        let mut batch: Vec<serde_json::Value> = (0..10)
+            .map(|i| {
+                serde_json::json!({"type": "track", "anonymousId": format!("a{r}"),
+                    "event": "viewed", "messageId": format!("m-{r}-{i}")})
+            })
+            .collect();
+        if r > 0 {
+            batch.push(
+                serde_json::json!({"type": "track", "anonymousId": format!("a{}", r - 1),
+                "event": "viewed", "messageId": format!("m-{}-0", r - 1)}),
+            );
+        }
+        batch.push(serde_json::json!({"type": "track", "anonymousId": "a", "messageId": format!("bad-{r}")}));
+        serde_json::json!({ "batch": batch }).to_string()
+    };
+    let send = |body: String| {
+        client
+            .post(format!("{}/v1/batch", server.base))
+            .basic_auth(&key, Some(""))
+            .body(body)
+            .send()
+    };
+    let round = || async {
+        let sent = futures::future::join_all((0..REQUESTS).map(|r| send(body(r)))).await;
+        let mut answers = Vec::new();
+        for response in sent {
+            let response = response.expect("send");
+            assert_eq!(response.status(), 200);
+            answers.push(response.json::<serde_json::Value>().await.expect("json"));
+        }
+        answers
+    };
+    let n = |a: &serde_json::Value, k: &str| a[k].as_u64().expect(k);
+    let total =
+        |answers: &[serde_json::Value], k: &str| answers.iter().map(|a| n(a, k)).sum::<u64>();
+
+    let first = round().await;
+    for (r, a) in first.iter().enumerate() {
+        let expected = if r > 0 { 12 } else { 11 };
+        assert_eq!(n(a, "received"), expected, "{a}");
+        assert_eq!(n(a, "quarantined"), 1, "{a}");
+        assert_eq!(
+            n(a, "received"),
+            n(a, "landed") + n(a, "quarantined") + n(a, "duplicates"),
+            "{a}"
+        );
+    }
+    assert_eq!(total(&first, "landed"), 240);
+    assert_eq!(total(&first, "duplicates"), 23);
+    // Requests that arrived while a commit ran were committed together.
+    let batch_ids: std::collections::HashSet<&str> = first
+        .iter()
+        .map(|a| a["batch_id"].as_str().expect("id"))
+        .collect();
+    assert!(batch_ids.len() < REQUESTS, "{} batches", batch_ids.len());
+    let rows = |name: &str| crate::table_rows(&wh, name);
+    assert_eq!(rows("events"), Some(240));
+    assert_eq!(rows("quarantine"), Some(REQUESTS as u64));
+    assert_eq!(rows("batches"), Some(batch_ids.len() as u64));
+
+    // The same requests again: every good message is a duplicate now.
+    let again = round().await;
+    assert_eq!(total(&again, "landed"), 0);
+    assert_eq!(total(&again, "duplicates"), 240 + 23);
+    assert_eq!(rows("events"), Some(240));
+
+    // A message landed by another process after the server read the ids is a duplicate too.
+    let file = dir.path().join("late.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"type":"track","anonymousId":"z","event":"viewed","messageId":"late-1"}"#,
+    )
+    .expect("write");
+    let landed = crate::json_ok(&crate::shoal(
+        &wh,
+        &[
+            "ingest",
+            "--source",
+            "segment",
+            "--json",
+            file.to_str().expect("p"),
+        ],
+    ));
+    assert_eq!(landed["landed"], 1, "{landed}");
+    let late = send(
+        r#"{"batch":[{"type":"track","anonymousId":"z","event":"viewed","messageId":"late-1"},
+            {"type":"track","anonymousId":"z","event":"viewed","messageId":"late-2"}]}"#
+            .into(),
+    )
+    .await
+    .expect("send")
+    .json::<serde_json::Value>()
+    .await
+    .expect("json");
+    assert_eq!(
+        (n(&late, "landed"), n(&late, "duplicates")),
+        (1, 1),
+        "{late}"
+    );
+    assert_eq!(rows("events"), Some(242));
+}
+
+#[tokio::test]
 async fn files_can_be_uploaded_over_http() {
     let dir = tempfile::tempdir().expect("temp");
     let wh = dir.path().join("wh");
