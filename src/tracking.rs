@@ -96,6 +96,8 @@ async fn commit(state: &AppState, request: shoal_ingest::Request) -> AppResult<C
 
 /// Commits queued requests, a group at a time, until the server stops.
 async fn committer(state: AppState, mut queue: mpsc::Receiver<Job>) {
+    // The tables written, kept open from one group to the next.
+    let handles = Arc::new(Mutex::new(shoal_ingest::TableHandles::default()));
     while let Some(first) = queue.recv().await {
         let mut messages = first.request.messages.len();
         let mut jobs = vec![first];
@@ -114,10 +116,12 @@ async fn committer(state: AppState, mut queue: mpsc::Receiver<Job>) {
         // Its own task, so that even a panic while committing answers every request.
         let landed = tokio::spawn({
             let state = state.clone();
+            let handles = handles.clone();
             async move {
                 let catalog = state.catalog.read().await.clone();
                 let _writer = state.tracking.writer.lock().await;
-                shoal_ingest::ingest_segment_requests(&catalog, requests).await
+                let mut handles = handles.lock().await;
+                shoal_ingest::ingest_segment_requests(&catalog, &mut handles, requests).await
             }
         })
         .await;
