@@ -53,12 +53,13 @@ pub async fn run(catalog: &mut Catalog, command: &CatalogCommand) -> AppResult<i
             if *json {
                 println!("{}", json!({"tables": tables}));
             } else {
-                let mut g = grid(&["table", "version", "rows", "last commit (UTC)"]);
+                let mut g = grid(&["table", "version", "rows", "files", "last commit (UTC)"]);
                 for t in &tables {
                     g.add_row(vec![
                         t.table.clone(),
                         t.version.to_string(),
                         t.rows.to_string(),
+                        t.files.to_string(),
                         t.last_commit
                             .map(|c| c.to_rfc3339())
                             .unwrap_or_else(|| "-".into()),

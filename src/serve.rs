@@ -311,7 +311,7 @@ async fn catalog_check(State(state): State<AppState>, _caller: Caller) -> AppRes
     Ok(Json(json!({"status": worst, "monitors": results})))
 }
 
-/// `GET /api/tables`: every table with its version, rows and last commit.
+/// `GET /api/tables`: every table with its version, rows, data files and last commit.
 #[utoipa::path(get, path = "/api/tables", tag = "catalog", security(("token" = [])),
     responses((status = 200, description = "The tables", body = Object), ApiErrors))]
 async fn tables(State(state): State<AppState>, _caller: Caller) -> AppResult<Json<Value>> {

@@ -132,6 +132,8 @@ pub struct TableSummary {
     pub version: u64,
     /// Rows at that version.
     pub rows: u64,
+    /// Data files at that version.
+    pub files: u64,
     /// Time of the newest commit.
     pub last_commit: Option<DateTime<Utc>>,
 }
@@ -144,6 +146,7 @@ pub async fn table_summaries(warehouse: &Warehouse) -> Result<Vec<TableSummary>>
         out.push(TableSummary {
             version: table.version(),
             rows: table.row_count().await?,
+            files: table.data_files()?.len() as u64,
             last_commit: table.last_commit_time().await?,
             table: name,
         });
@@ -560,6 +563,25 @@ impl Table {
             .map_err(|e| self.write_error(e))?;
         self.committed(written).await;
         Ok(self.version())
+    }
+
+    /// Rewrites the table's small data files into few large ones (per partition), in one
+    /// commit that changes no row; returns the new version, or `None` when there was nothing
+    /// to merge. Readers of earlier versions keep reading the files they had.
+    pub async fn compact(&mut self, note: CommitNote) -> Result<Option<u64>> {
+        let (compacted, metrics) = self
+            .delta
+            .clone()
+            .optimize()
+            .with_writer_properties(writer_properties())
+            .with_commit_properties(note.properties())
+            .await
+            .map_err(|e| self.write_error(e))?;
+        if metrics.num_files_removed == 0 {
+            return Ok(None);
+        }
+        self.committed(compacted).await;
+        Ok(Some(self.version()))
     }
 
     /// Upserts `batches` by `keys`: rows whose key exists are replaced, others inserted.

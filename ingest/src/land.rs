@@ -107,6 +107,9 @@ struct Rejected {
     raw: String,
 }
 
+/// Data files of `batches` or `quarantine` that make a batch compact the table.
+pub const COMPACT_AFTER_FILES: usize = 64;
+
 /// Quarantined raw text is kept up to this size.
 const MAX_RAW_BYTES: usize = 64 * 1024;
 
@@ -391,6 +394,16 @@ impl<'a> Lander<'a> {
     /// Keeps `table`, just written, as the handle to move forward next time.
     fn keep(&mut self, table: shoal_catalog::Table) {
         self.handles.0.insert(table.name().to_string(), table);
+    }
+
+    /// Merges the small files of a bookkeeping table (`batches`, `quarantine`: a file per
+    /// batch) once they number [`COMPACT_AFTER_FILES`], so a tracking server committing
+    /// several times a second does not leave every later commit and read slower.
+    async fn compact_if_many(&self, table: &mut shoal_catalog::Table) -> Result<()> {
+        if table.data_files()?.len() >= COMPACT_AFTER_FILES {
+            table.compact(self.note()).await?;
+        }
+        Ok(())
     }
 
     async fn segment_file(
@@ -1004,6 +1017,7 @@ impl<'a> Lander<'a> {
             })
         })?;
         let version = table.append(vec![batch], self.note()).await?;
+        self.compact_if_many(&mut table).await?;
         self.keep(table);
         self.versions.insert("quarantine".into(), version);
         Ok(())
@@ -1029,6 +1043,8 @@ impl<'a> Lander<'a> {
             })
         })?;
         table.append(vec![batch], self.note()).await?;
+        self.compact_if_many(&mut table).await?;
+        self.keep(table);
         Ok(())
     }
 

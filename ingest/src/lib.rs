@@ -22,7 +22,7 @@ mod tabular;
 
 pub use error::{Error, Result};
 pub use land::{
-    CHUNK_BYTES, CHUNK_ROWS, Request, SourceKind, TableHandles, decode, describe, ingest_files,
-    ingest_segment_requests, replay,
+    CHUNK_BYTES, CHUNK_ROWS, COMPACT_AFTER_FILES, Request, SourceKind, TableHandles, decode,
+    describe, ingest_files, ingest_segment_requests, replay,
 };
 pub use report::{BatchReport, Counts, FileReport};

@@ -281,6 +281,48 @@ async fn concurrent_requests_share_commits_and_each_gets_its_own_counts() {
 }
 
 #[tokio::test]
+async fn a_busy_tracking_server_keeps_its_bookkeeping_tables_compact() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let key = write_key(&wh);
+    let server = serve(&wh);
+    let client = reqwest::Client::new();
+    // One commit per request, each adding a file to `batches`, past the compaction threshold.
+    let requests = shoal_ingest::COMPACT_AFTER_FILES as u64 + 6;
+    for i in 0..requests {
+        let response = client
+            .post(format!("{}/v1/track", server.base))
+            .basic_auth(&key, Some(""))
+            .body(format!(
+                r#"{{"anonymousId":"a","event":"viewed","messageId":"c-{i}"}}"#
+            ))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+    }
+    let listed = crate::json_ok(&crate::shoal(&wh, &["catalog", "tables", "--json"]));
+    let table = |name: &str| {
+        listed["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .find(|t| t["table"] == name)
+            .cloned()
+            .expect("table")
+    };
+    let (batches, events) = (table("batches"), table("events"));
+    // Every batch is recorded once, in fewer files than batches.
+    assert_eq!(batches["rows"].as_u64(), Some(requests), "{batches}");
+    let files = batches["files"].as_u64().expect("files");
+    assert!(
+        files < shoal_ingest::COMPACT_AFTER_FILES as u64,
+        "{batches}"
+    );
+    assert_eq!(events["rows"].as_u64(), Some(requests), "{events}");
+}
+
+#[tokio::test]
 async fn files_can_be_uploaded_over_http() {
     let dir = tempfile::tempdir().expect("temp");
     let wh = dir.path().join("wh");

@@ -542,3 +542,62 @@ async fn data_files_hold_row_groups_of_at_most_128k_rows() {
     assert_eq!(sizes, vec![37_856, 131_072, 131_072]);
     assert_eq!(shoal_catalog::ROW_GROUP_ROWS, 131_072);
 }
+
+#[tokio::test]
+async fn compaction_merges_small_files_and_changes_no_row() {
+    let (dir, warehouse) = temp_warehouse();
+    let mut table =
+        Table::create_if_missing(&warehouse, "people", people_schema(), &["city".to_string()])
+            .await
+            .expect("create");
+    // Nothing to merge in an empty table.
+    assert_eq!(
+        table.compact(CommitNote::default()).await.expect("compact"),
+        None
+    );
+    let mut expected = Vec::new();
+    for i in 0..24i64 {
+        let city = if i % 3 == 0 { "hz" } else { "sh" };
+        let name = format!("p{i}");
+        table
+            .append(vec![people(&[(i, &name, city)])], CommitNote::default())
+            .await
+            .expect("append");
+        expected.push((i, name, city.to_string()));
+    }
+    let before = table.version();
+    let old = Table::open_at(&warehouse, "people", SnapshotRef::Version(before))
+        .await
+        .expect("old");
+    assert_eq!(table.data_files().expect("files").len(), 24);
+
+    let version = table
+        .compact(CommitNote::new("batch_id", "compact-1"))
+        .await
+        .expect("compact");
+    assert_eq!(version, Some(before + 1));
+    // One file per partition, the same rows.
+    assert_eq!(table.data_files().expect("files").len(), 2);
+    let mut rows = rows_of(&table).await;
+    rows.sort();
+    assert_eq!(rows, expected);
+    // A fresh reader sees the same, and the version before still reads its own files.
+    let fresh = Table::open(&warehouse, "people").await.expect("open");
+    assert_eq!(fresh.version(), before + 1);
+    assert_eq!(fresh.data_files().expect("files").len(), 2);
+    assert_eq!(old.data_files().expect("files").len(), 24);
+    let mut old_rows = rows_of(&old).await;
+    old_rows.sort();
+    assert_eq!(old_rows, expected);
+    let on_disk = ["city=hz", "city=sh"]
+        .iter()
+        .map(|p| parquet_files(&dir.path().join("people").join(p)).len())
+        .sum::<usize>();
+    assert_eq!(on_disk, 24 + 2, "old files stay for old readers");
+    // Already compact: nothing to do, no commit.
+    assert_eq!(
+        table.compact(CommitNote::default()).await.expect("again"),
+        None
+    );
+    assert_eq!(table.version(), before + 1);
+}
