@@ -140,8 +140,15 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
     let address = listener
         .local_addr()
         .map_err(|e| AppError::Internal(e.to_string()))?;
-    let mut state = AppState::new(catalog);
+    let mut state = AppState::new(catalog.clone());
     state.limiter = Arc::new(crate::rate_limit::RateLimiter::new(args.rate_limit));
+    // The tracking API checks message ids against fingerprints of `events`: read them now,
+    // not in the first request.
+    tokio::spawn(async move {
+        if let Err(e) = shoal_ingest::read_message_ids(&catalog).await {
+            tracing::warn!("reading the message ids of events (retried on first use): {e}");
+        }
+    });
     if args.build_every > 0 {
         tokio::spawn(build_loop(
             state.clone(),

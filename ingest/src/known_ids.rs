@@ -78,6 +78,11 @@ pub(crate) async fn known_ids(
     Ok(guard)
 }
 
+/// Reads the fingerprints of `catalog`'s `events` ahead of their first use.
+pub async fn read_message_ids(catalog: &Catalog) -> Result<()> {
+    known_ids(catalog).await.map(drop)
+}
+
 impl KnownIds {
     /// Whether `id` may be in the table: false means certainly not.
     pub(crate) fn may_hold(&self, id: &str) -> bool {

@@ -21,6 +21,7 @@ pub mod segment;
 mod tabular;
 
 pub use error::{Error, Result};
+pub use known_ids::read_message_ids;
 pub use land::{
     CHUNK_BYTES, CHUNK_ROWS, COMPACT_AFTER_FILES, Request, SourceKind, TableHandles, decode,
     describe, ingest_files, ingest_segment_requests, replay,
