@@ -180,7 +180,7 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
 /// (four per person: a star from each person's strongest identity to four others, with a
 /// shared shop tablet per 2,000 people that the caps must keep from fusing them).
 pub fn identity(links: u64, json: bool) -> AppResult<()> {
-    use shoal_ingest::identity::{Graph, Key, Link, Outcome, TypeRule, key};
+    use shoal_ingest::identity::{Graph, Key, Link, Outcome, TypeRule};
 
     let people = (links / 4).max(1);
     let rules = vec![
@@ -188,10 +188,105 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
         TypeRule::new("phone", 5),
         TypeRule::new("anonymous_id", 20),
     ];
-    // Identities as text, formatted into one buffer and hashed as a run does.
+    // Identities as text, formatted and hashed as a run does, each core spelling the
+    // identities of its range of people.
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per = people.div_ceil(threads as u64).max(1) as usize;
     let start = Instant::now();
     let mut graph = Graph::new(rules);
     graph.reserve((people * 5) as usize);
+    // Every identity with its (type, key), people after people: centre, then four others.
+    let mut kinds = vec![0u8; (people * 5) as usize];
+    let mut keys: Vec<Key> = vec![0; (people * 5) as usize];
+    std::thread::scope(|scope| {
+        for (t, (kinds, keys)) in kinds
+            .chunks_mut(per * 5)
+            .zip(keys.chunks_mut(per * 5))
+            .enumerate()
+        {
+            scope.spawn(move || spell_identities((t * per) as u64, kinds, keys));
+        }
+    });
+    let nodes = graph.nodes(&kinds, &keys);
+    let hashed = start.elapsed().as_secs_f64();
+    // Each core draws and sorts the links of its people; the union-find reads them merged.
+    let runs: Vec<Vec<Link>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..people as usize)
+            .step_by(per)
+            .map(|first| {
+                let (kinds, keys, nodes) = (&kinds, &keys, &nodes);
+                scope.spawn(move || {
+                    let last = (first + per).min(people as usize);
+                    let mut run = Vec::with_capacity((last - first) * 4);
+                    for p in first..last {
+                        let at = (p as u64 * 7919 % 1_000_000) as i64;
+                        let c = p * 5;
+                        let centre = (kinds[c], keys[c], nodes[c]);
+                        for k in 1..=4 {
+                            let other = (kinds[c + k], keys[c + k], nodes[c + k]);
+                            run.push(Link::new(at + k as i64, centre, other));
+                        }
+                    }
+                    run.sort_unstable();
+                    run
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let sorted = start.elapsed().as_secs_f64();
+    let (mut joined, mut refused, mut links) = (0u64, 0u64, 0usize);
+    for l in shoal_ingest::identity::merged(&runs) {
+        links += 1;
+        match graph.link(l.a, l.b) {
+            Outcome::Joined => joined += 1,
+            Outcome::Refused(_) => refused += 1,
+            Outcome::Already => {}
+        }
+    }
+    let resolution = graph.finish();
+    let total = start.elapsed().as_secs_f64();
+    let persons = resolution.next_user - 1;
+    let n = links as f64;
+    let rss = peak_rss_mib();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "links": links, "identities": graph.len(), "people": persons,
+                "joined": joined, "refused": refused, "seconds": total,
+                "links_per_second": n / total, "hash_seconds": hashed,
+                "sort_seconds": sorted - hashed, "union_seconds": total - sorted,
+                "peak_rss_mib": rss,
+            })
+        );
+    } else {
+        println!(
+            "identity merge: {links} links, {} identities → {persons} people",
+            graph.len()
+        );
+        println!("| step | seconds |");
+        println!("|---|---|");
+        println!("| format, hash + index identities | {hashed:.2} |");
+        println!("| draw + sort links | {:.2} |", sorted - hashed);
+        println!("| union-find with caps + ids | {:.2} |", total - sorted);
+        println!(
+            "| **total** | **{total:.2}** ({:.2} M links/s; {joined} joined, {refused} refused by caps) |",
+            n / total / 1e6
+        );
+        println!("peak RSS {:.0} MiB", rss.unwrap_or(0.0));
+    }
+    Ok(())
+}
+
+/// Spells and hashes the five identities of each person from `first` on into `kinds` and
+/// `keys`: a centre (a login id for 13 in 20 people, a phone for 5, a device for 2) and four
+/// devices, the fourth a shop tablet shared by every 2,000th person.
+fn spell_identities(first: u64, kinds: &mut [u8], keys: &mut [shoal_ingest::identity::Key]) {
+    use shoal_ingest::identity::key;
     // Formatting with `write!` would cost more than the merge; ids are spelled by hand.
     fn push_number(text: &mut String, mut n: u64, base: u64, width: usize) {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -204,12 +299,9 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
         }
         text.extend(digits[..len].iter().rev().map(|d| *d as char));
     }
-    // Every identity with its (type, key), people after people: centre, then four others.
-    let mut ids: Vec<(u8, Key)> = Vec::with_capacity((people * 5) as usize);
-    let mut times: Vec<i64> = Vec::with_capacity(people as usize);
     let mut text = String::with_capacity(64);
-    for p in 0..people {
-        times.push((p * 7919 % 1_000_000) as i64);
+    for (i, (kinds, keys)) in kinds.chunks_mut(5).zip(keys.chunks_mut(5)).enumerate() {
+        let p = first + i as u64;
         text.clear();
         let centre_type = if p % 20 < 13 {
             text.push('u');
@@ -225,10 +317,11 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
             text.push_str("-0");
             2
         };
-        ids.push((centre_type, key(centre_type, &text)));
+        kinds[0] = centre_type;
+        keys[0] = key(centre_type, &text);
         for k in 1..=4u64 {
             text.clear();
-            if k == 4 && p % 2000 == 0 {
+            if k == 4 && p.is_multiple_of(2000) {
                 text.push_str("anon-shop-tablet-");
                 push_number(&mut text, p / 50_000, 10, 1);
             } else {
@@ -237,64 +330,10 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
                 text.push('-');
                 push_number(&mut text, k, 10, 1);
             }
-            ids.push((2, key(2, &text)));
+            kinds[k as usize] = 2;
+            keys[k as usize] = key(2, &text);
         }
     }
-    let nodes = graph.nodes(&ids);
-    let mut pending: Vec<Link> = Vec::with_capacity(links as usize);
-    for (p, at) in times.iter().enumerate() {
-        let c = p * 5;
-        let centre = (ids[c].0, ids[c].1, nodes[c]);
-        for k in 1..=4 {
-            let other = (ids[c + k].0, ids[c + k].1, nodes[c + k]);
-            pending.push(Link::new(at + k as i64, centre, other));
-        }
-    }
-    let hashed = start.elapsed().as_secs_f64();
-    pending.sort_unstable();
-    let sorted = start.elapsed().as_secs_f64();
-    let (mut joined, mut refused) = (0u64, 0u64);
-    for l in &pending {
-        match graph.link(l.a, l.b) {
-            Outcome::Joined => joined += 1,
-            Outcome::Refused(_) => refused += 1,
-            Outcome::Already => {}
-        }
-    }
-    let resolution = graph.finish();
-    let total = start.elapsed().as_secs_f64();
-    let persons = resolution.next_user - 1;
-    let n = pending.len() as f64;
-    let rss = peak_rss_mib();
-    if json {
-        println!(
-            "{}",
-            json!({
-                "links": pending.len(), "identities": graph.len(), "people": persons,
-                "joined": joined, "refused": refused, "seconds": total,
-                "links_per_second": n / total, "hash_seconds": hashed,
-                "sort_seconds": sorted - hashed, "union_seconds": total - sorted,
-                "peak_rss_mib": rss,
-            })
-        );
-    } else {
-        println!(
-            "identity merge: {} links, {} identities → {persons} people",
-            pending.len(),
-            graph.len()
-        );
-        println!("| step | seconds |");
-        println!("|---|---|");
-        println!("| format, hash + index identities | {hashed:.2} |");
-        println!("| sort links | {:.2} |", sorted - hashed);
-        println!("| union-find with caps + ids | {:.2} |", total - sorted);
-        println!(
-            "| **total** | **{total:.2}** ({:.2} M links/s; {joined} joined, {refused} refused by caps) |",
-            n / total / 1e6
-        );
-        println!("peak RSS {:.0} MiB", rss.unwrap_or(0.0));
-    }
-    Ok(())
 }
 
 /// Resets the peak-RSS counter so the next reading covers only what follows (Linux).

@@ -122,6 +122,43 @@ impl Link {
     }
 }
 
+/// Sorts `items` on every core: one run per core, each sorted on its own thread. Read them
+/// in order with [`merged`].
+pub fn sorted_runs<T: Ord + Send>(mut items: Vec<T>) -> Vec<Vec<T>> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per = items.len().div_ceil(threads).max(1 << 16);
+    let mut runs = Vec::with_capacity(threads);
+    while items.len() > per {
+        runs.push(items.split_off(items.len() - per));
+    }
+    runs.push(items);
+    runs.reverse();
+    std::thread::scope(|scope| {
+        for run in runs.iter_mut() {
+            scope.spawn(move || run.sort_unstable());
+        }
+    });
+    runs
+}
+
+/// The items of sorted runs in one sorted order.
+pub fn merged<T: Ord>(runs: &[Vec<T>]) -> impl Iterator<Item = &T> {
+    let mut heads = vec![0usize; runs.len()];
+    std::iter::from_fn(move || {
+        let mut best: Option<(usize, &T)> = None;
+        for (r, run) in runs.iter().enumerate() {
+            if let Some(x) = run.get(heads[r])
+                && best.is_none_or(|(_, b)| x < b)
+            {
+                best = Some((r, x));
+            }
+        }
+        let (r, x) = best?;
+        heads[r] += 1;
+        Some(x)
+    })
+}
+
 /// What happened to a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -136,6 +173,16 @@ pub enum Outcome {
 type Shard = HashMap<SplitKey, u32, BuildHasherDefault<KeyHasher>>;
 
 const SHARDS: usize = 4096;
+
+/// Marks a position, not a node, while [`Graph::nodes`] numbers new identities.
+const NEW: u32 = 1 << 31;
+
+/// The result of a scoped thread; a panic in it is raised again here.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
 
 fn shard_of(key: Key) -> usize {
     (key >> 116) as usize
@@ -228,70 +275,187 @@ impl Graph {
         n
     }
 
-    /// The nodes of many identities at once (created when new, numbered in the order of the
-    /// input, like calling [`Graph::node`] on each in turn), several times faster for
-    /// millions: the identities are grouped by shard first, so every shard's table is filled
-    /// while it is in cache rather than touched at random.
-    pub fn nodes(&mut self, ids: &[(u8, Key)]) -> Vec<u32> {
-        // Group input positions by shard (a counting sort).
+    /// The nodes of many identities at once, `kinds[i]` the type of `keys[i]` (created when
+    /// new, numbered in the order of the input, like calling [`Graph::node`] on each in
+    /// turn), several times faster for millions: the identities are grouped by shard first,
+    /// so every shard's table is filled while it is in cache rather than touched at random,
+    /// and the cores share the work (input by ranges, shards by ranges).
+    pub fn nodes(&mut self, kinds: &[u8], keys: &[Key]) -> Vec<u32> {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        self.nodes_on(kinds, keys, threads)
+    }
+
+    fn nodes_on(&mut self, kinds: &[u8], keys: &[Key], threads: usize) -> Vec<u32> {
+        use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+        assert_eq!(kinds.len(), keys.len(), "one type per key");
+        assert!(
+            keys.len() < NEW as usize,
+            "fewer than 2³¹ identities at once"
+        );
+        let n = keys.len();
+        let threads = threads.clamp(1, n.div_ceil(4096).max(1));
+        let chunk = n.div_ceil(threads).max(1);
+        let ranges: Vec<std::ops::Range<usize>> = (0..threads)
+            .map(|t| (t * chunk).min(n)..((t + 1) * chunk).min(n))
+            .collect();
+        // Shards split between the threads, each thread's shards contiguous.
+        let shard_ranges: Vec<std::ops::Range<usize>> = (0..threads)
+            .map(|t| t * SHARDS / threads..(t + 1) * SHARDS / threads)
+            .collect();
+
+        // Group input positions by shard: a counting sort, each thread counting and placing
+        // its own range, so a shard's positions stay in input order.
+        let counts: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|r| {
+                    let keys = &keys[r.clone()];
+                    scope.spawn(move || {
+                        let mut c = vec![0usize; SHARDS];
+                        for k in keys {
+                            c[shard_of(*k)] += 1;
+                        }
+                        c
+                    })
+                })
+                .collect();
+            handles.into_iter().map(join).collect()
+        });
         let mut starts = vec![0usize; SHARDS + 1];
-        for (_, k) in ids {
-            starts[shard_of(*k) + 1] += 1;
-        }
-        for i in 0..SHARDS {
-            starts[i + 1] += starts[i];
-        }
-        let mut order = vec![0u32; ids.len()];
-        let mut fill = starts.clone();
-        for (i, (_, k)) in ids.iter().enumerate() {
-            let s = shard_of(*k);
-            order[fill[s]] = i as u32;
-            fill[s] += 1;
-        }
-        // Per shard: the node of known keys, or the first position of each new key.
-        const NEW: u32 = 1 << 31;
-        let mut found = vec![0u32; ids.len()];
-        let base = self.nodes.len();
+        let mut fills: Vec<Vec<usize>> = vec![vec![0; SHARDS]; threads];
+        let mut at = 0;
         for s in 0..SHARDS {
-            let shard = &mut self.index[s];
-            for &i in &order[starts[s]..starts[s + 1]] {
-                let key = split(ids[i as usize].1);
-                // New keys are entered with their first position, marked, and fixed below.
-                let value = *shard.entry(key).or_insert(NEW | i);
-                found[i as usize] = value;
+            starts[s] = at;
+            for t in 0..threads {
+                fills[t][s] = at;
+                at += counts[t][s];
             }
         }
-        // Number new identities in input order.
-        let mut out = vec![0u32; ids.len()];
-        for (i, (ty, _)) in ids.iter().enumerate() {
-            let f = found[i];
-            out[i] = if f & NEW == 0 {
-                f
-            } else if (f & !NEW) as usize == i {
-                let n = self.nodes.len() as u32;
-                self.nodes.push(Node {
-                    parent: n,
-                    size: 1,
-                    user: NO_USER,
-                    slot: NO_SLOT,
-                    kind: *ty,
-                });
-                n
-            } else {
-                out[(f & !NEW) as usize]
-            };
-        }
-        // Replace the marks left in the shards by the node numbers.
-        if self.nodes.len() > base {
-            for shard in &mut self.index {
-                for v in shard.values_mut() {
-                    if *v & NEW != 0 {
-                        *v = out[(*v & !NEW) as usize];
+        starts[SHARDS] = at;
+        let order: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+        std::thread::scope(|scope| {
+            for (r, mut fill) in ranges.iter().zip(fills) {
+                let (keys, order, first) = (&keys[r.clone()], &order, r.start);
+                scope.spawn(move || {
+                    for (i, k) in keys.iter().enumerate() {
+                        let s = shard_of(*k);
+                        order[fill[s]].store((first + i) as u32, Relaxed);
+                        fill[s] += 1;
                     }
-                }
+                });
             }
+        });
+
+        // Per shard: the node of known keys, or the first position of each new key, marked.
+        let found: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+        let mut rest: &mut [Shard] = &mut self.index;
+        let mut parts = Vec::with_capacity(threads);
+        for r in &shard_ranges {
+            let (part, tail) = rest.split_at_mut(r.len());
+            parts.push(part);
+            rest = tail;
         }
-        out
+        std::thread::scope(|scope| {
+            for (part, r) in parts.iter_mut().zip(&shard_ranges) {
+                let (order, found, starts) = (&order, &found, &starts);
+                let first = r.start;
+                scope.spawn(move || {
+                    for (j, shard) in part.iter_mut().enumerate() {
+                        let s = first + j;
+                        for o in &order[starts[s]..starts[s + 1]] {
+                            let i = o.load(Relaxed);
+                            let value = *shard.entry(split(keys[i as usize])).or_insert(NEW | i);
+                            found[i as usize].store(value, Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        drop(order);
+
+        // New identities are numbered in input order: each range counts its first sightings,
+        // then numbers them from its offset and writes their nodes.
+        let firsts: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|r| {
+                    let (found, r) = (&found, r.clone());
+                    scope.spawn(move || {
+                        r.filter(|&i| found[i].load(Relaxed) == NEW | i as u32)
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(join).collect()
+        });
+        let base = self.nodes.len();
+        let added: usize = firsts.iter().sum();
+        self.nodes.resize(
+            base + added,
+            Node {
+                parent: 0,
+                size: 1,
+                user: NO_USER,
+                slot: NO_SLOT,
+                kind: 0,
+            },
+        );
+        let mut rest: &mut [Node] = &mut self.nodes[base..];
+        let mut offset = base;
+        std::thread::scope(|scope| {
+            for (r, count) in ranges.iter().zip(&firsts) {
+                let (part, tail) = std::mem::take(&mut rest).split_at_mut(*count);
+                rest = tail;
+                let (found, r, mut next) = (&found, r.clone(), offset);
+                offset += count;
+                scope.spawn(move || {
+                    let mut slots = part.iter_mut();
+                    for i in r {
+                        if found[i].load(Relaxed) == NEW | i as u32
+                            && let Some(node) = slots.next()
+                        {
+                            node.parent = next as u32;
+                            node.kind = kinds[i];
+                            found[i].store(next as u32, Relaxed);
+                            next += 1;
+                        }
+                    }
+                });
+            }
+        });
+        // Later sightings of a new identity take the number of its first.
+        std::thread::scope(|scope| {
+            for r in &ranges {
+                let (found, r) = (&found, r.clone());
+                scope.spawn(move || {
+                    for i in r {
+                        let v = found[i].load(Relaxed);
+                        if v & NEW != 0 {
+                            found[i].store(found[(v & !NEW) as usize].load(Relaxed), Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        // Replace the marks left in the shards by the node numbers.
+        if added > 0 {
+            std::thread::scope(|scope| {
+                for part in parts.iter_mut() {
+                    let found = &found;
+                    scope.spawn(move || {
+                        for shard in part.iter_mut() {
+                            for v in shard.values_mut() {
+                                if *v & NEW != 0 {
+                                    *v = found[(*v & !NEW) as usize].load(Relaxed);
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        found.into_iter().map(AtomicU32::into_inner).collect()
     }
 
     /// Loads an identity that already belongs to `user`, without checking rules (the stored
@@ -529,23 +693,47 @@ mod tests {
 
     #[test]
     fn bulk_nodes_match_one_at_a_time() {
-        let ids: Vec<(u8, Key)> = (0..5000u32)
+        let ids: Vec<(u8, Key)> = (0..50_000u32)
             .map(|i| {
-                let ty = (i % 3) as u8;
-                (ty, key(ty, &format!("v{}", i % 3217)))
+                let v = i % 32_173;
+                let ty = (v % 3) as u8;
+                (ty, key(ty, &format!("v{v}")))
             })
             .collect();
+        let (kinds, keys): (Vec<u8>, Vec<Key>) = ids.iter().copied().unzip();
         let mut one = Graph::new(rules());
-        let mut bulk = Graph::new(rules());
-        let known = bulk.node(1, ids[7].1);
         one.node(1, ids[7].1);
         let singles: Vec<u32> = ids.iter().map(|(t, k)| one.node(*t, *k)).collect();
-        let together = bulk.nodes(&ids);
-        assert_eq!(singles, together);
-        assert_eq!(together[7], known);
-        assert_eq!(one.len(), bulk.len());
-        for (_, k) in &ids {
-            assert_eq!(one.find_key(*k), bulk.find_key(*k));
+        for threads in [1, 2, 3, 7] {
+            let mut bulk = Graph::new(rules());
+            let known = bulk.node(1, ids[7].1);
+            let together = bulk.nodes_on(&kinds, &keys, threads);
+            assert_eq!(singles, together, "{threads} threads");
+            assert_eq!(together[7], known);
+            assert_eq!(one.len(), bulk.len());
+            for (i, (t, k)) in ids.iter().enumerate() {
+                assert_eq!(one.find_key(*k), bulk.find_key(*k));
+                let node = bulk.nodes[together[i] as usize];
+                assert_eq!(node.kind, *t);
+                assert_eq!(node.parent, together[i], "a new node is its own root");
+            }
+        }
+    }
+
+    #[test]
+    fn sorted_runs_read_back_in_one_order() {
+        for n in [0usize, 1, 5, 70_000, 200_001] {
+            let items: Vec<u64> = (0..n as u64)
+                .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 1000)
+                .collect();
+            let runs = sorted_runs(items.clone());
+            let mut expected = items;
+            expected.sort();
+            assert_eq!(
+                merged(&runs).copied().collect::<Vec<_>>(),
+                expected,
+                "{n} items"
+            );
         }
     }
 

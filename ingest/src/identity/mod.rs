@@ -25,7 +25,9 @@ use shoal_catalog::{Catalog, CatalogDefinition, CommitNote, IdentityType};
 
 use crate::columns::{for_each_batch, get, get_int, ints, scan, text, text_array};
 use crate::error::{Error, Result};
-pub use graph::{Graph, Key, KeyMap, Link, NO_USER, Outcome, Resolution, TypeRule, key};
+pub use graph::{
+    Graph, Key, KeyMap, Link, NO_USER, Outcome, Resolution, TypeRule, key, merged, sorted_runs,
+};
 pub(crate) use manage::merge_log;
 pub use manage::{ExplainedIdentity, ExplainedLink, Explanation, UnlinkReport, explain, unlink};
 
@@ -319,11 +321,11 @@ pub async fn merge_identities(
         .collect();
     fresh.sort_unstable();
     graph.reserve(fresh.len());
-    let fresh_ids: Vec<(u8, Key)> = fresh.iter().map(|(_, ty, k)| (*ty, *k)).collect();
-    graph.nodes(&fresh_ids);
+    let (kinds, keys): (Vec<u8>, Vec<Key>) = fresh.iter().map(|(_, ty, k)| (*ty, *k)).unzip();
+    graph.nodes(&kinds, &keys);
     report.identities_new = fresh.len() as u64;
 
-    let mut links: Vec<(Link, u16, Key, Key)> = observed
+    let links: Vec<(Link, u16, Key, Key)> = observed
         .edges
         .iter()
         .filter(|((a, b), _)| !settled.contains(&((*a).min(*b), (*a).max(*b))))
@@ -338,12 +340,12 @@ pub async fn merge_identities(
             ))
         })
         .collect();
-    links.sort_unstable();
     report.links_seen = links.len() as u64;
+    let links = graph::sorted_runs(links);
 
     let mut edge_rows = EdgeRows::default();
     let mut merge_reasons: HashMap<u32, String> = HashMap::new();
-    for (link, source, key_a, key_b) in &links {
+    for (link, source, key_a, key_b) in graph::merged(&links) {
         let (a, b) = (link.a, link.b);
         let (ua, ub) = (graph.root_user(a), graph.root_user(b));
         let outcome = graph.link(a, b);
