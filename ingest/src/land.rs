@@ -107,6 +107,17 @@ struct Rejected {
     raw: String,
 }
 
+/// Counts `rejected` in `counts`: as quarantined, and per reason code.
+fn count_rejected(counts: &mut Counts, rejected: &[Rejected]) {
+    counts.quarantined += rejected.len() as u64;
+    for r in rejected {
+        *counts
+            .reasons
+            .entry(r.rejection.code.to_string())
+            .or_insert(0) += 1;
+    }
+}
+
 /// Data files of `batches` or `quarantine` that make a batch compact the table.
 pub const COMPACT_AFTER_FILES: usize = 64;
 
@@ -201,15 +212,9 @@ pub async fn ingest_segment_requests(
         let part = part.finish(&schema)?;
         let mut counts = Counts {
             received: part.received,
-            quarantined: part.rejected.len() as u64,
             ..Counts::default()
         };
-        for r in &part.rejected {
-            *counts
-                .reasons
-                .entry(r.rejection.code.to_string())
-                .or_insert(0) += 1;
-        }
+        count_rejected(&mut counts, &part.rejected);
         let (rows, repeated) = lander.unseen(part.rows, &part.fingerprints)?;
         counts.duplicates += repeated;
         rejected.extend(part.rejected);
@@ -586,8 +591,8 @@ impl<'a> Lander<'a> {
         Ok((rows, repeated))
     }
 
-    /// `batches` without the rows whose message was in `events` before the batch began, and
-    /// how many each batch lost.
+    /// `batches` without the rows whose message `events` already holds (at its newest
+    /// version), and how many each batch lost.
     async fn without_existing(
         &self,
         batches: Vec<RecordBatch>,
@@ -984,13 +989,7 @@ impl<'a> Lander<'a> {
         if rejected.is_empty() {
             return Ok(());
         }
-        for r in &rejected {
-            *counts
-                .reasons
-                .entry(r.rejection.code.to_string())
-                .or_insert(0) += 1;
-        }
-        counts.quarantined += rejected.len() as u64;
+        count_rejected(counts, &rejected);
         let mut table = self.table("quarantine").await?;
         let schema = table.schema()?;
         let now = self.clock.received_at.timestamp_micros();
