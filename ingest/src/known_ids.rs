@@ -27,6 +27,47 @@ pub(crate) fn fingerprint(id: &str) -> u64 {
     twox_hash::XxHash3_128::oneshot(id.as_bytes()) as u64
 }
 
+/// Builds hashers for sets of fingerprints: they are hashes already, so their low 64 bits
+/// are used as they are instead of being hashed again.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Prehashed;
+
+/// See [`Prehashed`].
+#[derive(Debug, Default)]
+pub(crate) struct PrehashedHasher(u64);
+
+impl std::hash::Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys that are not fingerprints; mix them in (FNV-1a).
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
+}
+
+impl std::hash::BuildHasher for Prehashed {
+    type Hasher = PrehashedHasher;
+
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher::default()
+    }
+}
+
+/// A set of fingerprints.
+pub(crate) type Fingerprints<T> = HashSet<T, Prehashed>;
+
 /// Fingerprints of the ids in one `events` table, as of one version.
 pub(crate) struct KnownIds {
     /// The table, at the version the fingerprints cover.
@@ -38,7 +79,7 @@ pub(crate) struct KnownIds {
     /// Fingerprints from the first read, sorted.
     sorted: Vec<u64>,
     /// Fingerprints read since.
-    recent: HashSet<u64>,
+    recent: Fingerprints<u64>,
 }
 
 /// The fingerprints of one table, read when first asked for.
@@ -68,7 +109,7 @@ pub(crate) async fn known_ids(
                 covered: None,
                 files: HashSet::new(),
                 sorted: Vec::new(),
-                recent: HashSet::new(),
+                recent: Fingerprints::default(),
             });
         }
     }

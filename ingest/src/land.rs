@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use chrono::{DateTime, Utc};
@@ -234,9 +234,7 @@ pub async fn ingest_segment_requests(
     let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
     if !batches.is_empty() {
         let mut table = lander.table("events").await?;
-        let version = table
-            .append(vec![sorted_by_time(batches)?], lander.note())
-            .await?;
+        let version = table.append(batches, lander.note()).await?;
         lander.keep(table);
         lander.versions.insert("events".into(), version);
     }
@@ -343,7 +341,7 @@ struct Lander<'a> {
     events_before: Option<shoal_catalog::Table>,
     /// Message ids seen in this batch (every file of it), as 128-bit fingerprints (16 bytes
     /// each, not the id's text): a batch of ten million messages keeps about 300 MB here.
-    seen: HashSet<u128>,
+    seen: crate::known_ids::Fingerprints<u128>,
     /// The `events` commit running while the next chunk is cleaned: at most one at a time,
     /// so commits land in file order.
     events_commit: Option<tokio::task::JoinHandle<Result<u64>>>,
@@ -376,7 +374,7 @@ impl<'a> Lander<'a> {
             },
             versions: BTreeMap::new(),
             events_before: None,
-            seen: HashSet::new(),
+            seen: Default::default(),
             events_commit: None,
             handles: TableHandles::default(),
         })
@@ -551,7 +549,7 @@ impl<'a> Lander<'a> {
     }
 
     /// Lands the rows of `pending` (leaving it empty): dedup against what was there before
-    /// the batch, then one commit, which sorts and writes while the caller goes on.
+    /// the batch, then one commit, which writes while the caller goes on.
     async fn land_events(&mut self, pending: &mut Pending) -> Result<()> {
         let mut batches = std::mem::take(&mut pending.batches);
         pending.rows = 0;
@@ -571,8 +569,7 @@ impl<'a> Lander<'a> {
         let mut table = self.table("events").await?;
         let note = self.note();
         self.events_commit = Some(tokio::spawn(async move {
-            let batch = sorted_by_time(batches)?;
-            Ok(table.append(vec![batch], note).await?)
+            Ok(table.append(batches, note).await?)
         }));
         Ok(())
     }
@@ -1103,23 +1100,103 @@ struct PartContext<'a> {
 #[derive(Default)]
 struct PartBuilder {
     received: u64,
-    rows: Vec<EventRow>,
+    rows: EventColumns,
     fingerprints: Vec<u128>,
     rejected: Vec<Rejected>,
 }
 
 impl PartBuilder {
     fn len(&self) -> usize {
-        self.rows.len() + self.rejected.len()
+        self.rows.rows + self.rejected.len()
     }
 
-    fn finish(self, schema: &SchemaRef) -> Result<Part> {
-        let refs: Vec<&EventRow> = self.rows.iter().collect();
+    fn finish(mut self, schema: &SchemaRef) -> Result<Part> {
         Ok(Part {
             received: self.received,
-            rows: events_batch(schema, &refs)?,
+            rows: self.rows.finish(schema)?,
             fingerprints: self.fingerprints,
             rejected: self.rejected,
+        })
+    }
+}
+
+/// The `events` columns of a part, a row appended as soon as it is cleaned.
+#[derive(Default)]
+struct EventColumns {
+    rows: usize,
+    event_id: StringBuilder,
+    event_name: StringBuilder,
+    event_type: StringBuilder,
+    event_time: Vec<i64>,
+    event_date: Vec<i32>,
+    received_at: Vec<i64>,
+    anonymous_id: StringBuilder,
+    login_id: StringBuilder,
+    source: StringBuilder,
+    page: StringBuilder,
+    item_id: StringBuilder,
+    category: StringBuilder,
+    price: Vec<Option<i64>>,
+    quantity: Vec<Option<i64>>,
+    revenue: Vec<Option<i64>>,
+    channel: StringBuilder,
+    campaign_id: StringBuilder,
+    order_id: StringBuilder,
+    properties: StringBuilder,
+}
+
+impl EventColumns {
+    fn push(&mut self, row: &EventRow, source: &str) {
+        self.rows += 1;
+        self.event_id.append_value(&row.event_id);
+        self.event_name.append_value(&row.event_name);
+        self.event_type.append_value(row.event_type);
+        self.event_time.push(row.event_time);
+        self.event_date.push(row.event_date);
+        self.received_at.push(row.received_at);
+        self.anonymous_id.append_option(row.anonymous_id.as_deref());
+        self.login_id.append_option(row.login_id.as_deref());
+        self.source.append_value(source);
+        self.page.append_option(row.page.as_deref());
+        self.item_id.append_option(row.item_id.as_deref());
+        self.category.append_option(row.category.as_deref());
+        self.price.push(row.price);
+        self.quantity.push(row.quantity);
+        self.revenue.push(row.revenue);
+        self.channel.append_option(row.channel.as_deref());
+        self.campaign_id.append_option(row.campaign_id.as_deref());
+        self.order_id.append_option(row.order_id.as_deref());
+        self.properties.append_option(row.properties.as_deref());
+    }
+
+    /// The rows as a batch of `schema` (columns it has that events do not are null).
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let time = |values: &mut Vec<i64>| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(std::mem::take(values)).with_timezone("UTC"))
+        };
+        build(schema, self.rows, |name| -> Option<ArrayRef> {
+            Some(match name {
+                "event_id" => Arc::new(self.event_id.finish()),
+                "event_name" => Arc::new(self.event_name.finish()),
+                "event_type" => Arc::new(self.event_type.finish()),
+                "event_time" => time(&mut self.event_time),
+                "event_date" => Arc::new(Date32Array::from(std::mem::take(&mut self.event_date))),
+                "received_at" => time(&mut self.received_at),
+                "anonymous_id" => Arc::new(self.anonymous_id.finish()),
+                "login_id" => Arc::new(self.login_id.finish()),
+                "source" => Arc::new(self.source.finish()),
+                "page" => Arc::new(self.page.finish()),
+                "item_id" => Arc::new(self.item_id.finish()),
+                "category" => Arc::new(self.category.finish()),
+                "price" => decimals(std::mem::take(&mut self.price))?,
+                "quantity" => Arc::new(Int64Array::from(std::mem::take(&mut self.quantity))),
+                "revenue" => decimals(std::mem::take(&mut self.revenue))?,
+                "channel" => Arc::new(self.channel.finish()),
+                "campaign_id" => Arc::new(self.campaign_id.finish()),
+                "order_id" => Arc::new(self.order_id.finish()),
+                "properties" => Arc::new(self.properties.finish()),
+                _ => return None,
+            })
         })
     }
 }
@@ -1130,33 +1207,6 @@ fn event_ids(batch: &RecordBatch) -> Result<&StringArray> {
         .column_by_name("event_id")
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         .ok_or_else(|| Error::Internal("events batch without a text event_id".into()))
-}
-
-/// One batch of `batches`' rows ordered by (event_time, event_id), as `events` files are
-/// written.
-fn sorted_by_time(batches: Vec<RecordBatch>) -> Result<RecordBatch> {
-    let fail = |e: arrow::error::ArrowError| Error::Internal(format!("sorting events: {e}"));
-    let schema = batches
-        .first()
-        .map(RecordBatch::schema)
-        .ok_or_else(|| Error::Internal("no events to sort".into()))?;
-    let batch = arrow::compute::concat_batches(&schema, &batches).map_err(fail)?;
-    drop(batches);
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::Internal(format!("events batch without {name}")))
-    };
-    let keys = [column("event_time")?, column("event_id")?]
-        .into_iter()
-        .map(|values| arrow::compute::SortColumn {
-            values,
-            options: None,
-        })
-        .collect::<Vec<_>>();
-    let order = arrow::compute::lexsort_to_indices(&keys, None).map_err(fail)?;
-    arrow::compute::take_record_batch(&batch, &order).map_err(fail)
 }
 
 impl PartBuilder {
@@ -1188,7 +1238,7 @@ impl PartBuilder {
         }
         self.received += 1;
         let parsed = if utf8 {
-            segment::parse_line(text, source, clock)
+            segment::parse_line(text, clock)
         } else {
             Err(Rejection::new(
                 reason::INVALID_JSON,
@@ -1199,7 +1249,7 @@ impl PartBuilder {
             Ok(row) => {
                 self.fingerprints
                     .push(twox_hash::XxHash3_128::oneshot(row.event_id.as_bytes()));
-                self.rows.push(row);
+                self.rows.push(&row, source);
             }
             Err(rejection) => self.rejected.push(Rejected {
                 location: location(),
@@ -1213,9 +1263,29 @@ impl PartBuilder {
 /// Bytes read per block of a JSON-lines file (a block is extended to the end of its last line).
 const BLOCK_BYTES: usize = 4 << 20;
 
+/// Cleans the lines of `text` (whole lines; the first is line `first` of the file) into one
+/// part.
+fn clean_lines(text: &[u8], first: usize, context: &PartContext) -> Result<Part> {
+    let mut builder = PartBuilder::default();
+    let mut lines = text.split(|b| *b == b'\n');
+    if text.last() == Some(&b'\n') {
+        lines.next_back();
+    }
+    for (i, line) in lines.enumerate() {
+        builder.line(
+            line,
+            || Where::Line(first + i).text(context.label),
+            context.source,
+            context.clock,
+        );
+    }
+    builder.finish(context.schema)
+}
+
 /// Reads `file` in blocks of whole lines and sends each block's cleaned records, in file
-/// order; the lines of a block are cleaned on every core. Stops quietly when the receiver is
-/// gone.
+/// order. Each block is cut into one run of lines per core, cleaned by a worker that lives as
+/// long as the file (so its memory is reused from block to block); the next block is read
+/// while the workers clean. Stops quietly when the receiver is gone.
 fn clean_json_blocks(
     file: &Path,
     context: &PartContext,
@@ -1224,93 +1294,114 @@ fn clean_json_blocks(
     let label = context.label;
     let mut reader = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // One buffer for the whole file: the unfinished line at the end of a block moves to the
-    // front and the next read appends to it.
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut carried = 0usize;
-    let mut lines_before = 0usize;
-    let mut first = true;
-    loop {
-        buffer.resize(carried + BLOCK_BYTES, 0);
-        let mut filled = carried;
-        while filled < buffer.len() {
-            match reader.read(&mut buffer[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(file, e)),
-            }
+    std::thread::scope(|scope| {
+        // Each worker is given (lines, number of the first) and answers (part, the buffer).
+        let mut jobs = Vec::with_capacity(workers);
+        let mut answers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (job_tx, job_rx) = std::sync::mpsc::channel::<(Vec<u8>, usize)>();
+            let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+            scope.spawn(move || {
+                for (text, first) in job_rx {
+                    let part = clean_lines(&text, first, context);
+                    if answer_tx.send((part, text)).is_err() {
+                        return;
+                    }
+                }
+            });
+            jobs.push(job_tx);
+            answers.push(answer_rx);
         }
-        let eof = filled < buffer.len();
-        let start = if first && buffer[..filled].starts_with(b"\xef\xbb\xbf") {
-            3
-        } else {
-            0
-        };
-        // The block ends with its last whole line; a line longer than a block makes the
-        // buffer grow until it ends.
-        let end = if eof {
-            filled
-        } else {
-            match buffer[start..filled].iter().rposition(|b| *b == b'\n') {
-                Some(i) => start + i + 1,
-                None => {
-                    carried = filled;
-                    continue;
+        let mut spare: Vec<Vec<u8>> = (0..workers).map(|_| Vec::new()).collect();
+        // Workers cleaning the block before this one, in order.
+        let mut busy: Vec<usize> = Vec::new();
+        // One buffer for the whole file: the unfinished line at the end of a block moves to
+        // the front and the next read appends to it.
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut carried = 0usize;
+        let mut next_line = 1usize;
+        let mut first = true;
+        loop {
+            buffer.resize(carried + BLOCK_BYTES, 0);
+            let mut filled = carried;
+            while filled < buffer.len() {
+                match reader.read(&mut buffer[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::io(file, e)),
                 }
             }
-        };
-        first = false;
-        let block = &buffer[start..end];
-        let mut lines: Vec<&[u8]> = block.split(|b| *b == b'\n').collect();
-        if block.last() == Some(&b'\n') {
-            lines.pop();
-        }
-        let per_worker = lines.len().div_ceil(workers).max(1);
-        let parts: Vec<Part> = std::thread::scope(|scope| {
-            let handles: Vec<_> = lines
-                .chunks(per_worker)
-                .enumerate()
-                .map(|(part, lines)| {
-                    let offset = lines_before + part * per_worker;
-                    scope.spawn(move || {
-                        let mut builder = PartBuilder::default();
-                        for (i, line) in lines.iter().enumerate() {
-                            builder.line(
-                                line,
-                                || Where::Line(offset + i + 1).text(label),
-                                context.source,
-                                context.clock,
-                            );
-                        }
-                        builder.finish(context.schema)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle.join().map_err(|_| {
-                        Error::Internal(format!(
-                            "cleaning {label} from line {}: a worker failed",
-                            lines_before + 1
-                        ))
-                    })?
-                })
-                .collect::<Result<Vec<_>>>()
-        })?;
-        lines_before += lines.len();
-        for part in parts {
-            if tx.blocking_send(Ok(part)).is_err() {
+            let eof = filled < buffer.len();
+            let start = if first && buffer[..filled].starts_with(b"\xef\xbb\xbf") {
+                3
+            } else {
+                0
+            };
+            // The block ends with its last whole line; a line longer than a block makes the
+            // buffer grow until it ends.
+            let end = if eof {
+                filled
+            } else {
+                match memchr::memrchr(b'\n', &buffer[start..filled]) {
+                    Some(i) => start + i + 1,
+                    None => {
+                        carried = filled;
+                        continue;
+                    }
+                }
+            };
+            first = false;
+            // The block before this one is done by now or soon; its parts go out in order.
+            for worker in busy.drain(..) {
+                let (part, text) = answers[worker]
+                    .recv()
+                    .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
+                spare[worker] = text;
+                if tx.blocking_send(part).is_err() {
+                    return Ok(());
+                }
+            }
+            // Cut the block into one run of whole lines per worker.
+            let block = &buffer[start..end];
+            let mut from = 0;
+            for (worker, job) in jobs.iter().enumerate() {
+                if from == block.len() {
+                    break;
+                }
+                let target = from + (block.len() - from).div_ceil(workers - worker);
+                let to = if target >= block.len() {
+                    block.len()
+                } else {
+                    memchr::memchr(b'\n', &block[target - 1..]).map_or(block.len(), |i| target + i)
+                };
+                let lines = &block[from..to];
+                let mut text = std::mem::take(&mut spare[worker]);
+                text.clear();
+                text.extend_from_slice(lines);
+                let count = memchr::memchr_iter(b'\n', lines).count()
+                    + usize::from(lines.last().is_some_and(|b| *b != b'\n'));
+                job.send((text, next_line))
+                    .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
+                busy.push(worker);
+                next_line += count;
+                from = to;
+            }
+            if eof {
+                for worker in busy.drain(..) {
+                    let (part, _) = answers[worker].recv().map_err(|_| {
+                        Error::Internal(format!("cleaning {label}: a worker failed"))
+                    })?;
+                    if tx.blocking_send(part).is_err() {
+                        return Ok(());
+                    }
+                }
                 return Ok(());
             }
+            buffer.copy_within(end..filled, 0);
+            carried = filled - end;
         }
-        if eof {
-            return Ok(());
-        }
-        buffer.copy_within(end..filled, 0);
-        carried = filled - end;
-    }
+    })
 }
 
 /// The lines of a file with their numbers, streamed.
@@ -1411,37 +1502,6 @@ fn build(
         .collect();
     RecordBatch::try_new(schema.clone(), columns)
         .map_err(|e| Error::Internal(format!("building a batch: {e}")))
-}
-
-fn events_batch(schema: &SchemaRef, rows: &[&EventRow]) -> Result<RecordBatch> {
-    build(schema, rows.len(), |name| -> Option<ArrayRef> {
-        Some(match name {
-            "event_id" => texts(rows.iter().map(|r| Some(r.event_id.as_str()))),
-            "event_name" => texts(rows.iter().map(|r| Some(r.event_name.as_str()))),
-            "event_type" => texts(rows.iter().map(|r| Some(r.event_type))),
-            "event_time" => timestamps(rows.iter().map(|r| Some(r.event_time)).collect()),
-            "event_date" => Arc::new(Date32Array::from(
-                rows.iter().map(|r| r.event_date).collect::<Vec<_>>(),
-            )),
-            "received_at" => timestamps(rows.iter().map(|r| Some(r.received_at)).collect()),
-            "anonymous_id" => texts(rows.iter().map(|r| r.anonymous_id.as_deref())),
-            "login_id" => texts(rows.iter().map(|r| r.login_id.as_deref())),
-            "source" => texts(rows.iter().map(|r| Some(r.source.as_str()))),
-            "page" => texts(rows.iter().map(|r| r.page.as_deref())),
-            "item_id" => texts(rows.iter().map(|r| r.item_id.as_deref())),
-            "category" => texts(rows.iter().map(|r| r.category.as_deref())),
-            "price" => decimals(rows.iter().map(|r| r.price).collect())?,
-            "quantity" => Arc::new(Int64Array::from(
-                rows.iter().map(|r| r.quantity).collect::<Vec<_>>(),
-            )),
-            "revenue" => decimals(rows.iter().map(|r| r.revenue).collect())?,
-            "channel" => texts(rows.iter().map(|r| r.channel.as_deref())),
-            "campaign_id" => texts(rows.iter().map(|r| r.campaign_id.as_deref())),
-            "order_id" => texts(rows.iter().map(|r| r.order_id.as_deref())),
-            "properties" => texts(rows.iter().map(|r| r.properties.as_deref())),
-            _ => return None,
-        })
-    })
 }
 
 fn orders_batch(

@@ -10,7 +10,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 use std::borrow::Cow;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::clean::{self, Phone, Rejection, reason};
@@ -18,28 +19,28 @@ use crate::clean::{self, Phone, Rejection, reason};
 /// Segment's limit for one message.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
 
-/// One cleaned event.
+/// One cleaned event. Text borrows from the message's line wherever it can.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventRow {
-    pub event_id: String,
-    pub event_name: String,
+pub struct EventRow<'a> {
+    pub event_id: Cow<'a, str>,
+    pub event_name: Cow<'a, str>,
     pub event_type: &'static str,
     pub event_time: i64,
     pub event_date: i32,
     pub received_at: i64,
-    pub anonymous_id: Option<String>,
-    pub login_id: Option<String>,
-    pub source: String,
-    pub page: Option<String>,
-    pub item_id: Option<String>,
-    pub category: Option<String>,
+    pub anonymous_id: Option<Cow<'a, str>>,
+    pub login_id: Option<Cow<'a, str>>,
+    pub page: Option<Cow<'a, str>>,
+    pub item_id: Option<Cow<'a, str>>,
+    pub category: Option<Cow<'a, str>>,
     pub price: Option<i64>,
     pub quantity: Option<i64>,
     pub revenue: Option<i64>,
-    pub channel: Option<String>,
-    pub campaign_id: Option<String>,
-    pub order_id: Option<String>,
-    pub properties: Option<String>,
+    pub channel: Option<Cow<'a, str>>,
+    pub campaign_id: Option<Cow<'a, str>>,
+    pub order_id: Option<Cow<'a, str>>,
+    /// The message's properties (traits for identify and group) as compact JSON.
+    pub properties: Option<Cow<'a, str>>,
 }
 
 /// Context every message of one batch shares.
@@ -53,31 +54,25 @@ pub struct Clock {
 
 const TYPES: &[&str] = &["track", "page", "screen", "identify", "alias", "group"];
 
-fn string(object: &Map<String, Value>, key: &str) -> Option<String> {
-    match object.get(key) {
-        Some(Value::String(s)) => clean::text(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// A top-level field of a message where Segment expects an id, a name or a time: text (borrowed
-/// from the line when it has no escapes), a number, or anything else (ignored).
+/// A field where Segment expects an id, a name, a time or an amount: text (borrowed from the
+/// line when it has no escapes), a number, null, or anything else.
 #[derive(Debug, Default)]
 enum Scalar<'a> {
     Text(Cow<'a, str>),
     Number(serde_json::Number),
+    Null,
     #[default]
     Other,
 }
 
-impl Scalar<'_> {
+impl<'a> Scalar<'a> {
     /// Text trimmed (empty is absent) or a number's text, as ids are read.
-    fn id(&self) -> Option<String> {
+    fn id(&self) -> Option<Cow<'a, str>> {
         match self {
-            Scalar::Text(s) => clean::text(s),
-            Scalar::Number(n) => Some(n.to_string()),
-            Scalar::Other => None,
+            Scalar::Text(Cow::Borrowed(s)) => trimmed(s).map(Cow::Borrowed),
+            Scalar::Text(Cow::Owned(s)) => trimmed(s).map(|s| Cow::Owned(s.to_string())),
+            Scalar::Number(n) => Some(Cow::Owned(n.to_string())),
+            Scalar::Null | Scalar::Other => None,
         }
     }
 
@@ -87,6 +82,12 @@ impl Scalar<'_> {
             _ => None,
         }
     }
+}
+
+/// Text trimmed; empty is absent.
+fn trimmed(text: &str) -> Option<&str> {
+    let text = text.trim();
+    (!text.is_empty()).then_some(text)
 }
 
 struct ScalarVisitor;
@@ -119,7 +120,7 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Other)
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
+        Ok(Scalar::Null)
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -268,8 +269,8 @@ struct Envelope<'a> {
     name: Option<Scalar<'a>>,
     /// `timestamp`, `sentAt`, `receivedAt`, `originalTimestamp`, in that order of preference.
     times: [Option<Scalar<'a>>; 4],
-    properties: Option<Value>,
-    traits: Option<Value>,
+    properties: Option<&'a RawValue>,
+    traits: Option<&'a RawValue>,
     channel: Option<Scalar<'a>>,
 }
 
@@ -317,13 +318,13 @@ impl<'de> FromEntries<'de> for Envelope<'de> {
     }
 }
 
-fn id(slot: &Option<Scalar<'_>>) -> Option<String> {
+fn id<'a>(slot: &Option<Scalar<'a>>) -> Option<Cow<'a, str>> {
     slot.as_ref().and_then(Scalar::id)
 }
 
 /// Parses one raw line. Only the fields cleaning reads are built; `context` and unknown keys
 /// are checked for JSON syntax and skipped.
-pub fn parse_line(line: &str, source: &str, clock: Clock) -> Result<EventRow, Rejection> {
+pub fn parse_line<'a>(line: &'a str, clock: Clock) -> Result<EventRow<'a>, Rejection> {
     if line.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::new(
             reason::TOO_LARGE,
@@ -341,16 +342,15 @@ pub fn parse_line(line: &str, source: &str, clock: Clock) -> Result<EventRow, Re
             "a message is a JSON object",
         ));
     };
-    clean_message(message, line, source, clock)
+    clean_message(message, line, clock)
 }
 
 /// Cleans one message; `raw` is its text (for the derived id).
-fn clean_message(
-    message: Envelope<'_>,
+fn clean_message<'a>(
+    message: Envelope<'a>,
     raw: &str,
-    source: &str,
     clock: Clock,
-) -> Result<EventRow, Rejection> {
+) -> Result<EventRow<'a>, Rejection> {
     let kind = match message.kind.as_ref().and_then(Scalar::as_str) {
         Some(t) => TYPES
             .iter()
@@ -379,7 +379,7 @@ fn clean_message(
                 "event: a track call needs an event name",
             )
         })?,
-        other => other.to_string(),
+        other => Cow::Borrowed(other),
     };
     let previous_id = id(&message.previous_id);
     if kind == "alias" && previous_id.is_none() {
@@ -406,7 +406,7 @@ fn clean_message(
         Some(id) => id,
         None => {
             let digest = Sha256::digest(raw.as_bytes());
-            format!("sha256:{}", hex(&digest[..16]))
+            Cow::Owned(format!("sha256:{}", hex(&digest[..16])))
         }
     };
 
@@ -416,35 +416,27 @@ fn clean_message(
     } else {
         ("properties", message.properties)
     };
-    let mut payload = match payload {
-        Some(Value::Object(p)) => p,
-        Some(Value::Null) | None => Map::new(),
-        Some(_) => {
-            return Err(Rejection::new(
-                reason::UNKNOWN_VALUE,
-                format!("{payload_key}: must be an object"),
-            ));
-        }
-    };
-    if let Some(Value::String(raw_phone)) = payload.get("phone") {
-        match clean::phone(&format!("{payload_key}.phone"), raw_phone)? {
-            Phone::Valid(e164) => {
-                payload.insert("phone".into(), Value::String(e164));
-            }
-            Phone::Masked | Phone::Missing => {
-                payload.remove("phone");
-            }
+    let mut payload = Payload::read(payload_key, payload)?;
+    if let Some(Scalar::Text(raw_phone)) = payload.scalar("phone") {
+        let field = if payload_key == "traits" {
+            "traits.phone"
+        } else {
+            "properties.phone"
+        };
+        match clean::phone(field, &raw_phone)? {
+            Phone::Valid(e164) => payload.set("phone", e164),
+            Phone::Masked | Phone::Missing => payload.remove("phone"),
         }
     }
-    let fen = |key: &str| -> Result<Option<i64>, Rejection> {
-        match payload.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => {
-                clean::number_fen(&format!("properties.{key}"), n.as_f64().unwrap_or(f64::NAN))
-                    .map(Some)
+    let fen = |key: &'static str| -> Result<Option<i64>, Rejection> {
+        let field = || format!("properties.{key}");
+        match payload.scalar(key) {
+            None | Some(Scalar::Null) => Ok(None),
+            Some(Scalar::Number(n)) => {
+                clean::number_fen(&field(), n.as_f64().unwrap_or(f64::NAN)).map(Some)
             }
-            Some(Value::String(s)) => clean::amount_fen(&format!("properties.{key}"), s).map(Some),
-            Some(_) => Err(Rejection::new(
+            Some(Scalar::Text(s)) => clean::amount_fen(&field(), &s).map(Some),
+            Some(Scalar::Other) => Err(Rejection::new(
                 reason::BAD_AMOUNT,
                 format!("properties.{key}: not a number"),
             )),
@@ -452,39 +444,54 @@ fn clean_message(
     };
     let price = fen("price")?;
     let revenue = fen("revenue")?.or(fen("total")?);
-    let quantity = match payload.get("quantity") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_i64() {
-            Some(q) if (0..=10_000).contains(&q) => Some(q),
-            Some(q) if q < 0 => {
-                return Err(Rejection::new(
-                    reason::NEGATIVE_AMOUNT,
-                    format!("properties.quantity: {q} is negative"),
-                ));
-            }
+    let quantity = match payload.scalar("quantity") {
+        None | Some(Scalar::Null) => None,
+        Some(v) => match v {
+            Scalar::Number(n) => match n.as_i64() {
+                Some(q) if (0..=10_000).contains(&q) => Some(q),
+                Some(q) if q < 0 => {
+                    return Err(Rejection::new(
+                        reason::NEGATIVE_AMOUNT,
+                        format!("properties.quantity: {q} is negative"),
+                    ));
+                }
+                _ => {
+                    return Err(Rejection::new(
+                        reason::OUT_OF_RANGE,
+                        format!("properties.quantity: {n} is not 0..10000"),
+                    ));
+                }
+            },
             _ => {
                 return Err(Rejection::new(
                     reason::OUT_OF_RANGE,
-                    format!("properties.quantity: {v} is not 0..10000"),
+                    format!(
+                        "properties.quantity: {} is not 0..10000",
+                        payload.text("quantity").unwrap_or_default()
+                    ),
                 ));
             }
         },
     };
+    let string = |key: &str| payload.scalar(key).as_ref().and_then(Scalar::id);
     let page = match kind {
-        "page" | "screen" => string(&payload, "path").or_else(|| id(&message.name)),
-        _ => string(&payload, "path"),
+        "page" | "screen" => string("path").or_else(|| id(&message.name)),
+        _ => string("path"),
     };
-    let channel = string(&payload, "channel").or_else(|| {
+    let channel = string("channel").or_else(|| {
         message
             .channel
             .as_ref()
-            .and_then(Scalar::as_str)
-            .and_then(clean::text)
+            .and_then(|c| c.id().filter(|_| c.as_str().is_some()))
     });
+    let item_id = string("item_id").or_else(|| string("product_id"));
+    let category = string("category");
+    let campaign_id = string("campaign_id");
+    let order_id = string("order_id");
     if kind == "alias"
         && let Some(previous) = previous_id
     {
-        payload.insert("previousId".into(), Value::String(previous));
+        payload.set("previousId", previous.into_owned());
     }
     let local = DateTime::from_timestamp_micros(event_time)
         .map(|t| t.with_timezone(&clock.zone).date_naive())
@@ -502,32 +509,229 @@ fn clean_message(
         received_at: clock.received_at.timestamp_micros(),
         anonymous_id,
         login_id,
-        source: source.to_string(),
-        item_id: string(&payload, "item_id").or_else(|| string(&payload, "product_id")),
-        category: string(&payload, "category"),
-        campaign_id: string(&payload, "campaign_id"),
-        order_id: string(&payload, "order_id"),
+        item_id,
+        category,
+        campaign_id,
+        order_id,
         page,
         price,
         quantity,
         revenue,
         channel,
-        properties: (!payload.is_empty()).then(|| compact(&payload, raw.len())),
+        properties: payload.compact(),
     })
 }
 
-/// `payload` as compact JSON text (keys in order, as `Value`'s `Display` writes it), in one
-/// buffer sized from the message it came from.
-fn compact(payload: &Map<String, Value>, hint: usize) -> String {
-    let mut text = Vec::with_capacity(hint);
-    // Writing JSON into memory neither fails nor writes anything but UTF-8; the fallback is
-    // the same text by the slower path.
-    if serde_json::to_writer(&mut text, payload).is_ok()
-        && let Ok(text) = String::from_utf8(text)
-    {
-        return text;
+/// A value of a payload entry: as the message wrote it, or as cleaning rewrote it.
+#[derive(Debug)]
+enum Entry<'a> {
+    Raw(&'a RawValue),
+    Text(String),
+}
+
+/// A message's `properties` or `traits` object, read without building it: its entries in
+/// order, each value as raw JSON text. A repeated key keeps its first place and its last
+/// value, as reading the object into a map does.
+#[derive(Debug, Default)]
+struct Payload<'a> {
+    /// The object's text; `None` for a missing or null payload.
+    raw: Option<&'a str>,
+    entries: Vec<(Cow<'a, str>, Entry<'a>)>,
+    /// The entries no longer say what `raw` says (a repeated key dropped, a value rewritten).
+    changed: bool,
+}
+
+/// The key of an object entry, borrowed from the text when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
     }
-    Value::Object(payload.clone()).to_string()
+}
+
+/// The entries of an object, in order, values unparsed.
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> FromEntries<'de> for Entries<'de> {
+    fn from_entries<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            entries.push((key, map.next_value::<&'de RawValue>()?));
+        }
+        Ok(Entries(entries))
+    }
+}
+
+impl<'a> Payload<'a> {
+    /// Reads the payload named `key` (`properties` or `traits`): an object, null or absent.
+    fn read(key: &str, raw: Option<&'a RawValue>) -> Result<Self, Rejection> {
+        let Some(raw) = raw.filter(|r| r.get() != "null") else {
+            return Ok(Payload::default());
+        };
+        let not_object =
+            || Rejection::new(reason::UNKNOWN_VALUE, format!("{key}: must be an object"));
+        let Object::<Entries>(entries) =
+            serde_json::from_str(raw.get()).map_err(|_| not_object())?;
+        let mut entries = entries.ok_or_else(not_object)?.0;
+        let mut changed = false;
+        if has_repeats(&entries) {
+            changed = true;
+            let mut kept: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(entries.len());
+            for (key, value) in entries {
+                match kept.iter_mut().find(|(k, _)| *k == key) {
+                    Some(slot) => slot.1 = value,
+                    None => kept.push((key, value)),
+                }
+            }
+            entries = kept;
+        }
+        Ok(Payload {
+            raw: Some(raw.get()),
+            entries: entries
+                .into_iter()
+                .map(|(k, v)| (k, Entry::Raw(v)))
+                .collect(),
+            changed,
+        })
+    }
+
+    fn entry(&self, key: &str) -> Option<&Entry<'a>> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The value of `key` as a scalar (text borrowed from the line where it can be).
+    fn scalar(&self, key: &str) -> Option<Scalar<'a>> {
+        match self.entry(key)? {
+            Entry::Raw(raw) => Some(serde_json::from_str(raw.get()).unwrap_or(Scalar::Other)),
+            Entry::Text(text) => Some(Scalar::Text(Cow::Owned(text.clone()))),
+        }
+    }
+
+    /// The JSON text of `key`'s value.
+    fn text(&self, key: &str) -> Option<String> {
+        match self.entry(key)? {
+            Entry::Raw(raw) => Some(compact_json(raw.get()).into_owned()),
+            Entry::Text(text) => Some(Value::from(text.as_str()).to_string()),
+        }
+    }
+
+    /// Sets `key` to the string `value`, in its place or at the end.
+    fn set(&mut self, key: &'static str, value: String) {
+        self.changed = true;
+        match self.entries.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = Entry::Text(value),
+            None => self.entries.push((Cow::Borrowed(key), Entry::Text(value))),
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.changed = true;
+        self.entries.retain(|(k, _)| k != key);
+    }
+
+    /// The payload as compact JSON, keys in the message's order; `None` when it has no
+    /// entries. The message's own text when nothing changed and it has no spaces to drop.
+    fn compact(&self) -> Option<Cow<'a, str>> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        if !self.changed {
+            return self.raw.map(compact_json);
+        }
+        let mut text = String::with_capacity(self.raw.map_or(64, str::len));
+        text.push('{');
+        for (i, (key, value)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            push_json_string(&mut text, key);
+            text.push(':');
+            match value {
+                Entry::Raw(raw) => text.push_str(&compact_json(raw.get())),
+                Entry::Text(value) => push_json_string(&mut text, value),
+            }
+        }
+        text.push('}');
+        Some(Cow::Owned(text))
+    }
+}
+
+/// Whether some key appears twice.
+fn has_repeats<T>(entries: &[(Cow<'_, str>, T)]) -> bool {
+    if entries.len() <= 16 {
+        return entries
+            .iter()
+            .enumerate()
+            .any(|(i, (k, _))| entries[..i].iter().any(|(other, _)| other == k));
+    }
+    let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|w| w[0] == w[1])
+}
+
+fn push_json_string(text: &mut String, value: &str) {
+    // A string always serialises.
+    text.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// Valid JSON text without the whitespace between tokens; borrowed when it has none.
+fn compact_json(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut out: Option<Vec<u8>> = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        let keep = if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            true
+        } else if b == b'"' {
+            in_string = true;
+            true
+        } else {
+            !matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+        };
+        match (&mut out, keep) {
+            (Some(out), true) => out.push(b),
+            (Some(_), false) => {}
+            (None, true) => {}
+            (None, false) => {
+                let mut started = Vec::with_capacity(bytes.len());
+                started.extend_from_slice(&bytes[..i]);
+                out = Some(started);
+            }
+        }
+    }
+    match out {
+        // Only ASCII whitespace outside strings was dropped, so the text is still UTF-8.
+        Some(out) => Cow::Owned(
+            String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        None => Cow::Borrowed(text),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -538,6 +742,16 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use serde_json::Map;
+
+    /// What an id field of `object` reads as, by way of a whole `serde_json::Value`.
+    fn string(object: &Map<String, Value>, key: &str) -> Option<String> {
+        match object.get(key) {
+            Some(Value::String(s)) => clean::text(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+    }
 
     fn clock() -> Clock {
         Clock {
@@ -552,7 +766,7 @@ mod tests {
     #[test]
     fn a_track_call_becomes_an_event() {
         let line = r#"{"type":"track","messageId":"m-1","anonymousId":"a-1","userId":"u-1","event":"view_item","timestamp":"2026-10-31T17:30:00Z","properties":{"item_id":"WP-600G","category":"净水器","price":2499.0,"quantity":1},"context":{"channel":"web"}}"#;
-        let row = parse_line(line, "segment", clock()).expect("clean");
+        let row = parse_line(line, clock()).expect("clean");
         assert_eq!(row.event_id, "m-1");
         assert_eq!(row.event_name, "view_item");
         assert_eq!(row.event_type, "track");
@@ -569,13 +783,13 @@ mod tests {
     #[test]
     fn identify_phones_are_normalised_and_bad_ones_refused() {
         let line = r#"{"type":"identify","messageId":"m-2","anonymousId":"a-1","userId":"u-1","timestamp":"2026-10-01T00:00:00Z","traits":{"phone":"138-1234-5678","gender":"male"}}"#;
-        let row = parse_line(line, "segment", clock()).expect("clean");
+        let row = parse_line(line, clock()).expect("clean");
         assert_eq!(row.event_name, "identify");
         let traits: Value =
             serde_json::from_str(row.properties.as_deref().expect("traits")).expect("json");
         assert_eq!(traits["phone"], "+8613812345678");
         let bad = line.replace("138-1234-5678", "138abcd5678");
-        let err = parse_line(&bad, "segment", clock()).expect_err("bad phone");
+        let err = parse_line(&bad, clock()).expect_err("bad phone");
         assert_eq!(err.code, reason::BAD_PHONE);
         assert!(err.message.contains("traits.phone"));
     }
@@ -621,7 +835,7 @@ mod tests {
             (r#"[1,2]"#, reason::INVALID_JSON, "object"),
         ];
         for (line, code, field) in cases {
-            let err = parse_line(line, "segment", clock()).expect_err(line);
+            let err = parse_line(line, clock()).expect_err(line);
             assert_eq!(err.code, code, "{line}");
             assert!(
                 err.message.contains(field),
@@ -634,9 +848,7 @@ mod tests {
             "x".repeat(MAX_MESSAGE_BYTES)
         );
         assert_eq!(
-            parse_line(&huge, "segment", clock())
-                .expect_err("huge")
-                .code,
+            parse_line(&huge, clock()).expect_err("huge").code,
             reason::TOO_LARGE
         );
     }
@@ -645,11 +857,12 @@ mod tests {
     fn messages_without_an_id_get_a_stable_one() {
         let line =
             r#"{"type":"track","anonymousId":"a","event":"x","timestamp":"2026-10-01T00:00:00Z"}"#;
-        let a = parse_line(line, "segment", clock()).expect("a");
-        let b = parse_line(line, "segment", clock()).expect("b");
+        let a = parse_line(line, clock()).expect("a");
+        let b = parse_line(line, clock()).expect("b");
         assert_eq!(a.event_id, b.event_id);
         assert!(a.event_id.starts_with("sha256:"));
-        let other = parse_line(&line.replace("\"x\"", "\"y\""), "segment", clock()).expect("c");
+        let changed = line.replace("\"x\"", "\"y\"");
+        let other = parse_line(&changed, clock()).expect("c");
         assert_ne!(a.event_id, other.event_id);
     }
 
@@ -659,7 +872,7 @@ mod tests {
             "integrations":{"All":true,"x":[1,{"a":null}]},"timestamp":5,
             "sentAt":"2026-10-01T00:00:00Z","context":{"channel":"web","channel":" app "},
             "traits":"not looked at for a track call","properties":{"price":"1.50"}}"#;
-        let row = parse_line(line, "segment", clock()).expect("clean");
+        let row = parse_line(line, clock()).expect("clean");
         assert_eq!(
             row.event_name, "café",
             "the last repeated key wins, escapes decoded"
@@ -678,7 +891,7 @@ mod tests {
             "a timestamp that is not text is passed over for sentAt"
         );
         let page = r#"{"type":"page","anonymousId":"a","name":"首页","context":"web","timestamp":"2026-10-01T00:00:00Z"}"#;
-        let row = parse_line(page, "segment", clock()).expect("page");
+        let row = parse_line(page, clock()).expect("page");
         assert_eq!(row.page.as_deref(), Some("首页"));
         assert_eq!(row.channel, None);
         for (not_object, expected) in [
@@ -688,7 +901,7 @@ mod tests {
             ("{\"type\":", "not JSON"),
             ("{\"type\":\"track\"} x", "not JSON"),
         ] {
-            let err = parse_line(not_object, "segment", clock()).expect_err(not_object);
+            let err = parse_line(not_object, clock()).expect_err(not_object);
             assert_eq!(err.code, reason::INVALID_JSON, "{not_object}");
             assert!(
                 err.message.contains(expected),
@@ -700,7 +913,9 @@ mod tests {
 
     mod envelope {
         use super::super::*;
+        use super::string;
         use proptest::prelude::*;
+        use serde_json::Map;
 
         const KEYS: &[&str] = &[
             "type",
@@ -743,6 +958,48 @@ mod tests {
             })
         }
 
+        /// Payload keys: ones cleaning reads, others, and one that needs an escape.
+        const PAYLOAD_KEYS: &[&str] = &["channel", "path", "item_id", "k", "q\"", "x y"];
+
+        proptest! {
+            /// A payload, however it is spaced and whatever it repeats, reads as a whole
+            /// `serde_json::Value` of it does, and is written back as compact JSON of the same
+            /// object.
+            #[test]
+            fn a_payload_reads_and_writes_what_a_json_value_holds(
+                pairs in prop::collection::vec((prop::sample::select(PAYLOAD_KEYS.to_vec()), value()), 0..20),
+                spaced in any::<bool>(),
+            ) {
+                let (comma, colon) = if spaced { (" ,\n ", " : ") } else { (",", ":") };
+                let text = format!(
+                    "{{{}}}",
+                    pairs
+                        .iter()
+                        .map(|(k, v)| {
+                            let v = if spaced { serde_json::to_string_pretty(v).expect("json") } else { v.to_string() };
+                            format!("{}{colon}{v}", Value::from(*k))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(comma)
+                );
+                let whole: Map<String, Value> = serde_json::from_str(&text).expect("object");
+                let raw: &RawValue = serde_json::from_str(&text).expect("raw");
+                let payload = Payload::read("properties", Some(raw)).expect("an object");
+                for key in PAYLOAD_KEYS {
+                    let read = payload.scalar(key).as_ref().and_then(Scalar::id).map(Cow::into_owned);
+                    prop_assert_eq!(read, string(&whole, key), "{}", key);
+                }
+                match payload.compact() {
+                    None => prop_assert!(whole.is_empty()),
+                    Some(compact) => {
+                        let back: Map<String, Value> = serde_json::from_str(&compact).expect("compact JSON");
+                        prop_assert_eq!(&back, &whole);
+                        prop_assert!(matches!(compact_json(&compact), Cow::Borrowed(_)), "{}", compact);
+                    }
+                }
+            }
+        }
+
         proptest! {
             /// Whatever the keys, their order, repeats and value shapes, the envelope reads what
             /// a whole `serde_json::Value` of the same text holds.
@@ -771,7 +1028,7 @@ mod tests {
                     ("name", &e.name),
                 ];
                 for (key, slot) in slots {
-                    prop_assert_eq!(id(slot), string(&whole, key), "{}", key);
+                    prop_assert_eq!(id(slot).map(Cow::into_owned), string(&whole, key), "{}", key);
                 }
                 let as_str = |slot: &Option<Scalar>| slot.as_ref().and_then(Scalar::as_str).map(str::to_string);
                 prop_assert_eq!(as_str(&e.kind), whole.get("type").and_then(Value::as_str).map(str::to_string));
@@ -782,8 +1039,10 @@ mod tests {
                     as_str(&e.channel),
                     whole.get("context").and_then(|c| c.get("channel")).and_then(Value::as_str).map(str::to_string)
                 );
-                prop_assert_eq!(e.properties.as_ref(), whole.get("properties"));
-                prop_assert_eq!(e.traits.as_ref(), whole.get("traits"));
+                let parsed = |raw: Option<&RawValue>| raw.map(|r| serde_json::from_str::<Value>(r.get()).expect("raw JSON"));
+                let (properties, traits) = (parsed(e.properties), parsed(e.traits));
+                prop_assert_eq!(properties.as_ref(), whole.get("properties"));
+                prop_assert_eq!(traits.as_ref(), whole.get("traits"));
             }
         }
     }
