@@ -1136,9 +1136,9 @@ struct EventColumns {
     page: StringBuilder,
     item_id: StringBuilder,
     category: StringBuilder,
-    price: Vec<Option<i64>>,
+    price: Vec<Option<i128>>,
     quantity: Vec<Option<i64>>,
-    revenue: Vec<Option<i64>>,
+    revenue: Vec<Option<i128>>,
     channel: StringBuilder,
     campaign_id: StringBuilder,
     order_id: StringBuilder,
@@ -1160,9 +1160,9 @@ impl EventColumns {
         self.page.append_option(row.page.as_deref());
         self.item_id.append_option(row.item_id.as_deref());
         self.category.append_option(row.category.as_deref());
-        self.price.push(row.price);
+        self.price.push(row.price.map(i128::from));
         self.quantity.push(row.quantity);
-        self.revenue.push(row.revenue);
+        self.revenue.push(row.revenue.map(i128::from));
         self.channel.append_option(row.channel.as_deref());
         self.campaign_id.append_option(row.campaign_id.as_deref());
         self.order_id.append_option(row.order_id.as_deref());
@@ -1173,6 +1173,12 @@ impl EventColumns {
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
         let time = |values: &mut Vec<i64>| -> ArrayRef {
             Arc::new(TimestampMicrosecondArray::from(std::mem::take(values)).with_timezone("UTC"))
+        };
+        let amounts = |values: &mut Vec<Option<i128>>| -> Option<ArrayRef> {
+            Decimal128Array::from(std::mem::take(values))
+                .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)
+                .ok()
+                .map(|a| Arc::new(a) as ArrayRef)
         };
         build(schema, self.rows, |name| -> Option<ArrayRef> {
             Some(match name {
@@ -1188,9 +1194,9 @@ impl EventColumns {
                 "page" => Arc::new(self.page.finish()),
                 "item_id" => Arc::new(self.item_id.finish()),
                 "category" => Arc::new(self.category.finish()),
-                "price" => decimals(std::mem::take(&mut self.price))?,
+                "price" => amounts(&mut self.price)?,
                 "quantity" => Arc::new(Int64Array::from(std::mem::take(&mut self.quantity))),
-                "revenue" => decimals(std::mem::take(&mut self.revenue))?,
+                "revenue" => amounts(&mut self.revenue)?,
                 "channel" => Arc::new(self.channel.finish()),
                 "campaign_id" => Arc::new(self.campaign_id.finish()),
                 "order_id" => Arc::new(self.order_id.finish()),

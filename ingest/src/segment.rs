@@ -694,6 +694,11 @@ fn push_json_string(text: &mut String, value: &str) {
 /// Valid JSON text without the whitespace between tokens; borrowed when it has none.
 fn compact_json(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
+    if memchr::memchr3(b' ', b'\n', b'\t', bytes).is_none()
+        && memchr::memchr(b'\r', bytes).is_none()
+    {
+        return Cow::Borrowed(text);
+    }
     let mut in_string = false;
     let mut escaped = false;
     let mut out: Option<Vec<u8>> = None;
