@@ -1171,32 +1171,23 @@ impl EventColumns {
 
     /// The rows as a batch of `schema` (columns it has that events do not are null).
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let time = |values: &mut Vec<i64>| -> ArrayRef {
-            Arc::new(TimestampMicrosecondArray::from(std::mem::take(values)).with_timezone("UTC"))
-        };
-        let amounts = |values: &mut Vec<Option<i128>>| -> Option<ArrayRef> {
-            Decimal128Array::from(std::mem::take(values))
-                .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)
-                .ok()
-                .map(|a| Arc::new(a) as ArrayRef)
-        };
         build(schema, self.rows, |name| -> Option<ArrayRef> {
             Some(match name {
                 "event_id" => Arc::new(self.event_id.finish()),
                 "event_name" => Arc::new(self.event_name.finish()),
                 "event_type" => Arc::new(self.event_type.finish()),
-                "event_time" => time(&mut self.event_time),
+                "event_time" => timestamps(std::mem::take(&mut self.event_time)),
                 "event_date" => Arc::new(Date32Array::from(std::mem::take(&mut self.event_date))),
-                "received_at" => time(&mut self.received_at),
+                "received_at" => timestamps(std::mem::take(&mut self.received_at)),
                 "anonymous_id" => Arc::new(self.anonymous_id.finish()),
                 "login_id" => Arc::new(self.login_id.finish()),
                 "source" => Arc::new(self.source.finish()),
                 "page" => Arc::new(self.page.finish()),
                 "item_id" => Arc::new(self.item_id.finish()),
                 "category" => Arc::new(self.category.finish()),
-                "price" => amounts(&mut self.price)?,
+                "price" => decimals(std::mem::take(&mut self.price))?,
                 "quantity" => Arc::new(Int64Array::from(std::mem::take(&mut self.quantity))),
-                "revenue" => amounts(&mut self.revenue)?,
+                "revenue" => decimals(std::mem::take(&mut self.revenue))?,
                 "channel" => Arc::new(self.channel.finish()),
                 "campaign_id" => Arc::new(self.campaign_id.finish()),
                 "order_id" => Arc::new(self.order_id.finish()),
@@ -1359,14 +1350,8 @@ fn clean_json_blocks(
             };
             first = false;
             // The block before this one is done by now or soon; its parts go out in order.
-            for worker in busy.drain(..) {
-                let (part, text) = answers[worker]
-                    .recv()
-                    .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
-                spare[worker] = text;
-                if tx.blocking_send(part).is_err() {
-                    return Ok(());
-                }
+            if !deliver(&mut busy, &answers, &mut spare, tx, label)? {
+                return Ok(());
             }
             // Cut the block into one run of whole lines per worker.
             let block = &buffer[start..end];
@@ -1394,20 +1379,37 @@ fn clean_json_blocks(
                 from = to;
             }
             if eof {
-                for worker in busy.drain(..) {
-                    let (part, _) = answers[worker].recv().map_err(|_| {
-                        Error::Internal(format!("cleaning {label}: a worker failed"))
-                    })?;
-                    if tx.blocking_send(part).is_err() {
-                        return Ok(());
-                    }
-                }
+                deliver(&mut busy, &answers, &mut spare, tx, label)?;
                 return Ok(());
             }
             buffer.copy_within(end..filled, 0);
             carried = filled - end;
         }
     })
+}
+
+/// What a cleaning worker answers: the part, and the buffer it was given back.
+type Answer = (Result<Part>, Vec<u8>);
+
+/// Sends the parts of the workers in `busy` on, in order, and keeps their buffers in `spare`.
+/// False when the receiver is gone.
+fn deliver(
+    busy: &mut Vec<usize>,
+    answers: &[std::sync::mpsc::Receiver<Answer>],
+    spare: &mut [Vec<u8>],
+    tx: &tokio::sync::mpsc::Sender<Result<Part>>,
+    label: &str,
+) -> Result<bool> {
+    for worker in busy.drain(..) {
+        let (part, text) = answers[worker]
+            .recv()
+            .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
+        spare[worker] = text;
+        if tx.blocking_send(part).is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The lines of a file with their numbers, streamed.
@@ -1467,20 +1469,20 @@ fn record_hash(row: &OrderRow) -> String {
         .collect()
 }
 
-fn timestamps(values: Vec<Option<i64>>) -> ArrayRef {
+/// UTC timestamps from microseconds (`i64` or `Option<i64>`).
+fn timestamps<T>(values: Vec<T>) -> ArrayRef
+where
+    TimestampMicrosecondArray: From<Vec<T>>,
+{
     Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
 }
 
-fn decimals(values: Vec<Option<i64>>) -> Option<ArrayRef> {
-    Decimal128Array::from(
-        values
-            .into_iter()
-            .map(|v| v.map(i128::from))
-            .collect::<Vec<_>>(),
-    )
-    .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)
-    .ok()
-    .map(|a| Arc::new(a) as ArrayRef)
+/// Amounts in the warehouse's decimal type, from fen.
+fn decimals(values: Vec<Option<i128>>) -> Option<ArrayRef> {
+    Decimal128Array::from(values)
+        .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)
+        .ok()
+        .map(|a| Arc::new(a) as ArrayRef)
 }
 
 fn texts<'a>(values: impl Iterator<Item = Option<&'a str>> + Clone) -> ArrayRef {
@@ -1525,8 +1527,12 @@ fn orders_batch(
             "buyer_nick" => texts(rows.iter().map(|(r, _)| r.buyer_nick.as_deref())),
             "fans_id" => texts(rows.iter().map(|(r, _)| r.fans_id.as_deref())),
             "phone" => texts(rows.iter().map(|(r, _)| r.phone.as_deref())),
-            "amount" => decimals(rows.iter().map(|(r, _)| Some(r.amount)).collect())?,
-            "refund_amount" => decimals(rows.iter().map(|(r, _)| r.refund_amount).collect())?,
+            "amount" => decimals(rows.iter().map(|(r, _)| Some(r.amount.into())).collect())?,
+            "refund_amount" => decimals(
+                rows.iter()
+                    .map(|(r, _)| r.refund_amount.map(i128::from))
+                    .collect(),
+            )?,
             "status" => texts(rows.iter().map(|(r, _)| Some(r.status))),
             "created_at" => timestamps(rows.iter().map(|(r, _)| Some(r.created_at)).collect()),
             "paid_at" => timestamps(rows.iter().map(|(r, _)| r.paid_at).collect()),

@@ -446,32 +446,30 @@ fn clean_message<'a>(
     let revenue = fen("revenue")?.or(fen("total")?);
     let quantity = match payload.scalar("quantity") {
         None | Some(Scalar::Null) => None,
-        Some(v) => match v {
-            Scalar::Number(n) => match n.as_i64() {
-                Some(q) if (0..=10_000).contains(&q) => Some(q),
-                Some(q) if q < 0 => {
-                    return Err(Rejection::new(
-                        reason::NEGATIVE_AMOUNT,
-                        format!("properties.quantity: {q} is negative"),
-                    ));
-                }
-                _ => {
-                    return Err(Rejection::new(
-                        reason::OUT_OF_RANGE,
-                        format!("properties.quantity: {n} is not 0..10000"),
-                    ));
-                }
-            },
+        Some(Scalar::Number(n)) => match n.as_i64() {
+            Some(q) if (0..=10_000).contains(&q) => Some(q),
+            Some(q) if q < 0 => {
+                return Err(Rejection::new(
+                    reason::NEGATIVE_AMOUNT,
+                    format!("properties.quantity: {q} is negative"),
+                ));
+            }
             _ => {
                 return Err(Rejection::new(
                     reason::OUT_OF_RANGE,
-                    format!(
-                        "properties.quantity: {} is not 0..10000",
-                        payload.text("quantity").unwrap_or_default()
-                    ),
+                    format!("properties.quantity: {n} is not 0..10000"),
                 ));
             }
         },
+        Some(_) => {
+            return Err(Rejection::new(
+                reason::OUT_OF_RANGE,
+                format!(
+                    "properties.quantity: {} is not 0..10000",
+                    payload.text("quantity").unwrap_or_default()
+                ),
+            ));
+        }
     };
     let string = |key: &str| payload.scalar(key).as_ref().and_then(Scalar::id);
     let page = match kind {
@@ -826,6 +824,26 @@ mod tests {
                 r#"{"type":"track","messageId":"m","anonymousId":"a","event":"purchase","timestamp":"2026-10-01T00:00:00Z","properties":{"revenue":-10}}"#,
                 reason::NEGATIVE_AMOUNT,
                 "revenue",
+            ),
+            (
+                r#"{"type":"track","messageId":"m","anonymousId":"a","event":"buy","timestamp":"2026-10-01T00:00:00Z","properties":{"quantity":-1}}"#,
+                reason::NEGATIVE_AMOUNT,
+                "quantity",
+            ),
+            (
+                r#"{"type":"track","messageId":"m","anonymousId":"a","event":"buy","timestamp":"2026-10-01T00:00:00Z","properties":{"quantity":"two"}}"#,
+                reason::OUT_OF_RANGE,
+                "\"two\"",
+            ),
+            (
+                r#"{"type":"track","messageId":"m","anonymousId":"a","event":"buy","timestamp":"2026-10-01T00:00:00Z","properties":{"price":true}}"#,
+                reason::BAD_AMOUNT,
+                "price",
+            ),
+            (
+                r#"{"type":"identify","messageId":"m","anonymousId":"a","timestamp":"2026-10-01T00:00:00Z","traits":[1]}"#,
+                reason::UNKNOWN_VALUE,
+                "traits",
             ),
             (
                 r#"{"type":"shout","messageId":"m","anonymousId":"a"}"#,
