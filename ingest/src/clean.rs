@@ -250,8 +250,13 @@ pub fn number_fen(field: &str, value: f64) -> Result<i64, Rejection> {
 
 /// Trims text; empty becomes `None`.
 pub fn text(raw: &str) -> Option<String> {
+    trimmed(raw).map(str::to_string)
+}
+
+/// [`text`] without the copy.
+pub fn trimmed(raw: &str) -> Option<&str> {
     let trimmed = raw.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
+    (!trimmed.is_empty()).then_some(trimmed)
 }
 
 #[cfg(test)]

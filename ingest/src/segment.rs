@@ -14,7 +14,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::clean::{self, Phone, Rejection, reason};
+use crate::clean::{self, Phone, Rejection, reason, trimmed};
 
 /// Segment's limit for one message.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -82,12 +82,6 @@ impl<'a> Scalar<'a> {
             _ => None,
         }
     }
-}
-
-/// Text trimmed; empty is absent.
-fn trimmed(text: &str) -> Option<&str> {
-    let text = text.trim();
-    (!text.is_empty()).then_some(text)
 }
 
 struct ScalarVisitor;
@@ -592,10 +586,15 @@ impl<'a> Payload<'a> {
         if has_repeats(&entries) {
             changed = true;
             let mut kept: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::with_capacity(entries.len());
+            let mut place: std::collections::HashMap<Cow<'a, str>, usize> =
+                std::collections::HashMap::with_capacity(entries.len());
             for (key, value) in entries {
-                match kept.iter_mut().find(|(k, _)| *k == key) {
-                    Some(slot) => slot.1 = value,
-                    None => kept.push((key, value)),
+                match place.get(&key) {
+                    Some(&i) => kept[i].1 = value,
+                    None => {
+                        place.insert(key.clone(), kept.len());
+                        kept.push((key, value));
+                    }
                 }
             }
             entries = kept;
