@@ -465,7 +465,8 @@ impl<'a> Lander<'a> {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
         let schema = self.events_schema().await?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Part>>(8);
+        // Few parts wait: with messages of kilobytes a part is tens of megabytes.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Part>>(2);
         let reader = tokio::task::spawn_blocking({
             let file = file.to_path_buf();
             let label = label.to_string();
