@@ -379,8 +379,10 @@ impl Catalog {
 
     /// Opens the latest snapshot of a table the catalog defines.
     pub async fn table(&self, name: &str) -> Result<Table> {
-        self.definition.table(name)?;
-        Table::open(&self.warehouse, name).await
+        let distinct = self.definition.table(name)?.distinct_columns();
+        Ok(Table::open(&self.warehouse, name)
+            .await?
+            .with_distinct_columns(distinct))
     }
 
     /// Every saved revision, newest first.

@@ -279,6 +279,20 @@ impl TableDefinition {
     pub fn field(&self, name: &str) -> Option<&FieldStandard> {
         self.fields.iter().find(|f| f.name == name)
     }
+
+    /// Columns whose values are nearly all distinct: JSON documents, and the key when it is
+    /// one column. A dictionary of their values would only grow until Parquet gives it up.
+    pub fn distinct_columns(&self) -> Vec<String> {
+        let key = match self.key.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        };
+        self.fields
+            .iter()
+            .filter(|f| f.value_type == ValueType::Json || Some(&f.name) == key)
+            .map(|f| f.name.clone())
+            .collect()
+    }
 }
 
 /// A named condition tree analysts reuse by name (`{"derived": "middle_aged_male"}`).

@@ -17,6 +17,7 @@ use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
@@ -40,9 +41,14 @@ const DELTA_RS_INTERVAL: u64 = 100;
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// How every data file is written: Delta's own defaults (Snappy, statistics per page) with
-/// row groups of [`ROW_GROUP_ROWS`].
-fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// row groups of [`ROW_GROUP_ROWS`], and no dictionary for the columns in `plain` (values
+/// nearly all distinct: a dictionary would cost memory and time until Parquet falls back).
+fn writer_properties(plain: &[String]) -> WriterProperties {
+    plain
+        .iter()
+        .fold(WriterProperties::builder(), |builder, column| {
+            builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false)
+        })
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build()
@@ -106,6 +112,8 @@ impl deltalake::parquet::arrow::async_reader::AsyncFileReader for StoredFile {
 pub struct Table {
     name: String,
     delta: DeltaTable,
+    /// Columns written without a dictionary (see [`Table::with_distinct_columns`]).
+    plain: Vec<String>,
 }
 
 /// One entry of a table's history.
@@ -213,6 +221,7 @@ impl Table {
             let table = Table {
                 name: name.to_string(),
                 delta,
+                plain: Vec::new(),
             };
             return table.add_missing_columns(&schema).await;
         }
@@ -232,6 +241,7 @@ impl Table {
         Ok(Table {
             name: name.to_string(),
             delta,
+            plain: Vec::new(),
         })
     }
 
@@ -263,6 +273,7 @@ impl Table {
             Ok(()) => Ok(Table {
                 name: name.to_string(),
                 delta,
+                plain: Vec::new(),
             }),
             Err(DeltaTableError::NotATable(_)) => Err(Error::UnknownTable {
                 name: name.to_string(),
@@ -316,6 +327,13 @@ impl Table {
             object_store::ObjectStoreExt::head(&store, &object_store::path::Path::from(next)).await,
             Err(object_store::Error::NotFound { .. })
         )
+    }
+
+    /// This handle, writing `columns` without a Parquet dictionary from now on: columns
+    /// whose values are nearly all distinct (see `TableDefinition::distinct_columns`).
+    pub fn with_distinct_columns(mut self, columns: Vec<String>) -> Self {
+        self.plain = columns;
+        self
     }
 
     /// The table's name.
@@ -465,7 +483,7 @@ impl Table {
             .with_input_plan(plan)
             .with_session_state(Arc::new(state))
             .with_save_mode(SaveMode::Overwrite)
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(&self.plain))
             .with_partition_columns(partitions)
             .with_commit_properties(note.properties())
             .await
@@ -481,7 +499,7 @@ impl Table {
             .clone()
             .delete()
             .with_predicate(predicate)
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(&self.plain))
             .with_commit_properties(note.properties())
             .await
             .map_err(|e| self.write_error(e))?;
@@ -519,7 +537,7 @@ impl Table {
             .merge(source, predicate)
             .with_source_alias("source")
             .with_target_alias("target")
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(&self.plain))
             .with_commit_properties(note.properties())
             .when_matched_update(|update| {
                 columns
@@ -552,7 +570,7 @@ impl Table {
             .clone()
             .write(batches)
             .with_save_mode(mode)
-            .with_writer_properties(writer_properties());
+            .with_writer_properties(writer_properties(&self.plain));
         if let Some(predicate) = replace {
             builder = builder.with_replace_where(predicate);
         }
@@ -573,7 +591,7 @@ impl Table {
             .delta
             .clone()
             .optimize()
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(&self.plain))
             .with_commit_properties(note.properties())
             .await
             .map_err(|e| self.write_error(e))?;
@@ -639,7 +657,7 @@ impl Table {
             .merge(source, predicate)
             .with_source_alias("source")
             .with_target_alias("target")
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(&self.plain))
             .with_commit_properties(note.properties())
             .when_matched_update(|update| {
                 columns.iter().fold(update, |u, c| {
@@ -798,6 +816,7 @@ impl Table {
         Ok(Table {
             name: self.name,
             delta,
+            plain: self.plain,
         })
     }
 

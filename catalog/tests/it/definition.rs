@@ -48,6 +48,13 @@ fn the_default_definition_is_complete() {
         definition.table("events").expect("events").partition_by,
         vec!["event_date"]
     );
+    // JSON documents and one-column keys are written without a Parquet dictionary; a key of
+    // two columns repeats each of its parts.
+    let distinct = |t: &str| definition.table(t).expect(t).distinct_columns();
+    assert_eq!(distinct("events"), vec!["event_id", "properties"]);
+    assert_eq!(distinct("orders"), vec!["items"]);
+    assert_eq!(distinct("users"), vec!["user_id", "traits"]);
+    assert!(distinct("identity_links").is_empty());
 }
 
 #[test]

@@ -544,6 +544,48 @@ async fn data_files_hold_row_groups_of_at_most_128k_rows() {
 }
 
 #[tokio::test]
+async fn distinct_columns_are_written_without_a_dictionary() {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    let (dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create")
+        .with_distinct_columns(vec!["name".into()]);
+    let names: Vec<String> = (0..1000).map(|i| format!("person {i}")).collect();
+    let rows: Vec<(i64, &str, &str)> = names
+        .iter()
+        .zip(0..)
+        .map(|(n, i)| (i, n.as_str(), "上海"))
+        .collect();
+    table
+        .append(vec![people(&rows)], CommitNote::new("batch_id", "b1"))
+        .await
+        .expect("append");
+    let mut dictionaries = Vec::new();
+    for path in parquet_files(&dir.path().join("people")) {
+        let reader =
+            SerializedFileReader::new(std::fs::File::open(&path).expect("open")).expect("read");
+        for group in reader.metadata().row_groups() {
+            dictionaries.extend(group.columns().iter().map(|c| {
+                (
+                    c.column_path().string(),
+                    c.dictionary_page_offset().is_some(),
+                )
+            }));
+        }
+    }
+    assert_eq!(
+        dictionaries,
+        vec![
+            ("id".to_string(), true),
+            ("name".to_string(), false),
+            ("city".to_string(), true)
+        ]
+    );
+    assert_eq!(table.row_count().await.expect("count"), 1000);
+}
+
+#[tokio::test]
 async fn compaction_merges_small_files_and_changes_no_row() {
     let (dir, warehouse) = temp_warehouse();
     let mut table =
