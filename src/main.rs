@@ -39,6 +39,8 @@ const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,deltalake_core=error";
 
 /// Set algebra and query operators allocate and free many page-sized blocks; the system
 /// allocator hands freed pages back and faults them in again on the next operation.
+/// mimalloc 2 keeps freed pages for 10 ms (mimalloc 3 for a second: a streaming ingest's
+/// memory then holds a second of chunks already written).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
