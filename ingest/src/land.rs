@@ -465,7 +465,7 @@ impl<'a> Lander<'a> {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
         let schema = self.events_schema().await?;
-        // Few parts wait: with messages of kilobytes a part is tens of megabytes.
+        // Few parts wait: each holds one worker's share of a block, a few megabytes of rows.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Part>>(2);
         let reader = tokio::task::spawn_blocking({
             let file = file.to_path_buf();
