@@ -379,10 +379,8 @@ impl Catalog {
 
     /// Opens the latest snapshot of a table the catalog defines.
     pub async fn table(&self, name: &str) -> Result<Table> {
-        let distinct = self.definition.table(name)?.distinct_columns();
-        Ok(Table::open(&self.warehouse, name)
-            .await?
-            .with_distinct_columns(distinct))
+        let layout = self.definition.table(name)?.column_layout();
+        Ok(Table::open(&self.warehouse, name).await?.with_layout(layout))
     }
 
     /// Every saved revision, newest first.

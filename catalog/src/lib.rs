@@ -31,7 +31,7 @@ pub use standard::{
     MonitorConfig, PAID_STATUSES, Sensitivity, TableDefinition, Thresholds, ValueType,
 };
 pub use table::{
-    Commit, CommitNote, DataFile, MergeOutcome, ROW_GROUP_ROWS, Table, TableSummary,
+    ColumnLayout, Commit, CommitNote, DataFile, MergeOutcome, ROW_GROUP_ROWS, Table, TableSummary,
     table_summaries, write_session,
 };
 pub use warehouse::{DEFAULT_WAREHOUSE, Warehouse, validate_table_name};

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+use crate::table::ColumnLayout;
+
 /// Order statuses that count as bought: the wide table's order counts and GMV, and order
 /// conditions of audiences, all count these.
 pub const PAID_STATUSES: &[&str] = &["paid", "shipped", "completed", "refunded"];
@@ -280,18 +282,36 @@ impl TableDefinition {
         self.fields.iter().find(|f| f.name == name)
     }
 
-    /// Columns whose values are nearly all distinct: JSON documents, and the key when it is
-    /// one column. A dictionary of their values would only grow until Parquet gives it up.
-    pub fn distinct_columns(&self) -> Vec<String> {
+    /// How the table's columns are encoded in its files:
+    /// - written as deltas: every time column, and the integer and date columns files are
+    ///   sorted by (`events.user_id`, `users.user_id`);
+    /// - written plain, without a dictionary: JSON documents and a one-column text key, whose
+    ///   values are nearly all distinct.
+    pub fn column_layout(&self) -> ColumnLayout {
         let key = match self.key.as_slice() {
             [only] => Some(only),
             _ => None,
         };
-        self.fields
-            .iter()
-            .filter(|f| f.value_type == ValueType::Json || Some(&f.name) == key)
-            .map(|f| f.name.clone())
-            .collect()
+        let delta = |f: &&FieldStandard| match f.value_type {
+            ValueType::Time => true,
+            ValueType::Int | ValueType::Date => self.sort_by.contains(&f.name),
+            _ => false,
+        };
+        ColumnLayout {
+            distinct: self
+                .fields
+                .iter()
+                .filter(|f| !delta(f))
+                .filter(|f| f.value_type == ValueType::Json || Some(&f.name) == key)
+                .map(|f| f.name.clone())
+                .collect(),
+            delta: self
+                .fields
+                .iter()
+                .filter(delta)
+                .map(|f| f.name.clone())
+                .collect(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use deltalake::TableProperty;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::parquet::basic::Compression;
+use deltalake::parquet::basic::{Compression, Encoding};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
@@ -40,14 +40,37 @@ const DELTA_RS_INTERVAL: u64 = 100;
 /// the whole file.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// How some of a table's columns are encoded in its Parquet files; every other column takes
+/// Parquet's default, a dictionary with plain values as fallback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnLayout {
+    /// Columns of nearly distinct values, written plain: a dictionary would cost memory and
+    /// time until Parquet gives it up.
+    pub distinct: Vec<String>,
+    /// Integer and time columns written as deltas between neighbours (`DELTA_BINARY_PACKED`):
+    /// a sorted id takes a few bits a row instead of eight bytes, and times close to each
+    /// other little more than their differences.
+    pub delta: Vec<String>,
+}
+
 /// How every data file is written: Delta's own defaults (Snappy, statistics per page) with
-/// row groups of [`ROW_GROUP_ROWS`], and no dictionary for the columns in `plain` (values
-/// nearly all distinct: a dictionary would cost memory and time until Parquet falls back).
-fn writer_properties(plain: &[String]) -> WriterProperties {
-    plain
+/// row groups of [`ROW_GROUP_ROWS`], and the encodings of `layout`.
+fn writer_properties(layout: &ColumnLayout) -> WriterProperties {
+    let builder = layout
+        .distinct
         .iter()
+        .chain(&layout.delta)
         .fold(WriterProperties::builder(), |builder, column| {
             builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false)
+        });
+    layout
+        .delta
+        .iter()
+        .fold(builder, |builder, column| {
+            builder.set_column_encoding(
+                ColumnPath::from(column.as_str()),
+                Encoding::DELTA_BINARY_PACKED,
+            )
         })
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -112,8 +135,8 @@ impl deltalake::parquet::arrow::async_reader::AsyncFileReader for StoredFile {
 pub struct Table {
     name: String,
     delta: DeltaTable,
-    /// Columns written without a dictionary (see [`Table::with_distinct_columns`]).
-    plain: Vec<String>,
+    /// How its columns are encoded when written (see [`Table::with_layout`]).
+    layout: ColumnLayout,
 }
 
 /// One entry of a table's history.
@@ -221,7 +244,7 @@ impl Table {
             let table = Table {
                 name: name.to_string(),
                 delta,
-                plain: Vec::new(),
+                layout: ColumnLayout::default(),
             };
             return table.add_missing_columns(&schema).await;
         }
@@ -241,7 +264,7 @@ impl Table {
         Ok(Table {
             name: name.to_string(),
             delta,
-            plain: Vec::new(),
+            layout: ColumnLayout::default(),
         })
     }
 
@@ -273,7 +296,7 @@ impl Table {
             Ok(()) => Ok(Table {
                 name: name.to_string(),
                 delta,
-                plain: Vec::new(),
+                layout: ColumnLayout::default(),
             }),
             Err(DeltaTableError::NotATable(_)) => Err(Error::UnknownTable {
                 name: name.to_string(),
@@ -329,10 +352,10 @@ impl Table {
         )
     }
 
-    /// This handle, writing `columns` without a Parquet dictionary from now on: columns
-    /// whose values are nearly all distinct (see `TableDefinition::distinct_columns`).
-    pub fn with_distinct_columns(mut self, columns: Vec<String>) -> Self {
-        self.plain = columns;
+    /// This handle, encoding its columns as `layout` says in every file it writes from now
+    /// on (see `TableDefinition::column_layout`).
+    pub fn with_layout(mut self, layout: ColumnLayout) -> Self {
+        self.layout = layout;
         self
     }
 
@@ -483,7 +506,7 @@ impl Table {
             .with_input_plan(plan)
             .with_session_state(Arc::new(state))
             .with_save_mode(SaveMode::Overwrite)
-            .with_writer_properties(writer_properties(&self.plain))
+            .with_writer_properties(writer_properties(&self.layout))
             .with_partition_columns(partitions)
             .with_commit_properties(note.properties())
             .await
@@ -499,7 +522,7 @@ impl Table {
             .clone()
             .delete()
             .with_predicate(predicate)
-            .with_writer_properties(writer_properties(&self.plain))
+            .with_writer_properties(writer_properties(&self.layout))
             .with_commit_properties(note.properties())
             .await
             .map_err(|e| self.write_error(e))?;
@@ -537,7 +560,7 @@ impl Table {
             .merge(source, predicate)
             .with_source_alias("source")
             .with_target_alias("target")
-            .with_writer_properties(writer_properties(&self.plain))
+            .with_writer_properties(writer_properties(&self.layout))
             .with_commit_properties(note.properties())
             .when_matched_update(|update| {
                 columns
@@ -570,7 +593,7 @@ impl Table {
             .clone()
             .write(batches)
             .with_save_mode(mode)
-            .with_writer_properties(writer_properties(&self.plain));
+            .with_writer_properties(writer_properties(&self.layout));
         if let Some(predicate) = replace {
             builder = builder.with_replace_where(predicate);
         }
@@ -591,7 +614,7 @@ impl Table {
             .delta
             .clone()
             .optimize()
-            .with_writer_properties(writer_properties(&self.plain))
+            .with_writer_properties(writer_properties(&self.layout))
             .with_commit_properties(note.properties())
             .await
             .map_err(|e| self.write_error(e))?;
@@ -657,7 +680,7 @@ impl Table {
             .merge(source, predicate)
             .with_source_alias("source")
             .with_target_alias("target")
-            .with_writer_properties(writer_properties(&self.plain))
+            .with_writer_properties(writer_properties(&self.layout))
             .with_commit_properties(note.properties())
             .when_matched_update(|update| {
                 columns.iter().fold(update, |u, c| {
@@ -816,7 +839,7 @@ impl Table {
         Ok(Table {
             name: self.name,
             delta,
-            plain: self.plain,
+            layout: self.layout,
         })
     }
 

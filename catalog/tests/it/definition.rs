@@ -49,12 +49,19 @@ fn the_default_definition_is_complete() {
         vec!["event_date"]
     );
     // JSON documents and one-column keys are written without a Parquet dictionary; a key of
-    // two columns repeats each of its parts.
-    let distinct = |t: &str| definition.table(t).expect(t).distinct_columns();
-    assert_eq!(distinct("events"), vec!["event_id", "properties"]);
-    assert_eq!(distinct("orders"), vec!["items"]);
-    assert_eq!(distinct("users"), vec!["user_id", "traits"]);
-    assert!(distinct("identity_links").is_empty());
+    // two columns repeats each of its parts. Times, and ids files are sorted by, are written
+    // as deltas.
+    let layout = |t: &str| definition.table(t).expect(t).column_layout();
+    assert_eq!(layout("events").distinct, vec!["event_id", "properties"]);
+    assert_eq!(
+        layout("events").delta,
+        vec!["event_time", "received_at", "user_id"]
+    );
+    assert_eq!(layout("orders").distinct, vec!["items"]);
+    assert_eq!(layout("users").distinct, vec!["traits"]);
+    assert_eq!(layout("users").delta[0], "user_id");
+    assert!(layout("identity_links").distinct.is_empty());
+    assert_eq!(layout("identity_links").delta, vec!["first_seen"]);
 }
 
 #[test]

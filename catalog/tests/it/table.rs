@@ -544,45 +544,60 @@ async fn data_files_hold_row_groups_of_at_most_128k_rows() {
 }
 
 #[tokio::test]
-async fn distinct_columns_are_written_without_a_dictionary() {
+async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
+    use deltalake::parquet::basic::Encoding;
     use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
     let (dir, warehouse) = temp_warehouse();
     let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
         .await
         .expect("create")
-        .with_distinct_columns(vec!["name".into()]);
+        .with_layout(shoal_catalog::ColumnLayout {
+            distinct: vec!["name".into()],
+            delta: vec!["id".into()],
+        });
     let names: Vec<String> = (0..1000).map(|i| format!("person {i}")).collect();
+    // Ids with gaps and a step back, so the deltas are not all one.
+    let ids: Vec<i64> = (0..1000).map(|i| if i == 500 { -7 } else { i * 3 }).collect();
     let rows: Vec<(i64, &str, &str)> = names
         .iter()
-        .zip(0..)
-        .map(|(n, i)| (i, n.as_str(), "上海"))
+        .zip(&ids)
+        .map(|(n, i)| (*i, n.as_str(), "上海"))
         .collect();
     table
         .append(vec![people(&rows)], CommitNote::new("batch_id", "b1"))
         .await
         .expect("append");
-    let mut dictionaries = Vec::new();
+    let mut columns = Vec::new();
     for path in parquet_files(&dir.path().join("people")) {
         let reader =
             SerializedFileReader::new(std::fs::File::open(&path).expect("open")).expect("read");
         for group in reader.metadata().row_groups() {
-            dictionaries.extend(group.columns().iter().map(|c| {
+            columns.extend(group.columns().iter().map(|c| {
                 (
                     c.column_path().string(),
                     c.dictionary_page_offset().is_some(),
+                    c.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED),
                 )
             }));
         }
     }
     assert_eq!(
-        dictionaries,
+        columns,
         vec![
-            ("id".to_string(), true),
-            ("name".to_string(), false),
-            ("city".to_string(), true)
+            ("id".to_string(), false, true),
+            ("name".to_string(), false, false),
+            ("city".to_string(), true, false)
         ]
     );
-    assert_eq!(table.row_count().await.expect("count"), 1000);
+    let mut read: Vec<(i64, String)> = rows_of(&table)
+        .await
+        .into_iter()
+        .map(|(id, name, _)| (id, name))
+        .collect();
+    read.sort();
+    let mut expected: Vec<(i64, String)> = ids.iter().copied().zip(names).collect();
+    expected.sort();
+    assert_eq!(read, expected);
 }
 
 #[tokio::test]
