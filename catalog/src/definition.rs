@@ -380,7 +380,9 @@ impl Catalog {
     /// Opens the latest snapshot of a table the catalog defines.
     pub async fn table(&self, name: &str) -> Result<Table> {
         let layout = self.definition.table(name)?.column_layout();
-        Ok(Table::open(&self.warehouse, name).await?.with_layout(layout))
+        Ok(Table::open(&self.warehouse, name)
+            .await?
+            .with_layout(layout))
     }
 
     /// Every saved revision, newest first.

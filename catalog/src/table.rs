@@ -56,13 +56,12 @@ pub struct ColumnLayout {
 /// How every data file is written: Delta's own defaults (Snappy, statistics per page) with
 /// row groups of [`ROW_GROUP_ROWS`], and the encodings of `layout`.
 fn writer_properties(layout: &ColumnLayout) -> WriterProperties {
-    let builder = layout
-        .distinct
-        .iter()
-        .chain(&layout.delta)
-        .fold(WriterProperties::builder(), |builder, column| {
+    let builder = layout.distinct.iter().chain(&layout.delta).fold(
+        WriterProperties::builder(),
+        |builder, column| {
             builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false)
-        });
+        },
+    );
     layout
         .delta
         .iter()
@@ -432,6 +431,24 @@ impl Table {
     /// A DataFusion provider reading this snapshot.
     pub async fn provider(&self) -> Result<Arc<dyn TableProvider>> {
         Ok(self.delta.table_provider().await?)
+    }
+
+    /// The DataFusion provider for queries: filters prune files, row groups and pages by
+    /// their statistics, and are tested on whole decoded batches after the scan. Testing
+    /// them while decoding (Parquet's row filters) pays for a row selection per condition,
+    /// which costs more than it saves when the kept rows are scattered, as audience
+    /// conditions and pack members are.
+    pub async fn query_provider(&self) -> Result<Arc<dyn TableProvider>> {
+        let mut config = datafusion::prelude::SessionConfig::new();
+        config.options_mut().execution.parquet.pushdown_filters = false;
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .build();
+        Ok(self
+            .delta
+            .table_provider()
+            .with_session(Arc::new(state))
+            .await?)
     }
 
     /// Number of rows at this snapshot (answered from file statistics where Delta has them).

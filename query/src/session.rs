@@ -169,7 +169,7 @@ impl Engine {
         {
             return Ok(provider.clone());
         }
-        let provider = table.provider().await?;
+        let provider = table.query_provider().await?;
         let mut providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
         providers.retain(|(name, _), _| name != &key.0);
         providers.insert(key, provider.clone());
@@ -239,18 +239,8 @@ impl Session {
     }
 
     /// The SQL filter keeping rows of `audience`'s members (`user_id` names their column),
-    /// for reports restricted to a pack. It also makes this session's scans test filters on
-    /// the filtered columns first and decode the other columns only for the rows that pass:
-    /// a pack keeps few rows, where decoding whole pages and filtering after costs more.
+    /// for reports restricted to a pack.
     pub fn members_filter(&self, audience: &str, user_id: &str) -> String {
-        self.ctx
-            .state_ref()
-            .write()
-            .config_mut()
-            .options_mut()
-            .execution
-            .parquet
-            .pushdown_filters = true;
         format!(
             "rb_contains({}({}), {user_id})",
             crate::compile::AUDIENCE_FUNCTION,
@@ -718,41 +708,55 @@ mod tests {
     use std::collections::HashMap;
 
     use arrow::array::{ArrayRef, Int64Array, new_null_array};
+    use arrow::datatypes::SchemaRef;
     use shoal_catalog::{CommitNote, Warehouse};
 
     use super::*;
 
-    /// Sessions of one engine share the footers their scans read: a second query reads no
-    /// footer again, and a new file adds its own.
-    #[tokio::test]
-    async fn sessions_share_the_footers_they_read() {
+    /// Rows of `users` with these ids, every other column null (or zero where required).
+    fn users_rows(schema: &SchemaRef, ids: Vec<i64>) -> RecordBatch {
+        let n = ids.len();
+        let given: HashMap<&str, ArrayRef> =
+            HashMap::from([("user_id", Arc::new(Int64Array::from(ids)) as ArrayRef)]);
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| match given.get(f.name().as_str()) {
+                Some(a) => a.clone(),
+                None if f.is_nullable() => new_null_array(f.data_type(), n),
+                None => arrow::compute::cast(&Int64Array::from(vec![0; n]), f.data_type())
+                    .expect("a zero of the column's type"),
+            })
+            .collect();
+        RecordBatch::try_new(schema.clone(), columns).expect("batch")
+    }
+
+    /// A catalog whose `users` holds ids 1 to 3 in one file and 4 to 6 in another.
+    async fn two_files_of_users() -> (tempfile::TempDir, Catalog) {
         let dir = tempfile::tempdir().expect("temp dir");
         let warehouse =
             Warehouse::open(&format!("file://{}", dir.path().display())).expect("warehouse");
         let catalog = Catalog::open(warehouse).await.expect("catalog");
         let mut users = catalog.table("users").await.expect("users");
         let schema = users.schema().expect("schema");
-        let rows = |ids: Vec<i64>| {
-            let given: HashMap<&str, ArrayRef> =
-                HashMap::from([("user_id", Arc::new(Int64Array::from(ids)) as ArrayRef)]);
-            let columns = schema
-                .fields()
-                .iter()
-                .map(|f| match given.get(f.name().as_str()) {
-                    Some(a) => a.clone(),
-                    None if f.is_nullable() => new_null_array(f.data_type(), 3),
-                    None => arrow::compute::cast(&Int64Array::from(vec![0; 3]), f.data_type())
-                        .expect("a zero of the column's type"),
-                })
-                .collect();
-            RecordBatch::try_new(schema.clone(), columns).expect("batch")
-        };
+        let rows = |ids: Vec<i64>| users_rows(&schema, ids);
         for ids in [vec![1, 2, 3], vec![4, 5, 6]] {
             users
                 .append(vec![rows(ids)], CommitNote::default())
                 .await
                 .expect("append");
         }
+        (dir, catalog)
+    }
+
+    /// Sessions of one engine share the footers their scans read: a second query reads no
+    /// footer again, and a new file adds its own.
+    #[tokio::test]
+    async fn sessions_share_the_footers_they_read() {
+        let (_dir, catalog) = two_files_of_users().await;
+        let mut users = catalog.table("users").await.expect("users");
+        let schema = users.schema().expect("schema");
+        let rows = |ids: Vec<i64>| users_rows(&schema, ids);
         let engine = Engine::default();
         let sum = |session: Session| async move {
             let frame = session
@@ -785,5 +789,29 @@ mod tests {
             44
         );
         assert_eq!(engine.footers.0.len(), 3);
+    }
+
+    /// Query sessions test filters on decoded batches (a filter above the scan), not while
+    /// decoding, and the statistics of data files still skip those a filter rules out.
+    #[tokio::test]
+    async fn filters_are_tested_after_the_scan_and_statistics_still_skip_files() {
+        let (_dir, catalog) = two_files_of_users().await;
+        let session = Engine::default().session(&catalog).await.expect("session");
+        let frame = session
+            .sql("EXPLAIN ANALYZE SELECT count(*) FROM users WHERE user_id > 4")
+            .await
+            .expect("plan");
+        let batches = frame.collect().await.expect("run");
+        let text = arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string();
+        assert!(text.contains("FilterExec"), "{text}");
+        assert!(text.contains("count_files_scanned=1,"), "{text}");
+        let frame = session
+            .sql("SELECT count(*) FROM users WHERE user_id > 4")
+            .await
+            .expect("plan");
+        let batches = frame.collect().await.expect("run");
+        assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 2);
     }
 }

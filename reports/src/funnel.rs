@@ -301,8 +301,7 @@ pub async fn run(
         format!("e.user_id IS NOT NULL AND e.event_date BETWEEN DATE '{from}' AND DATE '{to}'");
     // No filter on the steps' events: the aggregate passes over the others (strict order
     // needs them), and a filter would copy every column of the rows it keeps.
-    // An audience's members are tested in the scan, on the user ids alone: the other columns
-    // are decoded only for the rows of members.
+    // An audience's members are tested on each decoded batch, before the aggregate sees it.
     if let Some(name) = &spec.audience {
         filters.push_str(" AND ");
         filters.push_str(&session.members_filter(name, "e.user_id"));

@@ -557,7 +557,9 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
         });
     let names: Vec<String> = (0..1000).map(|i| format!("person {i}")).collect();
     // Ids with gaps and a step back, so the deltas are not all one.
-    let ids: Vec<i64> = (0..1000).map(|i| if i == 500 { -7 } else { i * 3 }).collect();
+    let ids: Vec<i64> = (0..1000)
+        .map(|i| if i == 500 { -7 } else { i * 3 })
+        .collect();
     let rows: Vec<(i64, &str, &str)> = names
         .iter()
         .zip(&ids)
