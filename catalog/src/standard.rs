@@ -285,8 +285,8 @@ impl TableDefinition {
     /// How the table's columns are encoded in its files:
     /// - written as deltas: every time column, and the integer and date columns files are
     ///   sorted by (`events.user_id`, `users.user_id`);
-    /// - written plain, without a dictionary: JSON documents and a one-column text key, whose
-    ///   values are nearly all distinct.
+    /// - written plain, without a dictionary: JSON documents and the key when it is one
+    ///   column (and not written as deltas), whose values are nearly all distinct.
     pub fn column_layout(&self) -> ColumnLayout {
         let key = match self.key.as_slice() {
             [only] => Some(only),
