@@ -13,6 +13,7 @@ mod identity;
 mod merge_log;
 mod monitor;
 mod role;
+mod snapshot_scan;
 mod standard;
 mod table;
 mod warehouse;

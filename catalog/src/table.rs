@@ -433,12 +433,18 @@ impl Table {
         Ok(self.delta.table_provider().await?)
     }
 
-    /// The DataFusion provider for queries: filters prune files, row groups and pages by
-    /// their statistics, and are tested on whole decoded batches after the scan. Testing
-    /// them while decoding (Parquet's row filters) pays for a row selection per condition,
-    /// which costs more than it saves when the kept rows are scattered, as audience
-    /// conditions and pack members are.
+    /// The DataFusion provider for queries: DataFusion's Parquet scan over this snapshot's
+    /// files (see `snapshot_scan`). Filters prune files, row groups and pages by their
+    /// statistics, and are tested on whole decoded batches after the scan. Testing them
+    /// while decoding (Parquet's row filters) pays for a row selection per condition, which
+    /// costs more than it saves when the kept rows are scattered, as audience conditions and
+    /// pack members are.
     pub async fn query_provider(&self) -> Result<Arc<dyn TableProvider>> {
+        if let Some(scan) = crate::snapshot_scan::SnapshotScan::of(&self.delta)
+            .map_err(|e| Error::delta(&self.name, e))?
+        {
+            return Ok(Arc::new(scan));
+        }
         let mut config = datafusion::prelude::SessionConfig::new();
         config.options_mut().execution.parquet.pushdown_filters = false;
         let state = datafusion::execution::SessionStateBuilder::new()

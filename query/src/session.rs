@@ -806,7 +806,7 @@ mod tests {
             .expect("format")
             .to_string();
         assert!(text.contains("FilterExec"), "{text}");
-        assert!(text.contains("count_files_scanned=1]"), "{text}");
+        assert!(text.contains("files_opened=1,"), "{text}");
         let frame = session
             .sql("SELECT count(*) FROM users WHERE user_id > 4")
             .await

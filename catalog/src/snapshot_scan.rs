@@ -1,0 +1,375 @@
+//! The scan queries read a table through: DataFusion's own Parquet scan over the data files
+//! of one Delta snapshot.
+//!
+//! Delta's provider passes every batch it reads through its own stream (splits it by file,
+//! drops its file id column, applies the file's transform), which a query over millions of
+//! rows pays for row by row. Shoal's tables carry no deletion vectors and no column mapping,
+//! so the files a snapshot lists are read as they are:
+//! - filters on partition columns alone are evaluated on each file's partition values, and
+//!   pick the files exactly;
+//! - other filters skip files by the snapshot's statistics, then row groups and pages by the
+//!   files' own, and are tested on the rows above the scan;
+//! - footers come from the session runtime's metadata cache, so a server reads each file's
+//!   footer once.
+//!
+//! A snapshot with deletion vectors or column mapping is read through Delta's provider.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, DFSchema, Result, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use deltalake::DeltaTable;
+use deltalake::table::state::DeltaTableState;
+use object_store::{ObjectMeta, ObjectStore};
+
+/// The column mapping setting of a Delta table.
+const COLUMN_MAPPING: &str = "delta.columnMapping.mode";
+
+/// One snapshot's data files, scanned by DataFusion's Parquet reader.
+#[derive(Debug)]
+pub(crate) struct SnapshotScan {
+    /// The table's columns in their logical order, strings as views.
+    schema: SchemaRef,
+    /// The columns stored in the files, in logical order.
+    file_schema: SchemaRef,
+    /// The partition columns, in the order the files' values list them.
+    partition_fields: Vec<FieldRef>,
+    /// For each logical column, its index among `file_schema` then `partition_fields`.
+    scan_index: Vec<usize>,
+    /// The data files, in the snapshot's order.
+    files: Vec<PartitionedFile>,
+    /// The snapshot, for its file statistics.
+    state: DeltaTableState,
+    store_url: ObjectStoreUrl,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl SnapshotScan {
+    /// The scan of `table`'s loaded snapshot, or `None` when the snapshot needs Delta's own
+    /// reader (deletion vectors, column mapping).
+    pub(crate) fn of(table: &DeltaTable) -> deltalake::DeltaResult<Option<SnapshotScan>> {
+        let state = table.snapshot()?.clone();
+        let metadata = state.snapshot().metadata();
+        if metadata
+            .configuration()
+            .get(COLUMN_MAPPING)
+            .is_some_and(|mode| mode != "none")
+        {
+            return Ok(None);
+        }
+        let partition_columns = metadata.partition_columns().to_vec();
+        let logical = state.snapshot().arrow_schema();
+        let schema = Arc::new(Schema::new_with_metadata(
+            logical
+                .fields()
+                .iter()
+                .map(|f| as_views(f.clone()))
+                .collect::<Vec<_>>(),
+            logical.metadata().clone(),
+        ));
+        let mut partition_fields = Vec::with_capacity(partition_columns.len());
+        for name in partition_columns.iter() {
+            partition_fields.push(Arc::new(schema.field_with_name(name)?.clone()));
+        }
+        let stored: Vec<FieldRef> = schema
+            .fields()
+            .iter()
+            .filter(|f| !partition_columns.contains(f.name()))
+            .cloned()
+            .collect();
+        let scan_index = schema
+            .fields()
+            .iter()
+            .map(
+                |f| match partition_columns.iter().position(|p| p == f.name()) {
+                    Some(p) => stored.len() + p,
+                    None => stored
+                        .iter()
+                        .position(|s| s.name() == f.name())
+                        .unwrap_or_default(),
+                },
+            )
+            .collect();
+        let file_schema = Arc::new(Schema::new(stored));
+        let mut files = Vec::new();
+        for file in state.log_data().iter() {
+            if file.deletion_vector_descriptor().is_some() {
+                return Ok(None);
+            }
+            let values = file.partition_values_map();
+            let mut partition_values = Vec::with_capacity(partition_fields.len());
+            for field in &partition_fields {
+                partition_values.push(partition_value(
+                    values.get(field.name()).cloned().flatten(),
+                    field.data_type(),
+                )?);
+            }
+            let size = u64::try_from(file.size()).unwrap_or_default();
+            let meta = ObjectMeta {
+                location: file.object_store_path(),
+                last_modified: Utc
+                    .timestamp_millis_opt(file.modification_time())
+                    .single()
+                    .unwrap_or_default(),
+                size,
+                e_tag: None,
+                version: None,
+            };
+            files
+                .push(PartitionedFile::new_from_meta(meta).with_partition_values(partition_values));
+        }
+        let log_store = table.log_store();
+        Ok(Some(SnapshotScan {
+            schema,
+            file_schema,
+            partition_fields,
+            scan_index,
+            files,
+            store_url: log_store.object_store_url(),
+            store: log_store.object_store(None),
+            state,
+        }))
+    }
+
+    fn is_partition_filter(&self, filter: &Expr) -> bool {
+        let columns = filter.column_refs();
+        !columns.is_empty()
+            && !filter.is_volatile()
+            && columns
+                .iter()
+                .all(|c| self.partition_fields.iter().any(|p| p.name() == &c.name))
+    }
+
+    /// Which files pass `filters` on their partition values (exactly) and on their
+    /// statistics (files that cannot hold a matching row fail).
+    fn kept_files(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<bool>> {
+        let mut kept = vec![true; self.files.len()];
+        let (by_partition, by_statistics): (Vec<&Expr>, Vec<&Expr>) = filters
+            .iter()
+            .partition(|filter| self.is_partition_filter(filter));
+        if let Some(predicate) = conjunction(by_partition.into_iter().cloned()) {
+            let schema = Arc::new(Schema::new(self.partition_fields.clone()));
+            let columns = (0..self.partition_fields.len())
+                .map(|i| {
+                    let values = self.files.iter().map(|f| f.partition_values[i].clone());
+                    ScalarValue::iter_to_array(values)
+                })
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let batch = RecordBatch::try_new(schema.clone(), columns)?;
+            let expr = state.create_physical_expr(predicate, &DFSchema::try_from(schema)?)?;
+            let answer = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let answer = answer.as_boolean_opt().ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal("partition filter".into())
+            })?;
+            for (i, keep) in kept.iter_mut().enumerate() {
+                *keep = answer.is_valid(i) && answer.value(i);
+            }
+        }
+        // Statistics only skip files: a filter they cannot judge keeps every file.
+        if let Some(predicate) = conjunction(by_statistics.into_iter().cloned())
+            && let Ok(expr) =
+                state.create_physical_expr(predicate, &DFSchema::try_from(self.schema.clone())?)
+            && let Ok(pruning) = PruningPredicateBuilder::new()
+                .with_file_schema(self.schema.clone())
+                .try_build(expr)
+            && let Ok(matches) = pruning.prune(&FileStatistics(&self.state))
+            && matches.len() == kept.len()
+        {
+            for (keep, matches) in kept.iter_mut().zip(matches) {
+                *keep &= matches;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// Strings and binaries as views, as DataFusion reads them best.
+fn as_views(field: FieldRef) -> FieldRef {
+    let data_type = match field.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 => DataType::Utf8View,
+        DataType::Binary | DataType::LargeBinary => DataType::BinaryView,
+        _ => return field,
+    };
+    Arc::new(field.as_ref().clone().with_data_type(data_type))
+}
+
+/// A partition value as Delta writes it (text, `None` for null), typed.
+fn partition_value(text: Option<String>, data_type: &DataType) -> Result<ScalarValue> {
+    match text {
+        None => ScalarValue::try_from(data_type),
+        Some(text) => ScalarValue::try_from_string(text, data_type),
+    }
+}
+
+#[async_trait]
+impl TableProvider for SnapshotScan {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|filter| {
+                if self.is_partition_filter(filter) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let columns: Vec<usize> = match projection {
+            Some(columns) => columns.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let kept = self.kept_files(state, filters)?;
+        let files: Vec<PartitionedFile> = self
+            .files
+            .iter()
+            .zip(kept)
+            .filter(|(_, keep)| *keep)
+            .map(|(file, _)| file.clone())
+            .collect();
+        if files.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(Arc::new(
+                self.schema.project(&columns)?,
+            ))));
+        }
+        state
+            .runtime_env()
+            .register_object_store(self.store_url.as_ref(), self.store.clone());
+        let mut options = state.default_table_options().parquet;
+        // Filters are tested above the scan: Parquet's row filters build a row selection per
+        // condition, costlier than decoding every row when the kept rows are scattered.
+        options.global.pushdown_filters = false;
+        let format = ParquetFormat::default().with_options(options);
+        let table_schema = TableSchema::builder(self.file_schema.clone())
+            .with_table_partition_cols(self.partition_fields.clone())
+            .build();
+        let mut source = format.file_source(table_schema);
+        let stored: Vec<Expr> = filters
+            .iter()
+            .filter(|f| !self.is_partition_filter(f))
+            .cloned()
+            .collect();
+        if let Some(predicate) = conjunction(stored) {
+            let predicate =
+                state.create_physical_expr(predicate, &DFSchema::try_from(self.schema.clone())?)?;
+            if let Some(parquet) =
+                source.downcast_ref::<datafusion::datasource::physical_plan::ParquetSource>()
+            {
+                source = Arc::new(parquet.with_predicate(predicate));
+            }
+        }
+        let groups = FileGroup::new(files).split_files(state.config().target_partitions());
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), source)
+            .with_file_groups(groups)
+            .with_projection_indices(Some(columns.iter().map(|c| self.scan_index[*c]).collect()))?
+            .with_limit(limit)
+            .build();
+        format.create_physical_plan(state, config).await
+    }
+}
+
+/// The snapshot's per-file statistics as DataFusion prunes with them. Delta keeps times to
+/// the millisecond, so a file's latest time may be up to 999µs past its recorded maximum;
+/// text statistics may be cut short, so they are not used here (the files' own row group
+/// statistics still are).
+struct FileStatistics<'a>(&'a DeltaTableState);
+
+impl FileStatistics<'_> {
+    fn usable(&self, column: &Column) -> Option<DataType> {
+        let schema = self.0.snapshot().arrow_schema();
+        let field = schema.field_with_name(&column.name).ok()?;
+        let partitioned = self
+            .0
+            .snapshot()
+            .metadata()
+            .partition_columns()
+            .contains(&column.name);
+        match field.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View if !partitioned => None,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => None,
+            other => Some(other.clone()),
+        }
+    }
+}
+
+impl PruningStatistics for FileStatistics<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.usable(column)?;
+        self.0.snapshot().min_values(column)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        let data_type = self.usable(column)?;
+        let max = self.0.snapshot().max_values(column)?;
+        match data_type {
+            DataType::Timestamp(unit, _) => {
+                let slack = match unit {
+                    TimeUnit::Second | TimeUnit::Millisecond => 0,
+                    TimeUnit::Microsecond => 999,
+                    TimeUnit::Nanosecond => 999_999,
+                };
+                let as_int = arrow::compute::cast(&max, &DataType::Int64).ok()?;
+                let widened: arrow::array::Int64Array = as_int
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .iter()
+                    .map(|v| v.map(|v| v.saturating_add(slack)))
+                    .collect();
+                arrow::compute::cast(&widened, max.data_type()).ok()
+            }
+            _ => Some(max),
+        }
+    }
+
+    fn num_containers(&self) -> usize {
+        self.0.snapshot().num_containers()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.0.snapshot().null_counts(column)
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        self.0.snapshot().row_counts()
+    }
+
+    fn contained(&self, _: &Column, _: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
+    }
+}
