@@ -10,6 +10,11 @@
 //! - `rb_cardinality(bitmap)`: number of members.
 //! - `rb_contains(bitmap, user_id)`: membership test.
 //! - `audience(name)`: the current version of a stored audience pack.
+//!
+//! `rb_contains(audience('name'), user_id)` is planned as `rb_contains_audience('name',
+//! user_id)`, which tests ids against the loaded pack directly: planning never copies the
+//! pack's bytes into the plan (where every name DataFusion derives from an expression would
+//! print them) and no batch serialises or compares them.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -24,9 +29,10 @@ use arrow::datatypes::{DataType, Field, FieldRef, Int64Type};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, TypeSignature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Expr, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 use roaring::RoaringBitmap;
@@ -59,9 +65,17 @@ pub fn register(ctx: &SessionContext, audiences: AudienceBitmaps) {
         ctx.register_udf(ScalarUDF::from(SetFunction::new(op)));
     }
     ctx.register_udf(ScalarUDF::from(Cardinality::new()));
-    ctx.register_udf(ScalarUDF::from(Contains::new()));
+    let member = Arc::new(ScalarUDF::from(AudienceContains {
+        signature: Signature::exact(vec![DataType::Utf8, DataType::Int64], Volatility::Immutable),
+        loaded: audiences.clone(),
+        flat: FlatCache::default(),
+    }));
+    ctx.register_udf(member.as_ref().clone());
+    ctx.register_udf(ScalarUDF::from(Contains::new(member)));
+    // Volatile, so planning does not fold a pack into a literal before `rb_contains` can
+    // name it instead (see the module's notes).
     ctx.register_udf(ScalarUDF::from(Audience {
-        signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        signature: Signature::exact(vec![DataType::Utf8], Volatility::Volatile),
         loaded: audiences,
     }));
 }
@@ -285,6 +299,8 @@ struct Contains {
     signature: Signature,
     cache: BitmapCache,
     flat: FlatCache,
+    /// `rb_contains_audience`, what a test against a named pack is planned as.
+    member: Arc<ScalarUDF>,
 }
 
 /// Ids below this have a flat bit set (at most 16 MiB) for membership tests.
@@ -339,7 +355,7 @@ fn memberships(ids: &Int64Array, bitmap: &RoaringBitmap, flat: Option<&[u64]>) -
 }
 
 impl Contains {
-    fn new() -> Self {
+    fn new(member: Arc<ScalarUDF>) -> Self {
         let mut signatures = Vec::new();
         for id in user_id_types() {
             signatures.push(TypeSignature::Exact(vec![DataType::Binary, id]));
@@ -348,6 +364,7 @@ impl Contains {
             signature: Signature::one_of(signatures, Volatility::Immutable),
             cache: BitmapCache::default(),
             flat: FlatCache::default(),
+            member,
         }
     }
 }
@@ -380,6 +397,17 @@ impl ScalarUDFImpl for Contains {
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(DataType::Boolean)
     }
+    fn simplify(&self, args: Vec<Expr>, _: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        if let [Expr::ScalarFunction(pack), id] = args.as_slice()
+            && pack.func.name() == crate::compile::AUDIENCE_FUNCTION
+            && let [name @ Expr::Literal(ScalarValue::Utf8(Some(_)), _)] = pack.args.as_slice()
+        {
+            return Ok(ExprSimplifyResult::Simplified(
+                self.member.call(vec![name.clone(), id.clone()]),
+            ));
+        }
+        Ok(ExprSimplifyResult::Original(args))
+    }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let scalar = all_scalar(&args);
         let n = if scalar { 1 } else { rows(&args) };
@@ -408,6 +436,66 @@ impl ScalarUDFImpl for Contains {
             }
         }
         shape(Arc::new(out.finish()), scalar)
+    }
+}
+
+/// `rb_contains_audience(name, user_id)`: whether each id is a member of the pack loaded
+/// as `name`.
+#[derive(Debug)]
+struct AudienceContains {
+    signature: Signature,
+    loaded: AudienceBitmaps,
+    flat: FlatCache,
+}
+
+impl PartialEq for AudienceContains {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.loaded, &other.loaded)
+    }
+}
+impl Eq for AudienceContains {}
+impl Hash for AudienceContains {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        AUDIENCE_CONTAINS.hash(state);
+    }
+}
+
+/// The name `rb_contains(audience(..), ..)` is planned under.
+pub(crate) const AUDIENCE_CONTAINS: &str = "rb_contains_audience";
+
+impl ScalarUDFImpl for AudienceContains {
+    fn name(&self) -> &str {
+        AUDIENCE_CONTAINS
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = match &args.args[0] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))) => name.clone(),
+            _ => return exec_err!("{AUDIENCE_CONTAINS}() takes a pack name as a string literal"),
+        };
+        let scalar = all_scalar(&args);
+        let n = if scalar { 1 } else { rows(&args) };
+        let bitmap = {
+            let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            match loaded.get(&name) {
+                Some(bitmap) => bitmap.clone(),
+                None => return exec_err!("unknown audience '{name}'"),
+            }
+        };
+        let ids = args.args[1].to_array(n)?;
+        let ids = arrow::compute::cast(&ids, &DataType::Int64)?;
+        let flat = self.flat.get(&bitmap);
+        let answer = memberships(
+            ids.as_primitive::<Int64Type>(),
+            &bitmap,
+            flat.as_deref().map(Vec::as_slice),
+        );
+        shape(Arc::new(answer), scalar)
     }
 }
 

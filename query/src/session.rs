@@ -543,7 +543,8 @@ impl Session {
             node.apply_expressions(|expr| {
                 expr.apply(|e| {
                     if let Expr::ScalarFunction(f) = e
-                        && f.func.name() == crate::compile::AUDIENCE_FUNCTION
+                        && (f.func.name() == crate::compile::AUDIENCE_FUNCTION
+                            || f.func.name() == bitmap_functions::AUDIENCE_CONTAINS)
                         && let Some(Expr::Literal(value, _)) = f.args.first()
                         && let Some(Some(name)) = value.try_as_str()
                     {

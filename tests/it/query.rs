@@ -790,6 +790,14 @@ fn stored_audiences_answer_sql_and_trees_and_follow_merges() {
         rows,
         vec![json!({"login_id": "a"}), json!({"login_id": "b"})]
     );
+    // The pack is tested by name: its bytes never enter the plan.
+    let plan = sql_rows(
+        &wh,
+        "EXPLAIN SELECT login_id FROM users WHERE rb_contains(audience('vip'), user_id)",
+    );
+    let plan = serde_json::to_string(&plan).expect("json");
+    assert!(plan.contains("rb_contains_audience"), "{plan}");
+    assert!(!plan.to_uppercase().contains("3A30"), "{plan}");
     let tree =
         json!({"all": [{"audience": "vip"}, {"field": "gender", "op": "eq", "value": "male"}]});
     for path in ["auto", "scan"] {
