@@ -14,7 +14,7 @@
 //!
 //! A snapshot with deletion vectors or column mapping is read through Delta's provider.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
@@ -58,6 +58,8 @@ pub(crate) struct SnapshotScan {
     files: Vec<PartitionedFile>,
     /// The snapshot, for its file statistics.
     state: DeltaTableState,
+    /// The columns whose Delta statistics may skip files, with their types.
+    prunable: HashMap<String, DataType>,
     store_url: ObjectStoreUrl,
     store: Arc<dyn ObjectStore>,
 }
@@ -109,6 +111,19 @@ impl SnapshotScan {
             )
             .collect();
         let file_schema = Arc::new(Schema::new(stored));
+        // Text statistics may be cut short: only partition values of text are exact.
+        let prunable = logical
+            .fields()
+            .iter()
+            .filter(|f| match f.data_type() {
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                    partition_columns.contains(f.name())
+                }
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView => false,
+                _ => true,
+            })
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
         let mut files = Vec::new();
         for file in state.log_data().iter() {
             if file.deletion_vector_descriptor().is_some() {
@@ -146,6 +161,7 @@ impl SnapshotScan {
             store_url: log_store.object_store_url(),
             store: log_store.object_store(None),
             state,
+            prunable,
         }))
     }
 
@@ -158,14 +174,16 @@ impl SnapshotScan {
                 .all(|c| self.partition_fields.iter().any(|p| p.name() == &c.name))
     }
 
-    /// Which files pass `filters` on their partition values (exactly) and on their
-    /// statistics (files that cannot hold a matching row fail).
-    fn kept_files(&self, state: &dyn Session, filters: &[Expr]) -> Result<Vec<bool>> {
+    /// Which files pass `by_partition` on their partition values (exactly) and
+    /// `by_statistics` on their statistics (files that cannot hold a matching row fail).
+    fn kept_files(
+        &self,
+        state: &dyn Session,
+        by_partition: Option<Expr>,
+        by_statistics: Option<Expr>,
+    ) -> Result<Vec<bool>> {
         let mut kept = vec![true; self.files.len()];
-        let (by_partition, by_statistics): (Vec<&Expr>, Vec<&Expr>) = filters
-            .iter()
-            .partition(|filter| self.is_partition_filter(filter));
-        if let Some(predicate) = conjunction(by_partition.into_iter().cloned()) {
+        if let Some(predicate) = by_partition {
             let schema = Arc::new(Schema::new(self.partition_fields.clone()));
             let columns = (0..self.partition_fields.len())
                 .map(|i| {
@@ -184,13 +202,16 @@ impl SnapshotScan {
             }
         }
         // Statistics only skip files: a filter they cannot judge keeps every file.
-        if let Some(predicate) = conjunction(by_statistics.into_iter().cloned())
+        if let Some(predicate) = by_statistics
             && let Ok(expr) =
                 state.create_physical_expr(predicate, &DFSchema::try_from(self.schema.clone())?)
             && let Ok(pruning) = PruningPredicateBuilder::new()
                 .with_file_schema(self.schema.clone())
                 .try_build(expr)
-            && let Ok(matches) = pruning.prune(&FileStatistics(&self.state))
+            && let Ok(matches) = pruning.prune(&FileStatistics {
+                state: &self.state,
+                prunable: &self.prunable,
+            })
             && matches.len() == kept.len()
         {
             for (keep, matches) in kept.iter_mut().zip(matches) {
@@ -256,7 +277,12 @@ impl TableProvider for SnapshotScan {
             Some(columns) => columns.clone(),
             None => (0..self.schema.fields().len()).collect(),
         };
-        let kept = self.kept_files(state, filters)?;
+        let (by_partition, stored): (Vec<Expr>, Vec<Expr>) = filters
+            .iter()
+            .cloned()
+            .partition(|filter| self.is_partition_filter(filter));
+        let stored = conjunction(stored);
+        let kept = self.kept_files(state, conjunction(by_partition), stored.clone())?;
         let files: Vec<PartitionedFile> = self
             .files
             .iter()
@@ -281,12 +307,7 @@ impl TableProvider for SnapshotScan {
             .with_table_partition_cols(self.partition_fields.clone())
             .build();
         let mut source = format.file_source(table_schema);
-        let stored: Vec<Expr> = filters
-            .iter()
-            .filter(|f| !self.is_partition_filter(f))
-            .cloned()
-            .collect();
-        if let Some(predicate) = conjunction(stored) {
+        if let Some(predicate) = stored {
             let predicate =
                 state.create_physical_expr(predicate, &DFSchema::try_from(self.schema.clone())?)?;
             if let Some(parquet) =
@@ -309,35 +330,26 @@ impl TableProvider for SnapshotScan {
 /// the millisecond, so a file's latest time may be up to 999µs past its recorded maximum;
 /// text statistics may be cut short, so they are not used here (the files' own row group
 /// statistics still are).
-struct FileStatistics<'a>(&'a DeltaTableState);
+struct FileStatistics<'a> {
+    state: &'a DeltaTableState,
+    prunable: &'a HashMap<String, DataType>,
+}
 
 impl FileStatistics<'_> {
-    fn usable(&self, column: &Column) -> Option<DataType> {
-        let schema = self.0.snapshot().arrow_schema();
-        let field = schema.field_with_name(&column.name).ok()?;
-        let partitioned = self
-            .0
-            .snapshot()
-            .metadata()
-            .partition_columns()
-            .contains(&column.name);
-        match field.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View if !partitioned => None,
-            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => None,
-            other => Some(other.clone()),
-        }
+    fn usable(&self, column: &Column) -> Option<&DataType> {
+        self.prunable.get(&column.name)
     }
 }
 
 impl PruningStatistics for FileStatistics<'_> {
     fn min_values(&self, column: &Column) -> Option<ArrayRef> {
         self.usable(column)?;
-        self.0.snapshot().min_values(column)
+        self.state.snapshot().min_values(column)
     }
 
     fn max_values(&self, column: &Column) -> Option<ArrayRef> {
         let data_type = self.usable(column)?;
-        let max = self.0.snapshot().max_values(column)?;
+        let max = self.state.snapshot().max_values(column)?;
         match data_type {
             DataType::Timestamp(unit, _) => {
                 let slack = match unit {
@@ -358,15 +370,15 @@ impl PruningStatistics for FileStatistics<'_> {
     }
 
     fn num_containers(&self) -> usize {
-        self.0.snapshot().num_containers()
+        self.state.snapshot().num_containers()
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        self.0.snapshot().null_counts(column)
+        self.state.snapshot().null_counts(column)
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
-        self.0.snapshot().row_counts()
+        self.state.snapshot().row_counts()
     }
 
     fn contained(&self, _: &Column, _: &HashSet<ScalarValue>) -> Option<BooleanArray> {
