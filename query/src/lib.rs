@@ -19,6 +19,7 @@ pub mod masking;
 mod scan_filters;
 pub mod session;
 mod tags;
+mod text_equality;
 pub mod window_funnel;
 
 pub use count::{AnswerPath, CountAnswer, PathChoice, Prepared};

@@ -219,6 +219,7 @@ fn context(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
         .with_runtime_env(runtime)
         .with_default_features()
         .with_physical_optimizer_rule(Arc::new(crate::scan_filters::DistinctScanFilters))
+        .with_physical_optimizer_rule(Arc::new(crate::text_equality::InlineTextComparisons))
         .build();
     SessionContext::new_with_state(state)
 }
