@@ -18,7 +18,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray};
-use arrow::buffer::BooleanBuffer;
+use arrow::buffer::{BooleanBuffer, Buffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
@@ -85,6 +85,26 @@ impl Hash for InlineTextEq {
     }
 }
 
+/// Whether each word equals `target` (or differs, when `negated`), 64 rows per output word
+/// in a loop the compiler can unroll.
+fn equal_words(words: &[u128], target: u128, negated: bool) -> BooleanBuffer {
+    let mut packed = Vec::with_capacity(words.len().div_ceil(64));
+    for chunk in words.chunks(64) {
+        let mut bits = 0u64;
+        for (k, word) in chunk.iter().enumerate() {
+            bits |= u64::from(*word == target) << k;
+        }
+        if negated {
+            bits = !bits;
+        }
+        if chunk.len() < 64 {
+            bits &= (1u64 << chunk.len()) - 1;
+        }
+        packed.push(bits);
+    }
+    BooleanBuffer::new(Buffer::from_vec(packed), 0, words.len())
+}
+
 /// The string view of `text` when it is held inline: length in the low four bytes, then the
 /// bytes, then zeros.
 fn inline_view(bytes: &[u8]) -> u128 {
@@ -120,7 +140,7 @@ impl PhysicalExpr for InlineTextEq {
                 let words = views.views();
                 let (target, negated) = (self.view, self.negated);
                 let bits = if self.inline {
-                    BooleanBuffer::collect_bool(words.len(), |i| (words[i] == target) != negated)
+                    equal_words(words, target, negated)
                 } else {
                     // Length and prefix first; the bytes only where both match.
                     let (head, constant) = (target as u64, self.constant.as_bytes());
@@ -298,6 +318,21 @@ mod tests {
         let compare = InlineTextEq::new(Arc::new(Literal::new(ScalarValue::Null)), long, false);
         assert!(!compare.inline);
         assert_eq!(compare.view as u64, array.views()[0] as u64);
+    }
+
+    #[test]
+    fn equal_words_packs_64_rows_a_word() {
+        // 130 rows: two whole words and two rows more; 7 and 129 match.
+        let mut words = vec![5u128; 130];
+        words[7] = 9;
+        words[129] = 9;
+        let equal = equal_words(&words, 9, false);
+        let unequal = equal_words(&words, 9, true);
+        assert_eq!(equal.len(), 130);
+        assert_eq!(equal.set_indices().collect::<Vec<_>>(), vec![7, 129]);
+        assert_eq!(unequal.count_set_bits(), 128);
+        assert!(!unequal.value(7) && !unequal.value(129) && unequal.value(128));
+        assert_eq!(equal_words(&[], 9, true).len(), 0);
     }
 
     /// Rows worked out by hand below; long texts put data buffers in the views.
