@@ -17,7 +17,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray};
+use arrow::array::{Array, AsArray, BooleanArray, StringViewArray};
 use arrow::buffer::{BooleanBuffer, Buffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use arrow::record_batch::RecordBatch;
@@ -27,7 +27,7 @@ use datafusion::common::{ScalarValue, internal_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::{BinaryExpr, Literal};
+use datafusion::physical_expr::expressions::{BinaryExpr, InListExpr, Literal};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::AggregateExec;
@@ -36,41 +36,71 @@ use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 /// Longest text a view holds inline.
 const INLINE: usize = 12;
 
-/// `text = 'constant'` (or `<>`) for a string-view `text`.
+/// Most constants an `IN` list may have to be rewritten; longer lists keep DataFusion's hash
+/// set.
+const MOST_CONSTANTS: usize = 16;
+
+/// `text = 'constant'`, `text IN ('a', 'b', …)` (or `<>`, `NOT IN`) for a string-view `text`.
 #[derive(Debug, Clone)]
 pub(crate) struct InlineTextEq {
     text: Arc<dyn PhysicalExpr>,
-    constant: String,
-    /// The constant's view: all of it when the constant is inline, else its length and first
+    constants: Vec<String>,
+    /// Each constant's view: all of it when the constant is inline, else its length and first
     /// four bytes (the low 64 bits).
-    view: u128,
+    views: Vec<u128>,
+    /// Whether every constant is inline.
     inline: bool,
     negated: bool,
 }
 
 impl InlineTextEq {
-    pub(crate) fn new(text: Arc<dyn PhysicalExpr>, constant: &str, negated: bool) -> InlineTextEq {
-        let inline = constant.len() <= INLINE;
+    pub(crate) fn new(
+        text: Arc<dyn PhysicalExpr>,
+        constants: Vec<String>,
+        negated: bool,
+    ) -> InlineTextEq {
+        let views = constants
+            .iter()
+            .map(|constant| {
+                let bytes = constant.as_bytes();
+                if bytes.len() <= INLINE {
+                    inline_view(bytes)
+                } else {
+                    let prefix = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                    u128::from(bytes.len() as u32) | u128::from(prefix) << 32
+                }
+            })
+            .collect();
         InlineTextEq {
             text,
-            constant: constant.to_string(),
-            view: if inline {
-                inline_view(constant.as_bytes())
-            } else {
-                let bytes = constant.as_bytes();
-                let prefix = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                u128::from(constant.len() as u32) | u128::from(prefix) << 32
-            },
-            inline,
+            inline: constants.iter().all(|c| c.len() <= INLINE),
+            constants,
+            views,
             negated,
         }
+    }
+
+    /// Whether `row` of `views` equals one of the constants (some longer than 12 bytes).
+    fn matches(&self, views: &StringViewArray, row: usize) -> bool {
+        let word = views.views()[row];
+        self.constants
+            .iter()
+            .zip(&self.views)
+            .any(|(constant, view)| {
+                if constant.len() <= INLINE {
+                    word == *view
+                } else {
+                    // Length and prefix first; the bytes only where both match.
+                    word as u64 == *view as u64 && views.value(row) == constant
+                }
+            })
     }
 }
 
 impl PartialEq for InlineTextEq {
     fn eq(&self, other: &Self) -> bool {
         self.text.as_ref() == other.text.as_ref()
-            && self.view == other.view
+            && self.constants == other.constants
             && self.negated == other.negated
     }
 }
@@ -80,19 +110,22 @@ impl Eq for InlineTextEq {}
 impl Hash for InlineTextEq {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.text.hash(state);
-        self.view.hash(state);
+        self.constants.hash(state);
         self.negated.hash(state);
     }
 }
 
-/// Whether each word equals `target` (or differs, when `negated`), 64 rows per output word
-/// in a loop the compiler can unroll.
-fn equal_words(words: &[u128], target: u128, negated: bool) -> BooleanBuffer {
+/// Whether each word equals one of `targets` (or none, when `negated`), 64 rows per output
+/// word in a loop the compiler can unroll.
+fn equal_words(words: &[u128], targets: &[u128], negated: bool) -> BooleanBuffer {
     let mut packed = Vec::with_capacity(words.len().div_ceil(64));
     for chunk in words.chunks(64) {
         let mut bits = 0u64;
         for (k, word) in chunk.iter().enumerate() {
-            bits |= u64::from(*word == target) << k;
+            let hit = targets
+                .iter()
+                .fold(false, |hit, target| hit | (word == target));
+            bits |= u64::from(hit) << k;
         }
         if negated {
             bits = !bits;
@@ -117,8 +150,14 @@ fn inline_view(bytes: &[u8]) -> u128 {
 
 impl fmt::Display for InlineTextEq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let op = if self.negated { "!=" } else { "=" };
-        write!(f, "{} {op} {}", self.text, self.constant)
+        match (self.constants.as_slice(), self.negated) {
+            ([one], false) => write!(f, "{} = {one}", self.text),
+            ([one], true) => write!(f, "{} != {one}", self.text),
+            (many, negated) => {
+                let not = if negated { "NOT " } else { "" };
+                write!(f, "{} {not}IN ({})", self.text, many.join(", "))
+            }
+        }
     }
 }
 
@@ -137,16 +176,11 @@ impl PhysicalExpr for InlineTextEq {
                 let Some(views) = array.as_string_view_opt() else {
                     return internal_err!("{self}: the text is not a string view");
                 };
-                let words = views.views();
-                let (target, negated) = (self.view, self.negated);
                 let bits = if self.inline {
-                    equal_words(words, target, negated)
+                    equal_words(views.views(), &self.views, self.negated)
                 } else {
-                    // Length and prefix first; the bytes only where both match.
-                    let (head, constant) = (target as u64, self.constant.as_bytes());
-                    BooleanBuffer::collect_bool(words.len(), |i| {
-                        (words[i] as u64 == head && views.value(i).as_bytes() == constant)
-                            != negated
+                    BooleanBuffer::collect_bool(views.len(), |row| {
+                        self.matches(views, row) != self.negated
                     })
                 };
                 Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
@@ -156,7 +190,9 @@ impl PhysicalExpr for InlineTextEq {
             }
             ColumnarValue::Scalar(value) => {
                 let answer = match value.try_as_str() {
-                    Some(Some(text)) => Some((text == self.constant) != self.negated),
+                    Some(Some(text)) => {
+                        Some(self.constants.iter().any(|c| c == text) != self.negated)
+                    }
                     _ => None,
                 };
                 Ok(ColumnarValue::Scalar(ScalarValue::Boolean(answer)))
@@ -183,8 +219,29 @@ impl PhysicalExpr for InlineTextEq {
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.text.fmt_sql(f)?;
-        let op = if self.negated { "<>" } else { "=" };
-        write!(f, " {op} '{}'", self.constant.replace('\'', "''"))
+        let quoted: Vec<String> = self
+            .constants
+            .iter()
+            .map(|c| format!("'{}'", c.replace('\'', "''")))
+            .collect();
+        match (quoted.as_slice(), self.negated) {
+            ([one], false) => write!(f, " = {one}"),
+            ([one], true) => write!(f, " <> {one}"),
+            (many, negated) => {
+                let not = if negated { "NOT " } else { "" };
+                write!(f, " {not}IN ({})", many.join(", "))
+            }
+        }
+    }
+}
+
+/// The text of a non-null text constant.
+fn constant_text(expr: &Arc<dyn PhysicalExpr>) -> Option<String> {
+    match expr.downcast_ref::<Literal>()?.value() {
+        ScalarValue::Utf8View(Some(s))
+        | ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Some(s.clone()),
+        _ => None,
     }
 }
 
@@ -195,34 +252,37 @@ fn rewrite(
     schema: &Schema,
 ) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
     Arc::clone(expr).transform_up(|node| {
-        let Some(binary) = node.downcast_ref::<BinaryExpr>() else {
+        let found = if let Some(binary) = node.downcast_ref::<BinaryExpr>() {
+            let negated = match binary.op() {
+                Operator::Eq => Some(false),
+                Operator::NotEq => Some(true),
+                _ => None,
+            };
+            let sides = match (constant_text(binary.left()), constant_text(binary.right())) {
+                (None, Some(constant)) => Some((binary.left(), constant)),
+                (Some(constant), None) => Some((binary.right(), constant)),
+                _ => None,
+            };
+            negated
+                .zip(sides)
+                .map(|(negated, (text, constant))| (text, vec![constant], negated))
+        } else if let Some(in_list) = node.downcast_ref::<InListExpr>() {
+            let constants: Option<Vec<String>> = in_list.list().iter().map(constant_text).collect();
+            constants
+                .filter(|c| !c.is_empty() && c.len() <= MOST_CONSTANTS)
+                .map(|constants| (in_list.expr(), constants, in_list.negated()))
+        } else {
+            None
+        };
+        let Some((text, constants, negated)) = found else {
             return Ok(Transformed::no(node));
-        };
-        let negated = match binary.op() {
-            Operator::Eq => false,
-            Operator::NotEq => true,
-            _ => return Ok(Transformed::no(node)),
-        };
-        let (text, constant) = match (
-            binary.left().downcast_ref::<Literal>(),
-            binary.right().downcast_ref::<Literal>(),
-        ) {
-            (None, Some(literal)) => (binary.left(), literal.value()),
-            (Some(literal), None) => (binary.right(), literal.value()),
-            _ => return Ok(Transformed::no(node)),
         };
         if text.data_type(schema)? != DataType::Utf8View {
             return Ok(Transformed::no(node));
         }
-        let constant = match constant {
-            ScalarValue::Utf8View(Some(s))
-            | ScalarValue::Utf8(Some(s))
-            | ScalarValue::LargeUtf8(Some(s)) => s,
-            _ => return Ok(Transformed::no(node)),
-        };
         Ok(Transformed::yes(Arc::new(InlineTextEq::new(
             Arc::clone(text),
-            constant,
+            constants,
             negated,
         ))))
     })
@@ -315,9 +375,13 @@ mod tests {
         // Longer text: its view starts with its length and first four bytes.
         let long = "abcdefghijklm and more";
         let array = StringViewArray::from(vec![long]);
-        let compare = InlineTextEq::new(Arc::new(Literal::new(ScalarValue::Null)), long, false);
+        let compare = InlineTextEq::new(
+            Arc::new(Literal::new(ScalarValue::Null)),
+            vec![long.to_string()],
+            false,
+        );
         assert!(!compare.inline);
-        assert_eq!(compare.view as u64, array.views()[0] as u64);
+        assert_eq!(compare.views[0] as u64, array.views()[0] as u64);
     }
 
     #[test]
@@ -326,13 +390,17 @@ mod tests {
         let mut words = vec![5u128; 130];
         words[7] = 9;
         words[129] = 9;
-        let equal = equal_words(&words, 9, false);
-        let unequal = equal_words(&words, 9, true);
+        let equal = equal_words(&words, &[9], false);
+        let unequal = equal_words(&words, &[9], true);
         assert_eq!(equal.len(), 130);
         assert_eq!(equal.set_indices().collect::<Vec<_>>(), vec![7, 129]);
         assert_eq!(unequal.count_set_bits(), 128);
         assert!(!unequal.value(7) && !unequal.value(129) && unequal.value(128));
-        assert_eq!(equal_words(&[], 9, true).len(), 0);
+        assert_eq!(equal_words(&[], &[9], true).len(), 0);
+        // Several targets: a row matching any of them.
+        words[64] = 11;
+        let either = equal_words(&words, &[11, 9], false);
+        assert_eq!(either.set_indices().collect::<Vec<_>>(), vec![7, 64, 129]);
     }
 
     /// Rows worked out by hand below; long texts put data buffers in the views.
@@ -466,6 +534,40 @@ mod tests {
                 "3,true,1",
             ),
             ("SELECT count(*) FROM r WHERE t = NULL", 0, "0"),
+            // Lists of four or more stay lists after DataFusion's simplification.
+            (
+                "SELECT count(*) FROM r WHERE t IN ('male', 'mal', 'female', '上海')",
+                1,
+                "6",
+            ),
+            (
+                "SELECT count(*) FROM r WHERE t NOT IN ('male', 'mal', 'female', '上海')",
+                1,
+                "5",
+            ),
+            (
+                "SELECT count(*) FROM r WHERE t IN ('male', 'mal', 'female', 'abcdefghijklm')",
+                1,
+                "6",
+            ),
+            (
+                "SELECT count(*) FROM r WHERE t NOT IN ('x', 'y', 'male and more than tw3lve', \
+                 'male and more than twelve')",
+                1,
+                "10",
+            ),
+            // A NULL in the list makes NOT IN unknown for every row that matches nothing.
+            (
+                "SELECT count(*) FROM r WHERE t NOT IN ('male', 'mal', 'female', NULL)",
+                0,
+                "0",
+            ),
+            (
+                "SELECT count(*) FROM r WHERE t IN ('a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', \
+                 'j', 'k', 'l', 'm', 'n', 'o', 'p', 'male')",
+                0,
+                "3",
+            ),
         ];
         for (sql, rewritten, answer) in cases {
             let (found, got) = run(&with, sql).await;
