@@ -20,6 +20,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::pruning::PruningStatistics;
@@ -28,7 +29,11 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::physical_plan::parquet::{
+    CachedParquetFileReaderFactory, ParquetFileReaderFactory,
+};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
@@ -36,9 +41,14 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use deltalake::DeltaTable;
 use deltalake::table::state::DeltaTableState;
+use futures::future::BoxFuture;
 use object_store::{ObjectMeta, ObjectStore};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 
 /// The column mapping setting of a Delta table.
 const COLUMN_MAPPING: &str = "delta.columnMapping.mode";
@@ -307,12 +317,23 @@ impl TableProvider for SnapshotScan {
             .with_table_partition_cols(self.partition_fields.clone())
             .build();
         let mut source = format.file_source(table_schema);
+        if let Some(parquet) = source.downcast_ref::<ParquetSource>() {
+            let footers = state.runtime_env().cache_manager.get_file_metadata_cache();
+            let mut parquet =
+                parquet
+                    .clone()
+                    .with_parquet_file_reader_factory(Arc::new(FootersWithPageIndex(
+                        CachedParquetFileReaderFactory::new(self.store.clone(), footers),
+                    )));
+            if let Some(hint) = format.metadata_size_hint() {
+                parquet = parquet.with_metadata_size_hint(hint);
+            }
+            source = Arc::new(parquet);
+        }
         if let Some(predicate) = stored {
             let predicate =
                 state.create_physical_expr(predicate, &DFSchema::try_from(self.schema.clone())?)?;
-            if let Some(parquet) =
-                source.downcast_ref::<datafusion::datasource::physical_plan::ParquetSource>()
-            {
+            if let Some(parquet) = source.downcast_ref::<ParquetSource>() {
                 source = Arc::new(parquet.with_predicate(predicate));
             }
         }
@@ -322,7 +343,64 @@ impl TableProvider for SnapshotScan {
             .with_projection_indices(Some(columns.iter().map(|c| self.scan_index[*c]).collect()))?
             .with_limit(limit)
             .build();
-        format.create_physical_plan(state, config).await
+        // Not `format.create_physical_plan`: it would put its own footer reader back.
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// Readers whose footers are read, and cached, with their page indexes.
+///
+/// DataFusion's Parquet opener asks for a footer without its page index and, when the index
+/// can skip pages, reads and decodes the index itself, past the footer cache: every query
+/// read and decoded every file's index again. These readers ask for the index with the
+/// footer, so the engine's cache holds both and the opener finds the index there.
+#[derive(Debug)]
+struct FootersWithPageIndex(CachedParquetFileReaderFactory);
+
+impl ParquetFileReaderFactory for FootersWithPageIndex {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        partitioned_file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        Ok(Box::new(WithPageIndex(self.0.create_reader(
+            partition_index,
+            partitioned_file,
+            metadata_size_hint,
+            metrics,
+        )?)))
+    }
+}
+
+/// A reader whose footer comes with its page index (see [`FootersWithPageIndex`]).
+struct WithPageIndex(Box<dyn AsyncFileReader + Send>);
+
+impl AsyncFileReader for WithPageIndex {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.0.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        self.0.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let options = options
+            .cloned()
+            .unwrap_or_default()
+            .with_page_index_policy(PageIndexPolicy::Optional);
+        Box::pin(async move { self.0.get_metadata(Some(&options)).await })
     }
 }
 

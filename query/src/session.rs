@@ -777,6 +777,20 @@ mod tests {
             20
         );
         assert_eq!(engine.footers.0.len(), 2, "one footer per data file");
+        // Cached with their page indexes, which the scan would otherwise read and decode
+        // again on every query.
+        for file in users.data_files().expect("files") {
+            let path = datafusion::object_store::path::Path::from(file.path.as_str());
+            let cached = engine.footers.0.get(&path).expect("cached footer");
+            let footer = cached
+                .file_metadata
+                .as_any()
+                .downcast_ref::<datafusion::datasource::physical_plan::parquet::metadata::CachedParquetMetaData>()
+                .expect("a Parquet footer")
+                .parquet_metadata();
+            assert!(footer.column_index().is_some(), "{}", file.path);
+            assert!(footer.offset_index().is_some(), "{}", file.path);
+        }
         assert_eq!(
             sum(engine.session(&catalog).await.expect("session")).await,
             20
