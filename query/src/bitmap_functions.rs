@@ -24,7 +24,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Int64Array,
     Int64Builder,
 };
-use arrow::buffer::BooleanBuffer;
+use arrow::buffer::{BooleanBuffer, Buffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
@@ -341,12 +341,20 @@ impl FlatCache {
 fn memberships(ids: &Int64Array, bitmap: &RoaringBitmap, flat: Option<&[u64]>) -> BooleanArray {
     let values = ids.values();
     let bits = match flat {
-        Some(words) => BooleanBuffer::collect_bool(values.len(), |i| {
-            let id = values[i] as u64;
-            words
-                .get((id / 64) as usize)
-                .is_some_and(|w| w & (1 << (id % 64)) != 0)
-        }),
+        // 64 ids per output word, in a loop without bounds checks on the ids.
+        Some(words) => {
+            let mut packed = Vec::with_capacity(values.len().div_ceil(64));
+            for chunk in values.chunks(64) {
+                let mut bits = 0u64;
+                for (k, id) in chunk.iter().enumerate() {
+                    let id = *id as u64;
+                    let word = words.get((id / 64) as usize).copied().unwrap_or(0);
+                    bits |= ((word >> (id % 64)) & 1) << k;
+                }
+                packed.push(bits);
+            }
+            BooleanBuffer::new(Buffer::from_vec(packed), 0, values.len())
+        }
         None => BooleanBuffer::collect_bool(values.len(), |i| {
             u32::try_from(values[i]).is_ok_and(|u| bitmap.contains(u))
         }),

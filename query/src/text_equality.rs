@@ -17,7 +17,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, StringViewArray};
+use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::buffer::{BooleanBuffer, Buffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema};
 use arrow::record_batch::RecordBatch;
@@ -45,11 +45,10 @@ const MOST_CONSTANTS: usize = 16;
 pub(crate) struct InlineTextEq {
     text: Arc<dyn PhysicalExpr>,
     constants: Vec<String>,
-    /// Each constant's view: all of it when the constant is inline, else its length and first
-    /// four bytes (the low 64 bits).
-    views: Vec<u128>,
-    /// Whether every constant is inline.
-    inline: bool,
+    /// The views of the inline constants.
+    exact: Vec<u128>,
+    /// The longer constants and the low 64 bits of their views: length and first four bytes.
+    long: Vec<(u64, String)>,
     negated: bool,
 }
 
@@ -59,41 +58,27 @@ impl InlineTextEq {
         constants: Vec<String>,
         negated: bool,
     ) -> InlineTextEq {
-        let views = constants
-            .iter()
-            .map(|constant| {
-                let bytes = constant.as_bytes();
-                if bytes.len() <= INLINE {
-                    inline_view(bytes)
-                } else {
-                    let prefix = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                    u128::from(bytes.len() as u32) | u128::from(prefix) << 32
-                }
-            })
-            .collect();
+        let mut exact = Vec::new();
+        let mut long = Vec::new();
+        for constant in &constants {
+            let bytes = constant.as_bytes();
+            if bytes.len() <= INLINE {
+                exact.push(inline_view(bytes));
+            } else {
+                let prefix = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                long.push((
+                    u64::from(bytes.len() as u32) | u64::from(prefix) << 32,
+                    constant.clone(),
+                ));
+            }
+        }
         InlineTextEq {
             text,
-            inline: constants.iter().all(|c| c.len() <= INLINE),
             constants,
-            views,
+            exact,
+            long,
             negated,
         }
-    }
-
-    /// Whether `row` of `views` equals one of the constants (some longer than 12 bytes).
-    fn matches(&self, views: &StringViewArray, row: usize) -> bool {
-        let word = views.views()[row];
-        self.constants
-            .iter()
-            .zip(&self.views)
-            .any(|(constant, view)| {
-                if constant.len() <= INLINE {
-                    word == *view
-                } else {
-                    // Length and prefix first; the bytes only where both match.
-                    word as u64 == *view as u64 && views.value(row) == constant
-                }
-            })
     }
 }
 
@@ -115,17 +100,38 @@ impl Hash for InlineTextEq {
     }
 }
 
-/// Whether each word equals one of `targets` (or none, when `negated`), 64 rows per output
-/// word in a loop the compiler can unroll.
-fn equal_words(words: &[u128], targets: &[u128], negated: bool) -> BooleanBuffer {
+/// Whether each word equals one of `exact`, or has one of `heads` as its low 64 bits and
+/// passes `verify` (its row number), or neither when `negated`: 64 rows per output word in a
+/// loop the compiler can unroll, `verify` only for rows whose head matched.
+fn equal_words(
+    words: &[u128],
+    exact: &[u128],
+    heads: &[u64],
+    verify: impl Fn(usize) -> bool,
+    negated: bool,
+) -> BooleanBuffer {
     let mut packed = Vec::with_capacity(words.len().div_ceil(64));
-    for chunk in words.chunks(64) {
+    for (c, chunk) in words.chunks(64).enumerate() {
         let mut bits = 0u64;
+        let mut near = 0u64;
         for (k, word) in chunk.iter().enumerate() {
-            let hit = targets
+            let hit = exact
                 .iter()
                 .fold(false, |hit, target| hit | (word == target));
+            let head = *word as u64;
+            let close = heads
+                .iter()
+                .fold(false, |close, target| close | (head == *target));
             bits |= u64::from(hit) << k;
+            near |= u64::from(close) << k;
+        }
+        let mut rest = near & !bits;
+        while rest != 0 {
+            let k = rest.trailing_zeros() as usize;
+            if verify(c * 64 + k) {
+                bits |= 1 << k;
+            }
+            rest &= rest - 1;
         }
         if negated {
             bits = !bits;
@@ -176,13 +182,12 @@ impl PhysicalExpr for InlineTextEq {
                 let Some(views) = array.as_string_view_opt() else {
                     return internal_err!("{self}: the text is not a string view");
                 };
-                let bits = if self.inline {
-                    equal_words(views.views(), &self.views, self.negated)
-                } else {
-                    BooleanBuffer::collect_bool(views.len(), |row| {
-                        self.matches(views, row) != self.negated
-                    })
+                let heads: Vec<u64> = self.long.iter().map(|(head, _)| *head).collect();
+                let verify = |row: usize| {
+                    let text = views.value(row);
+                    self.long.iter().any(|(_, constant)| text == constant)
                 };
+                let bits = equal_words(views.views(), &self.exact, &heads, verify, self.negated);
                 Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
                     bits,
                     views.nulls().cloned(),
@@ -380,8 +385,8 @@ mod tests {
             vec![long.to_string()],
             false,
         );
-        assert!(!compare.inline);
-        assert_eq!(compare.views[0] as u64, array.views()[0] as u64);
+        assert!(compare.exact.is_empty());
+        assert_eq!(compare.long[0].0, array.views()[0] as u64);
     }
 
     #[test]
@@ -390,17 +395,30 @@ mod tests {
         let mut words = vec![5u128; 130];
         words[7] = 9;
         words[129] = 9;
-        let equal = equal_words(&words, &[9], false);
-        let unequal = equal_words(&words, &[9], true);
+        let none = |_: usize| false;
+        let equal = equal_words(&words, &[9], &[], none, false);
+        let unequal = equal_words(&words, &[9], &[], none, true);
         assert_eq!(equal.len(), 130);
         assert_eq!(equal.set_indices().collect::<Vec<_>>(), vec![7, 129]);
         assert_eq!(unequal.count_set_bits(), 128);
         assert!(!unequal.value(7) && !unequal.value(129) && unequal.value(128));
-        assert_eq!(equal_words(&[], &[9], true).len(), 0);
+        assert_eq!(equal_words(&[], &[9], &[], none, true).len(), 0);
         // Several targets: a row matching any of them.
         words[64] = 11;
-        let either = equal_words(&words, &[11, 9], false);
+        let either = equal_words(&words, &[11, 9], &[], none, false);
         assert_eq!(either.set_indices().collect::<Vec<_>>(), vec![7, 64, 129]);
+        // Heads: rows 3 and 70 share the head 7 in their low 64 bits; only 70 passes the
+        // check of its bytes, and exact matches need no check.
+        words[3] = 7 | 1 << 64;
+        words[70] = 7 | 2 << 64;
+        let checked = std::cell::RefCell::new(Vec::new());
+        let verify = |row: usize| {
+            checked.borrow_mut().push(row);
+            row == 70
+        };
+        let found = equal_words(&words, &[9], &[7], verify, false);
+        assert_eq!(found.set_indices().collect::<Vec<_>>(), vec![7, 70, 129]);
+        assert_eq!(checked.into_inner(), vec![3, 70]);
     }
 
     /// Rows worked out by hand below; long texts put data buffers in the views.
