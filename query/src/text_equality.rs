@@ -10,8 +10,9 @@
 //! view: longer text has another length, and so another view. A longer constant is compared
 //! by length and first four bytes (the view's low 64 bits), and by its bytes only where those
 //! match. This rule, run after DataFusion's own, replaces `=` and `<>` between a string view
-//! and a constant in filters and aggregate arguments with [`InlineTextEq`]. Scans keep their
-//! own predicates, so statistics still prune files and row groups.
+//! and a constant, and `IN` / `NOT IN` lists of up to 16 constants, in filters and aggregate
+//! arguments with [`InlineTextEq`]. Scans keep their own predicates, so statistics still
+//! prune files and row groups.
 
 use std::fmt;
 use std::hash::Hash;
