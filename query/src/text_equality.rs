@@ -48,8 +48,10 @@ pub(crate) struct InlineTextEq {
     constants: Vec<String>,
     /// The views of the inline constants.
     exact: Vec<u128>,
-    /// The longer constants and the low 64 bits of their views: length and first four bytes.
-    long: Vec<(u64, String)>,
+    /// The low 64 bits of the longer constants' views (length and first four bytes)…
+    heads: Vec<u64>,
+    /// …and those constants.
+    long: Vec<String>,
     negated: bool,
 }
 
@@ -60,6 +62,7 @@ impl InlineTextEq {
         negated: bool,
     ) -> InlineTextEq {
         let mut exact = Vec::new();
+        let mut heads = Vec::new();
         let mut long = Vec::new();
         for constant in &constants {
             let bytes = constant.as_bytes();
@@ -67,16 +70,15 @@ impl InlineTextEq {
                 exact.push(inline_view(bytes));
             } else {
                 let prefix = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-                long.push((
-                    u64::from(bytes.len() as u32) | u64::from(prefix) << 32,
-                    constant.clone(),
-                ));
+                heads.push(u64::from(bytes.len() as u32) | u64::from(prefix) << 32);
+                long.push(constant.clone());
             }
         }
         InlineTextEq {
             text,
             constants,
             exact,
+            heads,
             long,
             negated,
         }
@@ -183,12 +185,17 @@ impl PhysicalExpr for InlineTextEq {
                 let Some(views) = array.as_string_view_opt() else {
                     return internal_err!("{self}: the text is not a string view");
                 };
-                let heads: Vec<u64> = self.long.iter().map(|(head, _)| *head).collect();
                 let verify = |row: usize| {
                     let text = views.value(row);
-                    self.long.iter().any(|(_, constant)| text == constant)
+                    self.long.iter().any(|constant| text == constant)
                 };
-                let bits = equal_words(views.views(), &self.exact, &heads, verify, self.negated);
+                let bits = equal_words(
+                    views.views(),
+                    &self.exact,
+                    &self.heads,
+                    verify,
+                    self.negated,
+                );
                 Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(
                     bits,
                     views.nulls().cloned(),
@@ -387,7 +394,7 @@ mod tests {
             false,
         );
         assert!(compare.exact.is_empty());
-        assert_eq!(compare.long[0].0, array.views()[0] as u64);
+        assert_eq!(compare.heads, vec![array.views()[0] as u64]);
     }
 
     #[test]
