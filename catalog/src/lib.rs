@@ -10,6 +10,7 @@
 mod definition;
 mod error;
 mod identity;
+mod local_read;
 mod merge_log;
 mod monitor;
 mod role;

@@ -41,7 +41,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder};
 use deltalake::DeltaTable;
 use deltalake::table::state::DeltaTableState;
 use futures::future::BoxFuture;
@@ -49,6 +49,8 @@ use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+
+use crate::local_read::{LocalFiles, LocalReader};
 
 /// The column mapping setting of a Delta table.
 const COLUMN_MAPPING: &str = "delta.columnMapping.mode";
@@ -72,6 +74,8 @@ pub(crate) struct SnapshotScan {
     prunable: HashMap<String, DataType>,
     store_url: ObjectStoreUrl,
     store: Arc<dyn ObjectStore>,
+    /// Where the files are on disk, for a local warehouse.
+    local: Option<Arc<LocalFiles>>,
 }
 
 impl SnapshotScan {
@@ -170,6 +174,7 @@ impl SnapshotScan {
             files,
             store_url: log_store.object_store_url(),
             store: log_store.object_store(None),
+            local: LocalFiles::of(table.table_url()).map(Arc::new),
             state,
             prunable,
         }))
@@ -322,9 +327,10 @@ impl TableProvider for SnapshotScan {
             let mut parquet =
                 parquet
                     .clone()
-                    .with_parquet_file_reader_factory(Arc::new(FootersWithPageIndex(
-                        CachedParquetFileReaderFactory::new(self.store.clone(), footers),
-                    )));
+                    .with_parquet_file_reader_factory(Arc::new(FootersWithPageIndex {
+                        footers: CachedParquetFileReaderFactory::new(self.store.clone(), footers),
+                        local: self.local.clone(),
+                    }));
             if let Some(hint) = format.metadata_size_hint() {
                 parquet = parquet.with_metadata_size_hint(hint);
             }
@@ -354,8 +360,13 @@ impl TableProvider for SnapshotScan {
 /// can skip pages, reads and decodes the index itself, past the footer cache: every query
 /// read and decoded every file's index again. These readers ask for the index with the
 /// footer, so the engine's cache holds both and the opener finds the index there.
+///
+/// In a local warehouse they read the files' data through [`LocalFiles`].
 #[derive(Debug)]
-struct FootersWithPageIndex(CachedParquetFileReaderFactory);
+struct FootersWithPageIndex {
+    footers: CachedParquetFileReaderFactory,
+    local: Option<Arc<LocalFiles>>,
+}
 
 impl ParquetFileReaderFactory for FootersWithPageIndex {
     fn create_reader(
@@ -365,31 +376,56 @@ impl ParquetFileReaderFactory for FootersWithPageIndex {
         metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> Result<Box<dyn AsyncFileReader + Send>> {
-        Ok(Box::new(WithPageIndex(self.0.create_reader(
+        let local = match &self.local {
+            Some(files) => {
+                let location = &partitioned_file.object_meta.location;
+                let bytes_scanned = MetricBuilder::new(metrics)
+                    .with_new_label("filename", location.to_string())
+                    .counter("bytes_scanned", partition_index);
+                Some(files.reader(location, bytes_scanned)?)
+            }
+            None => None,
+        };
+        let footers = self.footers.create_reader(
             partition_index,
             partitioned_file,
             metadata_size_hint,
             metrics,
-        )?)))
+        )?;
+        Ok(Box::new(WithPageIndex { footers, local }))
     }
 }
 
 /// A reader whose footer comes with its page index (see [`FootersWithPageIndex`]).
-struct WithPageIndex(Box<dyn AsyncFileReader + Send>);
+struct WithPageIndex {
+    footers: Box<dyn AsyncFileReader + Send>,
+    local: Option<LocalReader>,
+}
 
 impl AsyncFileReader for WithPageIndex {
     fn get_bytes(
         &mut self,
         range: std::ops::Range<u64>,
     ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        self.0.get_bytes(range)
+        match &mut self.local {
+            Some(local) => {
+                let read = local
+                    .read(std::slice::from_ref(&range))
+                    .map(|mut read| read.pop().unwrap_or_default());
+                Box::pin(std::future::ready(read))
+            }
+            None => self.footers.get_bytes(range),
+        }
     }
 
     fn get_byte_ranges(
         &mut self,
         ranges: Vec<std::ops::Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        self.0.get_byte_ranges(ranges)
+        match &mut self.local {
+            Some(local) => Box::pin(std::future::ready(local.read(&ranges))),
+            None => self.footers.get_byte_ranges(ranges),
+        }
     }
 
     fn get_metadata<'a>(
@@ -400,7 +436,7 @@ impl AsyncFileReader for WithPageIndex {
             .cloned()
             .unwrap_or_default()
             .with_page_index_policy(PageIndexPolicy::Optional);
-        Box::pin(async move { self.0.get_metadata(Some(&options)).await })
+        Box::pin(async move { self.footers.get_metadata(Some(&options)).await })
     }
 }
 
