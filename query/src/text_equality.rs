@@ -114,6 +114,24 @@ fn equal_words(
     negated: bool,
 ) -> BooleanBuffer {
     let mut packed = Vec::with_capacity(words.len().div_ceil(64));
+    // One short constant, the usual step or attribute condition: a loop the compiler can
+    // vectorise, with no list to walk per row.
+    if let ([target], []) = (exact, heads) {
+        for chunk in words.chunks(64) {
+            let mut bits = 0u64;
+            for (k, word) in chunk.iter().enumerate() {
+                bits |= u64::from(word == target) << k;
+            }
+            if negated {
+                bits = !bits;
+            }
+            if chunk.len() < 64 {
+                bits &= (1u64 << chunk.len()) - 1;
+            }
+            packed.push(bits);
+        }
+        return BooleanBuffer::new(Buffer::from_vec(packed), 0, words.len());
+    }
     for (c, chunk) in words.chunks(64).enumerate() {
         let mut bits = 0u64;
         let mut near = 0u64;
