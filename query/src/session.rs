@@ -82,6 +82,11 @@ impl std::fmt::Debug for Footers {
 /// Memory for cached footers.
 const FOOTER_CACHE_BYTES: usize = 256 << 20;
 
+/// Rows per batch (DataFusion's default is 8,192). Reports aggregate every event of their
+/// window; with four times fewer batches a funnel over all people ran ~12% faster, and the
+/// scan counts of the query bench did not change. `DATAFUSION_EXECUTION_BATCH_SIZE` overrides it.
+const BATCH_ROWS: usize = 32_768;
+
 impl Engine {
     /// An engine whose sessions run under `limits`.
     pub fn new(limits: Limits) -> Engine {
@@ -100,9 +105,12 @@ impl Engine {
     pub async fn session(&self, catalog: &Catalog) -> Result<Session> {
         let tables = self.snapshot(catalog).await?;
         // DataFusion's own settings can be tuned with DATAFUSION_* variables.
-        let config = SessionConfig::from_env()?
+        let mut config = SessionConfig::from_env()?
             .with_information_schema(true)
             .with_default_catalog_and_schema("shoal", "public");
+        if std::env::var_os("DATAFUSION_EXECUTION_BATCH_SIZE").is_none() {
+            config = config.with_batch_size(BATCH_ROWS);
+        }
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
             .with_cache_manager(
