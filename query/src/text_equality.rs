@@ -104,8 +104,9 @@ impl Hash for InlineTextEq {
 }
 
 /// Whether each word equals one of `exact`, or has one of `heads` as its low 64 bits and
-/// passes `verify` (its row number), or neither when `negated`: 64 rows per output word in a
-/// loop the compiler can unroll, `verify` only for rows whose head matched.
+/// passes `verify` (its row number), or neither when `negated`. Each constant is one pass over
+/// the words, 64 rows per output word in a loop the compiler can vectorise; `verify` runs only
+/// for rows whose head matched.
 fn equal_words(
     words: &[u128],
     exact: &[u128],
@@ -113,54 +114,41 @@ fn equal_words(
     verify: impl Fn(usize) -> bool,
     negated: bool,
 ) -> BooleanBuffer {
-    let mut packed = Vec::with_capacity(words.len().div_ceil(64));
-    // One short constant, the usual step or attribute condition: a loop the compiler can
-    // vectorise, with no list to walk per row.
-    if let ([target], []) = (exact, heads) {
-        for chunk in words.chunks(64) {
+    let mut packed = vec![0u64; words.len().div_ceil(64)];
+    for target in exact {
+        for (chunk, out) in words.chunks(64).zip(packed.iter_mut()) {
             let mut bits = 0u64;
             for (k, word) in chunk.iter().enumerate() {
                 bits |= u64::from(word == target) << k;
             }
-            if negated {
-                bits = !bits;
-            }
-            if chunk.len() < 64 {
-                bits &= (1u64 << chunk.len()) - 1;
-            }
-            packed.push(bits);
+            *out |= bits;
         }
-        return BooleanBuffer::new(Buffer::from_vec(packed), 0, words.len());
     }
-    for (c, chunk) in words.chunks(64).enumerate() {
-        let mut bits = 0u64;
-        let mut near = 0u64;
-        for (k, word) in chunk.iter().enumerate() {
-            let hit = exact
-                .iter()
-                .fold(false, |hit, target| hit | (word == target));
-            let head = *word as u64;
-            let close = heads
-                .iter()
-                .fold(false, |close, target| close | (head == *target));
-            bits |= u64::from(hit) << k;
-            near |= u64::from(close) << k;
-        }
-        let mut rest = near & !bits;
-        while rest != 0 {
-            let k = rest.trailing_zeros() as usize;
-            if verify(c * 64 + k) {
-                bits |= 1 << k;
+    for target in heads {
+        for (c, (chunk, out)) in words.chunks(64).zip(packed.iter_mut()).enumerate() {
+            let mut near = 0u64;
+            for (k, word) in chunk.iter().enumerate() {
+                near |= u64::from(*word as u64 == *target) << k;
             }
-            rest &= rest - 1;
+            let mut rest = near & !*out;
+            while rest != 0 {
+                let k = rest.trailing_zeros() as usize;
+                if verify(c * 64 + k) {
+                    *out |= 1 << k;
+                }
+                rest &= rest - 1;
+            }
         }
-        if negated {
-            bits = !bits;
+    }
+    if negated {
+        for out in &mut packed {
+            *out = !*out;
         }
-        if chunk.len() < 64 {
-            bits &= (1u64 << chunk.len()) - 1;
+        if let Some(last) = packed.last_mut()
+            && !words.len().is_multiple_of(64)
+        {
+            *last &= (1u64 << (words.len() % 64)) - 1;
         }
-        packed.push(bits);
     }
     BooleanBuffer::new(Buffer::from_vec(packed), 0, words.len())
 }
