@@ -396,7 +396,8 @@ impl ParquetFileReaderFactory for FootersWithPageIndex {
     }
 }
 
-/// A reader whose footer comes with its page index (see [`FootersWithPageIndex`]).
+/// A reader whose footer comes with its page index (see [`FootersWithPageIndex`]), and whose
+/// byte ranges come from [`LocalReader`] when the warehouse is local.
 struct WithPageIndex {
     footers: Box<dyn AsyncFileReader + Send>,
     local: Option<LocalReader>,
