@@ -13,6 +13,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use twox_hash::XxHash3_128;
 
+use super::index::{KeyIndex, SHARDS, shard_of};
+
 /// A hashed identity.
 pub type Key = u128;
 
@@ -57,13 +59,6 @@ impl Hasher for KeyHasher {
 /// A hash map keyed by identity keys.
 pub type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
-/// A key as two words: 8-byte aligned, so the graph's index buckets take 24 bytes, not 32.
-type SplitKey = [u64; 2];
-
-fn split(key: Key) -> SplitKey {
-    [key as u64, (key >> 64) as u64]
-}
-
 /// How one type may join people.
 #[derive(Debug, Clone)]
 pub struct TypeRule {
@@ -87,38 +82,54 @@ impl TypeRule {
 }
 
 /// One link between two identities, ordered by when it was first seen, then by the
-/// identities (type, then the high half of the key), so the order does not depend on how
-/// the input was read.
+/// identities (type, then the high bits of the key), so the order does not depend on how the
+/// input was read. The order is packed into two words, compared first: the time, `a`'s type
+/// and the top 56 bits of its key in one, `b`'s in the other. (Two identities of one type
+/// whose keys share their top 56 bits, and links between them at the same microsecond,
+/// happen with a chance below 10⁻¹⁰ in a run; only their order among themselves would then
+/// follow the nodes.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Link {
-    /// When it was first seen (UTC µs).
-    pub at: i64,
-    /// Type number of `a` (priority: 0 is strongest).
-    pub a_type: u8,
-    /// High 64 bits of `a`'s key.
-    pub a_hi: u64,
-    /// Type number of `b`.
-    pub b_type: u8,
-    /// High 64 bits of `b`'s key.
-    pub b_hi: u64,
+    /// When it was first seen (offset to sort as unsigned), `a`'s type, `a`'s key.
+    first: u128,
+    /// `b`'s type and key.
+    then: u64,
     /// Node of `a`.
     pub a: u32,
     /// Node of `b`.
     pub b: u32,
 }
 
+/// A type number above the top 56 bits of a key's high half.
+fn type_and_key(ty: u8, key: Key) -> u64 {
+    (u64::from(ty) << 56) | ((key >> 72) as u64)
+}
+
 impl Link {
     /// The link between nodes `a` and `b` (keys `ka`, `kb`) first seen at `at`.
     pub fn new(at: i64, a: (u8, Key, u32), b: (u8, Key, u32)) -> Link {
+        let at = (at as u64) ^ (1 << 63);
         Link {
-            at,
-            a_type: a.0,
-            a_hi: (a.1 >> 64) as u64,
-            b_type: b.0,
-            b_hi: (b.1 >> 64) as u64,
+            first: (u128::from(at) << 64) | u128::from(type_and_key(a.0, a.1)),
+            then: type_and_key(b.0, b.1),
             a: a.2,
             b: b.2,
         }
+    }
+
+    /// When it was first seen (UTC µs).
+    pub fn at(&self) -> i64 {
+        (((self.first >> 64) as u64) ^ (1 << 63)) as i64
+    }
+
+    /// Type number of `a` (priority: 0 is strongest).
+    pub fn a_type(&self) -> u8 {
+        (self.first as u64 >> 56) as u8
+    }
+
+    /// Type number of `b`.
+    pub fn b_type(&self) -> u8 {
+        (self.then >> 56) as u8
     }
 }
 
@@ -170,10 +181,6 @@ pub enum Outcome {
     Refused(String),
 }
 
-type Shard = HashMap<SplitKey, u32, BuildHasherDefault<KeyHasher>>;
-
-const SHARDS: usize = 4096;
-
 /// Marks a position, not a node, while [`Graph::nodes`] numbers new identities.
 const NEW: u32 = 1 << 31;
 
@@ -182,10 +189,6 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-fn shard_of(key: Key) -> usize {
-    (key >> 116) as usize
 }
 
 /// Everything the union-find keeps per identity, together so one cache line serves a step.
@@ -203,9 +206,8 @@ struct Node {
 /// The union-find with per-type caps.
 pub struct Graph {
     rules: Vec<TypeRule>,
-    /// Key → node, in shards by the key's top 12 bits: bulk inserts go shard by shard, so each
-    /// shard's table stays in cache while it fills.
-    index: Vec<Shard>,
+    /// Key → node.
+    index: KeyIndex,
     nodes: Vec<Node>,
     counts: Vec<u32>,
     free_slots: Vec<u32>,
@@ -219,7 +221,7 @@ impl Graph {
     pub fn new(rules: Vec<TypeRule>) -> Graph {
         Graph {
             rules,
-            index: (0..SHARDS).map(|_| Shard::default()).collect(),
+            index: KeyIndex::default(),
             nodes: Vec::new(),
             counts: Vec::new(),
             free_slots: Vec::new(),
@@ -230,9 +232,7 @@ impl Graph {
 
     /// Room for `n` identities.
     pub fn reserve(&mut self, n: usize) {
-        for shard in &mut self.index {
-            shard.reserve(n / SHARDS + 1);
-        }
+        self.index.reserve(self.nodes.len() + n);
         self.nodes.reserve(n);
     }
 
@@ -253,17 +253,15 @@ impl Graph {
 
     /// The node of `key`, if known.
     pub fn find_key(&self, key: Key) -> Option<u32> {
-        self.index[shard_of(key)].get(&split(key)).copied()
+        self.index.get(key)
     }
 
     /// The node of `key`, created (as a person of its own) if new.
     pub fn node(&mut self, ty: u8, key: Key) -> u32 {
         let n = self.nodes.len() as u32;
-        match self.index[shard_of(key)].entry(split(key)) {
-            std::collections::hash_map::Entry::Occupied(e) => return *e.get(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(n);
-            }
+        let found = self.index.get_or_insert(key, n);
+        if found != n {
+            return found;
         }
         self.nodes.push(Node {
             parent: n,
@@ -349,25 +347,17 @@ impl Graph {
 
         // Per shard: the node of known keys, or the first position of each new key, marked.
         let found: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
-        let mut rest: &mut [Shard] = &mut self.index;
-        let mut parts = Vec::with_capacity(threads);
-        for r in &shard_ranges {
-            let (part, tail) = rest.split_at_mut(r.len());
-            parts.push(part);
-            rest = tail;
-        }
+        let per_shard: Vec<usize> = (0..SHARDS).map(|s| starts[s + 1] - starts[s]).collect();
+        self.index.reserve_shards(&per_shard);
+        let mut parts = self.index.split_shards(&shard_ranges);
         std::thread::scope(|scope| {
             for (part, r) in parts.iter_mut().zip(&shard_ranges) {
                 let (order, found, starts) = (&order, &found, &starts);
-                let first = r.start;
                 scope.spawn(move || {
-                    for (j, shard) in part.iter_mut().enumerate() {
-                        let s = first + j;
-                        for o in &order[starts[s]..starts[s + 1]] {
-                            let i = o.load(Relaxed);
-                            let value = *shard.entry(split(keys[i as usize])).or_insert(NEW | i);
-                            found[i as usize].store(value, Relaxed);
-                        }
+                    for o in &order[starts[r.start]..starts[r.end]] {
+                        let i = o.load(Relaxed);
+                        let value = part.get_or_insert(keys[i as usize], NEW | i);
+                        found[i as usize].store(value, Relaxed);
                     }
                 });
             }
@@ -444,13 +434,13 @@ impl Graph {
                 for part in parts.iter_mut() {
                     let found = &found;
                     scope.spawn(move || {
-                        for shard in part.iter_mut() {
-                            for v in shard.values_mut() {
-                                if *v & NEW != 0 {
-                                    *v = found[(*v & !NEW) as usize].load(Relaxed);
-                                }
+                        part.update(|v| {
+                            if v & NEW != 0 {
+                                found[(v & !NEW) as usize].load(Relaxed)
+                            } else {
+                                v
                             }
-                        }
+                        });
                     });
                 }
             });
@@ -718,6 +708,24 @@ mod tests {
                 assert_eq!(node.parent, together[i], "a new node is its own root");
             }
         }
+    }
+
+    #[test]
+    fn links_order_by_time_then_types_then_keys_and_read_back() {
+        let k = |ty: u8, v: &str| (ty, key(ty, v), 0u32);
+        let early = Link::new(-5, k(2, "d"), k(2, "e"));
+        let late = Link::new(3, k(0, "u"), k(1, "p"));
+        assert!(early < late, "a time before 1970 sorts first");
+        assert_eq!((early.at(), early.a_type(), early.b_type()), (-5, 2, 2));
+        assert_eq!((late.at(), late.a_type(), late.b_type()), (3, 0, 1));
+        let strong = Link::new(3, k(0, "zz"), k(2, "d"));
+        let weak = Link::new(3, k(1, "aa"), k(0, "d"));
+        assert!(strong < weak, "at one time, the stronger type of a first");
+        let (x, y) = (key(2, "x"), key(2, "y"));
+        let by_key = |ka: Key| Link::new(3, (0, key(0, "u"), 1), (2, ka, 9));
+        assert_eq!(by_key(x) < by_key(y), (x >> 72) < (y >> 72), "then b's key");
+        assert_eq!(Link::new(i64::MIN, k(0, "a"), k(0, "b")).at(), i64::MIN);
+        assert_eq!(Link::new(i64::MAX, k(0, "a"), k(0, "b")).at(), i64::MAX);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! short is completed by the next one.
 
 pub mod graph;
+mod index;
 mod manage;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -357,9 +358,9 @@ pub async fn merge_identities(
                     merge_reasons.entry(ua.max(ub)).or_insert_with(|| {
                         format!(
                             "link {} — {} first seen {}",
-                            rules.name(link.a_type),
-                            rules.name(link.b_type),
-                            micros_text(link.at)
+                            rules.name(link.a_type()),
+                            rules.name(link.b_type()),
+                            micros_text(link.at())
                         )
                     });
                 }
@@ -379,11 +380,11 @@ pub async fn merge_identities(
                 .unwrap_or_default()
         };
         edge_rows.push(
-            rules.name(link.a_type),
+            rules.name(link.a_type()),
             name(key_a),
-            rules.name(link.b_type),
+            rules.name(link.b_type()),
             name(key_b),
-            link.at,
+            link.at(),
             &observed.sources[*source as usize],
             status,
             reason,
