@@ -191,17 +191,19 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// Everything the union-find keeps per identity, together so one cache line serves a step.
+/// What the union-find keeps per identity: twelve bytes, so tens of millions fit.
 #[derive(Debug, Clone, Copy)]
 struct Node {
     parent: u32,
-    size: u32,
-    /// Existing user id; at a root, the lowest of the component.
-    user: u32,
-    /// Slot of a root's per-type counts, or NO_SLOT for a single identity.
+    /// At a root: its slot in [`Graph::roots`], or NO_SLOT for a single identity without an
+    /// existing user (size 1, its own type counted once, no user).
     slot: u32,
     kind: u8,
 }
+
+/// A root's slot holds its per-type counts, then these two.
+const SIZE: usize = 0;
+const USER: usize = 1;
 
 /// The union-find with per-type caps.
 pub struct Graph {
@@ -209,7 +211,9 @@ pub struct Graph {
     /// Key → node.
     index: KeyIndex,
     nodes: Vec<Node>,
-    counts: Vec<u32>,
+    /// Slots of `stride` words: per-type counts, size, lowest existing user.
+    roots: Vec<u32>,
+    stride: usize,
     free_slots: Vec<u32>,
     /// A node of each existing user.
     user_node: HashMap<u32, u32, BuildHasherDefault<KeyHasher>>,
@@ -219,11 +223,13 @@ pub struct Graph {
 impl Graph {
     /// An empty graph under `rules` (index = type number).
     pub fn new(rules: Vec<TypeRule>) -> Graph {
+        let stride = rules.len() + 2;
         Graph {
             rules,
             index: KeyIndex::default(),
             nodes: Vec::new(),
-            counts: Vec::new(),
+            roots: Vec::new(),
+            stride,
             free_slots: Vec::new(),
             user_node: HashMap::default(),
             max_user: None,
@@ -234,6 +240,9 @@ impl Graph {
     pub fn reserve(&mut self, n: usize) {
         self.index.reserve(self.nodes.len() + n);
         self.nodes.reserve(n);
+        // People of two or more identities: at most half of them (address space only until
+        // used).
+        self.roots.reserve(n / 2 * self.stride);
     }
 
     /// Number of identities.
@@ -265,8 +274,6 @@ impl Graph {
         }
         self.nodes.push(Node {
             parent: n,
-            size: 1,
-            user: NO_USER,
             slot: NO_SLOT,
             kind: ty,
         });
@@ -385,8 +392,6 @@ impl Graph {
             base + added,
             Node {
                 parent: 0,
-                size: 1,
-                user: NO_USER,
                 slot: NO_SLOT,
                 kind: 0,
             },
@@ -456,8 +461,9 @@ impl Graph {
         match self.user_node.get(&user).copied() {
             None => {
                 self.user_node.insert(user, n);
-                let root = self.find(n) as usize;
-                self.nodes[root].user = self.nodes[root].user.min(user);
+                let root = self.find(n);
+                let at = self.slot_of(root) + self.rules.len() + USER;
+                self.roots[at] = self.roots[at].min(user);
             }
             Some(other) => {
                 let (a, b) = (self.find(n), self.find(other));
@@ -486,11 +492,42 @@ impl Graph {
         }
     }
 
+    /// The start of `root`'s slot, given one if it has none.
+    fn slot_of(&mut self, root: u32) -> usize {
+        let types = self.rules.len();
+        let node = self.nodes[root as usize];
+        if node.slot != NO_SLOT {
+            return node.slot as usize * self.stride;
+        }
+        let s = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.roots.extend(std::iter::repeat_n(0, self.stride));
+                (self.roots.len() / self.stride - 1) as u32
+            }
+        };
+        let at = s as usize * self.stride;
+        self.roots[at..at + types].fill(0);
+        self.roots[at + node.kind as usize] = 1;
+        self.roots[at + types + SIZE] = 1;
+        self.roots[at + types + USER] = NO_USER;
+        self.nodes[root as usize].slot = s;
+        at
+    }
+
+    /// Number of identities of `root`'s person.
+    fn size(&self, root: u32) -> u32 {
+        match self.nodes[root as usize].slot {
+            NO_SLOT => 1,
+            s => self.roots[s as usize * self.stride + self.rules.len() + SIZE],
+        }
+    }
+
     fn count(&self, root: u32, ty: usize) -> u32 {
         let node = &self.nodes[root as usize];
         match node.slot {
             NO_SLOT => u32::from(node.kind as usize == ty),
-            s => self.counts[s as usize * self.rules.len() + ty],
+            s => self.roots[s as usize * self.stride + ty],
         }
     }
 
@@ -500,7 +537,7 @@ impl Graph {
         if ra == rb {
             return Outcome::Already;
         }
-        let bridges = self.nodes[ra as usize].size > 1 && self.nodes[rb as usize].size > 1;
+        let bridges = self.size(ra) > 1 && self.size(rb) > 1;
         for x in [a, b] {
             let rule = &self.rules[self.nodes[x as usize].kind as usize];
             if bridges && !rule.joins {
@@ -522,64 +559,61 @@ impl Graph {
 
     fn union_roots(&mut self, ra: u32, rb: u32) {
         let (big, small) = {
-            let (sa, sb) = (self.nodes[ra as usize].size, self.nodes[rb as usize].size);
+            let (sa, sb) = (self.size(ra), self.size(rb));
             if sa > sb || (sa == sb && ra < rb) {
-                (ra as usize, rb as usize)
+                (ra, rb)
             } else {
-                (rb as usize, ra as usize)
+                (rb, ra)
             }
         };
         let types = self.rules.len();
-        let slot = match self.nodes[big].slot {
+        let at = self.slot_of(big);
+        let small_node = self.nodes[small as usize];
+        match small_node.slot {
             NO_SLOT => {
-                let s = match self.free_slots.pop() {
-                    Some(s) => s,
-                    None => {
-                        self.counts.extend(std::iter::repeat_n(0, types));
-                        (self.counts.len() / types - 1) as u32
-                    }
-                };
-                let at = s as usize * types;
-                self.counts[at..at + types].fill(0);
-                self.counts[at + self.nodes[big].kind as usize] = 1;
-                self.nodes[big].slot = s;
-                s
+                self.roots[at + small_node.kind as usize] += 1;
+                self.roots[at + types + SIZE] += 1;
             }
-            s => s,
-        };
-        let at = slot as usize * types;
-        match self.nodes[small].slot {
-            NO_SLOT => self.counts[at + self.nodes[small].kind as usize] += 1,
             other => {
-                let from = other as usize * types;
-                for ty in 0..types {
-                    self.counts[at + ty] += self.counts[from + ty];
+                let from = other as usize * self.stride;
+                for i in 0..types + 1 {
+                    self.roots[at + i] += self.roots[from + i];
                 }
+                let user = self.roots[from + types + USER];
+                let into = &mut self.roots[at + types + USER];
+                *into = (*into).min(user);
                 self.free_slots.push(other);
-                self.nodes[small].slot = NO_SLOT;
+                self.nodes[small as usize].slot = NO_SLOT;
             }
         }
-        let (small_size, small_user) = (self.nodes[small].size, self.nodes[small].user);
-        self.nodes[small].parent = big as u32;
-        let root = &mut self.nodes[big];
-        root.size += small_size;
-        root.user = root.user.min(small_user);
+        self.nodes[small as usize].parent = big;
     }
 
     /// Gives every person without an id the next ids, in node order (so the order in which
     /// identities first appeared decides), and returns the final user id of every node and
-    /// the merges of existing users (from, into), sorted.
+    /// the merges of existing users (from, into), sorted. Called once, at the end of a run.
     pub fn finish(&mut self) -> Resolution {
         let mut next = self.max_user.map_or(1, |m| m + 1);
         let nodes = self.nodes.len();
         let mut user_of = vec![NO_USER; nodes];
+        let user_at = self.rules.len() + USER;
         for n in 0..nodes as u32 {
-            let root = self.find(n) as usize;
-            if self.nodes[root].user == NO_USER {
-                self.nodes[root].user = next;
-                next += 1;
-            }
-            user_of[n as usize] = self.nodes[root].user;
+            let root = self.find(n);
+            user_of[n as usize] = match self.nodes[root as usize].slot {
+                // A single new identity: met once, here.
+                NO_SLOT => {
+                    next += 1;
+                    next - 1
+                }
+                s => {
+                    let at = s as usize * self.stride + user_at;
+                    if self.roots[at] == NO_USER {
+                        self.roots[at] = next;
+                        next += 1;
+                    }
+                    self.roots[at]
+                }
+            };
         }
         let mut merges: Vec<(u32, u32)> = Vec::new();
         let pairs: Vec<(u32, u32)> = self.user_node.iter().map(|(u, n)| (*u, *n)).collect();
@@ -597,10 +631,13 @@ impl Graph {
         }
     }
 
-    /// The user id of `n`'s person (NO_USER when new).
+    /// The user id of `n`'s person (NO_USER when new). Read it before [`Graph::finish`].
     pub fn root_user(&mut self, n: u32) -> u32 {
         let root = self.find(n);
-        self.nodes[root as usize].user
+        match self.nodes[root as usize].slot {
+            NO_SLOT => NO_USER,
+            s => self.roots[s as usize * self.stride + self.rules.len() + USER],
+        }
     }
 
     /// Type number of node `n`.
