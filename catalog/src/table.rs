@@ -433,6 +433,25 @@ impl Table {
         Ok(self.delta.table_provider().await?)
     }
 
+    /// A provider whose scans give text columns as the table stores them (not as string
+    /// views), for rows that are read only to be written again.
+    pub async fn rewrite_provider(&self) -> Result<Arc<dyn TableProvider>> {
+        let mut config = datafusion::prelude::SessionConfig::new();
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .build();
+        Ok(self
+            .delta
+            .table_provider()
+            .with_session(Arc::new(state))
+            .await?)
+    }
+
     /// The DataFusion provider for queries: DataFusion's Parquet scan over this snapshot's
     /// files (see `snapshot_scan`). Filters prune files, row groups and pages by their
     /// statistics, and are tested on whole decoded batches after the scan. Testing them

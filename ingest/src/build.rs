@@ -468,6 +468,12 @@ async fn rewrite_events(
     }
     let total = chunks.len() as u64;
     let mut day_bitmaps = BitmapRows::default();
+    // Chunks are read from the table as it was (each commit replaces only its own days), and
+    // each is committed while the next one is read, resolved and sorted.
+    let before = events.clone();
+    let schema = events.schema()?;
+    let read = read_session();
+    let mut committing: Option<tokio::task::JoinHandle<Result<shoal_catalog::Table>>> = None;
     for (i, chunk) in chunks.iter().enumerate() {
         progress("events", i as u64, total);
         let dates: Vec<_> = chunk
@@ -475,12 +481,11 @@ async fn rewrite_events(
             .map(|d| lit(ScalarValue::Date32(Some(*d))))
             .collect();
         let predicate = col("event_date").in_list(dates, false);
-        let batches = ctx
-            .read_table(events.provider().await?)?
+        let batches = read
+            .read_table(before.rewrite_provider().await?)?
             .filter(predicate.clone())?
             .collect()
             .await?;
-        let schema = events.schema()?;
         let batches = batches
             .iter()
             .map(|b| conform(b, &schema))
@@ -496,9 +501,18 @@ async fn rewrite_events(
         report.events_rewritten += batch.num_rows() as u64;
         report.days_rewritten += chunk.len() as u64;
         let pieces = split_batch(&batch, 262_144);
-        events
-            .replace_where(pieces, predicate, note.clone())
-            .await?;
+        if let Some(previous) = committing.take() {
+            events = joined(previous).await?;
+        }
+        let note = note.clone();
+        let mut table = events.clone();
+        committing = Some(tokio::spawn(async move {
+            table.replace_where(pieces, predicate, note).await?;
+            Ok(table)
+        }));
+    }
+    if let Some(last) = committing.take() {
+        events = joined(last).await?;
     }
     progress("events", total, total);
     let source_version = events.version();
@@ -513,6 +527,27 @@ async fn rewrite_events(
         .await?;
     }
     Ok(())
+}
+
+/// A session whose Parquet scans give text as the tables store it (not string views), so
+/// rewritten rows need no cast before they are written again.
+fn read_session() -> SessionContext {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    SessionContext::new_with_config(config)
+}
+
+/// The table a spawned commit hands back.
+async fn joined(
+    commit: tokio::task::JoinHandle<Result<shoal_catalog::Table>>,
+) -> Result<shoal_catalog::Table> {
+    commit
+        .await
+        .map_err(|e| Error::Internal(format!("committing events: {e}")))?
 }
 
 /// Casts a scanned batch to the table's own column types (scans may return string views).

@@ -797,9 +797,25 @@ async fn the_query_provider_reads_a_snapshot_as_delta_does_and_skips_files() {
         "SELECT id FROM visits WHERE name LIKE 'C%' OR day + 1 = DATE '2024-10-06' ORDER BY id",
         "SELECT id FROM visits WHERE id > 100",
     ];
+    let rewrite = table.rewrite_provider().await.expect("rewrite provider");
+    let name = rewrite
+        .schema()
+        .field_with_name("name")
+        .expect("name")
+        .clone();
+    assert_eq!(
+        name.data_type(),
+        &arrow::datatypes::DataType::Utf8,
+        "text as stored"
+    );
     for sql in queries {
         assert_eq!(
             lines_of(ours.clone(), sql).await,
+            lines_of(delta.clone(), sql).await,
+            "{sql}"
+        );
+        assert_eq!(
+            lines_of(rewrite.clone(), sql).await,
             lines_of(delta.clone(), sql).await,
             "{sql}"
         );
