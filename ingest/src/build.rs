@@ -594,6 +594,8 @@ fn resolve_events(
         .map(|(c, ty)| Ok((text(batch, c)?, *ty)))
         .collect::<Result<_>>()?;
     let mut out = Int64Builder::with_capacity(batch.num_rows());
+    // A person has many events: their ids are gathered in a bitmap, then added once each.
+    let mut touched = RoaringBitmap::new();
     for i in 0..batch.num_rows() {
         let step = moves.resolve(get_int(&current, i), || {
             ids.iter()
@@ -602,17 +604,18 @@ fn resolve_events(
         match step {
             Step::Resolved(u) => {
                 report.events_resolved += 1;
-                affected.insert(i64::from(u));
+                touched.insert(u);
             }
             Step::Moved(u) => {
                 report.events_moved += 1;
-                affected.insert(i64::from(u));
+                touched.insert(u);
             }
             Step::Unresolved => report.events_unresolved += 1,
             Step::Kept(_) => {}
         }
         out.append_option(step.user());
     }
+    affected.extend(touched.iter().map(i64::from));
     Ok(out.finish())
 }
 
