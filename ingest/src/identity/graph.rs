@@ -199,6 +199,9 @@ struct Node {
     /// existing user (size 1, its own type counted once, no user).
     slot: u32,
     kind: u8,
+    /// Set by [`Graph::finish`] at a root once its person has a user id: `slot` then holds
+    /// the id, so the other identities of the person find it in the root they already read.
+    named: bool,
 }
 
 /// A root's slot holds its per-type counts, then these two.
@@ -276,6 +279,7 @@ impl Graph {
             parent: n,
             slot: NO_SLOT,
             kind: ty,
+            named: false,
         });
         n
     }
@@ -394,6 +398,7 @@ impl Graph {
                 parent: 0,
                 slot: NO_SLOT,
                 kind: 0,
+                named: false,
             },
         );
         let mut rest: &mut [Node] = &mut self.nodes[base..];
@@ -598,22 +603,23 @@ impl Graph {
         let mut user_of = vec![NO_USER; nodes];
         let user_at = self.rules.len() + USER;
         for n in 0..nodes as u32 {
-            let root = self.find(n);
-            user_of[n as usize] = match self.nodes[root as usize].slot {
-                // A single new identity: met once, here.
-                NO_SLOT => {
+            let root = self.find(n) as usize;
+            let node = self.nodes[root];
+            if !node.named {
+                let existing = match node.slot {
+                    NO_SLOT => NO_USER,
+                    s => self.roots[s as usize * self.stride + user_at],
+                };
+                let user = if existing == NO_USER {
                     next += 1;
                     next - 1
-                }
-                s => {
-                    let at = s as usize * self.stride + user_at;
-                    if self.roots[at] == NO_USER {
-                        self.roots[at] = next;
-                        next += 1;
-                    }
-                    self.roots[at]
-                }
-            };
+                } else {
+                    existing
+                };
+                self.nodes[root].slot = user;
+                self.nodes[root].named = true;
+            }
+            user_of[n as usize] = self.nodes[root].slot;
         }
         let mut merges: Vec<(u32, u32)> = Vec::new();
         let pairs: Vec<(u32, u32)> = self.user_node.iter().map(|(u, n)| (*u, *n)).collect();
