@@ -76,6 +76,18 @@ fn writer_properties(layout: &ColumnLayout) -> WriterProperties {
         .build()
 }
 
+/// A session configuration whose Parquet scans give text columns as tables store them (not
+/// as string views), for rows read only to be written again.
+pub fn stored_text_config() -> datafusion::prelude::SessionConfig {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    config
+}
+
 /// A DataFusion session able to plan Delta writes: frames given to
 /// [`Table::overwrite_frame`] must be made in one of these.
 pub fn write_session() -> SessionContext {
@@ -436,12 +448,14 @@ impl Table {
     /// A provider whose scans give text columns as the table stores them (not as string
     /// views), for rows that are read only to be written again.
     pub async fn rewrite_provider(&self) -> Result<Arc<dyn TableProvider>> {
-        let mut config = datafusion::prelude::SessionConfig::new();
-        config
-            .options_mut()
-            .execution
-            .parquet
-            .schema_force_view_types = false;
+        self.delta_provider_with(stored_text_config()).await
+    }
+
+    /// Delta's provider, scanning with `config`.
+    async fn delta_provider_with(
+        &self,
+        config: datafusion::prelude::SessionConfig,
+    ) -> Result<Arc<dyn TableProvider>> {
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(config)
             .build();
@@ -466,14 +480,7 @@ impl Table {
         }
         let mut config = datafusion::prelude::SessionConfig::new();
         config.options_mut().execution.parquet.pushdown_filters = false;
-        let state = datafusion::execution::SessionStateBuilder::new()
-            .with_config(config)
-            .build();
-        Ok(self
-            .delta
-            .table_provider()
-            .with_session(Arc::new(state))
-            .await?)
+        self.delta_provider_with(config).await
     }
 
     /// Number of rows at this snapshot (answered from file statistics where Delta has them).

@@ -472,7 +472,8 @@ async fn rewrite_events(
     // each is committed while the next one is read, resolved and sorted.
     let before = events.clone();
     let schema = events.schema()?;
-    let read = read_session();
+    // Text read as stored, so rewritten rows need no cast before they are written again.
+    let read = SessionContext::new_with_config(shoal_catalog::stored_text_config());
     let mut committing: Option<tokio::task::JoinHandle<Result<shoal_catalog::Table>>> = None;
     for (i, chunk) in chunks.iter().enumerate() {
         progress("events", i as u64, total);
@@ -527,18 +528,6 @@ async fn rewrite_events(
         .await?;
     }
     Ok(())
-}
-
-/// A session whose Parquet scans give text as the tables store it (not string views), so
-/// rewritten rows need no cast before they are written again.
-fn read_session() -> SessionContext {
-    let mut config = datafusion::prelude::SessionConfig::new();
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
-    SessionContext::new_with_config(config)
 }
 
 /// The table a spawned commit hands back.
