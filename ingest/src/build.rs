@@ -470,10 +470,10 @@ async fn rewrite_events(
     let mut day_bitmaps = BitmapRows::default();
     // Chunks are read from the table as it was (each commit replaces only its own days), and
     // each is committed while the next one is read, resolved and sorted.
-    let before = events.clone();
     let schema = events.schema()?;
     // Text read as stored, so rewritten rows need no cast before they are written again.
     let read = SessionContext::new_with_config(shoal_catalog::stored_text_config());
+    let before = events.rewrite_provider().await?;
     let mut committing: Option<tokio::task::JoinHandle<Result<shoal_catalog::Table>>> = None;
     for (i, chunk) in chunks.iter().enumerate() {
         progress("events", i as u64, total);
@@ -483,7 +483,7 @@ async fn rewrite_events(
             .collect();
         let predicate = col("event_date").in_list(dates, false);
         let batches = read
-            .read_table(before.rewrite_provider().await?)?
+            .read_table(before.clone())?
             .filter(predicate.clone())?
             .collect()
             .await?;

@@ -100,7 +100,7 @@ pub struct Link {
     pub b: u32,
 }
 
-/// A type number above the top 56 bits of a key's high half.
+/// A type number above the top 56 bits of a key.
 fn type_and_key(ty: u8, key: Key) -> u64 {
     (u64::from(ty) << 56) | ((key >> 72) as u64)
 }
@@ -204,9 +204,9 @@ struct Node {
     named: bool,
 }
 
-/// A root's slot holds its per-type counts, then these two.
-const SIZE: usize = 0;
-const USER: usize = 1;
+/// A root's slot holds its per-type counts (their sum is the person's size), then the
+/// lowest existing user id at this offset past them.
+const USER: usize = 0;
 
 /// The union-find with per-type caps.
 pub struct Graph {
@@ -214,7 +214,7 @@ pub struct Graph {
     /// Key → node.
     index: KeyIndex,
     nodes: Vec<Node>,
-    /// Slots of `stride` words: per-type counts, size, lowest existing user.
+    /// Slots of `stride` words: per-type counts, lowest existing user.
     roots: Vec<u32>,
     stride: usize,
     free_slots: Vec<u32>,
@@ -226,7 +226,7 @@ pub struct Graph {
 impl Graph {
     /// An empty graph under `rules` (index = type number).
     pub fn new(rules: Vec<TypeRule>) -> Graph {
-        let stride = rules.len() + 2;
+        let stride = rules.len() + 1;
         Graph {
             rules,
             index: KeyIndex::default(),
@@ -514,7 +514,6 @@ impl Graph {
         let at = s as usize * self.stride;
         self.roots[at..at + types].fill(0);
         self.roots[at + node.kind as usize] = 1;
-        self.roots[at + types + SIZE] = 1;
         self.roots[at + types + USER] = NO_USER;
         self.nodes[root as usize].slot = s;
         at
@@ -524,7 +523,10 @@ impl Graph {
     fn size(&self, root: u32) -> u32 {
         match self.nodes[root as usize].slot {
             NO_SLOT => 1,
-            s => self.roots[s as usize * self.stride + self.rules.len() + SIZE],
+            s => {
+                let at = s as usize * self.stride;
+                self.roots[at..at + self.rules.len()].iter().sum()
+            }
         }
     }
 
@@ -575,14 +577,11 @@ impl Graph {
         let at = self.slot_of(big);
         let small_node = self.nodes[small as usize];
         match small_node.slot {
-            NO_SLOT => {
-                self.roots[at + small_node.kind as usize] += 1;
-                self.roots[at + types + SIZE] += 1;
-            }
+            NO_SLOT => self.roots[at + small_node.kind as usize] += 1,
             other => {
                 let from = other as usize * self.stride;
-                for i in 0..types + 1 {
-                    self.roots[at + i] += self.roots[from + i];
+                for ty in 0..types {
+                    self.roots[at + ty] += self.roots[from + ty];
                 }
                 let user = self.roots[from + types + USER];
                 let into = &mut self.roots[at + types + USER];
