@@ -418,12 +418,14 @@ pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResu
 
     let result = json!({
         "rows_landed": landed, "ingest_seconds": ingest_s,
-        "full": {"seconds": full_s, "events": full.events_rewritten, "orders": full.orders_resolved,
+        "full": {"seconds": full_s, "events": full.events_rewritten, "days_rewritten": full.days_rewritten,
+                 "orders": full.orders_resolved,
                  "users": full.users, "identities": full.identity.identities_new,
                  "rows_per_s": (full.events_rewritten + full.orders_resolved) as f64 / full_s,
                  "steps": full.seconds, "peak_rss_mib": full_rss},
         "incremental": {"seconds": incremental_s, "delta_rows": delta_landed,
                  "events_resolved": incremental.events_resolved, "events_rewritten": incremental.events_rewritten,
+                 "days_rewritten": incremental.days_rewritten,
                  "people_merged": incremental.identity.people_merged,
                  "users_recomputed": incremental.users_recomputed, "steps": incremental.seconds,
                  "peak_rss_mib": incremental_rss},
@@ -462,10 +464,12 @@ pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResu
         );
     }
     println!(
-        "full: {} events in {} days rewritten, {} users; incremental: {} people merged, {} users recomputed",
+        "full: {} events in {} days rewritten, {} users; incremental: {} events in {} days rewritten, {} people merged, {} users recomputed",
         full.events_rewritten,
         full.days_rewritten,
         full.users,
+        incremental.events_rewritten,
+        incremental.days_rewritten,
         incremental.identity.people_merged,
         incremental.users_recomputed
     );
