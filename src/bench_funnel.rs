@@ -239,6 +239,7 @@ pub async fn funnel(
     let engine = Engine::new(shoal_query::Limits {
         memory_bytes: 16 << 30,
         timeout: std::time::Duration::from_secs(900),
+        column_cache_bytes: 0,
     });
     let me = Actor {
         id: "bench".into(),

@@ -717,4 +717,11 @@ pub struct ServeArgs {
     /// before the connection is closed (a body that stalls gets 408).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub client_timeout: u64,
+    /// MiB of decoded columns kept between queries: data files never change, so a column a
+    /// scan decoded serves later scans of its file (0: keep none, decode every time).
+    #[arg(long, default_value_t = DEFAULT_COLUMN_CACHE_MIB)]
+    pub column_cache_mib: usize,
 }
+
+/// The server's column cache, in MiB.
+pub const DEFAULT_COLUMN_CACHE_MIB: usize = 2048;

@@ -182,6 +182,24 @@ impl Metrics {
     }
 }
 
+/// The query engine's column cache, in the text exposition format (nothing when it keeps none).
+fn column_cache(stats: Option<shoal_catalog::ColumnCacheStats>) -> String {
+    let Some(stats) = stats else {
+        return String::new();
+    };
+    format!(
+        "# HELP shoal_column_cache_bytes Bytes of decoded columns the query engine keeps.\n\
+         # TYPE shoal_column_cache_bytes gauge\nshoal_column_cache_bytes {}\n\
+         # HELP shoal_column_cache_columns Decoded columns the query engine keeps.\n\
+         # TYPE shoal_column_cache_columns gauge\nshoal_column_cache_columns {}\n\
+         # HELP shoal_column_cache_lookups_total Columns scans looked for in the cache, by outcome.\n\
+         # TYPE shoal_column_cache_lookups_total counter\n\
+         shoal_column_cache_lookups_total{{outcome=\"hit\"}} {}\n\
+         shoal_column_cache_lookups_total{{outcome=\"miss\"}} {}\n",
+        stats.bytes, stats.columns, stats.hits, stats.misses
+    )
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -218,7 +236,7 @@ pub async fn route(State(state): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics.render() + &column_cache(state.engine.column_cache_stats()),
     )
         .into_response()
 }

@@ -44,7 +44,10 @@ impl AppState {
             catalog: Arc::new(RwLock::new(catalog)),
             tracking: crate::tracking::state(),
             build_lock: Arc::new(tokio::sync::Mutex::new(())),
-            engine: Arc::new(shoal_query::Engine::new(Default::default())),
+            engine: Arc::new(shoal_query::Engine::new(shoal_query::Limits {
+                column_cache_bytes: crate::cli::DEFAULT_COLUMN_CACHE_MIB << 20,
+                ..Default::default()
+            })),
             tokens: Arc::new(crate::tokens::Tokens::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             limiter: Arc::new(crate::rate_limit::RateLimiter::default()),
@@ -142,6 +145,10 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
         .map_err(|e| AppError::Internal(e.to_string()))?;
     let mut state = AppState::new(catalog.clone());
     state.limiter = Arc::new(crate::rate_limit::RateLimiter::new(args.rate_limit));
+    state.engine = Arc::new(shoal_query::Engine::new(shoal_query::Limits {
+        column_cache_bytes: args.column_cache_mib << 20,
+        ..Default::default()
+    }));
     // The tracking API checks message ids against fingerprints of `events`: read them now,
     // not in the first request.
     tokio::spawn(async move {

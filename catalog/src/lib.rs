@@ -7,6 +7,7 @@
 //! standards, derived conditions, roles and data-quality monitors. Every other crate reads
 //! and writes tables through it; it depends on no other Shoal crate.
 
+mod column_cache;
 mod definition;
 mod error;
 mod identity;
@@ -19,6 +20,7 @@ mod standard;
 mod table;
 mod warehouse;
 
+pub use column_cache::{ColumnCache, ColumnCacheStats};
 pub use definition::{
     CATALOG_TABLE, Catalog, CatalogDefinition, CatalogRevision, DEFAULT_DEFINITION, parse_duration,
     zone_offset,

@@ -24,11 +24,12 @@ use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::pruning::PruningStatistics;
-use datafusion::common::{Column, DFSchema, Result, ScalarValue};
+use datafusion::common::{Column, DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::{
     CachedParquetFileReaderFactory, ParquetFileReaderFactory,
 };
@@ -38,6 +39,7 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -50,6 +52,7 @@ use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 
+use crate::column_cache::ColumnCache;
 use crate::local_read::{LocalFiles, LocalReader};
 
 /// The column mapping setting of a Delta table.
@@ -76,6 +79,12 @@ pub(crate) struct SnapshotScan {
     store: Arc<dyn ObjectStore>,
     /// Where the files are on disk, for a local warehouse.
     local: Option<Arc<LocalFiles>>,
+    /// Rows of each data file, where the snapshot records them.
+    rows: Vec<Option<usize>>,
+    /// The table's location, naming its files in the column cache.
+    location: String,
+    /// Decoded columns kept between queries, when the engine keeps any.
+    cache: Option<Arc<ColumnCache>>,
 }
 
 impl SnapshotScan {
@@ -139,7 +148,9 @@ impl SnapshotScan {
             .map(|f| (f.name().clone(), f.data_type().clone()))
             .collect();
         let mut files = Vec::new();
+        let mut rows = Vec::new();
         for file in state.log_data().iter() {
+            rows.push(file.num_records());
             if file.deletion_vector_descriptor().is_some() {
                 return Ok(None);
             }
@@ -177,7 +188,16 @@ impl SnapshotScan {
             local: LocalFiles::of(table.table_url()).map(Arc::new),
             state,
             prunable,
+            rows,
+            location: table.table_url().to_string(),
+            cache: None,
         }))
+    }
+
+    /// This scan, keeping the columns it decodes in `cache` and reading them from there.
+    pub(crate) fn with_cache(mut self, cache: Arc<ColumnCache>) -> SnapshotScan {
+        self.cache = Some(cache);
+        self
     }
 
     fn is_partition_filter(&self, filter: &Expr) -> bool {
@@ -297,15 +317,13 @@ impl TableProvider for SnapshotScan {
             .cloned()
             .partition(|filter| self.is_partition_filter(filter));
         let stored = conjunction(stored);
-        let kept = self.kept_files(state, conjunction(by_partition), stored.clone())?;
-        let files: Vec<PartitionedFile> = self
-            .files
-            .iter()
-            .zip(kept)
-            .filter(|(_, keep)| *keep)
-            .map(|(file, _)| file.clone())
+        let kept: Vec<usize> = self
+            .kept_files(state, conjunction(by_partition), stored.clone())?
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, keep)| keep.then_some(i))
             .collect();
-        if files.is_empty() {
+        if kept.is_empty() {
             return Ok(Arc::new(EmptyExec::new(Arc::new(
                 self.schema.project(&columns)?,
             ))));
@@ -313,6 +331,38 @@ impl TableProvider for SnapshotScan {
         state
             .runtime_env()
             .register_object_store(self.store_url.as_ref(), self.store.clone());
+        if let Some(cache) = &self.cache
+            && let Some(plan) = self
+                .cached_scan(state, cache, &columns, &kept, limit)
+                .await?
+        {
+            return Ok(plan);
+        }
+        let predicate = match stored {
+            Some(predicate) => Some(
+                state.create_physical_expr(predicate, &DFSchema::try_from(self.schema.clone())?)?,
+            ),
+            None => None,
+        };
+        let files = kept.iter().map(|i| self.files[*i].clone()).collect();
+        let projection = columns.iter().map(|c| self.scan_index[*c]).collect();
+        let partitions = state.config().target_partitions();
+        self.parquet_scan(state, files, projection, predicate, limit, partitions)
+    }
+}
+
+impl SnapshotScan {
+    /// DataFusion's Parquet scan of `files`, giving the columns `projection` indexes (stored
+    /// columns, then partition columns), skipping row groups and pages `predicate` rules out.
+    fn parquet_scan(
+        &self,
+        state: &dyn Session,
+        files: Vec<PartitionedFile>,
+        projection: Vec<usize>,
+        predicate: Option<Arc<dyn PhysicalExpr>>,
+        limit: Option<usize>,
+        partitions: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut options = state.default_table_options().parquet;
         // Filters are tested above the scan: Parquet's row filters build a row selection per
         // condition, costlier than decoding every row when the kept rows are scattered.
@@ -336,21 +386,172 @@ impl TableProvider for SnapshotScan {
             }
             source = Arc::new(parquet);
         }
-        if let Some(predicate) = stored {
-            let predicate =
-                state.create_physical_expr(predicate, &DFSchema::try_from(self.schema.clone())?)?;
-            if let Some(parquet) = source.downcast_ref::<ParquetSource>() {
-                source = Arc::new(parquet.with_predicate(predicate));
-            }
+        if let Some(predicate) = predicate
+            && let Some(parquet) = source.downcast_ref::<ParquetSource>()
+        {
+            source = Arc::new(parquet.with_predicate(predicate));
         }
-        let groups = FileGroup::new(files).split_files(state.config().target_partitions());
+        let groups = FileGroup::new(files).split_files(partitions);
         let config = FileScanConfigBuilder::new(self.store_url.clone(), source)
             .with_file_groups(groups)
-            .with_projection_indices(Some(columns.iter().map(|c| self.scan_index[*c]).collect()))?
+            .with_projection_indices(Some(projection))?
             .with_limit(limit)
             .build();
         // Not `format.create_physical_plan`: it would put its own footer reader back.
         Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// The scan of the `kept` files from decoded columns held in `cache`: columns it lacks
+    /// are decoded whole and kept. Filters are tested above it, on every row of the files.
+    /// `None` when the scan names no stored column, covers a file of unknown size, or would
+    /// hold more than half the cache: such scans read the files.
+    async fn cached_scan(
+        &self,
+        state: &dyn Session,
+        cache: &ColumnCache,
+        columns: &[usize],
+        kept: &[usize],
+        limit: Option<usize>,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let stored_count = self.file_schema.fields().len();
+        let mut stored: Vec<usize> = columns
+            .iter()
+            .map(|c| self.scan_index[*c])
+            .filter(|i| *i < stored_count)
+            .collect();
+        stored.sort_unstable();
+        stored.dedup();
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        let width: usize = stored
+            .iter()
+            .map(|i| decoded_width(self.file_schema.field(*i).data_type()))
+            .sum();
+        let mut rows = 0usize;
+        for file in kept {
+            match self.rows[*file] {
+                Some(n) => rows = rows.saturating_add(n),
+                None => return Ok(None),
+            }
+        }
+        if rows.saturating_mul(width) > cache.budget() / 2 {
+            return Ok(None);
+        }
+        let schema = Arc::new(self.schema.project(columns)?);
+        let batch_rows = state.config().batch_size().max(1);
+        let mut batches = Vec::new();
+        for &file in kept {
+            let arrays = self.file_columns(state, cache, file, &stored).await?;
+            let len = arrays.first().map(|(_, a)| a.len()).unwrap_or_default();
+            if arrays.iter().any(|(_, a)| a.len() != len) {
+                return Err(DataFusionError::Internal(format!(
+                    "the columns of {} differ in length",
+                    self.files[file].object_meta.location
+                )));
+            }
+            let mut offset = 0;
+            while offset < len {
+                let n = batch_rows.min(len - offset);
+                let mut parts = Vec::with_capacity(columns.len());
+                for c in columns {
+                    let i = self.scan_index[*c];
+                    parts.push(match arrays.iter().find(|(s, _)| *s == i) {
+                        Some((_, array)) => array.slice(offset, n),
+                        None => self.files[file]
+                            .partition_values
+                            .get(i - stored_count)
+                            .ok_or_else(|| {
+                                DataFusionError::Internal(format!("no partition column {i}"))
+                            })?
+                            .to_array_of_size(n)?,
+                    });
+                }
+                batches.push(RecordBatch::try_new(schema.clone(), parts)?);
+                offset += n;
+            }
+        }
+        if batches.is_empty() {
+            return Ok(Some(Arc::new(EmptyExec::new(schema))));
+        }
+        // Each partition takes a run of consecutive batches, so rows leave in file order.
+        let per_partition = batches
+            .len()
+            .div_ceil(state.config().target_partitions().max(1));
+        let partitions: Vec<Vec<RecordBatch>> = batches
+            .chunks(per_partition)
+            .map(<[RecordBatch]>::to_vec)
+            .collect();
+        let source = MemorySourceConfig::try_new(&partitions, schema, None)?.with_limit(limit);
+        Ok(Some(DataSourceExec::from_data_source(source)))
+    }
+
+    /// The stored columns `stored` (indexes into the file schema) of one data file, from the
+    /// cache or decoded (and then kept).
+    async fn file_columns(
+        &self,
+        state: &dyn Session,
+        cache: &ColumnCache,
+        file: usize,
+        stored: &[usize],
+    ) -> Result<Vec<(usize, ArrayRef)>> {
+        let location = format!(
+            "{}/{}",
+            self.location.trim_end_matches('/'),
+            self.files[file].object_meta.location
+        );
+        let mut arrays = Vec::with_capacity(stored.len());
+        let mut missing = Vec::new();
+        for &i in stored {
+            match cache.get(&location, self.file_schema.field(i).name()) {
+                Some(array) => arrays.push((i, array)),
+                None => missing.push(i),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(arrays);
+        }
+        let plan = self.parquet_scan(
+            state,
+            vec![self.files[file].clone()],
+            missing.clone(),
+            None,
+            None,
+            1,
+        )?;
+        let decoded = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+        for (k, &i) in missing.iter().enumerate() {
+            let field = self.file_schema.field(i);
+            let parts: Vec<&dyn Array> = decoded.iter().map(|b| b.column(k).as_ref()).collect();
+            let array = match parts.as_slice() {
+                [] => arrow::array::new_empty_array(field.data_type()),
+                [one] => compact(*one),
+                many => compact(arrow::compute::concat(many)?.as_ref()),
+            };
+            cache.insert(&location, field.name(), array.clone());
+            arrays.push((i, array));
+        }
+        Ok(arrays)
+    }
+}
+
+/// Bytes a decoded value of `data_type` takes, about (views count their inline part and a
+/// little of the text they point to).
+fn decoded_width(data_type: &DataType) -> usize {
+    match data_type {
+        DataType::Boolean => 1,
+        DataType::Utf8View | DataType::BinaryView => 24,
+        other => other.primitive_width().unwrap_or(32),
+    }
+}
+
+/// `array` holding only its own values: views copy the text they point to out of the
+/// decoded pages, so the cache keeps no page alive.
+fn compact(array: &dyn Array) -> ArrayRef {
+    match array.data_type() {
+        DataType::Utf8View => Arc::new(array.as_string_view().gc()),
+        DataType::BinaryView => Arc::new(array.as_binary_view().gc()),
+        _ => arrow::array::make_array(array.to_data()),
     }
 }
 

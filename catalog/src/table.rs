@@ -473,10 +473,22 @@ impl Table {
     /// costs more than it saves when the kept rows are scattered, as audience conditions and
     /// pack members are.
     pub async fn query_provider(&self) -> Result<Arc<dyn TableProvider>> {
+        self.query_provider_cached(None).await
+    }
+
+    /// [`Table::query_provider`], whose scans keep the columns they decode in `cache` and
+    /// read them from there (see [`ColumnCache`](crate::ColumnCache)).
+    pub async fn query_provider_cached(
+        &self,
+        cache: Option<Arc<crate::ColumnCache>>,
+    ) -> Result<Arc<dyn TableProvider>> {
         if let Some(scan) = crate::snapshot_scan::SnapshotScan::of(&self.delta)
             .map_err(|e| Error::delta(&self.name, e))?
         {
-            return Ok(Arc::new(scan));
+            return Ok(match cache {
+                Some(cache) => Arc::new(scan.with_cache(cache)),
+                None => Arc::new(scan),
+            });
         }
         let mut config = datafusion::prelude::SessionConfig::new();
         config.options_mut().execution.parquet.pushdown_filters = false;

@@ -587,6 +587,17 @@ fn random_trees_agree_with_duckdb() {
             "too few {path} trees: {paths:?}"
         );
     }
+    // The scans read columns the server kept from earlier scans (and still agree above).
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .expect("metrics")
+        .text()
+        .expect("text");
+    let hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shoal_column_cache_lookups_total{outcome=\"hit\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(hits > 1000, "column cache hits: {hits}\n{metrics}");
     let trees_file = dir.path().join("trees.json");
     std::fs::write(&trees_file, Value::from(trees.clone()).to_string()).expect("write");
     let out = std::process::Command::new(crate::tracking::python())

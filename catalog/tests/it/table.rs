@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
-use shoal_catalog::{CommitNote, Error, SnapshotRef, Table};
+use shoal_catalog::{ColumnCache, CommitNote, Error, SnapshotRef, Table};
 
 use crate::{people, people_schema, rows_of, temp_warehouse};
 
@@ -723,14 +723,28 @@ async fn lines_of(provider: Arc<dyn datafusion::catalog::TableProvider>, sql: &s
         .collect()
 }
 
-#[tokio::test]
-async fn the_query_provider_reads_a_snapshot_as_delta_does_and_skips_files() {
-    let (_dir, warehouse) = temp_warehouse();
+/// Queries over `visits` that read every kind of column and filter.
+const VISITS_QUERIES: [&str; 8] = [
+    "SELECT * FROM visits ORDER BY id",
+    "SELECT name, id FROM visits WHERE day = DATE '2024-10-04' ORDER BY id",
+    "SELECT id FROM visits WHERE day IS NULL ORDER BY id",
+    "SELECT id, tier FROM visits WHERE day >= DATE '2024-10-05' AND id > 3 ORDER BY id",
+    // Delta records times to the millisecond: 10:00:00.000900 is past the recorded
+    // maximum of its file, and the file must still be read.
+    "SELECT id FROM visits WHERE at >= TIMESTAMP '2024-10-04T10:00:00.000500Z' ORDER BY id",
+    "SELECT count(*) AS n, count(tier) AS tiers FROM visits",
+    "SELECT id FROM visits WHERE name LIKE 'C%' OR day + 1 = DATE '2024-10-06' ORDER BY id",
+    "SELECT id FROM visits WHERE id > 100",
+];
+
+/// A `visits` table of three commits over three days (and a day-less row), the last one
+/// adding a column the older files lack.
+async fn visits_table(warehouse: &shoal_catalog::Warehouse) -> Table {
     let day = |d: i32| Some(20_000 + d);
     // 20000 is 2024-10-04; times are µs since 1970 within that day.
     let at = |d: i64, us: i64| (20_000 + d) * 86_400_000_000 + us;
     let mut table = Table::create_if_missing(
-        &warehouse,
+        warehouse,
         "visits",
         visits_schema(false),
         &["day".to_string()],
@@ -766,7 +780,7 @@ async fn the_query_provider_reads_a_snapshot_as_delta_does_and_skips_files() {
         .expect("append");
     // A column added later: older files have none, and read it as null.
     let mut table =
-        Table::create_if_missing(&warehouse, "visits", visits_schema(true), &["day".into()])
+        Table::create_if_missing(warehouse, "visits", visits_schema(true), &["day".into()])
             .await
             .expect("evolve");
     table
@@ -776,6 +790,13 @@ async fn the_query_provider_reads_a_snapshot_as_delta_does_and_skips_files() {
         )
         .await
         .expect("append");
+    table
+}
+
+#[tokio::test]
+async fn the_query_provider_reads_a_snapshot_as_delta_does_and_skips_files() {
+    let (_dir, warehouse) = temp_warehouse();
+    let table = visits_table(&warehouse).await;
     let ours = table.query_provider().await.expect("query provider");
     let delta = table.provider().await.expect("delta provider");
     let names: Vec<String> = ours
@@ -785,18 +806,7 @@ async fn the_query_provider_reads_a_snapshot_as_delta_does_and_skips_files() {
         .map(|f| f.name().clone())
         .collect();
     assert_eq!(names, ["id", "day", "at", "name", "tier"]);
-    let queries = [
-        "SELECT * FROM visits ORDER BY id",
-        "SELECT name, id FROM visits WHERE day = DATE '2024-10-04' ORDER BY id",
-        "SELECT id FROM visits WHERE day IS NULL ORDER BY id",
-        "SELECT id, tier FROM visits WHERE day >= DATE '2024-10-05' AND id > 3 ORDER BY id",
-        // Delta records times to the millisecond: 10:00:00.000900 is past the recorded
-        // maximum of its file, and the file must still be read.
-        "SELECT id FROM visits WHERE at >= TIMESTAMP '2024-10-04T10:00:00.000500Z' ORDER BY id",
-        "SELECT count(*) AS n, count(tier) AS tiers FROM visits",
-        "SELECT id FROM visits WHERE name LIKE 'C%' OR day + 1 = DATE '2024-10-06' ORDER BY id",
-        "SELECT id FROM visits WHERE id > 100",
-    ];
+    let queries = VISITS_QUERIES;
     let rewrite = table.rewrite_provider().await.expect("rewrite provider");
     let name = rewrite
         .schema()
@@ -850,4 +860,88 @@ async fn the_query_provider_reads_a_snapshot_as_delta_does_and_skips_files() {
     .await
     .join("\n");
     assert!(plan.contains("files_opened=1,"), "{plan}");
+}
+
+#[tokio::test]
+async fn scans_through_the_column_cache_give_the_rows_the_files_give() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = visits_table(&warehouse).await;
+    let delta = table.provider().await.expect("delta provider");
+    let cache = Arc::new(ColumnCache::new(64 << 20));
+    let cached = table
+        .query_provider_cached(Some(cache.clone()))
+        .await
+        .expect("cached provider");
+    // Twice: the first round decodes and keeps the columns, the second reads them kept.
+    for round in ["decoding", "kept"] {
+        for sql in VISITS_QUERIES {
+            assert_eq!(
+                lines_of(cached.clone(), sql).await,
+                lines_of(delta.clone(), sql).await,
+                "{round}: {sql}"
+            );
+        }
+    }
+    let after_two_rounds = cache.stats();
+    // Five files (one per day of each commit) of four stored columns (`day` is the
+    // partition), each column decoded once.
+    assert_eq!(after_two_rounds.columns, 20, "{after_two_rounds:?}");
+    assert_eq!(after_two_rounds.misses, 20, "{after_two_rounds:?}");
+    assert!(after_two_rounds.hits > 20, "{after_two_rounds:?}");
+    let plan = lines_of(
+        cached.clone(),
+        "EXPLAIN SELECT count(*) FROM visits WHERE name = 'Ann'",
+    )
+    .await
+    .join("\n");
+    assert!(
+        plan.contains("partition_sizes=["),
+        "batches in memory: {plan}"
+    );
+
+    // A new version keeps what its files share with the old one: only the new file is decoded.
+    let day = Some(20_003);
+    table
+        .append(
+            vec![visits(
+                &[(7, day, (20_003) * 86_400_000_000, Some("Fa"))],
+                Some("gold"),
+            )],
+            CommitNote::default(),
+        )
+        .await
+        .expect("append");
+    let delta = table.provider().await.expect("delta provider");
+    let cached = table
+        .query_provider_cached(Some(cache.clone()))
+        .await
+        .expect("cached provider");
+    let sql = VISITS_QUERIES[0];
+    assert_eq!(
+        lines_of(cached.clone(), sql).await,
+        lines_of(delta.clone(), sql).await
+    );
+    assert_eq!(cache.stats().misses, after_two_rounds.misses + 4);
+
+    // A cache too small for a scan keeps nothing and leaves the scan to the files.
+    let tiny = Arc::new(ColumnCache::new(64));
+    let uncached = table
+        .query_provider_cached(Some(tiny.clone()))
+        .await
+        .expect("provider");
+    for sql in VISITS_QUERIES {
+        assert_eq!(
+            lines_of(uncached.clone(), sql).await,
+            lines_of(delta.clone(), sql).await,
+            "{sql}"
+        );
+    }
+    assert_eq!(tiny.stats().columns, 0);
+    let plan = lines_of(
+        uncached,
+        "EXPLAIN SELECT count(*) FROM visits WHERE name = 'Ann'",
+    )
+    .await
+    .join("\n");
+    assert!(plan.contains("file_type=parquet"), "{plan}");
 }
