@@ -403,8 +403,8 @@ impl SnapshotScan {
 
     /// The scan of the `kept` files from decoded columns held in `cache`: columns it lacks
     /// are decoded whole and kept. Filters are tested above it, on every row of the files.
-    /// `None` when the scan names no stored column, covers a file of unknown size, or would
-    /// hold more than half the cache: such scans read the files.
+    /// `None` when the scan names no stored column or a binary one, covers a file of unknown
+    /// size, or would hold more than half the cache: such scans read the files.
     async fn cached_scan(
         &self,
         state: &dyn Session,
@@ -421,7 +421,15 @@ impl SnapshotScan {
             .collect();
         stored.sort_unstable();
         stored.dedup();
-        if stored.is_empty() {
+        // Binary columns hold blobs (tag bitmaps, pack members) that their readers decode
+        // into structures of their own and keep there.
+        let blobs = stored.iter().any(|i| {
+            matches!(
+                self.file_schema.field(*i).data_type(),
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+            )
+        });
+        if stored.is_empty() || blobs {
             return Ok(None);
         }
         let width: usize = stored
@@ -540,17 +548,16 @@ impl SnapshotScan {
 fn decoded_width(data_type: &DataType) -> usize {
     match data_type {
         DataType::Boolean => 1,
-        DataType::Utf8View | DataType::BinaryView => 24,
+        DataType::Utf8View => 24,
         other => other.primitive_width().unwrap_or(32),
     }
 }
 
-/// `array` holding only its own values: views copy the text they point to out of the
+/// `array` holding only its own values: text views copy the text they point to out of the
 /// decoded pages, so the cache keeps no page alive.
 fn compact(array: &dyn Array) -> ArrayRef {
     match array.data_type() {
         DataType::Utf8View => Arc::new(array.as_string_view().gc()),
-        DataType::BinaryView => Arc::new(array.as_binary_view().gc()),
         _ => arrow::array::make_array(array.to_data()),
     }
 }

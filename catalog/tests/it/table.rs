@@ -945,3 +945,58 @@ async fn scans_through_the_column_cache_give_the_rows_the_files_give() {
     .join("\n");
     assert!(plan.contains("file_type=parquet"), "{plan}");
 }
+
+/// Blobs (tag bitmaps, pack members) are read from their files, never kept decoded: their
+/// readers keep what they decode.
+#[tokio::test]
+async fn binary_columns_are_not_kept_in_the_column_cache() {
+    use arrow::array::BinaryArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let (_dir, warehouse) = temp_warehouse();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("blob", DataType::Binary, true),
+    ]));
+    let mut table = Table::create_if_missing(&warehouse, "blobs", schema.clone(), &[])
+        .await
+        .expect("create");
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(BinaryArray::from(vec![Some(&b"ab"[..]), None])),
+        ],
+    )
+    .expect("batch");
+    table
+        .append(vec![batch], CommitNote::default())
+        .await
+        .expect("append");
+    let cache = Arc::new(ColumnCache::new(64 << 20));
+    let provider = table
+        .query_provider_cached(Some(cache.clone()))
+        .await
+        .expect("provider");
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("blobs", provider).expect("register");
+    let rows = ctx
+        .sql("SELECT id, length(blob) AS n FROM blobs ORDER BY id")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let text = arrow::util::pretty::pretty_format_batches(&rows)
+        .expect("format")
+        .to_string();
+    assert!(text.contains("| 1  | 2 |"), "{text}");
+    assert_eq!(cache.stats().columns, 0);
+    // The id alone is kept.
+    ctx.sql("SELECT sum(id) FROM blobs")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    assert_eq!(cache.stats().columns, 1);
+}
