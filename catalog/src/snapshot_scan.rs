@@ -10,7 +10,9 @@
 //! - other filters skip files by the snapshot's statistics, then row groups and pages by the
 //!   files' own, and are tested on the rows above the scan;
 //! - footers come from the session runtime's metadata cache, so a server reads each file's
-//!   footer once.
+//!   footer once;
+//! - with a [`ColumnCache`], the columns a scan needs are decoded whole once per file and
+//!   kept; later scans of the file read them from memory, their filters tested above the scan.
 //!
 //! A snapshot with deletion vectors or column mapping is read through Delta's provider.
 
