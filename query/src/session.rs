@@ -788,6 +788,19 @@ mod tests {
         (dir, catalog)
     }
 
+    /// `SELECT sum(user_id) FROM users WHERE user_id > 1` in `session`.
+    async fn sum_of_ids_above_one(session: Session) -> i64 {
+        let frame = session
+            .sql("SELECT sum(user_id) FROM users WHERE user_id > 1")
+            .await
+            .expect("plan");
+        let batches = frame.collect().await.expect("run");
+        arrow::compute::cast(batches[0].column(0), &DataType::Int64)
+            .expect("cast")
+            .as_primitive::<Int64Type>()
+            .value(0)
+    }
+
     /// Sessions of one engine share the footers their scans read: a second query reads no
     /// footer again, and a new file adds its own.
     #[tokio::test]
@@ -797,20 +810,9 @@ mod tests {
         let schema = users.schema().expect("schema");
         let rows = |ids: Vec<i64>| users_rows(&schema, ids);
         let engine = Engine::default();
-        let sum = |session: Session| async move {
-            let frame = session
-                .sql("SELECT sum(user_id) FROM users WHERE user_id > 1")
-                .await
-                .expect("plan");
-            let batches = frame.collect().await.expect("run");
-            arrow::compute::cast(batches[0].column(0), &DataType::Int64)
-                .expect("cast")
-                .as_primitive::<Int64Type>()
-                .value(0)
-        };
         assert_eq!(engine.footers.0.len(), 0);
         assert_eq!(
-            sum(engine.session(&catalog).await.expect("session")).await,
+            sum_of_ids_above_one(engine.session(&catalog).await.expect("session")).await,
             20
         );
         assert_eq!(engine.footers.0.len(), 2, "one footer per data file");
@@ -829,7 +831,7 @@ mod tests {
             assert!(footer.offset_index().is_some(), "{}", file.path);
         }
         assert_eq!(
-            sum(engine.session(&catalog).await.expect("session")).await,
+            sum_of_ids_above_one(engine.session(&catalog).await.expect("session")).await,
             20
         );
         assert_eq!(engine.footers.0.len(), 2);
@@ -838,7 +840,7 @@ mod tests {
             .await
             .expect("append");
         assert_eq!(
-            sum(engine.session(&catalog).await.expect("session")).await,
+            sum_of_ids_above_one(engine.session(&catalog).await.expect("session")).await,
             44
         );
         assert_eq!(engine.footers.0.len(), 3);
@@ -855,21 +857,10 @@ mod tests {
             column_cache_bytes: 64 << 20,
             ..Limits::default()
         });
-        let sum = |session: Session| async move {
-            let frame = session
-                .sql("SELECT sum(user_id) FROM users WHERE user_id > 1")
-                .await
-                .expect("plan");
-            let batches = frame.collect().await.expect("run");
-            arrow::compute::cast(batches[0].column(0), &DataType::Int64)
-                .expect("cast")
-                .as_primitive::<Int64Type>()
-                .value(0)
-        };
         assert_eq!(engine.column_cache_stats().map(|s| s.columns), Some(0));
         for _ in 0..2 {
             assert_eq!(
-                sum(engine.session(&catalog).await.expect("session")).await,
+                sum_of_ids_above_one(engine.session(&catalog).await.expect("session")).await,
                 20
             );
         }
@@ -883,7 +874,7 @@ mod tests {
             .await
             .expect("append");
         assert_eq!(
-            sum(engine.session(&catalog).await.expect("session")).await,
+            sum_of_ids_above_one(engine.session(&catalog).await.expect("session")).await,
             44
         );
         let stats = engine.column_cache_stats().expect("a cache");
