@@ -389,17 +389,9 @@ impl<'a> Evaluator<'a> {
         if !never && !e.count.is_at_least_once() {
             return None;
         }
-        let mut did = RoaringBitmap::new();
-        if let Some(days) = self.tags.event_days(&e.event) {
-            let from = first.unwrap_or(NaiveDate::MIN);
-            let to = last.unwrap_or(NaiveDate::MAX);
-            if from <= to {
-                for bitmap in days.range(from..=to).map(|(_, b)| b) {
-                    did |= bitmap.as_ref();
-                }
-            }
-        }
-        did &= self.universe.as_ref();
+        let from = first.unwrap_or(NaiveDate::MIN);
+        let to = last.unwrap_or(NaiveDate::MAX);
+        let did = self.tags.event_window(&e.event, from, to).as_ref() & self.universe.as_ref();
         Some(if never {
             self.universe.as_ref() - &did
         } else {

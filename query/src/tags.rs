@@ -8,7 +8,7 @@
 //! which no condition can see. Anything else falls back to a scan.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type};
@@ -36,7 +36,22 @@ pub struct TagIndex {
     column_sources: Vec<u64>,
     events: HashMap<String, DayBitmaps>,
     events_source: Option<u64>,
+    /// Unions of day bitmaps over windows asked for lately (see [`TagIndex::event_window`]).
+    windows: Mutex<Vec<Window>>,
 }
+
+/// The union of an event's day bitmaps over `from..=to`, and when it was last asked for.
+#[derive(Debug)]
+struct Window {
+    event: String,
+    from: NaiveDate,
+    to: NaiveDate,
+    members: Arc<RoaringBitmap>,
+    used: u64,
+}
+
+/// Window unions an index keeps.
+const KEPT_WINDOWS: usize = 64;
 
 impl TagIndex {
     /// Reads every row of `tag_bitmaps` at the session's snapshot.
@@ -118,9 +133,49 @@ impl TagIndex {
         self.columns.get(name)
     }
 
-    /// Day bitmaps of an event (empty when nobody did it).
-    pub fn event_days(&self, name: &str) -> Option<&DayBitmaps> {
-        self.events.get(name)
+    /// Users who did `event` on a day of `from..=to`: the union of its day bitmaps. The
+    /// union is kept for the next tree over the same window, as a condition builder counts
+    /// its tree again at every edit (the least recently used of [`KEPT_WINDOWS`] leave first).
+    pub(crate) fn event_window(
+        &self,
+        event: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Arc<RoaringBitmap> {
+        let Some(days) = self.events.get(event).filter(|_| from <= to) else {
+            return Arc::new(RoaringBitmap::new());
+        };
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let tick = windows.iter().map(|w| w.used).max().unwrap_or(0) + 1;
+        if let Some(window) = windows
+            .iter_mut()
+            .find(|w| w.event == event && w.from == from && w.to == to)
+        {
+            window.used = tick;
+            return window.members.clone();
+        }
+        let mut members = RoaringBitmap::new();
+        for bitmap in days.range(from..=to).map(|(_, b)| b) {
+            members |= bitmap.as_ref();
+        }
+        let members = Arc::new(members);
+        if windows.len() >= KEPT_WINDOWS
+            && let Some(oldest) = windows
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| w.used)
+                .map(|(i, _)| i)
+        {
+            windows.swap_remove(oldest);
+        }
+        windows.push(Window {
+            event: event.to_string(),
+            from,
+            to,
+            members: members.clone(),
+            used: tick,
+        });
+        members
     }
 
     /// Every event name with day bitmaps, sorted.
@@ -164,5 +219,80 @@ impl TagIndex {
             c.operation == "WRITE"
                 && c.parameters.get("mode").and_then(|m| m.as_str()) == Some("Append")
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, d).expect("a day")
+    }
+
+    fn index() -> TagIndex {
+        let days: DayBitmaps = [
+            (day(1), Arc::new(RoaringBitmap::from_iter([1u32, 2]))),
+            (day(2), Arc::new(RoaringBitmap::from_iter([2u32, 70_000]))),
+            (day(4), Arc::new(RoaringBitmap::from_iter([9u32]))),
+        ]
+        .into_iter()
+        .collect();
+        TagIndex {
+            events: [("buy".to_string(), days)].into_iter().collect(),
+            ..TagIndex::default()
+        }
+    }
+
+    #[test]
+    fn a_window_is_the_union_of_its_days_and_is_kept() {
+        let index = index();
+        let ids = |b: Arc<RoaringBitmap>| b.iter().collect::<Vec<u32>>();
+        assert_eq!(
+            ids(index.event_window("buy", day(1), day(2))),
+            [1, 2, 70_000]
+        );
+        assert_eq!(
+            ids(index.event_window("buy", day(2), day(4))),
+            [2, 9, 70_000]
+        );
+        assert_eq!(
+            ids(index.event_window("buy", day(3), day(3))),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            ids(index.event_window("buy", day(4), day(1))),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            ids(index.event_window("view", day(1), day(4))),
+            Vec::<u32>::new()
+        );
+        let first = index.event_window("buy", day(1), day(2));
+        assert!(Arc::ptr_eq(
+            &first,
+            &index.event_window("buy", day(1), day(2))
+        ));
+    }
+
+    #[test]
+    fn the_least_recently_used_window_leaves_first() {
+        let index = index();
+        let kept = index.event_window("buy", day(1), day(1));
+        let old = index.event_window("buy", day(1), day(4));
+        // Many other windows, `kept` asked for again between them.
+        for offset in 0..KEPT_WINDOWS as u64 {
+            let to = day(4) + chrono::Days::new(offset + 1);
+            index.event_window("buy", day(1), to);
+            index.event_window("buy", day(1), day(1));
+        }
+        assert!(Arc::ptr_eq(
+            &kept,
+            &index.event_window("buy", day(1), day(1))
+        ));
+        let again = index.event_window("buy", day(1), day(4));
+        assert!(!Arc::ptr_eq(&old, &again), "the old window was dropped");
+        assert_eq!(old, again);
+        assert!(index.windows.lock().expect("lock").len() <= KEPT_WINDOWS);
     }
 }
