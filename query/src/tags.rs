@@ -145,20 +145,33 @@ impl TagIndex {
         let Some(days) = self.events.get(event).filter(|_| from <= to) else {
             return Arc::new(RoaringBitmap::new());
         };
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let tick = windows.iter().map(|w| w.used).max().unwrap_or(0) + 1;
-        if let Some(window) = windows
-            .iter_mut()
-            .find(|w| w.event == event && w.from == from && w.to == to)
+        let lock = || self.windows.lock().unwrap_or_else(|p| p.into_inner());
         {
-            window.used = tick;
-            return window.members.clone();
+            let mut windows = lock();
+            let tick = windows.iter().map(|w| w.used).max().unwrap_or(0) + 1;
+            if let Some(window) = windows
+                .iter_mut()
+                .find(|w| w.event == event && w.from == from && w.to == to)
+            {
+                window.used = tick;
+                return window.members.clone();
+            }
         }
+        // Unioned without the lock: other counts go on meanwhile.
         let mut members = RoaringBitmap::new();
         for bitmap in days.range(from..=to).map(|(_, b)| b) {
             members |= bitmap.as_ref();
         }
         let members = Arc::new(members);
+        let mut windows = lock();
+        let tick = windows.iter().map(|w| w.used).max().unwrap_or(0) + 1;
+        if let Some(window) = windows
+            .iter()
+            .find(|w| w.event == event && w.from == from && w.to == to)
+        {
+            // Another count unioned the same window meanwhile.
+            return window.members.clone();
+        }
         if windows.len() >= KEPT_WINDOWS
             && let Some(oldest) = windows
                 .iter()
