@@ -80,6 +80,7 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
             seed: 42,
             end: chrono::NaiveDate::from_ymd_opt(2026, 11, 20).expect("a valid date"),
             days: 90,
+            first: 0,
         };
         tokio::task::spawn_blocking({
             let data = data.clone();
@@ -347,6 +348,7 @@ pub(crate) async fn sample_world(dir: &Path, users: u32, seed: u64, days: u32) -
         seed,
         end: chrono::NaiveDate::from_ymd_opt(2026, 11, 20).expect("a valid date"),
         days,
+        first: 0,
     };
     let manifest = dir.join("manifest.json");
     let same = std::fs::read_to_string(&manifest)
@@ -364,6 +366,63 @@ pub(crate) async fn sample_world(dir: &Path, users: u32, seed: u64, days: u32) -
             .map_err(|e| AppError::Internal(e.to_string()))??;
     }
     Ok(())
+}
+
+/// People per part of a world written and ingested in parts.
+pub(crate) const PART_PEOPLE: u32 = 1_000_000;
+
+/// Writes a world of `users` people in parts of [`PART_PEOPLE`] and ingests each part before
+/// its files are deleted, so the disk never holds more than two parts' files (the next part is
+/// written while the current one is ingested). Part `k` holds people `k × PART_PEOPLE` onwards,
+/// drawn with seed `seed + k`. The parts ingested so far are counted in
+/// `world-{users}.parts-ingested` next to them, so an interrupted run goes on where it
+/// stopped. Returns the rows landed.
+pub(crate) async fn ingest_world_in_parts(
+    catalog: &Catalog,
+    data: &Path,
+    users: u32,
+    seed: u64,
+    days: u32,
+) -> AppResult<u64> {
+    let parts = users.div_ceil(PART_PEOPLE);
+    let done_path = data.join(format!("world-{users}.parts-ingested"));
+    let mut done: u32 = std::fs::read_to_string(&done_path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let write_part = |k: u32| {
+        let dir = data.join(format!("world-{users}-part-{k}"));
+        let first = k * PART_PEOPLE;
+        let options = SampleOptions {
+            users: PART_PEOPLE.min(users - first),
+            seed: seed + u64::from(k),
+            end: chrono::NaiveDate::from_ymd_opt(2026, 11, 20).expect("a valid date"),
+            days,
+            first,
+        };
+        tokio::task::spawn_blocking(move || {
+            write_sample(&dir, &options, &mut |_, _, _| {}).map(|_| dir)
+        })
+    };
+    let mut next = (done < parts).then(|| write_part(done));
+    let mut landed = 0;
+    while let Some(pending) = next.take() {
+        let dir = pending
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
+        next = (done + 1 < parts).then(|| write_part(done + 1));
+        eprintln!(
+            "ingesting part {} of {parts} from {}",
+            done + 1,
+            dir.display()
+        );
+        landed += ingest_world(catalog, &dir).await?;
+        std::fs::remove_dir_all(&dir).map_err(|e| AppError::Internal(e.to_string()))?;
+        done += 1;
+        std::fs::write(&done_path, done.to_string())
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+    }
+    Ok(landed)
 }
 
 pub(crate) async fn ingest_world(catalog: &Catalog, dir: &Path) -> AppResult<u64> {

@@ -11,7 +11,7 @@ use shoal_catalog::{Catalog, Warehouse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::bench::{ingest_world, python, sample_world};
+use crate::bench::{PART_PEOPLE, ingest_world, ingest_world_in_parts, python, sample_world};
 use crate::error::{AppError, AppResult};
 
 /// DuckDB over the Delta tables' files: `views` maps a view name to its table folder.
@@ -274,7 +274,9 @@ pub async fn query(
     let data = data.unwrap_or_else(|| scratch.path().join("data"));
     let world = data.join(format!("world-{users}"));
     let wh_path = data.join(format!("warehouse-{users}"));
-    sample_world(&world, users, 42, 90).await?;
+    if users <= 2 * PART_PEOPLE {
+        sample_world(&world, users, 42, 90).await?;
+    }
     let warehouse = Warehouse::open(&format!("file://{}", wh_path.display()))?;
     let catalog = Catalog::open(warehouse).await?;
     if catalog.table("users").await?.row_count().await? == 0 {
@@ -282,7 +284,12 @@ pub async fn query(
             "ingesting and building the world into {}",
             wh_path.display()
         );
-        ingest_world(&catalog, &world).await?;
+        if users <= 2 * PART_PEOPLE {
+            ingest_world(&catalog, &world).await?;
+        } else {
+            // Larger worlds do not fit on disk as JSON all at once.
+            ingest_world_in_parts(&catalog, &data, users, 42, 90).await?;
+        }
         let options = shoal_ingest::build::BuildOptions {
             full: false,
             as_of: chrono::NaiveDate::from_ymd_opt(2026, 11, 20),

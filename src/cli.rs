@@ -128,6 +128,11 @@ pub struct DemoDataArgs {
     /// Length of the window in days.
     #[arg(long, default_value_t = 90)]
     pub days: u32,
+    /// Index of the first person. To write a world too large for the disk in parts, give
+    /// each part its own range of people (and its own seed): logins, buyer ids and order ids
+    /// then never collide across parts.
+    #[arg(long, default_value_t = 0)]
+    pub first: u32,
     /// Print the manifest as one JSON object.
     #[arg(long)]
     pub json: bool,

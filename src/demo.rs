@@ -16,6 +16,7 @@ pub fn demo_data(args: &DemoDataArgs, quiet: bool) -> AppResult<()> {
         seed: args.seed,
         end: args.end,
         days: args.days,
+        first: args.first,
     };
     let manifest = generate(&args.out, &options, quiet)?;
     if args.json {
@@ -76,6 +77,7 @@ pub async fn demo(args: &DemoArgs, warehouse: &str, quiet: bool) -> AppResult<()
         seed: args.seed,
         end,
         days: 90,
+        first: 0,
     };
     let manifest_path = args.data.join("manifest.json");
     let existing: Option<SampleManifest> = std::fs::read_to_string(&manifest_path)

@@ -45,6 +45,10 @@ pub struct SampleOptions {
     pub end: NaiveDate,
     /// Length of the window in days.
     pub days: u32,
+    /// Index of the first person. A large world written in parts gives each part its own
+    /// range of people, so logins, buyer ids and order ids never collide across parts.
+    #[serde(default)]
+    pub first: u32,
 }
 
 /// One file of the sample world.
@@ -112,10 +116,16 @@ pub fn write_sample(
             "a sample world needs at least one user and one day".into(),
         ));
     }
+    if options.first.checked_add(options.users).is_none() {
+        return Err(Error::InvalidOptions(format!(
+            "people {} to {} + {} do not fit in 32-bit indexes",
+            options.first, options.first, options.users
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut people_rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut people: Vec<Person> = (0..options.users)
-        .map(|i| Person::generate(&mut people_rng, i))
+        .map(|i| Person::generate(&mut people_rng, options.first + i))
         .collect();
     let shared_devices = plant_shared_devices(options, &mut people);
     let calendar = Calendar::new(options.end, options.days);
@@ -229,7 +239,8 @@ fn write_events(
     std::fs::create_dir_all(&spill_dir).map_err(|e| Error::io(&spill_dir, e))?;
     let mut spill: BTreeMap<NaiveDate, BufWriter<File>> = BTreeMap::new();
     let mut messages = Vec::new();
-    let (mut seq, mut orders) = (0u64, 0u64);
+    // A person places at most one order per session, and has at most 120 sessions.
+    let (mut seq, mut orders) = (0u64, u64::from(options.first) * 120);
     let total = people.len() as u64;
     for (i, person) in people.iter().enumerate() {
         segment::person_messages(
@@ -467,7 +478,8 @@ fn write_youzan(
         |rng, n| {
             format!(
                 "E2026{:08}{:06}",
-                10_000_000 + n,
+                // At most six trades per person.
+                10_000_000 + n + options.first as usize * 6,
                 rng.random_range(0..1_000_000u32)
             )
         },

@@ -302,3 +302,76 @@ fn bad_options_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--end"));
 }
+
+/// The keys a world's files carry that must name one person or one order only.
+fn world_keys(dir: &Path) -> BTreeMap<&'static str, std::collections::BTreeSet<String>> {
+    let mut keys: BTreeMap<&'static str, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let lines = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .expect("read")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    for person in lines("truth.jsonl") {
+        for kind in ["login_id", "youzan_buyer_id"] {
+            if let Some(values) = person["identities"][kind].as_array() {
+                let set = keys.entry(kind).or_default();
+                set.extend(values.iter().filter_map(|v| v.as_str()).map(String::from));
+            }
+        }
+    }
+    for event in lines("events.jsonl") {
+        if let Some(id) = event["properties"]["order_id"].as_str() {
+            keys.entry("web_order_id")
+                .or_default()
+                .insert(id.to_string());
+        }
+    }
+    for trade in lines("youzan_trades.jsonl") {
+        if let Some(id) = trade["tid"].as_str() {
+            keys.entry("youzan_tid").or_default().insert(id.to_string());
+        }
+    }
+    keys
+}
+
+#[test]
+fn parts_of_one_world_share_no_keys() {
+    let dir = tempfile::tempdir().expect("temp");
+    let part = |name: &str, seed: &str, first: &str| {
+        let out = dir.path().join(name);
+        json_ok(&shoal(
+            &dir.path().join("unused-warehouse"),
+            &[
+                "demo-data",
+                "--out",
+                out.to_str().expect("path"),
+                "--users",
+                "400",
+                "--seed",
+                seed,
+                "--first",
+                first,
+                "--json",
+            ],
+        ));
+        world_keys(&out)
+    };
+    let (a, b) = (part("a", "7", "0"), part("b", "8", "400"));
+    for kind in ["login_id", "youzan_buyer_id", "web_order_id", "youzan_tid"] {
+        let (a, b) = (&a[kind], &b[kind]);
+        assert!(
+            a.len() > 20 && b.len() > 20,
+            "{kind}: {} and {}",
+            a.len(),
+            b.len()
+        );
+        let shared: Vec<_> = a.intersection(b).collect();
+        assert!(shared.is_empty(), "{kind} in both parts: {shared:?}");
+    }
+    // Without their own ranges, two parts do collide: the check above can fail.
+    let c = part("c", "8", "0");
+    assert!(a["login_id"].intersection(&c["login_id"]).count() > 0);
+    assert!(a["web_order_id"].intersection(&c["web_order_id"]).count() > 0);
+}
