@@ -288,7 +288,8 @@ pub async fn query(
             ingest_world(&catalog, &world).await?;
         } else {
             // Larger worlds do not fit on disk as JSON all at once.
-            ingest_world_in_parts(&catalog, &data, users, 42, 90).await?;
+            let done = data.join(format!("warehouse-{users}.parts-ingested"));
+            ingest_world_in_parts(&catalog, &data, &done, users, 42, 90).await?;
         }
         let options = shoal_ingest::build::BuildOptions {
             full: false,
