@@ -1302,9 +1302,13 @@ async fn build_orders_wide(
             user_columns.push(col(f.name.as_str()));
         }
     }
-    let users = ctx
-        .read_table(catalog.table("users").await?.provider().await?)?
-        .select(user_columns)?;
+    let mut users = ctx.read_table(catalog.table("users").await?.provider().await?)?;
+    if let Some(scope) = scope {
+        // Only the buyers of the orders above are joined.
+        users =
+            users.filter(col("user_id").in_list(scope.iter().map(|u| lit(*u)).collect(), false))?;
+    }
+    let users = users.select(user_columns)?;
     let projection: Vec<_> = definition
         .fields
         .iter()

@@ -40,6 +40,26 @@ fn users_by_id(wh: &Path) -> BTreeMap<i64, Row> {
         .collect()
 }
 
+/// `orders_wide` without the build time, keyed by (platform, order id).
+fn orders_wide_by_key(wh: &Path) -> BTreeMap<(String, String), Row> {
+    let wide: BTreeMap<_, _> = rows(wh, "orders_wide")
+        .into_iter()
+        .map(|mut r| {
+            r.remove("updated_at");
+            let key = (
+                text(&r, "platform").expect("platform").to_string(),
+                text(&r, "order_id").expect("order id").to_string(),
+            );
+            (key, r)
+        })
+        .collect();
+    assert!(
+        wide.values()
+            .any(|r| r.get("city").is_some_and(|c| !c.is_null()))
+    );
+    wide
+}
+
 /// (type, value) → user id.
 fn links(wh: &Path) -> HashMap<(String, String), i64> {
     rows(wh, "identity_links")
@@ -85,6 +105,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     assert_eq!(report["users_incremental"], true, "{report}");
     assert_eq!(report["events_unresolved"], 0, "{report}");
     let incremental_users = users_by_id(&wh);
+    let incremental_wide = orders_wide_by_key(&wh);
     let shared: BTreeSet<String> = manifest["shared_devices"]
         .as_array()
         .expect("shared")
@@ -298,6 +319,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     ));
     assert_eq!(full["users_incremental"], false);
     assert_eq!(users_by_id(&wh), incremental_users);
+    assert_eq!(orders_wide_by_key(&wh), incremental_wide);
 }
 
 #[test]
