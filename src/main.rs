@@ -38,34 +38,13 @@ use error::AppResult;
 const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,deltalake_core=error";
 
 /// Set algebra and query operators allocate and free many page-sized blocks; the system
-/// allocator hands freed pages back and faults them in again on the next operation. mimalloc
-/// keeps them for reuse (for how long: [`PURGE_DELAY_MS`]).
+/// allocator hands freed pages back and faults them in again on the next operation.
+/// mimalloc 2 keeps freed pages for 10 ms (mimalloc 3 for a second: a streaming ingest's
+/// memory then holds a second of chunks already written).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long mimalloc keeps freed pages before handing them back to the system, in
-/// milliseconds (its own default is 10). Ingest and builds free and allocate chunks of tens of
-/// megabytes all the time; after 10 ms their pages went back and were faulted in, zeroed,
-/// again for the next chunk, a fifth of an ingest's CPU time. After a second, memory still
-/// goes back once a burst of work is over. `MIMALLOC_PURGE_DELAY` overrides it.
-const PURGE_DELAY_MS: std::ffi::c_long = 1000;
-
-/// `mi_option_purge_delay` in mimalloc 2's `mi_option_e`.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Sets the allocator's purge delay unless the environment already chose one.
-#[allow(unsafe_code)]
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: `mi_option_set` is not thread safe, and this runs first in `main`, before any
-    // thread is started. The option only changes when freed pages go back to the system.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
-}
-
 fn main() {
-    tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -232,26 +211,4 @@ async fn run(cli: Cli) -> AppResult<i32> {
 async fn open_catalog(location: &str) -> AppResult<Catalog> {
     let warehouse = Warehouse::open(location)?;
     Ok(Catalog::open(warehouse).await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The option number is mimalloc's purge delay: its default of 10 ms is read there before
-    /// the change, and the change is read back after.
-    #[test]
-    #[allow(unsafe_code)]
-    fn the_allocator_keeps_freed_pages_for_a_second() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return;
-        }
-        // SAFETY: reading an option is a plain load; no other test touches the allocator's
-        // options.
-        let before = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(before, 10);
-        tune_allocator();
-        let after = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(after, PURGE_DELAY_MS);
-    }
 }

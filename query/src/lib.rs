@@ -8,8 +8,6 @@
 //! catalog ([`condition`]), answered from tag bitmaps where they cover the tree and by a scan
 //! of the compiled SQL ([`compile`]) where they do not ([`count`]). Nothing here knows HTTP.
 
-#![forbid(unsafe_code)]
-
 pub mod bitmap_functions;
 pub mod compile;
 pub mod condition;
