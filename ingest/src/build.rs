@@ -18,10 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array,
-    Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::{Array, ArrayRef, BinaryArray, Int64Array, Int64Builder, RecordBatch};
 use arrow::compute::{
     SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
 };
@@ -31,12 +28,13 @@ use datafusion::prelude::{SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
 use roaring::RoaringBitmap;
 use serde::Serialize;
-use serde_json::{Map, Value};
 use shoal_catalog::{Catalog, CommitNote, FieldStandard, ValueType};
 
 use crate::columns::{for_each_batch, get, get_int, ints, scan, text, text_array};
 use crate::error::{Error, Result};
 use crate::identity::{MergeReport, Resolved, merge_identities};
+
+mod features;
 
 /// Rows of `events` rewritten per commit, unless `SHOAL_BUILD_CHUNK_ROWS` says otherwise.
 /// Measured on 2.1M events: 2M rows per commit peaked at 3.0 GB and took 8.8 s; 500k rows
@@ -847,7 +845,6 @@ async fn build_users(
     let events = catalog.table("events").await?;
     let orders = catalog.table("orders").await?;
     let links = catalog.table("identity_links").await?;
-    ctx.register_table("events", events.provider().await?)?;
     ctx.register_table("orders", orders.provider().await?)?;
     ctx.register_table("identity_links", links.provider().await?)?;
     let only = match scope {
@@ -863,24 +860,28 @@ async fn build_users(
         None => "",
     };
 
-    // Profile traits: latest non-null value per key, by event time.
-    let profile = profile_table(&ctx, &trait_fields, &identity_traits, scope.is_some()).await?;
-    ctx.register_table("profile", Arc::new(profile))?;
-
+    // Profile traits (latest non-null value per key, by event time) and activity, each
+    // counted in one pass over `events` into per-person arrays.
+    let people = features::People::new(scope);
+    let profile = features::profile(&events, &people, &trait_fields, &identity_traits).await?;
+    ctx.register_table("profile", Arc::new(features::table(profile)?))?;
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
     let as_of_days = (as_of - epoch).num_days();
-    let mut window_columns = Vec::new();
-    for f in &users_def.fields {
-        if let Some((event, days)) = window_count(&f.name) {
-            window_columns.push(format!(
-                "sum(CASE WHEN event_name = '{}' AND event_date > arrow_cast({}, 'Date32') AND event_date <= arrow_cast({}, 'Date32') THEN 1 ELSE 0 END) AS \"{}\"",
-                event.replace('\'', "''"),
-                as_of_days - i64::from(days),
-                as_of_days,
-                f.name
-            ));
-        }
-    }
+    let windows: Vec<features::Window> = users_def
+        .fields
+        .iter()
+        .filter_map(|f| {
+            window_count(&f.name).map(|(event, days)| features::Window {
+                column: f.name.clone(),
+                event: event.to_string(),
+                days,
+            })
+        })
+        .collect();
+    let activity = features::activity(&events, &people, &windows, as_of_days as i32).await?;
+    ctx.register_table("ev", Arc::new(features::table(activity)?))?;
+    drop(people);
+
     let identity_columns: Vec<String> = identity_types
         .iter()
         .filter(|t| users_def.field(t).is_some())
@@ -899,12 +900,6 @@ async fn build_users(
         "WITH people AS (
             SELECT user_id, count(*) AS identity_count{identity_columns}
             FROM identity_links WHERE user_id IS NOT NULL{only} GROUP BY user_id),
-         ev AS (
-            SELECT user_id AS ev_user_id, min(event_time) AS first_seen, max(event_time) AS last_seen,
-                   count(DISTINCT event_date) AS active_days{window_columns},
-                   max(CASE WHEN event_name = '{follow}' THEN event_time END) AS last_follow,
-                   max(CASE WHEN event_name = '{unfollow}' THEN event_time END) AS last_unfollow
-            FROM events WHERE user_id IS NOT NULL{only} GROUP BY user_id),
          od AS (
             SELECT user_id AS od_user_id, count(*) AS orders_count,
                    sum(amount - coalesce(refund_amount, arrow_cast(0, 'Decimal128(18, 2)'))) AS gmv,
@@ -923,9 +918,6 @@ async fn build_users(
            LEFT JOIN scored ON sc_user_id = user_id
            LEFT JOIN profile ON profile_user_id = user_id",
         identity_columns = prefixed(&identity_columns),
-        window_columns = prefixed(&window_columns),
-        follow = FOLLOW_EVENTS.0,
-        unfollow = FOLLOW_EVENTS.1,
     );
     let joined = ctx.sql(&sql).await?;
     let available: HashSet<String> = joined
@@ -1077,207 +1069,6 @@ fn rfm_segment() -> datafusion::prelude::Expr {
         .unwrap_or_else(|_| lit(ScalarValue::Utf8(None)))
 }
 
-/// One column of typed profile values being built.
-enum Typed {
-    Text(StringBuilder, Vec<String>),
-    Int(Int64Builder, Option<[f64; 2]>),
-    Float(Float64Builder, Option<[f64; 2]>),
-    Decimal(Decimal128Builder),
-    Bool(BooleanBuilder),
-    Time(TimestampMicrosecondBuilder),
-}
-
-impl Typed {
-    fn new(field: &FieldStandard) -> Typed {
-        match field.value_type {
-            ValueType::Int => Typed::Int(Int64Builder::new(), field.range),
-            ValueType::Float => Typed::Float(Float64Builder::new(), field.range),
-            ValueType::Decimal => Typed::Decimal(
-                Decimal128Builder::new().with_data_type(field.value_type.arrow_type()),
-            ),
-            ValueType::Bool => Typed::Bool(BooleanBuilder::new()),
-            ValueType::Time => Typed::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
-            ValueType::Enum => Typed::Text(StringBuilder::new(), field.values.clone()),
-            _ => Typed::Text(StringBuilder::new(), Vec::new()),
-        }
-    }
-
-    /// Appends `value` if the standard accepts it; false (and a null) when it does not.
-    fn push(&mut self, value: Option<&Value>) -> bool {
-        let in_range =
-            |x: f64, range: &Option<[f64; 2]>| range.is_none_or(|[lo, hi]| x >= lo && x <= hi);
-        let number = |v: &Value| match v {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse::<f64>().ok(),
-            _ => None,
-        };
-        let Some(value) = value.filter(|v| !v.is_null()) else {
-            self.null();
-            return true;
-        };
-        let ok = match self {
-            Typed::Text(b, allowed) => {
-                let s = match value {
-                    Value::String(s) => s.trim().to_string(),
-                    Value::Number(_) | Value::Bool(_) => value.to_string(),
-                    _ => String::new(),
-                };
-                if s.is_empty() || (!allowed.is_empty() && !allowed.contains(&s)) {
-                    false
-                } else {
-                    b.append_value(s);
-                    true
-                }
-            }
-            Typed::Int(b, range) => match number(value) {
-                Some(x) if x.fract() == 0.0 && in_range(x, range) => {
-                    b.append_value(x as i64);
-                    true
-                }
-                _ => false,
-            },
-            Typed::Float(b, range) => match number(value) {
-                Some(x) if in_range(x, range) => {
-                    b.append_value(x);
-                    true
-                }
-                _ => false,
-            },
-            Typed::Decimal(b) => match number(value) {
-                Some(x) => {
-                    b.append_value((x * 100.0).round() as i128);
-                    true
-                }
-                None => false,
-            },
-            Typed::Bool(b) => match value {
-                Value::Bool(x) => {
-                    b.append_value(*x);
-                    true
-                }
-                Value::String(s) if matches!(s.as_str(), "true" | "false") => {
-                    b.append_value(s == "true");
-                    true
-                }
-                _ => false,
-            },
-            Typed::Time(b) => match value
-                .as_str()
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            {
-                Some(t) => {
-                    b.append_value(t.timestamp_micros());
-                    true
-                }
-                None => false,
-            },
-        };
-        if !ok {
-            self.null();
-        }
-        ok
-    }
-
-    fn null(&mut self) {
-        match self {
-            Typed::Text(b, _) => b.append_null(),
-            Typed::Int(b, _) => b.append_null(),
-            Typed::Float(b, _) => b.append_null(),
-            Typed::Decimal(b) => b.append_null(),
-            Typed::Bool(b) => b.append_null(),
-            Typed::Time(b) => b.append_null(),
-        }
-    }
-
-    fn finish(self) -> ArrayRef {
-        match self {
-            Typed::Text(mut b, _) => Arc::new(b.finish()),
-            Typed::Int(mut b, _) => Arc::new(b.finish()),
-            Typed::Float(mut b, _) => Arc::new(b.finish()),
-            Typed::Decimal(mut b) => Arc::new(b.finish()),
-            Typed::Bool(mut b) => Arc::new(b.finish()),
-            Typed::Time(mut b) => Arc::new(b.finish()),
-        }
-    }
-}
-
-/// Folds identify traits into one row per person: the latest non-null value of each key.
-async fn profile_table(
-    ctx: &SessionContext,
-    fields: &[&FieldStandard],
-    identity_traits: &HashSet<String>,
-    only_affected: bool,
-) -> Result<MemTable> {
-    let mut frame = ctx.table("events").await?.filter(
-        col("event_type")
-            .eq(lit("identify"))
-            .and(col("user_id").is_not_null())
-            .and(col("properties").is_not_null()),
-    )?;
-    if only_affected {
-        frame = frame.join(
-            ctx.table("affected")
-                .await?
-                .select(vec![col("user_id").alias("affected_id")])?,
-            datafusion::logical_expr::JoinType::LeftSemi,
-            &["user_id"],
-            &["affected_id"],
-            None,
-        )?;
-    }
-    let frame = frame
-        .select_columns(&["user_id", "event_time", "properties"])?
-        .sort(vec![
-            col("user_id").sort(true, false),
-            col("event_time").sort(true, false),
-        ])?;
-    let mut latest: BTreeMap<u32, Map<String, Value>> = BTreeMap::new();
-    for_each_batch(frame.execute_stream().await?, |batch| {
-        let (users, traits) = (ints(batch, "user_id")?, text(batch, "properties")?);
-        for i in 0..batch.num_rows() {
-            let (Some(u), Some(t)) = (get_int(&users, i), get(&traits, i)) else {
-                continue;
-            };
-            let Ok(Value::Object(map)) = serde_json::from_str::<Value>(t) else {
-                continue;
-            };
-            let entry = latest.entry(u as u32).or_default();
-            for (k, v) in map {
-                if !v.is_null() && !identity_traits.contains(&k) {
-                    entry.insert(k, v);
-                }
-            }
-        }
-        Ok(())
-    })
-    .await?;
-    let mut ids = Int64Builder::with_capacity(latest.len());
-    let mut columns: Vec<Typed> = fields.iter().map(|f| Typed::new(f)).collect();
-    let mut rest = StringBuilder::new();
-    for (user, mut traits) in latest {
-        ids.append_value(i64::from(user));
-        for (f, column) in fields.iter().zip(columns.iter_mut()) {
-            let value = traits.get(&f.name);
-            if column.push(value) {
-                traits.remove(&f.name);
-            }
-        }
-        if traits.is_empty() {
-            rest.append_null();
-        } else {
-            rest.append_value(Value::Object(traits).to_string());
-        }
-    }
-    let mut arrays: Vec<(String, ArrayRef)> =
-        vec![("profile_user_id".into(), Arc::new(ids.finish()))];
-    for (f, column) in fields.iter().zip(columns) {
-        arrays.push((f.name.clone(), column.finish()));
-    }
-    arrays.push(("traits".into(), Arc::new(rest.finish())));
-    let batch = RecordBatch::try_from_iter(arrays)?;
-    Ok(MemTable::try_new(batch.schema(), vec![vec![batch]])?)
-}
-
 async fn build_orders_wide(
     catalog: &Catalog,
     scope: Option<&BTreeSet<i64>>,
@@ -1350,24 +1141,5 @@ mod tests {
         assert_eq!(window_count("gmv"), None);
         assert_eq!(window_count("active_days"), None);
         assert_eq!(window_count("_7d"), None);
-    }
-
-    #[test]
-    fn typed_traits_follow_the_standard() {
-        let field: FieldStandard = serde_json::from_value(serde_json::json!({
-            "name": "age", "zh": "年龄", "en": "Age", "type": "int", "range": [0, 120]
-        }))
-        .expect("field");
-        let mut column = Typed::new(&field);
-        assert!(column.push(Some(&serde_json::json!(35))));
-        assert!(column.push(Some(&serde_json::json!("41"))));
-        assert!(!column.push(Some(&serde_json::json!(300))));
-        assert!(!column.push(Some(&serde_json::json!("old"))));
-        assert!(column.push(None));
-        let array = column.finish();
-        let array = array.as_any().downcast_ref::<Int64Array>().expect("ints");
-        assert_eq!(array.value(0), 35);
-        assert_eq!(array.value(1), 41);
-        assert!(array.is_null(2) && array.is_null(3) && array.is_null(4));
     }
 }

@@ -254,6 +254,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
         }
     }
     assert!(buyers > 100);
+    activity_and_profile_match_the_events(&users, &events);
     // Profile traits are typed by the standards; unknown traits stay in `traits`.
     assert!(
         users
@@ -320,6 +321,123 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     assert_eq!(full["users_incremental"], false);
     assert_eq!(users_by_id(&wh), incremental_users);
     assert_eq!(orders_wide_by_key(&wh), incremental_wide);
+}
+
+/// When `row`'s time column `key` is.
+fn time(row: &Row, key: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    text(row, key).map(|t| chrono::DateTime::parse_from_rfc3339(t).expect("rfc3339 time"))
+}
+
+/// Activity and profile of every user, recomputed from the events: first and last seen,
+/// active days, the windowed counts as of 2026-11-20, follow state, and the latest value of
+/// each standard trait (by event time; on a tie, the greater JSON text).
+fn activity_and_profile_match_the_events(users: &[Row], events: &[Row]) {
+    type Time = chrono::DateTime<chrono::FixedOffset>;
+    #[derive(Default)]
+    struct Person {
+        first: Option<Time>,
+        last: Option<Time>,
+        days: BTreeSet<String>,
+        counts: HashMap<String, i64>,
+        follow: Option<Time>,
+        unfollow: Option<Time>,
+        traits: HashMap<String, (Time, String)>,
+    }
+    let as_of = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).expect("day");
+    let windows = [
+        ("view_item", [1, 7, 30, 90].as_slice()),
+        ("add_to_cart", [7, 30].as_slice()),
+        ("purchase", [7, 30, 90].as_slice()),
+    ];
+    let standard = [
+        "gender",
+        "age",
+        "city",
+        "province",
+        "member_level",
+        "has_job",
+    ];
+    let mut people: HashMap<i64, Person> = HashMap::new();
+    for e in events {
+        let user = int(e, "user_id").expect("user");
+        let at = time(e, "event_time").expect("time");
+        let day = text(e, "event_date").expect("date");
+        let p = people.entry(user).or_default();
+        p.first = Some(p.first.map_or(at, |f| f.min(at)));
+        p.last = Some(p.last.map_or(at, |l| l.max(at)));
+        p.days.insert(day.to_string());
+        let name = text(e, "event_name").unwrap_or_default();
+        let age = (as_of - day.parse::<chrono::NaiveDate>().expect("day")).num_days();
+        for (event, days) in windows {
+            for n in days {
+                if name == event && (0..*n).contains(&age) {
+                    *p.counts.entry(format!("{event}_{n}d")).or_default() += 1;
+                }
+            }
+        }
+        if name == "follow_official_account" {
+            p.follow = p.follow.max(Some(at));
+        }
+        if name == "unfollow_official_account" {
+            p.unfollow = p.unfollow.max(Some(at));
+        }
+        if text(e, "event_type") == Some("identify") {
+            let traits: Value =
+                serde_json::from_str(text(e, "properties").unwrap_or("{}")).expect("traits");
+            for key in standard {
+                let Some(v) = traits.get(key).filter(|v| !v.is_null()) else {
+                    continue;
+                };
+                let v = v.to_string();
+                let kept = p.traits.entry(key.to_string()).or_insert((at, v.clone()));
+                if (at, &v) > (kept.0, &kept.1) {
+                    *kept = (at, v);
+                }
+            }
+        }
+    }
+    let (mut followers, mut counted) = (0, 0);
+    for u in users {
+        let id = int(u, "user_id").expect("id");
+        let Some(p) = people.get(&id) else {
+            assert_eq!(int(u, "active_days"), None, "user {id} without events");
+            continue;
+        };
+        assert_eq!(time(u, "first_seen"), p.first, "first_seen of {id}");
+        assert_eq!(time(u, "last_seen"), p.last, "last_seen of {id}");
+        assert_eq!(
+            int(u, "active_days"),
+            Some(p.days.len() as i64),
+            "days of {id}"
+        );
+        for (event, days) in windows {
+            for n in days {
+                let column = format!("{event}_{n}d");
+                let expected = p.counts.get(&column).copied().unwrap_or(0);
+                counted += expected;
+                assert_eq!(int(u, &column), Some(expected), "{column} of {id}");
+            }
+        }
+        let follows = p.follow.is_some_and(|f| p.unfollow.is_none_or(|x| f > x));
+        followers += i64::from(follows);
+        assert_eq!(
+            u.get("follows_official_account").and_then(Value::as_bool),
+            Some(follows),
+            "follows of {id}"
+        );
+        for key in standard {
+            let expected = p
+                .traits
+                .get(key)
+                .map(|(_, v)| serde_json::from_str::<Value>(v).expect("value"));
+            let got = u.get(key).filter(|v| !v.is_null()).cloned();
+            assert_eq!(got, expected, "{key} of {id}");
+        }
+    }
+    assert!(
+        followers > 0 && counted > 1000,
+        "{followers} followers, {counted} counted"
+    );
 }
 
 #[test]

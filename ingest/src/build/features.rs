@@ -1,0 +1,578 @@
+//! Per-person features of `users`, counted in one pass over the rows they come from, in
+//! memory that grows with the number of people rather than of events: activity from
+//! `events` (first and last seen, active days, windowed counts, follow state) and the
+//! latest profile traits from identify calls.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array, Int64Builder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder,
+};
+use chrono::DateTime;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionContext, col, lit};
+use datafusion::scalar::ScalarValue;
+use serde_json::{Map, Value};
+use shoal_catalog::{FieldStandard, Table, ValueType};
+
+use super::FOLLOW_EVENTS;
+use crate::columns::{for_each_batch, get, get_int, ints, scan, text};
+use crate::error::Result;
+
+/// Whose features are counted: everyone, or the people of a scoped build. Each person has a
+/// slot in the dense arrays the features are counted in.
+pub(crate) struct People {
+    scope: Option<Vec<u32>>,
+}
+
+impl People {
+    /// Everyone (no scope) or the people of `scope`.
+    pub(crate) fn new(scope: Option<&BTreeSet<i64>>) -> People {
+        People {
+            scope: scope.map(|s| s.iter().filter_map(|u| u32::try_from(*u).ok()).collect()),
+        }
+    }
+
+    fn slot(&self, user: i64) -> Option<usize> {
+        let user = u32::try_from(user).ok()?;
+        match &self.scope {
+            None => Some(user as usize),
+            Some(scope) => scope.binary_search(&user).ok(),
+        }
+    }
+
+    fn user(&self, slot: usize) -> i64 {
+        match &self.scope {
+            None => slot as i64,
+            Some(scope) => i64::from(scope[slot]),
+        }
+    }
+
+    fn slots(&self) -> usize {
+        self.scope.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// A windowed count: events named `event` on the `days` days up to the evaluation day.
+pub(crate) struct Window {
+    pub column: String,
+    pub event: String,
+    pub days: u32,
+}
+
+/// Activity per slot.
+#[derive(Default)]
+struct Activity {
+    first: Vec<i64>,
+    last: Vec<i64>,
+    days: Vec<u32>,
+    last_day: Vec<i32>,
+    counts: Vec<Vec<u32>>,
+    follow: Vec<i64>,
+    unfollow: Vec<i64>,
+}
+
+impl Activity {
+    fn grow(&mut self, len: usize) {
+        if len <= self.days.len() {
+            return;
+        }
+        let len = len.max(self.days.len() + self.days.len() / 2);
+        self.first.resize(len, i64::MAX);
+        self.last.resize(len, i64::MIN);
+        self.days.resize(len, 0);
+        self.last_day.resize(len, i32::MIN);
+        for c in &mut self.counts {
+            c.resize(len, 0);
+        }
+        self.follow.resize(len, i64::MIN);
+        self.unfollow.resize(len, i64::MIN);
+    }
+}
+
+/// An event name counted: the windows it feeds, and whether it is a follow or an unfollow.
+struct Counted {
+    name: String,
+    windows: Vec<usize>,
+    follow: bool,
+    unfollow: bool,
+}
+
+/// Activity of `people` from `events`, as of day `as_of` (days since the epoch): one row per
+/// person with events — `ev_user_id`, `first_seen`, `last_seen`, `active_days`, one column per
+/// window, `last_follow` and `last_unfollow`. Days are read one at a time, so a day counts
+/// once per person without remembering which days each person was seen on.
+pub(crate) async fn activity(
+    events: &Table,
+    people: &People,
+    windows: &[Window],
+    as_of: i32,
+) -> Result<RecordBatch> {
+    let ctx = SessionContext::new();
+    let provider = events.provider().await?;
+    let mut dates = Vec::new();
+    for b in ctx
+        .read_table(provider.clone())?
+        .aggregate(vec![col("event_date")], vec![])?
+        .collect()
+        .await?
+    {
+        let d = ints(&b, "event_date")?;
+        dates.extend((0..b.num_rows()).filter_map(|i| get_int(&d, i)));
+    }
+    dates.sort_unstable();
+
+    let mut counted: Vec<Counted> = [FOLLOW_EVENTS.0, FOLLOW_EVENTS.1]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Counted {
+            name: name.to_string(),
+            windows: Vec::new(),
+            follow: i == 0,
+            unfollow: i == 1,
+        })
+        .collect();
+    for (w, window) in windows.iter().enumerate() {
+        match counted.iter_mut().find(|c| c.name == window.event) {
+            Some(c) => c.windows.push(w),
+            None => counted.push(Counted {
+                name: window.event.clone(),
+                windows: vec![w],
+                follow: false,
+                unfollow: false,
+            }),
+        }
+    }
+
+    let mut state = Activity {
+        counts: vec![Vec::new(); windows.len()],
+        ..Activity::default()
+    };
+    state.grow(people.slots());
+    let mut slots: Vec<u32> = Vec::new();
+    for date in dates {
+        let day = date as i32;
+        // Per counted name, the windows this day falls in.
+        let inside: Vec<Vec<usize>> = counted
+            .iter()
+            .map(|c| {
+                c.windows
+                    .iter()
+                    .copied()
+                    .filter(|w| {
+                        let from = as_of - windows[*w].days as i32;
+                        day > from && day <= as_of
+                    })
+                    .collect()
+            })
+            .collect();
+        let filter = col("event_date").eq(lit(ScalarValue::Date32(Some(day))));
+        let stream = scan(
+            &ctx,
+            events,
+            &["user_id", "event_time", "event_name"],
+            Some(filter),
+        )
+        .await?;
+        for_each_batch(stream, |batch| {
+            let users = ints(batch, "user_id")?;
+            let times = ints(batch, "event_time")?;
+            slots.clear();
+            let mut top = 0;
+            for i in 0..batch.num_rows() {
+                let s = get_int(&users, i)
+                    .and_then(|u| people.slot(u))
+                    .map_or(u32::MAX, |s| s as u32);
+                if s != u32::MAX {
+                    top = top.max(s as usize + 1);
+                }
+                slots.push(s);
+            }
+            state.grow(top);
+            for (i, s) in slots.iter().enumerate() {
+                if *s == u32::MAX {
+                    continue;
+                }
+                let s = *s as usize;
+                if let Some(t) = get_int(&times, i) {
+                    state.first[s] = state.first[s].min(t);
+                    state.last[s] = state.last[s].max(t);
+                }
+                if state.last_day[s] != day {
+                    state.last_day[s] = day;
+                    state.days[s] += 1;
+                }
+            }
+            let wanted = counted
+                .iter()
+                .zip(&inside)
+                .any(|(c, w)| !w.is_empty() || c.follow || c.unfollow);
+            if !wanted {
+                return Ok(());
+            }
+            let names = text(batch, "event_name")?;
+            for (c, inside) in counted.iter().zip(&inside) {
+                if inside.is_empty() && !c.follow && !c.unfollow {
+                    continue;
+                }
+                let mask = arrow::compute::kernels::cmp::eq(
+                    &names,
+                    &StringArray::new_scalar(c.name.as_str()),
+                )?;
+                for i in mask.values().set_indices() {
+                    let s = slots[i];
+                    if s == u32::MAX || !mask.is_valid(i) {
+                        continue;
+                    }
+                    let s = s as usize;
+                    for w in inside {
+                        state.counts[*w][s] += 1;
+                    }
+                    if let Some(t) = get_int(&times, i) {
+                        if c.follow {
+                            state.follow[s] = state.follow[s].max(t);
+                        }
+                        if c.unfollow {
+                            state.unfollow[s] = state.unfollow[s].max(t);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    }
+
+    let seen: Vec<usize> = (0..state.days.len())
+        .filter(|s| state.days[*s] > 0)
+        .collect();
+    let time = |values: &[i64], none: i64| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter(
+                seen.iter().map(|s| Some(values[*s]).filter(|t| *t != none)),
+            )
+            .with_timezone("UTC"),
+        )
+    };
+    let mut columns: Vec<(String, ArrayRef)> = vec![
+        (
+            "ev_user_id".into(),
+            Arc::new(Int64Array::from_iter_values(
+                seen.iter().map(|s| people.user(*s)),
+            )),
+        ),
+        ("first_seen".into(), time(&state.first, i64::MAX)),
+        ("last_seen".into(), time(&state.last, i64::MIN)),
+        (
+            "active_days".into(),
+            Arc::new(Int64Array::from_iter_values(
+                seen.iter().map(|s| i64::from(state.days[*s])),
+            )),
+        ),
+    ];
+    for (w, window) in windows.iter().enumerate() {
+        columns.push((
+            window.column.clone(),
+            Arc::new(Int64Array::from_iter_values(
+                seen.iter().map(|s| i64::from(state.counts[w][*s])),
+            )),
+        ));
+    }
+    columns.push(("last_follow".into(), time(&state.follow, i64::MIN)));
+    columns.push(("last_unfollow".into(), time(&state.unfollow, i64::MIN)));
+    drop(state);
+    Ok(RecordBatch::try_from_iter(columns)?)
+}
+
+/// A hasher for the (slot, key) words of [`profile`].
+#[derive(Default)]
+struct Mix(u64);
+
+impl Hasher for Mix {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Interned texts: each distinct one stored once.
+#[derive(Default)]
+struct Interned {
+    ids: HashMap<Arc<str>, u32>,
+    texts: Vec<Arc<str>>,
+}
+
+impl Interned {
+    fn id(&mut self, text: &str) -> u32 {
+        if let Some(id) = self.ids.get(text) {
+            return *id;
+        }
+        let shared: Arc<str> = Arc::from(text);
+        let id = self.texts.len() as u32;
+        self.texts.push(shared.clone());
+        self.ids.insert(shared, id);
+        id
+    }
+}
+
+/// Folds identify traits into one row per person: the latest non-null value of each key,
+/// by event time (on a tie, the greater value, so the result does not depend on the order
+/// rows are read in). Traits with a standard in `fields` become typed columns; the rest, and
+/// values a standard refuses, stay in `traits` as JSON.
+pub(crate) async fn profile(
+    events: &Table,
+    people: &People,
+    fields: &[&FieldStandard],
+    identity_traits: &HashSet<String>,
+) -> Result<RecordBatch> {
+    let ctx = SessionContext::new();
+    let filter = col("event_type")
+        .eq(lit("identify"))
+        .and(col("user_id").is_not_null())
+        .and(col("properties").is_not_null());
+    let stream = scan(
+        &ctx,
+        events,
+        &["user_id", "event_time", "properties"],
+        Some(filter),
+    )
+    .await?;
+    let mut keys = Interned::default();
+    let mut values = Interned::default();
+    let mut latest: HashMap<u64, (i64, u32), BuildHasherDefault<Mix>> = HashMap::default();
+    for_each_batch(stream, |batch| {
+        let (users, times, traits) = (
+            ints(batch, "user_id")?,
+            ints(batch, "event_time")?,
+            text(batch, "properties")?,
+        );
+        for i in 0..batch.num_rows() {
+            let (Some(slot), Some(t)) = (
+                get_int(&users, i).and_then(|u| people.slot(u)),
+                get(&traits, i),
+            ) else {
+                continue;
+            };
+            let Ok(Value::Object(map)) = serde_json::from_str::<Value>(t) else {
+                continue;
+            };
+            let at = get_int(&times, i).unwrap_or(i64::MIN);
+            for (k, v) in map {
+                if v.is_null() || identity_traits.contains(&k) {
+                    continue;
+                }
+                let word = ((slot as u64) << 32) | u64::from(keys.id(&k));
+                let value = values.id(&v.to_string());
+                let kept = latest.entry(word).or_insert((at, value));
+                if at > kept.0
+                    || (at == kept.0
+                        && values.texts[value as usize] > values.texts[kept.1 as usize])
+                {
+                    *kept = (at, value);
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let mut entries: Vec<(u64, u32)> = latest.into_iter().map(|(w, (_, v))| (w, v)).collect();
+    entries.sort_unstable_by_key(|(w, _)| *w);
+
+    let mut ids = Int64Builder::new();
+    let mut columns: Vec<Typed> = fields.iter().map(|f| Typed::new(f)).collect();
+    let mut rest = StringBuilder::new();
+    for person in entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32) {
+        let slot = (person[0].0 >> 32) as usize;
+        let mut traits = Map::new();
+        for (word, value) in person {
+            let key = &keys.texts[(*word & 0xffff_ffff) as usize];
+            let value = serde_json::from_str(&values.texts[*value as usize]).unwrap_or(Value::Null);
+            traits.insert(key.to_string(), value);
+        }
+        ids.append_value(people.user(slot));
+        for (f, column) in fields.iter().zip(columns.iter_mut()) {
+            if column.push(traits.get(&f.name)) {
+                traits.remove(&f.name);
+            }
+        }
+        if traits.is_empty() {
+            rest.append_null();
+        } else {
+            rest.append_value(Value::Object(traits).to_string());
+        }
+    }
+    let mut arrays: Vec<(String, ArrayRef)> =
+        vec![("profile_user_id".into(), Arc::new(ids.finish()))];
+    for (f, column) in fields.iter().zip(columns) {
+        arrays.push((f.name.clone(), column.finish()));
+    }
+    arrays.push(("traits".into(), Arc::new(rest.finish())));
+    Ok(RecordBatch::try_from_iter(arrays)?)
+}
+
+/// `batch` as a table in two partitions, so both cores work on the joins it feeds.
+pub(crate) fn table(batch: RecordBatch) -> Result<MemTable> {
+    let mut parts = vec![Vec::new(), Vec::new()];
+    for (i, b) in super::split_batch(&batch, 65_536).into_iter().enumerate() {
+        parts[i % 2].push(b);
+    }
+    Ok(MemTable::try_new(batch.schema(), parts)?)
+}
+/// One column of typed profile values being built.
+enum Typed {
+    Text(StringBuilder, Vec<String>),
+    Int(Int64Builder, Option<[f64; 2]>),
+    Float(Float64Builder, Option<[f64; 2]>),
+    Decimal(Decimal128Builder),
+    Bool(BooleanBuilder),
+    Time(TimestampMicrosecondBuilder),
+}
+
+impl Typed {
+    fn new(field: &FieldStandard) -> Typed {
+        match field.value_type {
+            ValueType::Int => Typed::Int(Int64Builder::new(), field.range),
+            ValueType::Float => Typed::Float(Float64Builder::new(), field.range),
+            ValueType::Decimal => Typed::Decimal(
+                Decimal128Builder::new().with_data_type(field.value_type.arrow_type()),
+            ),
+            ValueType::Bool => Typed::Bool(BooleanBuilder::new()),
+            ValueType::Time => Typed::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+            ValueType::Enum => Typed::Text(StringBuilder::new(), field.values.clone()),
+            _ => Typed::Text(StringBuilder::new(), Vec::new()),
+        }
+    }
+
+    /// Appends `value` if the standard accepts it; false (and a null) when it does not.
+    fn push(&mut self, value: Option<&Value>) -> bool {
+        let in_range =
+            |x: f64, range: &Option<[f64; 2]>| range.is_none_or(|[lo, hi]| x >= lo && x <= hi);
+        let number = |v: &Value| match v {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        let Some(value) = value.filter(|v| !v.is_null()) else {
+            self.null();
+            return true;
+        };
+        let ok = match self {
+            Typed::Text(b, allowed) => {
+                let s = match value {
+                    Value::String(s) => s.trim().to_string(),
+                    Value::Number(_) | Value::Bool(_) => value.to_string(),
+                    _ => String::new(),
+                };
+                if s.is_empty() || (!allowed.is_empty() && !allowed.contains(&s)) {
+                    false
+                } else {
+                    b.append_value(s);
+                    true
+                }
+            }
+            Typed::Int(b, range) => match number(value) {
+                Some(x) if x.fract() == 0.0 && in_range(x, range) => {
+                    b.append_value(x as i64);
+                    true
+                }
+                _ => false,
+            },
+            Typed::Float(b, range) => match number(value) {
+                Some(x) if in_range(x, range) => {
+                    b.append_value(x);
+                    true
+                }
+                _ => false,
+            },
+            Typed::Decimal(b) => match number(value) {
+                Some(x) => {
+                    b.append_value((x * 100.0).round() as i128);
+                    true
+                }
+                None => false,
+            },
+            Typed::Bool(b) => match value {
+                Value::Bool(x) => {
+                    b.append_value(*x);
+                    true
+                }
+                Value::String(s) if matches!(s.as_str(), "true" | "false") => {
+                    b.append_value(s == "true");
+                    true
+                }
+                _ => false,
+            },
+            Typed::Time(b) => match value
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            {
+                Some(t) => {
+                    b.append_value(t.timestamp_micros());
+                    true
+                }
+                None => false,
+            },
+        };
+        if !ok {
+            self.null();
+        }
+        ok
+    }
+
+    fn null(&mut self) {
+        match self {
+            Typed::Text(b, _) => b.append_null(),
+            Typed::Int(b, _) => b.append_null(),
+            Typed::Float(b, _) => b.append_null(),
+            Typed::Decimal(b) => b.append_null(),
+            Typed::Bool(b) => b.append_null(),
+            Typed::Time(b) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Typed::Text(mut b, _) => Arc::new(b.finish()),
+            Typed::Int(mut b, _) => Arc::new(b.finish()),
+            Typed::Float(mut b, _) => Arc::new(b.finish()),
+            Typed::Decimal(mut b) => Arc::new(b.finish()),
+            Typed::Bool(mut b) => Arc::new(b.finish()),
+            Typed::Time(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_traits_follow_the_standard() {
+        let field: FieldStandard = serde_json::from_value(serde_json::json!({
+            "name": "age", "zh": "年龄", "en": "Age", "type": "int", "range": [0, 120]
+        }))
+        .expect("field");
+        let mut column = Typed::new(&field);
+        assert!(column.push(Some(&serde_json::json!(35))));
+        assert!(column.push(Some(&serde_json::json!("41"))));
+        assert!(!column.push(Some(&serde_json::json!(300))));
+        assert!(!column.push(Some(&serde_json::json!("old"))));
+        assert!(column.push(None));
+        let array = column.finish();
+        let array = array.as_any().downcast_ref::<Int64Array>().expect("ints");
+        assert_eq!(array.value(0), 35);
+        assert_eq!(array.value(1), 41);
+        assert!(array.is_null(2) && array.is_null(3) && array.is_null(4));
+    }
+}
