@@ -371,6 +371,12 @@ pub(crate) async fn sample_world(dir: &Path, users: u32, seed: u64, days: u32) -
 /// People per part of a world written and ingested in parts.
 pub(crate) const PART_PEOPLE: u32 = 1_000_000;
 
+/// Whether a world of `users` people is written and ingested in parts: larger worlds do not
+/// fit on disk as JSON all at once.
+pub(crate) fn in_parts(users: u32) -> bool {
+    users > 2 * PART_PEOPLE
+}
+
 /// Writes a world of `users` people in parts of [`PART_PEOPLE`] and ingests each part before
 /// its files are deleted, so the disk never holds more than two parts' files (the next part is
 /// written while the current one is ingested). Part `k` holds people `k × PART_PEOPLE` onwards,
@@ -449,10 +455,9 @@ pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResu
     let scratch = tempfile::tempdir().map_err(|e| AppError::Internal(e.to_string()))?;
     let data = data.unwrap_or_else(|| scratch.path().join("data"));
     let (base, delta) = (data.join("base"), data.join("delta"));
-    // Larger worlds do not fit on disk as JSON all at once: they are written and ingested in
-    // parts, and the ingest time then includes writing them.
-    let in_parts = users > 2 * PART_PEOPLE;
-    if !in_parts {
+    // In parts, the ingest time includes writing the parts.
+    let by_parts = in_parts(users);
+    if !by_parts {
         sample_world(&base, users, 42, 90).await?;
     }
     // A day's worth of new data: a hundredth of the people, active on the last day.
@@ -461,7 +466,7 @@ pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResu
     let warehouse = Warehouse::open(&format!("file://{}", wh_path.display()))?;
     let catalog = Catalog::open(warehouse).await?;
     let started = Instant::now();
-    let landed = if in_parts {
+    let landed = if by_parts {
         let done = scratch.path().join("wh.parts-ingested");
         ingest_world_in_parts(&catalog, &data, &done, users, 42, 90).await?
     } else {
@@ -506,7 +511,7 @@ pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResu
     }
     println!(
         "build benchmark: sample world of {users} people ({landed} rows landed in {ingest_s:.1} s{}), then a 1% delta ({delta_landed} rows)",
-        if in_parts {
+        if by_parts {
             ", written in parts meanwhile"
         } else {
             ""

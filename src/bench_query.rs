@@ -11,7 +11,7 @@ use shoal_catalog::{Catalog, Warehouse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::bench::{PART_PEOPLE, ingest_world, ingest_world_in_parts, python, sample_world};
+use crate::bench::{in_parts, ingest_world, ingest_world_in_parts, python, sample_world};
 use crate::error::{AppError, AppResult};
 
 /// DuckDB over the Delta tables' files: `views` maps a view name to its table folder.
@@ -21,6 +21,7 @@ from deltalake import DeltaTable
 warehouse, queries, runs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 con = duckdb.connect()
 con.execute("SET threads TO 2")
+con.execute("SET enable_progress_bar = false")
 for name in ("users", "events", "orders"):
     files = DeltaTable(f"{warehouse}/{name}").file_uris()
     listed = ", ".join("'" + f.replace("file://", "") + "'" for f in files)
@@ -274,7 +275,7 @@ pub async fn query(
     let data = data.unwrap_or_else(|| scratch.path().join("data"));
     let world = data.join(format!("world-{users}"));
     let wh_path = data.join(format!("warehouse-{users}"));
-    if users <= 2 * PART_PEOPLE {
+    if !in_parts(users) {
         sample_world(&world, users, 42, 90).await?;
     }
     let warehouse = Warehouse::open(&format!("file://{}", wh_path.display()))?;
@@ -284,10 +285,9 @@ pub async fn query(
             "ingesting and building the world into {}",
             wh_path.display()
         );
-        if users <= 2 * PART_PEOPLE {
+        if !in_parts(users) {
             ingest_world(&catalog, &world).await?;
         } else {
-            // Larger worlds do not fit on disk as JSON all at once.
             let done = data.join(format!("warehouse-{users}.parts-ingested"));
             ingest_world_in_parts(&catalog, &data, &done, users, 42, 90).await?;
         }
@@ -344,7 +344,18 @@ pub async fn query(
         .arg(runs.min(10).to_string())
         .output();
     let duckdb: Option<Value> = match duck {
-        Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
+        Ok(out) if out.status.success() => {
+            // The answer is the last line; anything before it is the engine talking.
+            let text = String::from_utf8_lossy(&out.stdout);
+            let last = text.lines().last().unwrap_or_default();
+            match serde_json::from_str(last) {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    eprintln!("duckdb side answered no JSON ({e}): {}", text.trim_end());
+                    None
+                }
+            }
+        }
         Ok(out) => {
             eprintln!(
                 "duckdb side failed: {}",

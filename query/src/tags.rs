@@ -53,6 +53,26 @@ struct Window {
 /// Window unions an index keeps.
 const KEPT_WINDOWS: usize = 64;
 
+/// The tick that marks a window as the most recently used.
+fn next_tick(windows: &[Window]) -> u64 {
+    windows.iter().map(|w| w.used).max().unwrap_or(0) + 1
+}
+
+/// The kept union of `event` over `from..=to`, marked as just used.
+fn kept(
+    windows: &mut [Window],
+    event: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Option<Arc<RoaringBitmap>> {
+    let tick = next_tick(windows);
+    let window = windows
+        .iter_mut()
+        .find(|w| w.event == event && w.from == from && w.to == to)?;
+    window.used = tick;
+    Some(window.members.clone())
+}
+
 impl TagIndex {
     /// Reads every row of `tag_bitmaps` at the session's snapshot.
     pub(crate) async fn load(session: &Session, version: u64) -> Result<TagIndex> {
@@ -146,16 +166,8 @@ impl TagIndex {
             return Arc::new(RoaringBitmap::new());
         };
         let lock = || self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let mut windows = lock();
-            let tick = windows.iter().map(|w| w.used).max().unwrap_or(0) + 1;
-            if let Some(window) = windows
-                .iter_mut()
-                .find(|w| w.event == event && w.from == from && w.to == to)
-            {
-                window.used = tick;
-                return window.members.clone();
-            }
+        if let Some(members) = kept(&mut lock(), event, from, to) {
+            return members;
         }
         // Unioned without the lock: other counts go on meanwhile.
         let mut members = RoaringBitmap::new();
@@ -164,14 +176,11 @@ impl TagIndex {
         }
         let members = Arc::new(members);
         let mut windows = lock();
-        let tick = windows.iter().map(|w| w.used).max().unwrap_or(0) + 1;
-        if let Some(window) = windows
-            .iter()
-            .find(|w| w.event == event && w.from == from && w.to == to)
-        {
+        if let Some(members) = kept(&mut windows, event, from, to) {
             // Another count unioned the same window meanwhile.
-            return window.members.clone();
+            return members;
         }
+        let tick = next_tick(&windows);
         if windows.len() >= KEPT_WINDOWS
             && let Some(oldest) = windows
                 .iter()
