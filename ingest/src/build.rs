@@ -408,6 +408,25 @@ fn stale_filter(moves: &Moves) -> datafusion::prelude::Expr {
     filter
 }
 
+/// Rows of `frame` (over `events`) per `event_date`, as days since the epoch.
+async fn rows_per_day(frame: datafusion::prelude::DataFrame) -> Result<BTreeMap<i32, u64>> {
+    let count = datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n");
+    let mut out = BTreeMap::new();
+    for b in frame
+        .aggregate(vec![col("event_date")], vec![count])?
+        .collect()
+        .await?
+    {
+        let (d, n) = (ints(&b, "event_date")?, ints(&b, "n")?);
+        for i in 0..b.num_rows() {
+            if let (Some(d), Some(n)) = (get_int(&d, i), get_int(&n, i)) {
+                out.insert(d as i32, n as u64);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn rewrite_events(
     catalog: &Catalog,
@@ -422,28 +441,11 @@ async fn rewrite_events(
 ) -> Result<()> {
     let mut events = catalog.table("events").await?;
     let frame = ctx.read_table(events.provider().await?)?;
-    let count = datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n");
-    let per_day = |frame: datafusion::prelude::DataFrame| async {
-        let mut out: BTreeMap<i32, u64> = BTreeMap::new();
-        for b in frame
-            .aggregate(vec![col("event_date")], vec![count.clone()])?
-            .collect()
-            .await?
-        {
-            let (d, n) = (ints(&b, "event_date")?, ints(&b, "n")?);
-            for i in 0..b.num_rows() {
-                if let (Some(d), Some(n)) = (get_int(&d, i), get_int(&n, i)) {
-                    out.insert(d as i32, n as u64);
-                }
-            }
-        }
-        Ok::<_, Error>(out)
-    };
-    let all_days = per_day(frame.clone()).await?;
+    let all_days = rows_per_day(frame.clone()).await?;
     let days: Vec<i32> = if full {
         all_days.keys().copied().collect()
     } else {
-        per_day(frame.filter(stale_filter(moves))?)
+        rows_per_day(frame.filter(stale_filter(moves))?)
             .await?
             .keys()
             .copied()

@@ -114,17 +114,7 @@ pub(crate) async fn activity(
 ) -> Result<RecordBatch> {
     let ctx = SessionContext::new();
     let provider = events.provider().await?;
-    let mut dates = Vec::new();
-    for b in ctx
-        .read_table(provider.clone())?
-        .aggregate(vec![col("event_date")], vec![])?
-        .collect()
-        .await?
-    {
-        let d = ints(&b, "event_date")?;
-        dates.extend((0..b.num_rows()).filter_map(|i| get_int(&d, i)));
-    }
-    dates.sort_unstable();
+    let dates = super::rows_per_day(ctx.read_table(provider)?).await?;
 
     let mut counted: Vec<Counted> = [FOLLOW_EVENTS.0, FOLLOW_EVENTS.1]
         .iter()
@@ -154,8 +144,7 @@ pub(crate) async fn activity(
     };
     state.grow(people.slots());
     let mut slots: Vec<u32> = Vec::new();
-    for date in dates {
-        let day = date as i32;
+    for &day in dates.keys() {
         // Per counted name, the windows this day falls in.
         let inside: Vec<Vec<usize>> = counted
             .iter()
