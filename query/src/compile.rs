@@ -217,6 +217,11 @@ pub fn event_rows(e: &EventCondition, alias: &str) -> String {
 }
 
 fn event(e: &EventCondition) -> String {
+    membership(&e.count, "count(*)", &event_rows_from(e))
+}
+
+/// `FROM events e WHERE ...`: the rows an event condition counts per user.
+pub fn event_rows_from(e: &EventCondition) -> String {
     let mut filters = vec![
         "e.user_id IS NOT NULL".to_string(),
         format!("e.event_name = {}", text(&e.event)),
@@ -225,12 +230,7 @@ fn event(e: &EventCondition) -> String {
         filters.push(event_window(window));
     }
     filters.extend(e.filters.iter().map(|f| field(f, "e")));
-    let filters = filters.join(" AND ");
-    membership(
-        &e.count,
-        "count(*)",
-        &format!("FROM events e WHERE {filters}"),
-    )
+    format!("FROM events e WHERE {}", filters.join(" AND "))
 }
 
 /// Users whose `measure` over the rows of `from` passes `count`. When zero passes, users
@@ -251,7 +251,12 @@ fn membership(count: &CountTest, measure: &str, from: &str) -> String {
     }
 }
 
-fn orders(o: &OrderCondition) -> String {
+/// What an order condition sums per user when it measures amounts: paid amounts net of
+/// refunds (an order without a refund has a null `refund_amount`).
+pub const ORDER_AMOUNT: &str = "e.amount - COALESCE(e.refund_amount, 0)";
+
+/// `FROM orders e WHERE ...`: the paid orders an order condition measures per user.
+pub fn order_rows_from(o: &OrderCondition) -> String {
     let statuses = PAID_STATUSES
         .iter()
         .map(|s| text(s))
@@ -273,7 +278,11 @@ fn orders(o: &OrderCondition) -> String {
     if let Some(window) = &o.window {
         filters.push(time_range("e.created_at", window, ValueType::Time));
     }
-    let from = format!("FROM orders e WHERE {}", filters.join(" AND "));
+    format!("FROM orders e WHERE {}", filters.join(" AND "))
+}
+
+fn orders(o: &OrderCondition) -> String {
+    let from = order_rows_from(o);
     let (measure, value, zero) = match o.measure {
         OrderMeasure::Count => (
             "count(*)".to_string(),
@@ -281,7 +290,7 @@ fn orders(o: &OrderCondition) -> String {
             0.0,
         ),
         OrderMeasure::Amount => (
-            "sum(e.amount - COALESCE(e.refund_amount, 0))".to_string(),
+            format!("sum({ORDER_AMOUNT})"),
             literal(&o.value, ValueType::Decimal),
             0.0,
         ),

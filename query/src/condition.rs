@@ -179,7 +179,7 @@ impl Compare {
     }
 
     /// Evaluates `left OP right`.
-    pub fn holds(self, left: f64, right: f64) -> bool {
+    pub fn holds<T: PartialOrd>(self, left: T, right: T) -> bool {
         match self {
             Compare::Eq => left == right,
             Compare::Ne => left != right,

@@ -18,6 +18,7 @@ use crate::condition::{
     self, CheckContext, Compare, EventCondition, FieldCondition, Literal, Node, NumberRange, Test,
 };
 use crate::error::{Error, Result};
+use crate::per_person;
 use crate::session::{Engine, Session, SnapshotVersions};
 use crate::tags::TagIndex;
 
@@ -236,9 +237,10 @@ impl<'a> Evaluator<'a> {
                 }
                 // Children that hold uncovered parts inside a `not` recurse (their
                 // complement needs their own members); the rest is one scan.
-                let (nested, scanned): (Vec<&Node>, Vec<&Node>) = rest
-                    .into_iter()
-                    .partition(|c| matches!(c, Node::Not(_)) || self.partly_covered(c));
+                // Conditions on a person's events or orders are totalled apart.
+                let (nested, scanned): (Vec<&Node>, Vec<&Node>) = rest.into_iter().partition(|c| {
+                    matches!(c, Node::Not(_)) || self.partly_covered(c) || per_person::applies(c)
+                });
                 for child in nested {
                     let members = Box::pin(self.eval(child)).await?;
                     if all {
@@ -265,6 +267,15 @@ impl<'a> Evaluator<'a> {
             Node::Not(child) => {
                 let members = Box::pin(self.eval(child)).await?;
                 Ok(self.universe.as_ref() - &members)
+            }
+            leaf if per_person::applies(leaf) => {
+                match per_person::members(self.session, &self.universe, leaf).await? {
+                    Some(members) => {
+                        self.used_scan = true;
+                        Ok(members)
+                    }
+                    None => self.scan(leaf).await,
+                }
             }
             leaf => self.scan(leaf).await,
         }

@@ -6,7 +6,8 @@
 //! results as Arrow record batches. A [`session::Engine`] hands out one [`session::Session`]
 //! per request, pinned to one version of every table; condition trees are checked against the
 //! catalog ([`condition`]), answered from tag bitmaps where they cover the tree and by a scan
-//! of the compiled SQL ([`compile`]) where they do not ([`count`]). Nothing here knows HTTP.
+//! of the compiled SQL ([`compile`]) where they do not ([`count`]); conditions on a person's
+//! events or orders are totalled per person in arrays (`per_person`). Nothing here knows HTTP.
 
 pub mod bitmap_functions;
 pub mod compile;
@@ -16,6 +17,7 @@ mod error;
 pub mod fields;
 pub mod funnel_people;
 pub mod masking;
+mod per_person;
 mod scan_filters;
 pub mod session;
 mod tags;

@@ -710,8 +710,18 @@ fn random_tree(rng: &mut impl rand::Rng, depth: usize) -> Value {
                 e
             }
             7 => {
-                json!({"orders": pick(rng, &["count", "amount"]), "op": pick(rng, &["ge", "lt", "eq"]),
-                         "value": rng.random_range(0..3) * 300, "platform": pick(rng, &["youzan", "tmall"])})
+                let measure = pick(rng, &["count", "amount"]);
+                let value = if measure == "amount" && rng.random_bool(0.4) {
+                    json!(rng.random_range(1..100_000) as f64 / 100.0)
+                } else {
+                    json!(rng.random_range(0..3) * 300)
+                };
+                let mut o = json!({"orders": measure, "op": pick(rng, &["ge", "lt", "eq", "gt"]),
+                                   "value": value, "platform": pick(rng, &["youzan", "tmall"])});
+                if rng.random_bool(0.3) {
+                    o["window"] = json!({"last_days": rng.random_range(1..90)});
+                }
+                o
             }
             _ => json!({"field": "city", "op": pick(rng, &["eq", "prefix", "contains", "ne"]),
                          "value": pick(rng, &["上海", "杭州", "北", "州"])}),
@@ -760,6 +770,113 @@ fn sql_rows(wh: &Path, sql: &str) -> Vec<Value> {
         .as_array()
         .expect("rows")
         .clone()
+}
+
+/// Order conditions on hand-made orders: amounts net of refunds summed exactly (0.10 + 0.20
+/// is 0.30, which a float sum misses), only paid statuses, platforms and windows, people
+/// without orders as zero, and orders of an id that is nobody left out.
+#[test]
+fn order_conditions_total_each_person_exactly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let wh = small_world(dir.path());
+    let id = |login: &str| {
+        sql_rows(
+            &wh,
+            &format!("SELECT user_id FROM users WHERE login_id = '{login}'"),
+        )[0]["user_id"]
+            .as_u64()
+            .expect("id")
+    };
+    let (a, b, d) = (id("a"), id("b"), id("d"));
+    let orders = [
+        (a, "tmall", "0.10", None, "paid", "2026-11-15"),
+        (a, "tmall", "0.20", None, "completed", "2026-11-16"),
+        (
+            a,
+            "youzan",
+            "500.00",
+            Some("500.00"),
+            "refunded",
+            "2026-11-10",
+        ),
+        (a, "tmall", "1000.00", None, "pending_payment", "2026-11-18"),
+        (b, "tmall", "300.00", None, "paid", "2026-09-01"),
+        (b, "youzan", "299.99", None, "shipped", "2026-11-19"),
+        (d, "web", "50.00", None, "paid", "2026-11-19"),
+        (999_999, "tmall", "1000.00", None, "paid", "2026-11-19"),
+    ];
+    for (n, (user, platform, amount, refund, status, day)) in orders.iter().enumerate() {
+        append_row(
+            &wh,
+            "orders",
+            json!({"order_id": format!("o{n}"), "platform": platform, "user_id": user,
+                   "amount": amount, "refund_amount": refund, "status": status,
+                   "created_at": format!("{day}T04:00:00Z"),
+                   "updated_at": "2026-11-20T00:00:00Z"}),
+        );
+    }
+    let cases = [
+        // a: tmall 0.10 + 0.20 paid (the 1000 is unpaid).
+        (
+            json!({"orders": "amount", "op": "eq", "value": 0.3, "platform": "tmall"}),
+            1,
+        ),
+        // b: tmall 300 (in September).
+        (
+            json!({"orders": "amount", "op": "gt", "value": 0.3, "platform": "tmall"}),
+            1,
+        ),
+        (
+            json!({"orders": "amount", "op": "gt", "value": 0.29, "platform": "tmall",
+                "window": {"last_days": 30}}),
+            1,
+        ),
+        // a (3 paid, one refunded), b (2), d (1).
+        (json!({"orders": "count", "op": "ge", "value": 1}), 3),
+        // c (none), d (1).
+        (json!({"orders": "count", "op": "lt", "value": 2}), 2),
+        // Net of refunds: a 0.30, b 599.99, c 0, d 50.
+        (json!({"orders": "amount", "op": "le", "value": 0}), 1),
+        // Youzan net: a 0 (refunded), b 299.99, c and d none.
+        (
+            json!({"orders": "amount", "op": "lt", "value": 50, "platform": "youzan"}),
+            3,
+        ),
+        (
+            json!({"orders": "amount", "op": "ge", "value": 299.99, "platform": ["youzan", "web"],
+                "window": {"last_days": 7}}),
+            1,
+        ),
+        (
+            json!({"all": [{"field": "city", "op": "in", "value": ["上海", "杭州"]},
+                        {"orders": "amount", "op": "ge", "value": 299.99, "platform": "youzan"}]}),
+            1,
+        ),
+        (
+            json!({"any": [{"field": "city", "op": "eq", "value": "北京"},
+                        {"orders": "count", "op": "eq", "value": 2}]}),
+            2,
+        ),
+        (
+            json!({"not": {"orders": "count", "op": "ge", "value": 1}}),
+            1,
+        ),
+        (
+            json!({"all": [{"not": {"orders": "amount", "op": "gt", "value": 1}},
+                        {"field": "gender", "op": "eq", "value": "male"}]}),
+            1,
+        ),
+    ];
+    for (tree, expected) in &cases {
+        for path in ["auto", "scan"] {
+            let answer = count(&wh, dir.path(), tree, path);
+            assert_eq!(
+                answer["count"],
+                json!(expected),
+                "{path} path of {tree}: {answer}"
+            );
+        }
+    }
 }
 
 #[test]
