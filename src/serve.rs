@@ -45,7 +45,7 @@ impl AppState {
             tracking: crate::tracking::state(),
             build_lock: Arc::new(tokio::sync::Mutex::new(())),
             engine: Arc::new(shoal_query::Engine::new(shoal_query::Limits {
-                column_cache_bytes: crate::cli::DEFAULT_COLUMN_CACHE_MIB << 20,
+                column_cache_bytes: crate::cli::default_column_cache_mib() << 20,
                 ..Default::default()
             })),
             tokens: Arc::new(crate::tokens::Tokens::new()),
@@ -146,7 +146,10 @@ pub async fn serve(catalog: Catalog, args: &ServeArgs) -> AppResult<()> {
     let mut state = AppState::new(catalog.clone());
     state.limiter = Arc::new(crate::rate_limit::RateLimiter::new(args.rate_limit));
     state.engine = Arc::new(shoal_query::Engine::new(shoal_query::Limits {
-        column_cache_bytes: args.column_cache_mib << 20,
+        column_cache_bytes: args
+            .column_cache_mib
+            .unwrap_or_else(crate::cli::default_column_cache_mib)
+            << 20,
         ..Default::default()
     }));
     // The tracking API checks message ids against fingerprints of `events`: read them now,

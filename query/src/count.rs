@@ -167,6 +167,7 @@ async fn load_audiences(session: &Session, node: &Node) -> Result<()> {
 }
 
 struct Evaluator<'a> {
+    engine: &'a Engine,
     session: &'a Session,
     universe: Arc<RoaringBitmap>,
     tags: Arc<TagIndex>,
@@ -188,6 +189,7 @@ impl<'a> Evaluator<'a> {
         // the tree has event conditions.
         let events_current = has_events(node) && tags.events_current(session).await?;
         Ok(Evaluator {
+            engine,
             session,
             universe,
             tags,
@@ -269,7 +271,9 @@ impl<'a> Evaluator<'a> {
                 Ok(self.universe.as_ref() - &members)
             }
             leaf if per_person::applies(leaf) => {
-                match per_person::members(self.session, &self.universe, leaf).await? {
+                match per_person::members(self.engine.totals(), self.session, &self.universe, leaf)
+                    .await?
+                {
                     Some(members) => {
                         self.used_scan = true;
                         Ok(members)

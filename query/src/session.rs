@@ -68,6 +68,8 @@ pub struct Engine {
     footers: Footers,
     /// Decoded columns, when the limits give them memory.
     columns: Option<Arc<ColumnCache>>,
+    /// Arrays of per-person totals, kept between counts.
+    totals: crate::per_person::TotalsPool,
 }
 
 /// Parquet footers (schema, row groups, statistics, page indexes) read by any session,
@@ -113,6 +115,11 @@ impl Engine {
     /// The limits of this engine's sessions.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Arrays of per-person totals kept for the next count.
+    pub(crate) fn totals(&self) -> &crate::per_person::TotalsPool {
+        &self.totals
     }
 
     /// What the column cache holds and has served (`None` when the engine keeps no columns).
