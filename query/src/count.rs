@@ -1,9 +1,10 @@
 //! Audience counts, previews and plans for condition trees.
 //!
 //! A tree whose leaves are all covered by current tag bitmaps is answered by bitmap algebra
-//! alone. Otherwise the covered part of each group is combined as bitmaps and the rest is one
-//! scan per group over `users` (the scan path). Both give the same answer: every condition is
-//! a set of user ids of the universe, `not` is the complement within it.
+//! alone. Otherwise the covered part of each group is combined as bitmaps, conditions on a
+//! person's events or orders are totalled per person (`per_person`), and the rest is one scan
+//! per group over `users` (the scan path). All give the same answer: every condition is a set
+//! of user ids of the universe, `not` is the complement within it.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -765,6 +765,16 @@ fn append_row(wh: &Path, table: &str, row: Value) {
     });
 }
 
+/// The user id of the person with login `login`.
+fn user_id(wh: &Path, login: &str) -> u64 {
+    sql_rows(
+        wh,
+        &format!("SELECT user_id FROM users WHERE login_id = '{login}'"),
+    )[0]["user_id"]
+        .as_u64()
+        .expect("id")
+}
+
 fn sql_rows(wh: &Path, sql: &str) -> Vec<Value> {
     json_ok(&shoal(wh, &["sql", sql, "--format", "json"]))["rows"]
         .as_array()
@@ -779,14 +789,7 @@ fn sql_rows(wh: &Path, sql: &str) -> Vec<Value> {
 fn order_conditions_total_each_person_exactly() {
     let dir = tempfile::tempdir().expect("dir");
     let wh = small_world(dir.path());
-    let id = |login: &str| {
-        sql_rows(
-            &wh,
-            &format!("SELECT user_id FROM users WHERE login_id = '{login}'"),
-        )[0]["user_id"]
-            .as_u64()
-            .expect("id")
-    };
+    let id = |login: &str| user_id(&wh, login);
     let (a, b, d) = (id("a"), id("b"), id("d"));
     let orders = [
         (a, "tmall", "0.10", None, "paid", "2026-11-15"),
@@ -883,14 +886,7 @@ fn order_conditions_total_each_person_exactly() {
 fn stored_audiences_answer_sql_and_trees_and_follow_merges() {
     let dir = tempfile::tempdir().expect("dir");
     let wh = small_world(dir.path());
-    let id = |login: &str| {
-        sql_rows(
-            &wh,
-            &format!("SELECT user_id FROM users WHERE login_id = '{login}'"),
-        )[0]["user_id"]
-            .as_u64()
-            .expect("id") as u32
-    };
+    let id = |login: &str| user_id(&wh, login) as u32;
     let (a, b) = (id("a"), id("b"));
     // 900000 was merged into a after the pack was computed: it counts as a.
     let gone = 900_000u32;
