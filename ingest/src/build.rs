@@ -862,8 +862,8 @@ async fn build_users(
         None => "",
     };
 
-    // Profile traits (latest non-null value per key, by event time) and activity, each
-    // counted in one pass over `events` into per-person arrays.
+    // Profile traits (latest non-null value per key, by event time, in a (person, key) map)
+    // and activity (in per-person arrays), each counted in one pass over `events`.
     let people = features::People::new(scope);
     let profile = features::profile(&events, &people, &trait_fields, &identity_traits).await?;
     ctx.register_table("profile", Arc::new(features::table(profile)?))?;

@@ -11,7 +11,8 @@ use futures::StreamExt;
 
 use crate::error::{Error, Result};
 
-fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+/// Column `name` of `batch`, as it is.
+pub(crate) fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
     batch
         .column_by_name(name)
         .cloned()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanBuilder, Decimal128Builder, Float64Builder, Int64Array, Int64Builder,
-    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    RecordBatch, Scalar, StringArray, StringBuilder, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder,
 };
 use chrono::DateTime;
@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use shoal_catalog::{FieldStandard, Table, ValueType};
 
 use super::FOLLOW_EVENTS;
-use crate::columns::{for_each_batch, get, get_int, ints, scan, text};
+use crate::columns::{column, for_each_batch, get, get_int, ints, scan, text};
 use crate::error::Result;
 
 /// Whose features are counted: everyone, or the people of a scoped build. Each person has a
@@ -203,15 +203,18 @@ pub(crate) async fn activity(
             if !wanted {
                 return Ok(());
             }
-            let names = text(batch, "event_name")?;
+            // Names are compared in the column's own type (a view or dictionary array): no
+            // copy of every name per batch.
+            let names = column(batch, "event_name")?;
             for (c, inside) in counted.iter().zip(&inside) {
                 if inside.is_empty() && !c.follow && !c.unfollow {
                     continue;
                 }
-                let mask = arrow::compute::kernels::cmp::eq(
-                    &names,
-                    &StringArray::new_scalar(c.name.as_str()),
+                let name = arrow::compute::cast(
+                    &StringArray::from(vec![c.name.as_str()]),
+                    names.data_type(),
                 )?;
+                let mask = arrow::compute::kernels::cmp::eq(&names, &Scalar::new(name))?;
                 for i in mask.values().set_indices() {
                     let s = slots[i];
                     if s == u32::MAX || !mask.is_valid(i) {
