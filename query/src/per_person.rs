@@ -141,15 +141,16 @@ pub(crate) async fn members(
     if !session.limited(work).await? {
         return Ok(None);
     }
-    let Some(zero_passes) = test.passes(0) else {
+    let Some(passes) = test.on_totals() else {
         return Ok(None);
     };
+    let zero_passes = passes(0);
     // Only people whose total decides otherwise than a zero would are listed: the rest of
     // the universe follows the zero. The array is zeroed on the way for the next condition.
     let mut flipped = Vec::new();
     for (id, total) in totals.iter_mut().enumerate() {
         if *total != 0 {
-            if test.passes(*total) != Some(zero_passes) {
+            if passes(*total) != zero_passes {
                 flipped.push(id as u32);
             }
             *total = 0;
@@ -229,18 +230,23 @@ enum Threshold {
 }
 
 impl Threshold {
-    /// Whether `total` passes; `None` when it cannot be compared exactly.
-    fn passes(&self, total: i64) -> Option<bool> {
-        match *self {
-            Threshold::Count { op, value } => Some(op.holds(total as f64, value)),
+    /// The test on a person's total, the amount's scale resolved once; `None` when it
+    /// cannot be compared exactly.
+    fn on_totals(self) -> Option<Box<dyn Fn(i64) -> bool>> {
+        match self {
+            Threshold::Count { op, value } => {
+                Some(Box::new(move |total| op.holds(total as f64, value)))
+            }
             Threshold::Amount { op, value, scale } => {
                 let scale = scale.unwrap_or(0);
                 if !(0..=THRESHOLD_SCALE).contains(&scale) {
                     return None;
                 }
-                let total =
-                    i128::from(total).checked_mul(10i128.pow((THRESHOLD_SCALE - scale) as u32))?;
-                Some(op.holds(total, value))
+                // An i64 total times at most 10^10 fits an i128.
+                let factor = 10i128.pow((THRESHOLD_SCALE - scale) as u32);
+                Some(Box::new(move |total| {
+                    op.holds(i128::from(total) * factor, value)
+                }))
             }
         }
     }
@@ -288,13 +294,15 @@ mod tests {
             value: decimal_threshold(&number("0.3")).unwrap_or_default(),
             scale: Some(2),
         };
-        assert_eq!(test.passes(10 + 20), Some(true));
-        assert_eq!(test.passes(31), Some(false));
+        let passes = test.on_totals().expect("exact");
+        assert!(passes(10 + 20));
+        assert!(!passes(31));
         let count = Threshold::Count {
             op: Compare::Lt,
             value: 2.0,
         };
-        assert_eq!(count.passes(0), Some(true));
-        assert_eq!(count.passes(2), Some(false));
+        let passes = count.on_totals().expect("exact");
+        assert!(passes(0));
+        assert!(!passes(2));
     }
 }
