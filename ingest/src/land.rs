@@ -465,6 +465,13 @@ impl<'a> Lander<'a> {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
         let schema = self.events_schema().await?;
+        // Room for the file's message ids at a few hundred bytes a message, so the set of
+        // those seen is not rehashed over and over as it grows.
+        let bytes = std::fs::metadata(file)
+            .map_err(|e| Error::io(file, e))?
+            .len();
+        self.seen
+            .reserve(usize::try_from(bytes / MESSAGE_BYTES).unwrap_or(0));
         // Few parts wait: each holds one worker's share of a block, a few megabytes of rows.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Part>>(2);
         let reader = tokio::task::spawn_blocking({
@@ -1074,6 +1081,9 @@ impl Pending {
     }
 }
 
+/// A Segment message's usual size in a JSON-lines file, for sizing what holds a file's ids.
+const MESSAGE_BYTES: u64 = 320;
+
 /// Records per part of a Segment source: each part is cleaned into one Arrow batch.
 const PART_ROWS: usize = 8192;
 
@@ -1265,17 +1275,23 @@ const BLOCK_BYTES: usize = 4 << 20;
 /// part.
 fn clean_lines(text: &[u8], first: usize, context: &PartContext) -> Result<Part> {
     let mut builder = PartBuilder::default();
-    let mut lines = text.split(|b| *b == b'\n');
-    if text.last() == Some(&b'\n') {
-        lines.next_back();
-    }
-    for (i, line) in lines.enumerate() {
+    let mut clean = |number: usize, line: &[u8]| {
         builder.line(
             line,
-            || Where::Line(first + i).text(context.label),
+            || Where::Line(number).text(context.label),
             context.source,
             context.clock,
         );
+    };
+    let mut from = 0;
+    let mut number = first;
+    for end in memchr::memchr_iter(b'\n', text) {
+        clean(number, &text[from..end]);
+        from = end + 1;
+        number += 1;
+    }
+    if from < text.len() {
+        clean(number, &text[from..]);
     }
     builder.finish(context.schema)
 }

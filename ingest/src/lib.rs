@@ -17,6 +17,7 @@ mod land;
 pub mod orders;
 mod report;
 pub mod sample;
+mod scan;
 pub mod segment;
 mod tabular;
 
