@@ -286,7 +286,8 @@ impl TableDefinition {
     /// - written as deltas: every time column, and the integer and date columns files are
     ///   sorted by (`events.user_id`, `users.user_id`);
     /// - written plain, without a dictionary: JSON documents and the key when it is one
-    ///   column (and not written as deltas), whose values are nearly all distinct.
+    ///   column (and not written as deltas), whose values are nearly all distinct;
+    /// - written without statistics: JSON documents.
     pub fn column_layout(&self) -> ColumnLayout {
         let key = match self.key.as_slice() {
             [only] => Some(only),
@@ -309,6 +310,12 @@ impl TableDefinition {
                 .fields
                 .iter()
                 .filter(delta)
+                .map(|f| f.name.clone())
+                .collect(),
+            documents: self
+                .fields
+                .iter()
+                .filter(|f| f.value_type == ValueType::Json)
                 .map(|f| f.name.clone())
                 .collect(),
         }

@@ -16,7 +16,7 @@ use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::parquet::basic::{Compression, Encoding};
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
@@ -51,10 +51,13 @@ pub struct ColumnLayout {
     /// a sorted id takes a few bits a row instead of eight bytes, and times close to each
     /// other little more than their differences.
     pub delta: Vec<String>,
+    /// JSON documents, written without statistics: the least and greatest text of a
+    /// document column prune nothing, and finding them compares every value.
+    pub documents: Vec<String>,
 }
 
 /// How every data file is written: Delta's own defaults (Snappy, statistics per page) with
-/// row groups of [`ROW_GROUP_ROWS`], and the encodings of `layout`.
+/// row groups of [`ROW_GROUP_ROWS`], and the encodings and statistics of `layout`.
 fn writer_properties(layout: &ColumnLayout) -> WriterProperties {
     let builder = layout.distinct.iter().chain(&layout.delta).fold(
         WriterProperties::builder(),
@@ -62,6 +65,12 @@ fn writer_properties(layout: &ColumnLayout) -> WriterProperties {
             builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false)
         },
     );
+    let builder = layout.documents.iter().fold(builder, |builder, column| {
+        builder.set_column_statistics_enabled(
+            ColumnPath::from(column.as_str()),
+            EnabledStatistics::None,
+        )
+    });
     layout
         .delta
         .iter()

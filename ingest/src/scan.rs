@@ -40,6 +40,51 @@ pub struct Raw<'a> {
     pub spaced: bool,
 }
 
+/// The arrays and objects open around the place of a value being skipped, innermost last:
+/// the first 64 levels as bits (an object is a one), deeper ones in a vector, so that
+/// skipping the small nested objects of a message allocates nothing.
+#[derive(Default)]
+struct Open {
+    bits: u64,
+    depth: usize,
+    deeper: Vec<u8>,
+}
+
+impl Open {
+    fn push(&mut self, frame: u8) {
+        if self.depth < 64 {
+            let bit = 1u64 << self.depth;
+            if frame == b'{' {
+                self.bits |= bit;
+            } else {
+                self.bits &= !bit;
+            }
+        } else {
+            self.deeper.push(frame);
+        }
+        self.depth += 1;
+    }
+
+    fn last(&self) -> Option<u8> {
+        match self.depth {
+            0 => None,
+            d if d <= 64 => Some(if self.bits >> (d - 1) & 1 == 1 {
+                b'{'
+            } else {
+                b'['
+            }),
+            _ => self.deeper.last().copied(),
+        }
+    }
+
+    fn pop(&mut self) {
+        if self.depth > 64 {
+            self.deeper.pop();
+        }
+        self.depth = self.depth.saturating_sub(1);
+    }
+}
+
 /// A cursor over JSON text.
 pub struct Reader<'a> {
     text: &'a str,
@@ -403,8 +448,7 @@ impl<'a> Reader<'a> {
 
     /// Skips one value of any kind, checking its syntax.
     pub fn skip(&mut self) -> Result<()> {
-        // The open arrays and objects, innermost last.
-        let mut open: Vec<u8> = Vec::new();
+        let mut open = Open::default();
         loop {
             // A value.
             match self.expect_value()? {
@@ -438,7 +482,7 @@ impl<'a> Reader<'a> {
             }
             // After a value: close what ends here, then a comma before the next one.
             loop {
-                let Some(&frame) = open.last() else {
+                let Some(frame) = open.last() else {
                     return Ok(());
                 };
                 match (self.peek(), frame) {
@@ -613,6 +657,14 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(skips(&deep).is_ok());
         assert!(skips(&deep[..deep.len() - 1]).is_err());
+        // Objects and arrays mixed, above and below the levels kept as bits.
+        for levels in [3, 64, 65, 200] {
+            let mixed = format!("{}1{}", "[{\"a\":".repeat(levels), "}]".repeat(levels));
+            assert!(skips(&mixed).is_ok(), "{levels}");
+            let crossed = format!("{}1{}", "[{\"a\":".repeat(levels), "]}".repeat(levels));
+            assert!(skips(&crossed).is_err(), "{levels}");
+            assert!(serde_json::from_str::<IgnoredAny>(&crossed).is_err());
+        }
     }
 
     fn value() -> impl Strategy<Value = Value> {

@@ -296,22 +296,22 @@ fn clean_message<'a>(
             Phone::Masked | Phone::Missing => payload.remove("phone"),
         }
     }
-    let fen = |key: &'static str| -> Result<Option<i64>, Rejection> {
-        let field = || format!("properties.{key}");
+    // `field` names the amount `key` in a rejection.
+    let fen = |key: &str, field: &str| -> Result<Option<i64>, Rejection> {
         match payload.scalar(key) {
             None | Some(Scalar::Null) => Ok(None),
             Some(Scalar::Number(n)) => {
-                clean::number_fen(&field(), n.as_f64().unwrap_or(f64::NAN)).map(Some)
+                clean::number_fen(field, n.as_f64().unwrap_or(f64::NAN)).map(Some)
             }
-            Some(Scalar::Text(s)) => clean::amount_fen(&field(), &s).map(Some),
+            Some(Scalar::Text(s)) => clean::amount_fen(field, &s).map(Some),
             Some(Scalar::Other) => Err(Rejection::new(
                 reason::BAD_AMOUNT,
-                format!("properties.{key}: not a number"),
+                format!("{field}: not a number"),
             )),
         }
     };
-    let price = fen("price")?;
-    let revenue = fen("revenue")?.or(fen("total")?);
+    let price = fen("price", "properties.price")?;
+    let revenue = fen("revenue", "properties.revenue")?.or(fen("total", "properties.total")?);
     let quantity = match payload.scalar("quantity") {
         None | Some(Scalar::Null) => None,
         Some(Scalar::Number(n)) => match n.as_i64() {

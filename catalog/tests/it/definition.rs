@@ -50,13 +50,14 @@ fn the_default_definition_is_complete() {
     );
     // JSON documents and one-column keys are written without a Parquet dictionary; a key of
     // two columns repeats each of its parts. Times, and ids files are sorted by, are written
-    // as deltas.
+    // as deltas. JSON documents carry no statistics.
     let layout = |t: &str| definition.table(t).expect(t).column_layout();
     assert_eq!(layout("events").distinct, vec!["event_id", "properties"]);
     assert_eq!(
         layout("events").delta,
         vec!["event_time", "received_at", "user_id"]
     );
+    assert_eq!(layout("events").documents, vec!["properties"]);
     assert_eq!(layout("orders").distinct, vec!["items"]);
     assert_eq!(layout("users").distinct, vec!["traits"]);
     assert_eq!(layout("users").delta[0], "user_id");

@@ -554,6 +554,7 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
         .with_layout(shoal_catalog::ColumnLayout {
             distinct: vec!["name".into()],
             delta: vec!["id".into()],
+            documents: vec!["name".into()],
         });
     let names: Vec<String> = (0..1000).map(|i| format!("person {i}")).collect();
     // Ids with gaps and a step back, so the deltas are not all one.
@@ -579,6 +580,7 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
                     c.column_path().string(),
                     c.dictionary_page_offset().is_some(),
                     c.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED),
+                    c.statistics().is_some(),
                 )
             }));
         }
@@ -586,9 +588,9 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
     assert_eq!(
         columns,
         vec![
-            ("id".to_string(), false, true),
-            ("name".to_string(), false, false),
-            ("city".to_string(), true, false)
+            ("id".to_string(), false, true, true),
+            ("name".to_string(), false, false, false),
+            ("city".to_string(), true, false, true)
         ]
     );
     let mut read: Vec<(i64, String)> = rows_of(&table)
