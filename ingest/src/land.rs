@@ -465,13 +465,6 @@ impl<'a> Lander<'a> {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
         let schema = self.events_schema().await?;
-        // Room for the file's message ids at a few hundred bytes a message, so the set of
-        // those seen is not rehashed over and over as it grows.
-        let bytes = std::fs::metadata(file)
-            .map_err(|e| Error::io(file, e))?
-            .len();
-        self.seen
-            .reserve(usize::try_from(bytes / MESSAGE_BYTES).unwrap_or(0));
         // Few parts wait: each holds one worker's share of a block, a few megabytes of rows.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Part>>(2);
         let reader = tokio::task::spawn_blocking({
@@ -1080,9 +1073,6 @@ impl Pending {
         }
     }
 }
-
-/// A Segment message's usual size in a JSON-lines file, for sizing what holds a file's ids.
-const MESSAGE_BYTES: u64 = 320;
 
 /// Records per part of a Segment source: each part is cleaned into one Arrow batch.
 const PART_ROWS: usize = 8192;
