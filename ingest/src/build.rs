@@ -1,9 +1,10 @@
 //! The build: identity merge, then the wide tables and tag bitmaps, after each ingest.
 //!
 //! 1. Identity merge (`identity`): every identity's person.
-//! 2. `events`: the days holding events without a person (or of people merged or split
-//!    since the last build) are rewritten with the resolved `user_id`, sorted by
-//!    (user_id, event_time); their (event, day) bitmaps are rebuilt from the same rows.
+//! 2. `events`: the days holding events without a person are rewritten with the resolved
+//!    `user_id`, sorted by (user_id, event_time), and their (event, day) bitmaps rebuilt from
+//!    the same rows; on other days, only the rows of people merged or split since the last
+//!    build are replaced (and those people patched in the days' bitmaps).
 //! 3. `orders`: `user_id` set where missing or stale.
 //! 4. `users`: one row per person — profile traits (latest non-null by event time, typed by
 //!    the catalog's standards; others kept in `traits`), identities, activity, orders, GMV,
@@ -22,6 +23,7 @@ use arrow::array::{Array, ArrayRef, BinaryArray, Int64Array, Int64Builder, Recor
 use arrow::compute::{
     SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
 };
+use arrow::datatypes::DataType;
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionContext, col, lit};
@@ -30,7 +32,7 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 use shoal_catalog::{Catalog, CommitNote, FieldStandard, ValueType};
 
-use crate::columns::{for_each_batch, get, get_int, ints, scan, text, text_array};
+use crate::columns::{column, for_each_batch, get, get_int, ints, scan, text, text_array};
 use crate::error::{Error, Result};
 use crate::identity::{MergeReport, Resolved, merge_identities};
 
@@ -442,14 +444,27 @@ async fn rewrite_events(
     let mut events = catalog.table("events").await?;
     let frame = ctx.read_table(events.provider().await?)?;
     let all_days = rows_per_day(frame.clone()).await?;
-    let days: Vec<i32> = if full {
-        all_days.keys().copied().collect()
+    // Days with rows waiting for a person are rewritten whole; on days where only people
+    // merged or split since have rows, only those people's rows are replaced.
+    let (days, moved_days): (Vec<i32>, Vec<i32>) = if full {
+        (all_days.keys().copied().collect(), Vec::new())
     } else {
-        rows_per_day(frame.filter(stale_filter(moves))?)
+        let waiting: Vec<i32> = rows_per_day(frame.clone().filter(col("user_id").is_null())?)
             .await?
-            .keys()
-            .copied()
-            .collect()
+            .into_keys()
+            .collect();
+        let touched = moves.touched();
+        let moved = if touched.is_empty() {
+            Vec::new()
+        } else {
+            let ids = touched.into_iter().map(lit).collect();
+            rows_per_day(frame.filter(col("user_id").in_list(ids, false))?)
+                .await?
+                .into_keys()
+                .filter(|d| waiting.binary_search(d).is_err())
+                .collect()
+        };
+        (waiting, moved)
     };
     // Group days into commits of about `chunk_rows` rows.
     let limit = chunk_rows() as u64;
@@ -515,6 +530,20 @@ async fn rewrite_events(
     if let Some(last) = committing.take() {
         events = joined(last).await?;
     }
+    if !moved_days.is_empty() {
+        rewrite_moved(
+            catalog,
+            &mut events,
+            &moved_days,
+            resolved,
+            moves,
+            note,
+            report,
+            affected,
+            &mut day_bitmaps,
+        )
+        .await?;
+    }
     progress("events", total, total);
     let source_version = events.version();
     if !day_bitmaps.is_empty() {
@@ -527,6 +556,118 @@ async fn rewrite_events(
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Replaces, on `days`, the rows of the people merged away or split since the last build
+/// (and of every person their rows now belong to) with the same rows re-resolved, in one
+/// commit: only the files holding those rows are rewritten, not the whole days. The days'
+/// (event, day) bitmaps are patched: those people are taken out and the rewritten rows put
+/// back in.
+#[allow(clippy::too_many_arguments)]
+async fn rewrite_moved(
+    catalog: &Catalog,
+    events: &mut shoal_catalog::Table,
+    days: &[i32],
+    resolved: &Resolved,
+    moves: &Moves,
+    note: &CommitNote,
+    report: &mut BuildReport,
+    affected: &mut BTreeSet<i64>,
+    day_bitmaps: &mut BitmapRows,
+) -> Result<()> {
+    let schema = events.schema()?;
+    let read = SessionContext::new_with_config(shoal_catalog::stored_text_config());
+    let provider = events.rewrite_provider().await?;
+    let dates: Vec<_> = days
+        .iter()
+        .map(|d| lit(ScalarValue::Date32(Some(*d))))
+        .collect();
+    // The replaced rows are those of `people`; the rewritten rows must be theirs too, so a
+    // person some rows resolve to is added and the rows read again until none is new.
+    let mut people: BTreeSet<i64> = moves.touched().into_iter().collect();
+    let (batch, users, counted, predicate) = loop {
+        let predicate = col("event_date")
+            .in_list(dates.clone(), false)
+            .and(col("user_id").in_list(people.iter().map(|u| lit(*u)).collect(), false));
+        let batches = read
+            .read_table(provider.clone())?
+            .filter(predicate.clone())?
+            .collect()
+            .await?
+            .iter()
+            .map(|b| conform(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = concat_batches(&schema, &batches)?;
+        let mut counted = report.clone();
+        let mut touched = BTreeSet::new();
+        let users = resolve_events(&batch, resolved, moves, &mut counted, &mut touched)?;
+        let before = people.len();
+        people.extend(users.iter().flatten());
+        if people.len() == before {
+            affected.extend(touched);
+            break (batch, users, counted, predicate);
+        }
+    };
+    if batch.num_rows() == 0 {
+        return Ok(());
+    }
+    *report = counted;
+    let batch = sort_events(&with_column(&batch, "user_id", Arc::new(users))?)?;
+
+    // The days' bitmaps without these people, then with the rewritten rows.
+    let day_texts: Vec<_> = days.iter().map(|d| lit(day_text(*d))).collect();
+    let tags = catalog.table("tag_bitmaps").await?;
+    let mut patched = BitmapRows::default();
+    let gone: RoaringBitmap = people.iter().map(|u| *u as u32).collect();
+    for_each_batch(
+        scan(
+            &SessionContext::new(),
+            &tags,
+            &["name", "value", "bitmap"],
+            Some(
+                col("kind")
+                    .eq(lit("event_day"))
+                    .and(col("value").in_list(day_texts, false)),
+            ),
+        )
+        .await?,
+        |b| {
+            let (names, values) = (text(b, "name")?, text(b, "value")?);
+            let blobs = arrow::compute::cast(&column(b, "bitmap")?, &DataType::Binary)?;
+            let blobs = blobs
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| Error::Internal("tag_bitmaps.bitmap is not binary".into()))?;
+            for i in 0..b.num_rows() {
+                let (Some(name), Some(value)) = (get(&names, i), get(&values, i)) else {
+                    continue;
+                };
+                if blobs.is_null(i) {
+                    continue;
+                }
+                let bitmap = RoaringBitmap::deserialize_from(blobs.value(i))
+                    .map_err(|e| Error::Internal(format!("tag bitmap {name}/{value}: {e}")))?;
+                patched
+                    .maps
+                    .insert((name.to_string(), value.to_string()), bitmap - &gone);
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let mut rewritten = BitmapRows::default();
+    collect_day_bitmaps(&batch, &mut rewritten)?;
+    for (key, bitmap) in rewritten.maps {
+        *patched.maps.entry(key).or_default() |= bitmap;
+    }
+    day_bitmaps.maps.extend(patched.maps);
+
+    report.events_rewritten += batch.num_rows() as u64;
+    report.days_rewritten += days.len() as u64;
+    events
+        .replace_where(split_batch(&batch, 262_144), predicate, note.clone())
+        .await?;
     Ok(())
 }
 

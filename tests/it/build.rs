@@ -643,6 +643,8 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
         .find(|e| text(e, "event_id") == Some("m3"))
         .expect("m3");
     assert_eq!(int(&m3, "user_id"), Some(6));
+    let (stored, from_events) = day_bitmaps_and_events(&wh);
+    assert_eq!(stored, from_events, "the day's bitmaps follow the split");
     // The removed link stays removed when seen again.
     let fourth = segment_file(
         dir.path(),
@@ -801,4 +803,154 @@ async fn the_server_builds_new_rows_on_its_own() {
         .await
         .expect("read");
     assert_eq!(int(&events[0], "user_id"), Some(1));
+}
+
+/// The (event, day) bitmaps as stored, and as the events say they should be.
+fn day_bitmaps_and_events(
+    wh: &Path,
+) -> (
+    BTreeMap<(String, String), Vec<u32>>,
+    BTreeMap<(String, String), Vec<u32>>,
+) {
+    let mut stored = BTreeMap::new();
+    for t in rows(wh, "tag_bitmaps") {
+        if text(&t, "kind") != Some("event_day") {
+            continue;
+        }
+        let hex = text(&t, "bitmap").expect("bitmap");
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        let bitmap = roaring::RoaringBitmap::deserialize_from(&bytes[..]).expect("bitmap");
+        assert_eq!(int(&t, "users"), Some(bitmap.len() as i64));
+        stored.insert(
+            (
+                text(&t, "name").expect("name").to_string(),
+                text(&t, "value").expect("value").to_string(),
+            ),
+            bitmap.iter().collect(),
+        );
+    }
+    let mut expected: BTreeMap<(String, String), BTreeSet<u32>> = BTreeMap::new();
+    for e in rows(wh, "events") {
+        expected
+            .entry((
+                text(&e, "event_name").expect("name").to_string(),
+                text(&e, "event_date").expect("date").to_string(),
+            ))
+            .or_default()
+            .insert(int(&e, "user_id").expect("user") as u32);
+    }
+    let expected = expected
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect();
+    (stored, expected)
+}
+
+#[test]
+fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    let at = |id: &str, day: &str, event: &str, anon: &str, login: Option<&str>| {
+        let mut m = json!({"type": "track", "messageId": id, "event": event,
+            "timestamp": format!("2026-11-{day}T08:00:0{}Z", &id[1..]), "anonymousId": anon});
+        if let Some(l) = login {
+            m["userId"] = json!(l);
+        }
+        m
+    };
+    // Day 1: a device (person 1), a login (person 2) and a bystander (person 3) with two
+    // events each; day 2: the bystander only.
+    let first = segment_file(
+        dir.path(),
+        "1.jsonl",
+        &[
+            at("e1", "01", "view_item", "d1", None),
+            at("e2", "01", "add_to_cart", "d1", None),
+            at("e3", "01", "view_item", "d2", Some("K1")),
+            at("e4", "01", "view_item", "d3", None),
+            at("e5", "01", "add_to_cart", "d3", None),
+            at("e6", "02", "view_item", "d3", None),
+        ],
+    );
+    ingest_segment(&wh, &first);
+    build(&wh);
+    let before: BTreeMap<String, i64> = rows(&wh, "events")
+        .iter()
+        .map(|e| {
+            (
+                text(e, "event_id").expect("id").to_string(),
+                int(e, "user_id").expect("u"),
+            )
+        })
+        .collect();
+    assert_eq!(before["e1"], 1);
+    assert_eq!(before["e3"], 2);
+    assert_eq!(before["e4"], 3);
+
+    // Day 3: the device logs in as K1 — persons 1 and 2 merge into 1. Day 1 holds no new
+    // row: only the three rows of persons 1 and 2 are rewritten there, and day 3 whole.
+    let second = segment_file(
+        dir.path(),
+        "2.jsonl",
+        &[at("e7", "03", "pay_order", "d1", Some("K1"))],
+    );
+    ingest_segment(&wh, &second);
+    let r = build(&wh);
+    assert_eq!(r["identity"]["people_merged"], 1, "{r}");
+    assert_eq!(r["events_moved"], 1, "e3 moves from 2 to 1: {r}");
+    assert_eq!(r["events_resolved"], 1, "{r}");
+    assert_eq!(r["days_rewritten"], 2, "{r}");
+    assert_eq!(
+        r["events_rewritten"], 4,
+        "e1, e2, e3 on day 1 and e7 on day 3, not the bystander's rows: {r}"
+    );
+    let after: BTreeMap<String, i64> = rows(&wh, "events")
+        .iter()
+        .map(|e| {
+            (
+                text(e, "event_id").expect("id").to_string(),
+                int(e, "user_id").expect("u"),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, i64> = [
+        ("e1", 1),
+        ("e2", 1),
+        ("e3", 1),
+        ("e4", 3),
+        ("e5", 3),
+        ("e6", 3),
+        ("e7", 1),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect();
+    assert_eq!(after, expected, "every row once, with its person");
+    let (stored, from_events) = day_bitmaps_and_events(&wh);
+    assert_eq!(stored, from_events);
+    assert_eq!(
+        stored[&("view_item".to_string(), "2026-11-01".to_string())],
+        vec![1, 3],
+        "person 2 left the day's bitmap"
+    );
+
+    // A full rebuild agrees with the incremental one.
+    json_ok(&shoal(
+        &wh,
+        &["build", "--full", "--json", "--as-of", "2026-11-20"],
+    ));
+    let rebuilt: BTreeMap<String, i64> = rows(&wh, "events")
+        .iter()
+        .map(|e| {
+            (
+                text(e, "event_id").expect("id").to_string(),
+                int(e, "user_id").expect("u"),
+            )
+        })
+        .collect();
+    assert_eq!(rebuilt, expected);
+    assert_eq!(day_bitmaps_and_events(&wh).0, stored);
 }
