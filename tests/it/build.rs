@@ -805,13 +805,11 @@ async fn the_server_builds_new_rows_on_its_own() {
     assert_eq!(int(&events[0], "user_id"), Some(1));
 }
 
+/// People per (event name, day).
+type DayPeople = BTreeMap<(String, String), Vec<u32>>;
+
 /// The (event, day) bitmaps as stored, and as the events say they should be.
-fn day_bitmaps_and_events(
-    wh: &Path,
-) -> (
-    BTreeMap<(String, String), Vec<u32>>,
-    BTreeMap<(String, String), Vec<u32>>,
-) {
+fn day_bitmaps_and_events(wh: &Path) -> (DayPeople, DayPeople) {
     let mut stored = BTreeMap::new();
     for t in rows(wh, "tag_bitmaps") {
         if text(&t, "kind") != Some("event_day") {
