@@ -847,6 +847,19 @@ fn day_bitmaps_and_events(wh: &Path) -> (DayPeople, DayPeople) {
     (stored, expected)
 }
 
+/// event_id → user_id of every stored event.
+fn person_of_each_event(wh: &Path) -> BTreeMap<String, i64> {
+    rows(wh, "events")
+        .iter()
+        .map(|e| {
+            (
+                text(e, "event_id").expect("id").to_string(),
+                int(e, "user_id").expect("u"),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -875,15 +888,7 @@ fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
     );
     ingest_segment(&wh, &first);
     build(&wh);
-    let before: BTreeMap<String, i64> = rows(&wh, "events")
-        .iter()
-        .map(|e| {
-            (
-                text(e, "event_id").expect("id").to_string(),
-                int(e, "user_id").expect("u"),
-            )
-        })
-        .collect();
+    let before = person_of_each_event(&wh);
     assert_eq!(before["e1"], 1);
     assert_eq!(before["e3"], 2);
     assert_eq!(before["e4"], 3);
@@ -905,15 +910,7 @@ fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
         r["events_rewritten"], 4,
         "e1, e2, e3 on day 1 and e7 on day 3, not the bystander's rows: {r}"
     );
-    let after: BTreeMap<String, i64> = rows(&wh, "events")
-        .iter()
-        .map(|e| {
-            (
-                text(e, "event_id").expect("id").to_string(),
-                int(e, "user_id").expect("u"),
-            )
-        })
-        .collect();
+    let after = person_of_each_event(&wh);
     let expected: BTreeMap<String, i64> = [
         ("e1", 1),
         ("e2", 1),
@@ -940,15 +937,7 @@ fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
         &wh,
         &["build", "--full", "--json", "--as-of", "2026-11-20"],
     ));
-    let rebuilt: BTreeMap<String, i64> = rows(&wh, "events")
-        .iter()
-        .map(|e| {
-            (
-                text(e, "event_id").expect("id").to_string(),
-                int(e, "user_id").expect("u"),
-            )
-        })
-        .collect();
+    let rebuilt = person_of_each_event(&wh);
     assert_eq!(rebuilt, expected);
     assert_eq!(day_bitmaps_and_events(&wh).0, stored);
 }
