@@ -110,6 +110,8 @@ pub struct DataFile {
     pub path: String,
     /// Size in bytes.
     pub size: u64,
+    /// The file's partition values, as Delta writes them (text; `None` for null).
+    pub partition: std::collections::BTreeMap<String, Option<String>>,
 }
 
 /// A Parquet file in an object store, read by ranges: the footer first, then the column
@@ -410,24 +412,26 @@ impl Table {
             .map(|add| DataFile {
                 path: add.object_store_path().to_string(),
                 size: add.size().max(0) as u64,
+                partition: add.partition_values_map().into_iter().collect(),
             })
             .collect())
     }
 
-    /// Reads `columns` of some of the table's data files (from [`Table::data_files`]), a few
-    /// files at a time, handing each batch to `each` as it is decoded.
+    /// Reads `columns` (all of them when `None`) of some of the table's data files (from
+    /// [`Table::data_files`]), a few files at a time, handing each batch to `each` with the
+    /// index of its file in `files` as it is decoded. Partition columns are not in the files.
     pub async fn read_files(
         &self,
         files: &[DataFile],
-        columns: &[&str],
-        mut each: impl FnMut(RecordBatch) -> Result<()>,
+        columns: Option<&[&str]>,
+        mut each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
         use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
         use deltalake::parquet::arrow::ProjectionMask;
         use futures::StreamExt;
         let store = self.delta.object_store();
-        let mut reads = futures::stream::iter(files.iter().cloned())
-            .map(|file| {
+        let mut reads = futures::stream::iter(files.iter().cloned().enumerate())
+            .map(|(index, file)| {
                 let reader = StoredFile {
                     store: store.clone(),
                     path: file.path.as_str().into(),
@@ -435,15 +439,25 @@ impl Table {
                 };
                 async move {
                     let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-                    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.to_vec());
+                    let mask = match columns {
+                        Some(columns) => {
+                            ProjectionMask::columns(builder.parquet_schema(), columns.to_vec())
+                        }
+                        None => ProjectionMask::all(),
+                    };
                     let stream = builder.with_projection(mask).build()?;
-                    stream.try_collect::<Vec<_>>().await
+                    Ok::<_, deltalake::parquet::errors::ParquetError>((
+                        index,
+                        stream.try_collect::<Vec<_>>().await?,
+                    ))
                 }
             })
             .buffer_unordered(4);
-        while let Some(batches) = reads.next().await {
-            for batch in batches.map_err(|e| Error::Internal(format!("{}: {e}", self.name)))? {
-                each(batch)?;
+        while let Some(read) = reads.next().await {
+            let (index, batches) =
+                read.map_err(|e| Error::Internal(format!("{}: {e}", self.name)))?;
+            for batch in batches {
+                each(index, batch)?;
             }
         }
         Ok(())
@@ -537,6 +551,62 @@ impl Table {
     ) -> Result<u64> {
         self.write(batches, SaveMode::Overwrite, Some(predicate), note)
             .await
+    }
+
+    /// Removes the data files `remove` (from [`Table::data_files`]) and adds the rows of
+    /// `batches` as new files, in one commit. Every other file stays as it is, rows appended
+    /// meanwhile included; the commit fails if a file to remove has already gone.
+    pub async fn replace_files(
+        &mut self,
+        remove: &[DataFile],
+        batches: Vec<RecordBatch>,
+        note: CommitNote,
+    ) -> Result<u64> {
+        use deltalake::kernel::Action;
+        use deltalake::kernel::transaction::CommitBuilder;
+        use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+        self.check_batches(&batches)?;
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
+        let wanted: std::collections::HashSet<&str> =
+            remove.iter().map(|f| f.path.as_str()).collect();
+        let mut actions: Vec<Action> = snapshot
+            .log_data()
+            .into_iter()
+            .filter(|file| wanted.contains(file.object_store_path().as_ref()))
+            .map(|file| Action::Remove(file.remove_action(true)))
+            .collect();
+        if actions.len() != wanted.len() {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: format!(
+                    "{} of the {} files to replace are no longer in version {}",
+                    wanted.len() - actions.len(),
+                    wanted.len(),
+                    self.version()
+                ),
+            });
+        }
+        let mut writer = RecordBatchWriter::for_table(&self.delta)
+            .map_err(|e| self.write_error(e))?
+            .with_writer_properties(writer_properties(&self.layout));
+        for batch in batches {
+            writer.write(batch).await.map_err(|e| self.write_error(e))?;
+        }
+        let added = writer.flush().await.map_err(|e| self.write_error(e))?;
+        actions.extend(added.into_iter().map(Action::Add));
+        let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
+        let finalized = CommitBuilder::from(note.properties())
+            .with_actions(actions)
+            .build(Some(snapshot), self.delta.log_store(), operation)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        let mut delta = self.delta.clone();
+        delta.state = Some(finalized.snapshot());
+        self.committed(delta).await;
+        Ok(self.version())
     }
 
     /// Replaces the whole content with the rows of `frame`, streamed from its plan (never

@@ -1,10 +1,11 @@
 //! The build: identity merge, then the wide tables and tag bitmaps, after each ingest.
 //!
 //! 1. Identity merge (`identity`): every identity's person.
-//! 2. `events`: the days holding events without a person are rewritten with the resolved
-//!    `user_id`, sorted by (user_id, event_time), and their (event, day) bitmaps rebuilt from
-//!    the same rows; on other days, only the rows of people merged or split since the last
-//!    build are replaced (and those people patched in the days' bitmaps).
+//! 2. `events`: the files holding events without a person, or events of people merged or
+//!    split since the last build, are rewritten with the resolved `user_id`, sorted by
+//!    (user_id, event_time); other files stay as they are. A day that has gathered too many
+//!    files is rewritten whole. The days' (event, day) bitmaps are patched: those people
+//!    taken out, the rewritten rows' people put in. `--full` rewrites every day.
 //! 3. `orders`: `user_id` set where missing or stale.
 //! 4. `users`: one row per person — profile traits (latest non-null by event time, typed by
 //!    the catalog's standards; others kept in `traits`), identities, activity, orders, GMV,
@@ -73,9 +74,9 @@ pub struct BuildReport {
     pub events_moved: u64,
     /// Events left without a person (no known identity; should stay 0).
     pub events_unresolved: u64,
-    /// Days of events rewritten.
+    /// Days of events with files rewritten.
     pub days_rewritten: u64,
-    /// Events rewritten (all rows of those days).
+    /// Events rewritten (all rows of the files rewritten).
     pub events_rewritten: u64,
     /// Orders whose person was set or changed.
     pub orders_resolved: u64,
@@ -429,6 +430,20 @@ async fn rows_per_day(frame: datafusion::prelude::DataFrame) -> Result<BTreeMap<
     Ok(out)
 }
 
+/// Rows per file a day of `events` is written in.
+const EVENT_FILE_ROWS: usize = 262_144;
+
+/// Files a day of `events` may hold beyond those its rows need before an incremental build
+/// rewrites the day whole, into one sorted run, unless `SHOAL_DAY_SPARE_FILES` says otherwise.
+pub const DAY_SPARE_FILES: usize = 8;
+
+fn day_spare_files() -> usize {
+    std::env::var("SHOAL_DAY_SPARE_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DAY_SPARE_FILES)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn rewrite_events(
     catalog: &Catalog,
@@ -442,36 +457,65 @@ async fn rewrite_events(
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<()> {
     let mut events = catalog.table("events").await?;
-    let frame = ctx.read_table(events.provider().await?)?;
-    let all_days = rows_per_day(frame.clone()).await?;
-    // Days with rows waiting for a person are rewritten whole; on days where only people
-    // merged or split since have rows, only those people's rows are replaced.
-    let (days, moved_days): (Vec<i32>, Vec<i32>) = if full {
-        (all_days.keys().copied().collect(), Vec::new())
+    let day_bitmaps = if full {
+        rewrite_days(
+            ctx,
+            &mut events,
+            resolved,
+            moves,
+            note,
+            report,
+            affected,
+            progress,
+        )
+        .await?
     } else {
-        let waiting: Vec<i32> = rows_per_day(frame.clone().filter(col("user_id").is_null())?)
-            .await?
-            .into_keys()
-            .collect();
-        let touched = moves.touched();
-        let moved = if touched.is_empty() {
-            Vec::new()
-        } else {
-            let ids = touched.into_iter().map(lit).collect();
-            rows_per_day(frame.filter(col("user_id").in_list(ids, false))?)
-                .await?
-                .into_keys()
-                .filter(|d| waiting.binary_search(d).is_err())
-                .collect()
-        };
-        (waiting, moved)
+        let changed = rewrite_stale_files(
+            &mut events,
+            resolved,
+            moves,
+            note,
+            report,
+            affected,
+            progress,
+        )
+        .await?;
+        patch_day_bitmaps(catalog, moves, changed).await?
     };
-    // Group days into commits of about `chunk_rows` rows.
+    progress("events", 1, 1);
+    let source_version = events.version();
+    if !day_bitmaps.is_empty() {
+        report.tag_bitmaps.1 = day_bitmaps.len() as u64;
+        let mut tags = catalog.table("tag_bitmaps").await?;
+        tags.merge(
+            vec![day_bitmaps.batch("event_day", source_version)?],
+            &["kind", "name", "value"],
+            note.clone(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Rewrites every day of `events`, resolved and sorted, in commits of about `chunk_rows`
+/// rows; gives back the days' (event, day) bitmaps.
+#[allow(clippy::too_many_arguments)]
+async fn rewrite_days(
+    ctx: &SessionContext,
+    events: &mut shoal_catalog::Table,
+    resolved: &Resolved,
+    moves: &Moves,
+    note: &CommitNote,
+    report: &mut BuildReport,
+    affected: &mut BTreeSet<i64>,
+    progress: &mut (dyn FnMut(&str, u64, u64) + Send),
+) -> Result<BitmapRows> {
+    let frame = ctx.read_table(events.provider().await?)?;
+    let all_days = rows_per_day(frame).await?;
     let limit = chunk_rows() as u64;
     let mut chunks: Vec<Vec<i32>> = Vec::new();
     let mut rows = 0u64;
-    for d in days {
-        let n = all_days.get(&d).copied().unwrap_or(0);
+    for (d, n) in all_days {
         match chunks.last_mut() {
             Some(chunk) if rows + n <= limit => chunk.push(d),
             _ => {
@@ -516,9 +560,9 @@ async fn rewrite_events(
         collect_day_bitmaps(&batch, &mut day_bitmaps)?;
         report.events_rewritten += batch.num_rows() as u64;
         report.days_rewritten += chunk.len() as u64;
-        let pieces = split_batch(&batch, 262_144);
+        let pieces = split_batch(&batch, EVENT_FILE_ROWS);
         if let Some(previous) = committing.take() {
-            events = joined(previous).await?;
+            *events = joined(previous).await?;
         }
         let note = note.clone();
         let mut table = events.clone();
@@ -528,98 +572,166 @@ async fn rewrite_events(
         }));
     }
     if let Some(last) = committing.take() {
-        events = joined(last).await?;
+        *events = joined(last).await?;
     }
-    if !moved_days.is_empty() {
-        rewrite_moved(
-            catalog,
-            &mut events,
-            &moved_days,
-            resolved,
-            moves,
-            note,
-            report,
-            affected,
-            &mut day_bitmaps,
-        )
-        .await?;
-    }
-    progress("events", total, total);
-    let source_version = events.version();
-    if !day_bitmaps.is_empty() {
-        report.tag_bitmaps.1 = day_bitmaps.len() as u64;
-        let mut tags = catalog.table("tag_bitmaps").await?;
-        tags.merge(
-            vec![day_bitmaps.batch("event_day", source_version)?],
-            &["kind", "name", "value"],
-            note.clone(),
-        )
-        .await?;
-    }
-    Ok(())
+    Ok(day_bitmaps)
 }
 
-/// Replaces, on `days`, the rows of the people merged away or split since the last build
-/// (and of every person their rows now belong to) with the same rows re-resolved, in one
-/// commit: only the files holding those rows are rewritten, not the whole days. The days'
-/// (event, day) bitmaps are patched: those people are taken out and the rewritten rows put
-/// back in.
-#[allow(clippy::too_many_arguments)]
-async fn rewrite_moved(
-    catalog: &Catalog,
+/// Days since the epoch of a Delta partition value of `event_date`.
+fn partition_day(file: &shoal_catalog::DataFile) -> Option<i32> {
+    let text = file.partition.get("event_date")?.as_deref()?;
+    let day = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    i32::try_from((day - epoch).num_days()).ok()
+}
+
+/// Files of one day of `events` to rewrite (indices into the snapshot's files), and whether
+/// they are all of the day's.
+struct DayFiles {
+    day: Option<i32>,
+    files: Vec<usize>,
+    whole: bool,
+}
+
+/// Incremental: rewrites only the files of `events` that hold rows waiting for a person or
+/// rows of people merged or split since the last build, with those rows resolved and sorted;
+/// every other file stays as it is. A day whose files would then outnumber those its rows
+/// need by more than [`DAY_SPARE_FILES`] is rewritten whole instead. Commits hold about
+/// `chunk_rows` rows each. Gives back the rewritten rows' (event, day) bitmaps.
+async fn rewrite_stale_files(
     events: &mut shoal_catalog::Table,
-    days: &[i32],
     resolved: &Resolved,
     moves: &Moves,
     note: &CommitNote,
     report: &mut BuildReport,
     affected: &mut BTreeSet<i64>,
-    day_bitmaps: &mut BitmapRows,
-) -> Result<()> {
-    let schema = events.schema()?;
-    let read = SessionContext::new_with_config(shoal_catalog::stored_text_config());
-    let provider = events.rewrite_provider().await?;
-    let dates: Vec<_> = days
-        .iter()
-        .map(|d| lit(ScalarValue::Date32(Some(*d))))
-        .collect();
-    // The replaced rows are those of `people`; the rewritten rows must be theirs too, so a
-    // person some rows resolve to is added and the rows read again until none is new.
-    let mut people: BTreeSet<i64> = moves.touched().into_iter().collect();
-    let (batch, users, counted, predicate) = loop {
-        let predicate = col("event_date")
-            .in_list(dates.clone(), false)
-            .and(col("user_id").in_list(people.iter().map(|u| lit(*u)).collect(), false));
-        let batches = read
-            .read_table(provider.clone())?
-            .filter(predicate.clone())?
-            .collect()
-            .await?
-            .iter()
-            .map(|b| conform(b, &schema))
-            .collect::<Result<Vec<_>>>()?;
-        let batch = concat_batches(&schema, &batches)?;
-        let mut counted = report.clone();
-        let mut touched = BTreeSet::new();
-        let users = resolve_events(&batch, resolved, moves, &mut counted, &mut touched)?;
-        let before = people.len();
-        people.extend(users.iter().flatten());
-        if people.len() == before {
-            affected.extend(touched);
-            break (batch, users, counted, predicate);
-        }
-    };
-    if batch.num_rows() == 0 {
-        return Ok(());
+    progress: &mut (dyn FnMut(&str, u64, u64) + Send),
+) -> Result<BitmapRows> {
+    let files = events.data_files()?;
+    let touched: HashSet<i64> = moves.touched().into_iter().collect();
+    let mut rows = vec![0u64; files.len()];
+    let mut stale = vec![false; files.len()];
+    events
+        .read_files(&files, Some(&["user_id"]), |i, batch| {
+            let users = ints(&batch, "user_id")
+                .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
+            rows[i] += batch.num_rows() as u64;
+            stale[i] |= users.null_count() > 0
+                || (!touched.is_empty() && users.iter().flatten().any(|u| touched.contains(&u)));
+            Ok(())
+        })
+        .await?;
+    let mut days: BTreeMap<Option<i32>, Vec<usize>> = BTreeMap::new();
+    for (i, file) in files.iter().enumerate() {
+        days.entry(partition_day(file)).or_default().push(i);
     }
-    *report = counted;
-    let batch = sort_events(&with_column(&batch, "user_id", Arc::new(users))?)?;
+    let mut chosen: Vec<DayFiles> = Vec::new();
+    for (day, all) in days {
+        let some: Vec<usize> = all.iter().copied().filter(|i| stale[*i]).collect();
+        if some.is_empty() {
+            continue;
+        }
+        let day_rows: u64 = all.iter().map(|i| rows[*i]).sum();
+        let needed = day_rows.div_ceil(EVENT_FILE_ROWS as u64).max(1) as usize;
+        let whole = all.len() - some.len() + 1 > needed + day_spare_files();
+        chosen.push(DayFiles {
+            day,
+            files: if whole { all } else { some },
+            whole,
+        });
+    }
+    let limit = chunk_rows() as u64;
+    let mut chunks: Vec<Vec<DayFiles>> = Vec::new();
+    let mut held = 0u64;
+    for day in chosen {
+        let n: u64 = day.files.iter().map(|i| rows[*i]).sum();
+        match chunks.last_mut() {
+            Some(chunk) if held + n <= limit => chunk.push(day),
+            _ => {
+                chunks.push(vec![day]);
+                held = 0;
+            }
+        }
+        held += n;
+    }
 
-    // The days' bitmaps without these people, then with the rewritten rows.
-    let day_texts: Vec<_> = days.iter().map(|d| lit(day_text(*d))).collect();
+    let schema = events.schema()?;
+    let total = chunks.len() as u64;
+    let mut rewritten = BitmapRows::default();
+    for (c, chunk) in chunks.into_iter().enumerate() {
+        progress("events", c as u64, total.max(1));
+        let read: Vec<shoal_catalog::DataFile> = chunk
+            .iter()
+            .flat_map(|d| d.files.iter().map(|i| files[*i].clone()))
+            .collect();
+        let day_of: Vec<Option<i32>> = read.iter().map(partition_day).collect();
+        let mut by_day: BTreeMap<Option<i32>, Vec<RecordBatch>> = BTreeMap::new();
+        events
+            .read_files(&read, None, |i, batch| {
+                // The day is the file's partition value, not a column of the file.
+                let dates = arrow::array::Date32Array::from(vec![day_of[i]; batch.num_rows()]);
+                let mut fields = batch.schema().fields().to_vec();
+                fields.push(Arc::new(arrow::datatypes::Field::new(
+                    "event_date",
+                    DataType::Date32,
+                    true,
+                )));
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(dates));
+                let batch =
+                    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+                        .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
+                let batch = conform(&batch, &schema)
+                    .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
+                by_day.entry(day_of[i]).or_default().push(batch);
+                Ok(())
+            })
+            .await?;
+        let mut remove = Vec::new();
+        let mut write = Vec::new();
+        for DayFiles {
+            day,
+            files: indices,
+            whole,
+        } in chunk
+        {
+            let batch = concat_batches(&schema, by_day.get(&day).into_iter().flatten())?;
+            let before = (report.events_resolved, report.events_moved);
+            let users = resolve_events(&batch, resolved, moves, report, affected)?;
+            if !whole && before == (report.events_resolved, report.events_moved) {
+                // Nothing would change: rows still waiting for an identity nobody has yet.
+                continue;
+            }
+            let batch = sort_events(&with_column(&batch, "user_id", Arc::new(users))?)?;
+            collect_day_bitmaps(&batch, &mut rewritten)?;
+            report.events_rewritten += batch.num_rows() as u64;
+            report.days_rewritten += 1;
+            remove.extend(indices.iter().map(|i| files[*i].clone()));
+            write.extend(split_batch(&batch, EVENT_FILE_ROWS));
+        }
+        if !remove.is_empty() {
+            events.replace_files(&remove, write, note.clone()).await?;
+        }
+    }
+    Ok(rewritten)
+}
+
+/// The stored (event, day) bitmaps of the days in `rewritten`, without the people merged or
+/// split since the last build (all of whose rows were rewritten), then with the rewritten
+/// rows' people.
+async fn patch_day_bitmaps(
+    catalog: &Catalog,
+    moves: &Moves,
+    rewritten: BitmapRows,
+) -> Result<BitmapRows> {
+    if rewritten.is_empty() {
+        return Ok(rewritten);
+    }
+    let day_texts: BTreeSet<&str> = rewritten.maps.keys().map(|(_, d)| d.as_str()).collect();
+    let day_texts: Vec<_> = day_texts.into_iter().map(lit).collect();
     let tags = catalog.table("tag_bitmaps").await?;
     let mut patched = BitmapRows::default();
-    let gone: RoaringBitmap = people.iter().map(|u| *u as u32).collect();
+    let gone: RoaringBitmap = moves.touched().iter().map(|u| *u as u32).collect();
     for_each_batch(
         scan(
             &SessionContext::new(),
@@ -656,19 +768,10 @@ async fn rewrite_moved(
         },
     )
     .await?;
-    let mut rewritten = BitmapRows::default();
-    collect_day_bitmaps(&batch, &mut rewritten)?;
     for (key, bitmap) in rewritten.maps {
         *patched.maps.entry(key).or_default() |= bitmap;
     }
-    day_bitmaps.maps.extend(patched.maps);
-
-    report.events_rewritten += batch.num_rows() as u64;
-    report.days_rewritten += days.len() as u64;
-    events
-        .replace_where(split_batch(&batch, 262_144), predicate, note.clone())
-        .await?;
-    Ok(())
+    Ok(patched)
 }
 
 /// The table a spawned commit hands back.

@@ -149,7 +149,7 @@ impl KnownIds {
             .collect();
         let mut read = Vec::new();
         self.table
-            .read_files(&new, &["event_id"], |batch| {
+            .read_files(&new, Some(&["event_id"]), |_, batch| {
                 fingerprints(&batch, &mut read).map_err(shoal_catalog::Error::Internal)
             })
             .await?;

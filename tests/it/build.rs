@@ -861,7 +861,7 @@ fn person_of_each_event(wh: &Path) -> BTreeMap<String, i64> {
 }
 
 #[test]
-fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
+fn new_rows_and_merges_rewrite_only_the_files_holding_them() {
     let dir = tempfile::tempdir().expect("tmp");
     let wh = dir.path().join("wh");
     let at = |id: &str, day: &str, event: &str, anon: &str, login: Option<&str>| {
@@ -872,8 +872,7 @@ fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
         }
         m
     };
-    // Day 1: a device (person 1), a login (person 2) and a bystander (person 3) with two
-    // events each; day 2: the bystander only.
+    // Day 1: a device (person 1) and a login (person 2).
     let first = segment_file(
         dir.path(),
         "1.jsonl",
@@ -881,23 +880,41 @@ fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
             at("e1", "01", "view_item", "d1", None),
             at("e2", "01", "add_to_cart", "d1", None),
             at("e3", "01", "view_item", "d2", Some("K1")),
+        ],
+    );
+    ingest_segment(&wh, &first);
+    build(&wh);
+    // A bystander (person 3) on days 1 and 2: day 1's first file is not rewritten.
+    let bystander = segment_file(
+        dir.path(),
+        "2.jsonl",
+        &[
             at("e4", "01", "view_item", "d3", None),
             at("e5", "01", "add_to_cart", "d3", None),
             at("e6", "02", "view_item", "d3", None),
         ],
     );
-    ingest_segment(&wh, &first);
-    build(&wh);
+    ingest_segment(&wh, &bystander);
+    let r = build(&wh);
+    assert_eq!(r["events_resolved"], 3, "{r}");
+    assert_eq!(r["events_rewritten"], 3, "only the new rows: {r}");
+    assert_eq!(r["days_rewritten"], 2, "{r}");
     let before = person_of_each_event(&wh);
     assert_eq!(before["e1"], 1);
     assert_eq!(before["e3"], 2);
     assert_eq!(before["e4"], 3);
+    let (stored, from_events) = day_bitmaps_and_events(&wh);
+    assert_eq!(stored, from_events);
+    assert_eq!(
+        stored[&("view_item".to_string(), "2026-11-01".to_string())],
+        vec![1, 2, 3]
+    );
 
     // Day 3: the device logs in as K1 — persons 1 and 2 merge into 1. Day 1 holds no new
-    // row: only the three rows of persons 1 and 2 are rewritten there, and day 3 whole.
+    // row: only the file of persons 1 and 2 is rewritten there, not the bystander's.
     let second = segment_file(
         dir.path(),
-        "2.jsonl",
+        "3.jsonl",
         &[at("e7", "03", "pay_order", "d1", Some("K1"))],
     );
     ingest_segment(&wh, &second);
@@ -940,4 +957,43 @@ fn a_merge_rewrites_only_the_moved_rows_of_earlier_days() {
     let rebuilt = person_of_each_event(&wh);
     assert_eq!(rebuilt, expected);
     assert_eq!(day_bitmaps_and_events(&wh).0, stored);
+}
+
+#[test]
+fn a_day_of_too_many_files_is_rewritten_whole() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    // One file more than the day's rows need is allowed here.
+    let build_spare_one = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--warehouse")
+            .arg(format!("file://{}", wh.display()))
+            .args(["build", "--json", "--as-of", "2026-11-20"])
+            .env_remove("SHOAL_WAREHOUSE")
+            .env("SHOAL_DAY_SPARE_FILES", "1")
+            .output()
+            .expect("run shoal");
+        json_ok(&out)
+    };
+    let mut expected = BTreeMap::new();
+    let mut rewritten = Vec::new();
+    for (n, device) in ["d1", "d2", "d3", "d4"].iter().enumerate() {
+        let id = format!("e{n}");
+        let file = segment_file(
+            dir.path(),
+            &format!("{n}.jsonl"),
+            &[track(&id, &format!("0{n}"), device, None)],
+        );
+        ingest_segment(&wh, &file);
+        let r = build_spare_one();
+        rewritten.push(r["events_rewritten"].as_i64().expect("rewritten"));
+        expected.insert(id, n as i64 + 1);
+    }
+    // 1 file; 2 files (one spare); a third would be too many: the day's 3 rows in one file;
+    // then 2 files again.
+    assert_eq!(rewritten, vec![1, 1, 3, 1]);
+    assert_eq!(person_of_each_event(&wh), expected);
+    let (stored, from_events) = day_bitmaps_and_events(&wh);
+    assert_eq!(stored, from_events);
+    assert_eq!(stored.len(), 1);
 }
