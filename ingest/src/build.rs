@@ -457,10 +457,12 @@ async fn rewrite_events(
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<()> {
     let mut events = catalog.table("events").await?;
+    let frame = ctx.read_table(events.provider().await?)?;
+    let all_days = rows_per_day(frame).await?;
     let day_bitmaps = if full {
         rewrite_days(
-            ctx,
             &mut events,
+            &all_days,
             resolved,
             moves,
             note,
@@ -470,8 +472,16 @@ async fn rewrite_events(
         )
         .await?
     } else {
-        let changed = rewrite_stale_files(
+        let stale = stale_files(&events, moves).await?;
+        // Days all of whose files change (new days, a first build) are rewritten whole,
+        // each commit overlapping the next chunk's work; on the others, only their files.
+        let whole: BTreeMap<i32, u64> = all_days
+            .into_iter()
+            .filter(|(d, _)| stale.whole_days.contains(d))
+            .collect();
+        let mut bitmaps = rewrite_days(
             &mut events,
+            &whole,
             resolved,
             moves,
             note,
@@ -480,7 +490,21 @@ async fn rewrite_events(
             progress,
         )
         .await?;
-        patch_day_bitmaps(catalog, moves, changed).await?
+        let changed = rewrite_stale_files(
+            &mut events,
+            stale,
+            resolved,
+            moves,
+            note,
+            report,
+            affected,
+            progress,
+        )
+        .await?;
+        bitmaps
+            .maps
+            .extend(patch_day_bitmaps(catalog, moves, changed).await?.maps);
+        bitmaps
     };
     progress("events", 1, 1);
     let source_version = events.version();
@@ -497,12 +521,12 @@ async fn rewrite_events(
     Ok(())
 }
 
-/// Rewrites every day of `events`, resolved and sorted, in commits of about `chunk_rows`
-/// rows; gives back the days' (event, day) bitmaps.
+/// Rewrites `days` (with their row counts) of `events` whole, resolved and sorted, in commits
+/// of about `chunk_rows` rows; gives back the days' (event, day) bitmaps.
 #[allow(clippy::too_many_arguments)]
 async fn rewrite_days(
-    ctx: &SessionContext,
     events: &mut shoal_catalog::Table,
+    days: &BTreeMap<i32, u64>,
     resolved: &Resolved,
     moves: &Moves,
     note: &CommitNote,
@@ -510,12 +534,10 @@ async fn rewrite_days(
     affected: &mut BTreeSet<i64>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<BitmapRows> {
-    let frame = ctx.read_table(events.provider().await?)?;
-    let all_days = rows_per_day(frame).await?;
     let limit = chunk_rows() as u64;
     let mut chunks: Vec<Vec<i32>> = Vec::new();
     let mut rows = 0u64;
-    for (d, n) in all_days {
+    for (&d, &n) in days {
         match chunks.last_mut() {
             Some(chunk) if rows + n <= limit => chunk.push(d),
             _ => {
@@ -585,28 +607,27 @@ fn partition_day(file: &shoal_catalog::DataFile) -> Option<i32> {
     i32::try_from((day - epoch).num_days()).ok()
 }
 
-/// Files of one day of `events` to rewrite (indices into the snapshot's files), and whether
-/// they are all of the day's.
+/// Files of one day of `events` to rewrite (indices into the snapshot's files).
 struct DayFiles {
     day: Option<i32>,
     files: Vec<usize>,
-    whole: bool,
 }
 
-/// Incremental: rewrites only the files of `events` that hold rows waiting for a person or
-/// rows of people merged or split since the last build, with those rows resolved and sorted;
-/// every other file stays as it is. A day whose files would then outnumber those its rows
-/// need by more than [`DAY_SPARE_FILES`] is rewritten whole instead. Commits hold about
-/// `chunk_rows` rows each. Gives back the rewritten rows' (event, day) bitmaps.
-async fn rewrite_stale_files(
-    events: &mut shoal_catalog::Table,
-    resolved: &Resolved,
-    moves: &Moves,
-    note: &CommitNote,
-    report: &mut BuildReport,
-    affected: &mut BTreeSet<i64>,
-    progress: &mut (dyn FnMut(&str, u64, u64) + Send),
-) -> Result<BitmapRows> {
+/// The files of `events` holding rows waiting for a person or rows of people merged or split
+/// since the last build, by day.
+struct StaleFiles {
+    /// Every file of the snapshot.
+    files: Vec<shoal_catalog::DataFile>,
+    /// Rows of each file.
+    rows: Vec<u64>,
+    /// Days where only some files are stale, with those files.
+    days: BTreeMap<Option<i32>, DayFiles>,
+    /// Days to rewrite whole: all of their files are stale, or the day would otherwise hold
+    /// more than [`DAY_SPARE_FILES`] files beyond those its rows need.
+    whole_days: BTreeSet<i32>,
+}
+
+async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<StaleFiles> {
     let files = events.data_files()?;
     let touched: HashSet<i64> = moves.touched().into_iter().collect();
     let mut rows = vec![0u64; files.len()];
@@ -621,25 +642,55 @@ async fn rewrite_stale_files(
             Ok(())
         })
         .await?;
-    let mut days: BTreeMap<Option<i32>, Vec<usize>> = BTreeMap::new();
+    let mut by_day: BTreeMap<Option<i32>, Vec<usize>> = BTreeMap::new();
     for (i, file) in files.iter().enumerate() {
-        days.entry(partition_day(file)).or_default().push(i);
+        by_day.entry(partition_day(file)).or_default().push(i);
     }
-    let mut chosen: Vec<DayFiles> = Vec::new();
-    for (day, all) in days {
+    let mut days = BTreeMap::new();
+    let mut whole_days = BTreeSet::new();
+    for (day, all) in by_day {
         let some: Vec<usize> = all.iter().copied().filter(|i| stale[*i]).collect();
         if some.is_empty() {
             continue;
         }
         let day_rows: u64 = all.iter().map(|i| rows[*i]).sum();
         let needed = day_rows.div_ceil(EVENT_FILE_ROWS as u64).max(1) as usize;
-        let whole = all.len() - some.len() + 1 > needed + day_spare_files();
-        chosen.push(DayFiles {
-            day,
-            files: if whole { all } else { some },
-            whole,
-        });
+        let crowded = all.len() - some.len() + 1 > needed + day_spare_files();
+        match day {
+            Some(d) if crowded || some.len() == all.len() => {
+                whole_days.insert(d);
+            }
+            _ => {
+                days.insert(day, DayFiles { day, files: some });
+            }
+        }
     }
+    Ok(StaleFiles {
+        files,
+        rows,
+        days,
+        whole_days,
+    })
+}
+
+/// Incremental: rewrites only the stale files of `events` (see [`stale_files`]), with their
+/// rows resolved and sorted; every other file stays as it is. Commits hold about
+/// `chunk_rows` rows each. Gives back the rewritten rows' (event, day) bitmaps.
+#[allow(clippy::too_many_arguments)]
+async fn rewrite_stale_files(
+    events: &mut shoal_catalog::Table,
+    stale: StaleFiles,
+    resolved: &Resolved,
+    moves: &Moves,
+    note: &CommitNote,
+    report: &mut BuildReport,
+    affected: &mut BTreeSet<i64>,
+    progress: &mut (dyn FnMut(&str, u64, u64) + Send),
+) -> Result<BitmapRows> {
+    let StaleFiles {
+        files, rows, days, ..
+    } = stale;
+    let chosen = days.into_values();
     let limit = chunk_rows() as u64;
     let mut chunks: Vec<Vec<DayFiles>> = Vec::new();
     let mut held = 0u64;
@@ -692,13 +743,12 @@ async fn rewrite_stale_files(
         for DayFiles {
             day,
             files: indices,
-            whole,
         } in chunk
         {
             let batch = concat_batches(&schema, by_day.get(&day).into_iter().flatten())?;
             let before = (report.events_resolved, report.events_moved);
             let users = resolve_events(&batch, resolved, moves, report, affected)?;
-            if !whole && before == (report.events_resolved, report.events_moved) {
+            if before == (report.events_resolved, report.events_moved) {
                 // Nothing would change: rows still waiting for an identity nobody has yet.
                 continue;
             }
