@@ -90,7 +90,7 @@ pub struct BuildReport {
     pub orders_wide: u64,
     /// Bitmaps written: (column values, event days).
     pub tag_bitmaps: (u64, u64),
-    /// Seconds per step.
+    /// Seconds per step (`users.<part>`: from the start of the users step to the end of that part).
     pub seconds: BTreeMap<String, f64>,
     /// Table versions after the build.
     pub versions: BTreeMap<String, u64>,
@@ -227,7 +227,7 @@ pub async fn build(
             .versions
             .insert(name.to_string(), catalog.table(name).await?.version());
     }
-    report.seconds = seconds;
+    report.seconds.extend(seconds);
     let finished = Utc::now();
     let json = serde_json::to_string(&report)
         .map_err(|e| Error::Internal(format!("build report: {e}")))?;
@@ -1158,6 +1158,7 @@ async fn build_users(
 
     // Profile traits (latest non-null value per key, by event time, in a (person, key) map)
     // and activity (in per-person arrays), each counted in one pass over `events`.
+    let clock = Instant::now();
     let people = features::People::new(scope);
     let profile = features::profile(&events, &people, &trait_fields, &identity_traits).await?;
     ctx.register_table("profile", Arc::new(features::table(profile)?))?;
@@ -1177,6 +1178,12 @@ async fn build_users(
     let activity = features::activity(&events, &people, &windows, as_of_days as i32).await?;
     ctx.register_table("ev", Arc::new(features::table(activity)?))?;
     drop(people);
+    let lap = |name: &str, report: &mut BuildReport| {
+        report
+            .seconds
+            .insert(format!("users.{name}"), clock.elapsed().as_secs_f64());
+    };
+    lap("features", report);
 
     let identity_columns: Vec<String> = identity_types
         .iter()
@@ -1260,6 +1267,7 @@ async fn build_users(
             .await?;
     }
     report.users = users.row_count().await?;
+    lap("written", report);
 
     // Tag bitmaps of enum and bool columns, and of the buckets of bucketed numeric ones.
     let tagged: Vec<&FieldStandard> = users_def
@@ -1310,6 +1318,7 @@ async fn build_users(
     let batch = rows.batch("column", users.version())?;
     tags.replace_where(vec![batch], col("kind").eq(lit("column")), note.clone())
         .await?;
+    lap("bitmaps", report);
     Ok(())
 }
 
