@@ -609,6 +609,114 @@ impl Table {
         Ok(self.version())
     }
 
+    /// Upserts `batches` by `key`, an integer column the table is kept sorted by, and deletes
+    /// the rows whose key is in `removed`, in one commit. Only the files holding one of those
+    /// keys are rewritten: their other rows and the new ones, sorted by `key`, become one new
+    /// file. For unpartitioned tables; duplicate keys in `batches` are an error.
+    pub async fn replace_keys(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        key: &str,
+        removed: &[i64],
+        note: CommitNote,
+    ) -> Result<u64> {
+        use arrow::array::{Array, BooleanArray, Int64Array};
+        use arrow::datatypes::DataType;
+        self.check_batches(&batches)?;
+        if !self.partition_columns()?.is_empty() {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: "rows are replaced by key only in unpartitioned tables".into(),
+            });
+        }
+        let schema = self.schema()?;
+        let keys_of = |batch: &RecordBatch| -> Result<Int64Array> {
+            let column = batch
+                .column_by_name(key)
+                .ok_or_else(|| Error::UnknownField {
+                    table: self.name.clone(),
+                    field: key.to_string(),
+                })?;
+            let cast = arrow::compute::cast(column, &DataType::Int64)?;
+            Ok(cast
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .cloned()
+                .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new())))
+        };
+        // The new rows, in the table's own column types.
+        let mut given = Vec::with_capacity(batches.len());
+        let removed: std::collections::HashSet<i64> = removed.iter().copied().collect();
+        let mut replaced = removed.clone();
+        let mut duplicates = 0usize;
+        for batch in &batches {
+            let batch = in_types(batch, &schema)?;
+            let keys = keys_of(&batch)?;
+            if keys.null_count() > 0 {
+                return Err(Error::InvalidData {
+                    table: self.name.clone(),
+                    reason: format!("a row of the write has no '{key}'"),
+                });
+            }
+            for k in keys.values() {
+                if !replaced.insert(*k) && !removed.contains(k) {
+                    duplicates += 1;
+                }
+            }
+            given.push(batch);
+        }
+        if duplicates > 0 {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: format!(
+                    "{duplicates} rows share a key ({key}) with another row of the same write"
+                ),
+            });
+        }
+        if replaced.is_empty() {
+            return Ok(self.version());
+        }
+        // The files holding a replaced key, then their other rows.
+        let files = self.data_files()?;
+        let mut hit = vec![false; files.len()];
+        self.read_files(&files, Some(&[key]), |i, batch| {
+            hit[i] |= keys_of(&batch)?
+                .iter()
+                .any(|k| k.is_some_and(|k| replaced.contains(&k)));
+            Ok(())
+        })
+        .await?;
+        let rewritten: Vec<DataFile> = files
+            .into_iter()
+            .zip(hit)
+            .filter_map(|(f, h)| h.then_some(f))
+            .collect();
+        let mut kept = Vec::new();
+        self.read_files(&rewritten, None, |_, batch| {
+            let keys = keys_of(&batch)?;
+            let keep: BooleanArray = keys
+                .iter()
+                .map(|k| Some(!k.is_some_and(|k| replaced.contains(&k))))
+                .collect();
+            let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
+            kept.push(in_types(&batch, &schema)?);
+            Ok(())
+        })
+        .await?;
+        kept.extend(given);
+        let all = arrow::compute::concat_batches(&schema, &kept)?;
+        drop(kept);
+        let order = arrow::compute::sort_to_indices(&keys_of(&all)?, None, None)?;
+        let sorted = arrow::compute::take_record_batch(&all, &order)?;
+        drop(all);
+        let out = if sorted.num_rows() == 0 {
+            Vec::new()
+        } else {
+            vec![sorted]
+        };
+        self.replace_files(&rewritten, out, note).await
+    }
+
     /// Replaces the whole content with the rows of `frame`, streamed from its plan (never
     /// held in memory whole), in one commit. `frame`'s columns must match the table's.
     pub async fn overwrite_frame(&mut self, frame: DataFrame, note: CommitNote) -> Result<u64> {
@@ -1019,6 +1127,23 @@ impl Table {
             other => Error::delta(&self.name, other),
         }
     }
+}
+
+/// `batch` with the columns of `schema`, cast to its types (absent ones null).
+fn in_types(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
+            None => Ok(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Delta stores some Arrow types under another physical type (views, dictionaries, timezones);

@@ -1259,12 +1259,21 @@ async fn build_users(
         .select(projection)?
         .sort(vec![col("user_id").sort(true, false)])?;
     let mut users = catalog.table("users").await?;
-    write_scoped(&mut users, frame, scope.is_some(), &["user_id"], note).await?;
-    if !removed.is_empty() {
-        let gone = removed.iter().map(|u| lit(*u)).collect();
+    if scope.is_some() {
+        // The files holding these people (or people merged away) are rewritten, in one
+        // commit; a MERGE would rewrite them too, joining every row on the way.
+        let batches = frame.collect().await?;
         users
-            .delete_where(col("user_id").in_list(gone, false), note.clone())
+            .replace_keys(batches, "user_id", removed, note.clone())
             .await?;
+    } else {
+        users.overwrite_frame(frame, note.clone()).await?;
+        if !removed.is_empty() {
+            let gone = removed.iter().map(|u| lit(*u)).collect();
+            users
+                .delete_where(col("user_id").in_list(gone, false), note.clone())
+                .await?;
+        }
     }
     report.users = users.row_count().await?;
     lap("written", report);

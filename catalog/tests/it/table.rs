@@ -1002,3 +1002,94 @@ async fn binary_columns_are_not_kept_in_the_column_cache() {
         .expect("run");
     assert_eq!(cache.stats().columns, 1);
 }
+
+#[tokio::test]
+async fn replacing_keys_rewrites_only_the_files_holding_them() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    // Three files: ids 1–2, 3–4 and 5.
+    for rows in [
+        vec![(1, "Ann", "上海"), (2, "Bo", "杭州")],
+        vec![(3, "Cy", "北京"), (4, "Di", "深圳")],
+        vec![(5, "Ed", "广州")],
+    ] {
+        table
+            .append(vec![people(&rows)], CommitNote::default())
+            .await
+            .expect("append");
+    }
+    let before = table.data_files().expect("files");
+    // 4 changes city, 6 is new, 2 goes.
+    table
+        .replace_keys(
+            vec![people(&[(6, "Fa", "成都"), (4, "Di", "苏州")])],
+            "id",
+            &[2],
+            CommitNote::new("reason", "build"),
+        )
+        .await
+        .expect("replace");
+    let expected: Vec<(i64, String, String)> = [
+        (1, "Ann", "上海"),
+        (3, "Cy", "北京"),
+        (4, "Di", "苏州"),
+        (5, "Ed", "广州"),
+        (6, "Fa", "成都"),
+    ]
+    .iter()
+    .map(|(i, n, c)| (*i, n.to_string(), c.to_string()))
+    .collect();
+    let mut rows = rows_of(&table).await;
+    rows.sort();
+    assert_eq!(rows, expected);
+    let after = table.data_files().expect("files");
+    // The file of 5 stays; the files of 1–2 and 3–4 become one sorted file with 6.
+    assert_eq!(after.len(), 2);
+    let kept: Vec<_> = before
+        .iter()
+        .filter(|f| after.contains(f))
+        .cloned()
+        .collect();
+    assert_eq!(kept.len(), 1, "{before:?} {after:?}");
+    let mut ids = Vec::new();
+    table
+        .read_files(&kept, Some(&["id"]), |_, batch| {
+            let column = batch.column(0).as_any().downcast_ref::<Int64Array>();
+            ids.extend(column.expect("ids").values().iter().copied());
+            Ok(())
+        })
+        .await
+        .expect("read");
+    assert_eq!(ids, vec![5]);
+    let fresh = Table::open(&warehouse, "people").await.expect("open");
+    let mut rows = rows_of(&fresh).await;
+    rows.sort();
+    assert_eq!(rows, expected);
+
+    // Two rows of one key are refused, and nothing changes.
+    let version = table.version();
+    let err = table
+        .replace_keys(
+            vec![people(&[(7, "Go", "西安"), (7, "Go", "重庆")])],
+            "id",
+            &[],
+            CommitNote::default(),
+        )
+        .await
+        .expect_err("duplicate key");
+    assert!(matches!(err, Error::InvalidData { .. }), "{err}");
+    assert_eq!(table.version(), version);
+    // A key column the table lacks is named.
+    let err = table
+        .replace_keys(
+            vec![people(&[(8, "Hu", "天津")])],
+            "uid",
+            &[],
+            CommitNote::default(),
+        )
+        .await
+        .expect_err("no such key");
+    assert!(err.to_string().contains("uid"), "{err}");
+}
