@@ -1263,6 +1263,7 @@ async fn build_users(
         // The files holding these people (or people merged away) are rewritten, in one
         // commit; a MERGE would rewrite them too, joining every row on the way.
         let batches = frame.collect().await?;
+        lap("computed", report);
         users
             .replace_keys(batches, "user_id", removed, note.clone())
             .await?;
