@@ -36,6 +36,6 @@ pub use standard::{
 };
 pub use table::{
     ColumnLayout, Commit, CommitNote, DataFile, MergeOutcome, ROW_GROUP_ROWS, Table, TableSummary,
-    stored_text_config, table_summaries, write_session,
+    conform, stored_text_config, table_summaries, write_session,
 };
 pub use warehouse::{DEFAULT_WAREHOUSE, Warehouse, validate_table_name};

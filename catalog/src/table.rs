@@ -589,14 +589,29 @@ impl Table {
                 ),
             });
         }
-        let mut writer = RecordBatchWriter::for_table(&self.delta)
-            .map_err(|e| self.write_error(e))?
-            .with_writer_properties(writer_properties(&self.layout));
-        for batch in batches {
-            writer.write(batch).await.map_err(|e| self.write_error(e))?;
+        // Large writes are split into parts written side by side, a file each, one per core.
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let parts = (rows / ROW_GROUP_ROWS).clamp(1, cores);
+        let mut writes = Vec::with_capacity(parts);
+        for part in split_rows(batches, parts) {
+            let mut writer = RecordBatchWriter::for_table(&self.delta)
+                .map_err(|e| self.write_error(e))?
+                .with_writer_properties(writer_properties(&self.layout));
+            writes.push(tokio::spawn(async move {
+                for batch in part {
+                    writer.write(batch).await?;
+                }
+                writer.flush().await
+            }));
         }
-        let added = writer.flush().await.map_err(|e| self.write_error(e))?;
-        actions.extend(added.into_iter().map(Action::Add));
+        for write in writes {
+            let added = write
+                .await
+                .map_err(|e| Error::Internal(format!("{}: writing: {e}", self.name)))?
+                .map_err(|e| self.write_error(e))?;
+            actions.extend(added.into_iter().map(Action::Add));
+        }
         let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
         let finalized = CommitBuilder::from(note.properties())
             .with_actions(actions)
@@ -650,7 +665,7 @@ impl Table {
         let mut replaced = removed.clone();
         let mut duplicates = 0usize;
         for batch in &batches {
-            let batch = in_types(batch, &schema)?;
+            let batch = conform(batch, &schema)?;
             let keys = keys_of(&batch)?;
             if keys.null_count() > 0 {
                 return Err(Error::InvalidData {
@@ -699,7 +714,7 @@ impl Table {
                 .map(|k| Some(!k.is_some_and(|k| replaced.contains(&k))))
                 .collect();
             let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
-            kept.push(in_types(&batch, &schema)?);
+            kept.push(conform(&batch, &schema)?);
             Ok(())
         })
         .await?;
@@ -1129,8 +1144,33 @@ impl Table {
     }
 }
 
-/// `batch` with the columns of `schema`, cast to its types (absent ones null).
-fn in_types(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+/// `batches` in `parts` runs of about as many rows each, in order.
+fn split_rows(batches: Vec<RecordBatch>, parts: usize) -> Vec<Vec<RecordBatch>> {
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let per = total.div_ceil(parts.max(1)).max(1);
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new()];
+    let mut held = 0;
+    for batch in batches {
+        let mut start = 0;
+        while start < batch.num_rows() {
+            if held == per {
+                out.push(Vec::new());
+                held = 0;
+            }
+            let n = (per - held).min(batch.num_rows() - start);
+            if let Some(run) = out.last_mut() {
+                run.push(batch.slice(start, n));
+            }
+            held += n;
+            start += n;
+        }
+    }
+    out
+}
+
+/// `batch` with the columns of `schema`, cast to its types (absent ones null): a scanned
+/// batch in a table's own column types (scans may give string views).
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let columns = schema
         .fields()
         .iter()

@@ -570,7 +570,7 @@ async fn rewrite_days(
             .await?;
         let batches = batches
             .iter()
-            .map(|b| conform(b, &schema))
+            .map(|b| Ok(shoal_catalog::conform(b, &schema)?))
             .collect::<Result<Vec<_>>>()?;
         if batches.is_empty() {
             continue;
@@ -732,8 +732,7 @@ async fn rewrite_stale_files(
                 let batch =
                     RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
                         .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
-                let batch = conform(&batch, &schema)
-                    .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
+                let batch = shoal_catalog::conform(&batch, &schema)?;
                 by_day.entry(day_of[i]).or_default().push(batch);
                 Ok(())
             })
@@ -831,23 +830,6 @@ async fn joined(
     commit
         .await
         .map_err(|e| Error::Internal(format!("committing events: {e}")))?
-}
-
-/// Casts a scanned batch to the table's own column types (scans may return string views).
-fn conform(batch: &RecordBatch, schema: &arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
-            None => Ok(arrow::array::new_null_array(
-                f.data_type(),
-                batch.num_rows(),
-            )),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 fn with_column(batch: &RecordBatch, name: &str, column: ArrayRef) -> Result<RecordBatch> {

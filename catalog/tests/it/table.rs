@@ -1093,3 +1093,51 @@ async fn replacing_keys_rewrites_only_the_files_holding_them() {
         .expect_err("no such key");
     assert!(err.to_string().contains("uid"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_replacement_is_written_in_parts_and_loses_no_row() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    // 300,000 rows, over two row groups: written as a file per core (up to 2 here).
+    let n = 300_000i64;
+    let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let rows: Vec<(i64, &str, &str)> = (0..n)
+        .rev()
+        .map(|i| {
+            (
+                i,
+                names[i as usize].as_str(),
+                if i % 2 == 0 { "hz" } else { "sh" },
+            )
+        })
+        .collect();
+    table
+        .replace_keys(vec![people(&rows)], "id", &[], CommitNote::default())
+        .await
+        .expect("replace");
+    let files = table.data_files().expect("files");
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(files.len(), cores.min(2));
+    // Every row once, and each file sorted by id.
+    let mut all = Vec::new();
+    for file in &files {
+        let mut ids = Vec::new();
+        table
+            .read_files(std::slice::from_ref(file), Some(&["id"]), |_, batch| {
+                let column = batch.column(0).as_any().downcast_ref::<Int64Array>();
+                ids.extend(column.expect("ids").values().iter().copied());
+                Ok(())
+            })
+            .await
+            .expect("read");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted by id");
+        all.extend(ids);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..n).collect::<Vec<_>>());
+    let read = rows_of(&table).await;
+    assert_eq!(read.len(), n as usize);
+    assert!(read.iter().all(|(i, name, _)| name == &format!("p{i}")));
+}
