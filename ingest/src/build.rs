@@ -457,9 +457,9 @@ async fn rewrite_events(
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<()> {
     let mut events = catalog.table("events").await?;
-    let frame = ctx.read_table(events.provider().await?)?;
-    let all_days = rows_per_day(frame).await?;
     let day_bitmaps = if full {
+        let frame = ctx.read_table(events.provider().await?)?;
+        let all_days = rows_per_day(frame).await?;
         rewrite_days(
             &mut events,
             &all_days,
@@ -475,13 +475,9 @@ async fn rewrite_events(
         let stale = stale_files(&events, moves).await?;
         // Days all of whose files change (new days, a first build) are rewritten whole,
         // each commit overlapping the next chunk's work; on the others, only their files.
-        let whole: BTreeMap<i32, u64> = all_days
-            .into_iter()
-            .filter(|(d, _)| stale.whole_days.contains(d))
-            .collect();
         let mut bitmaps = rewrite_days(
             &mut events,
-            &whole,
+            &stale.whole_days,
             resolved,
             moves,
             note,
@@ -622,9 +618,9 @@ struct StaleFiles {
     rows: Vec<u64>,
     /// Days where only some files are stale, with those files.
     days: BTreeMap<Option<i32>, DayFiles>,
-    /// Days to rewrite whole: all of their files are stale, or the day would otherwise hold
-    /// more than [`DAY_SPARE_FILES`] files beyond those its rows need.
-    whole_days: BTreeSet<i32>,
+    /// Days to rewrite whole, with their rows: all of their files are stale, or the day
+    /// would otherwise hold more than [`DAY_SPARE_FILES`] files beyond those its rows need.
+    whole_days: BTreeMap<i32, u64>,
 }
 
 async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<StaleFiles> {
@@ -647,7 +643,7 @@ async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<Sta
         by_day.entry(partition_day(file)).or_default().push(i);
     }
     let mut days = BTreeMap::new();
-    let mut whole_days = BTreeSet::new();
+    let mut whole_days = BTreeMap::new();
     for (day, all) in by_day {
         let some: Vec<usize> = all.iter().copied().filter(|i| stale[*i]).collect();
         if some.is_empty() {
@@ -658,7 +654,7 @@ async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<Sta
         let crowded = all.len() - some.len() + 1 > needed + day_spare_files();
         match day {
             Some(d) if crowded || some.len() == all.len() => {
-                whole_days.insert(d);
+                whole_days.insert(d, day_rows);
             }
             _ => {
                 days.insert(day, DayFiles { day, files: some });
