@@ -562,6 +562,19 @@ impl Table {
         batches: Vec<RecordBatch>,
         note: CommitNote,
     ) -> Result<u64> {
+        let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
+        self.replace_files_as(remove, batches, note, operation)
+            .await
+    }
+
+    /// [`Table::replace_files`], recorded in the log as `operation`.
+    async fn replace_files_as(
+        &mut self,
+        remove: &[DataFile],
+        batches: Vec<RecordBatch>,
+        note: CommitNote,
+        operation: deltalake::protocol::DeltaOperation,
+    ) -> Result<u64> {
         use deltalake::kernel::Action;
         use deltalake::kernel::transaction::CommitBuilder;
         use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -612,7 +625,6 @@ impl Table {
                 .map_err(|e| self.write_error(e))?;
             actions.extend(added.into_iter().map(Action::Add));
         }
-        let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
         let finalized = CommitBuilder::from(note.properties())
             .with_actions(actions)
             .build(Some(snapshot), self.delta.log_store(), operation)
@@ -794,7 +806,8 @@ impl Table {
     }
 
     /// Sets `columns` of the rows whose `keys` match a row of `batches` (which hold the keys
-    /// and those columns); rows without a match are left alone. One commit.
+    /// and those columns); rows without a match are left alone. One commit; in an
+    /// unpartitioned table only the files holding a matched row are rewritten.
     pub async fn update_by_key(
         &mut self,
         batches: Vec<RecordBatch>,
@@ -810,6 +823,9 @@ impl Table {
             });
         }
         self.check_columns(&batches, true)?;
+        if self.partition_columns()?.is_empty() {
+            return self.upsert(batches, keys, Some(columns), note).await;
+        }
         let ctx = SessionContext::new();
         let source = ctx.read_batches(batches)?;
         let predicate = keys
@@ -888,8 +904,10 @@ impl Table {
         Ok(Some(self.version()))
     }
 
-    /// Upserts `batches` by `keys`: rows whose key exists are replaced, others inserted.
-    /// Duplicate keys inside `batches` are an error (MERGE would be ambiguous).
+    /// Upserts `batches` by `keys`: rows whose key exists are replaced, others inserted, in
+    /// one commit. Duplicate keys inside `batches` are an error (the upsert would be
+    /// ambiguous); a row with a null key matches nothing. In an unpartitioned table only the
+    /// files holding one of the keys are rewritten (when none does, the rows are appended).
     pub async fn merge(
         &mut self,
         batches: Vec<RecordBatch>,
@@ -911,6 +929,9 @@ impl Table {
                     field: (*key).to_string(),
                 });
             }
+        }
+        if self.partition_columns()?.is_empty() {
+            return self.upsert(batches, keys, None, note).await;
         }
         let ctx = SessionContext::new();
         let source = ctx.read_batches(batches)?;
@@ -965,6 +986,174 @@ impl Table {
             version: self.version(),
             inserted: metrics.num_target_rows_inserted,
             updated: metrics.num_target_rows_updated,
+        })
+    }
+
+    /// [`Table::merge`] (`columns` `None`) or [`Table::update_by_key`] (`Some`) of an
+    /// unpartitioned table, file by file: the key columns of every file are read to find the
+    /// files holding a key of `batches`; only those are read whole and rewritten, with their
+    /// matched rows dropped (merge: the new rows are added after them) or given the new
+    /// values of `columns` (update), in one commit.
+    async fn upsert(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        keys: &[&str],
+        columns: Option<&[&str]>,
+        note: CommitNote,
+    ) -> Result<MergeOutcome> {
+        use arrow::array::BooleanArray;
+        let schema = self.schema()?;
+        for name in keys.iter().chain(columns.unwrap_or_default()) {
+            if schema.field_with_name(name).is_err() {
+                return Err(Error::UnknownField {
+                    table: self.name.clone(),
+                    field: (*name).to_string(),
+                });
+            }
+        }
+        let unchanged = MergeOutcome {
+            version: self.version(),
+            inserted: 0,
+            updated: 0,
+        };
+        // The rows of the write in the table's types (an update: keys and its columns).
+        let given_schema: SchemaRef = match columns {
+            None => schema.clone(),
+            Some(columns) => Arc::new(arrow::datatypes::Schema::new(
+                keys.iter()
+                    .chain(columns)
+                    .map(|c| schema.field_with_name(c).cloned())
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            )),
+        };
+        let given = batches
+            .iter()
+            .map(|b| conform(b, &given_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let given = arrow::compute::concat_batches(&given_schema, &given)?;
+        if given.num_rows() == 0 {
+            return Ok(unchanged);
+        }
+        let encoder = KeyEncoder::new(&schema, keys)?;
+        let (rows, valid) = encoder.encode(&given)?;
+        let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(given.num_rows());
+        let mut duplicates = 0usize;
+        for i in (0..given.num_rows()).filter(|i| valid[*i]) {
+            if index.insert(rows.row(i).data(), i as u32).is_some() {
+                duplicates += 1;
+            }
+        }
+        if duplicates > 0 {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: format!(
+                    "{duplicates} rows share a key ({}) with another row of the same write",
+                    keys.join(", ")
+                ),
+            });
+        }
+        // The files holding a key of the write.
+        let files = self.data_files()?;
+        let mut hit = vec![false; files.len()];
+        if !index.is_empty() {
+            self.read_files(&files, Some(keys), |i, batch| {
+                if !hit[i] {
+                    let (found, valid) = encoder.encode(&batch)?;
+                    hit[i] = (0..batch.num_rows())
+                        .any(|r| valid[r] && index.contains_key(found.row(r).data()));
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        let rewritten: Vec<DataFile> = files
+            .into_iter()
+            .zip(hit)
+            .filter_map(|(f, h)| h.then_some(f))
+            .collect();
+        if rewritten.is_empty() && columns.is_some() {
+            return Ok(unchanged);
+        }
+        // Their rows: a matched one is dropped (merge) or takes the write's values (update).
+        let mut matched = vec![false; given.num_rows()];
+        let mut updated = 0usize;
+        let mut out = Vec::new();
+        self.read_files(&rewritten, None, |_, batch| {
+            let batch = conform(&batch, &schema)?;
+            let (found, valid) = encoder.encode(&batch)?;
+            let at: Vec<Option<usize>> = (0..batch.num_rows())
+                .map(|r| {
+                    valid[r]
+                        .then(|| index.get(found.row(r).data()).map(|g| *g as usize))
+                        .flatten()
+                })
+                .collect();
+            for g in at.iter().flatten() {
+                matched[*g] = true;
+                updated += 1;
+            }
+            match columns {
+                None => {
+                    let keep: BooleanArray = at.iter().map(|g| Some(g.is_none())).collect();
+                    out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+                }
+                Some(columns) => {
+                    let picks: Vec<(usize, usize)> = at
+                        .iter()
+                        .enumerate()
+                        .map(|(r, g)| g.map_or((0, r), |g| (1, g)))
+                        .collect();
+                    let mut values = batch.columns().to_vec();
+                    for c in columns {
+                        let i = schema.index_of(c)?;
+                        let new = given.column(given_schema.index_of(c)?);
+                        values[i] = arrow::compute::interleave(
+                            &[batch.column(i).as_ref(), new.as_ref()],
+                            &picks,
+                        )?;
+                    }
+                    out.push(RecordBatch::try_new(schema.clone(), values)?);
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        let inserted = match columns {
+            None => {
+                out.push(given);
+                matched.iter().filter(|m| !**m).count()
+            }
+            Some(_) => 0,
+        };
+        out.retain(|b| b.num_rows() > 0);
+        // Recorded as the MERGE it is: with no predicate, a concurrent write to the table
+        // is a conflict rather than a chance to duplicate a key.
+        let condition = keys
+            .iter()
+            .map(|k| format!("target.{k} = source.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let action = |kind: &str| deltalake::protocol::MergePredicate {
+            action_type: kind.to_string(),
+            predicate: None,
+        };
+        let operation = deltalake::protocol::DeltaOperation::Merge {
+            predicate: None,
+            merge_predicate: Some(condition),
+            matched_predicates: vec![action("update")],
+            not_matched_predicates: match columns {
+                None => vec![action("insert")],
+                Some(_) => Vec::new(),
+            },
+            not_matched_by_source_predicates: Vec::new(),
+        };
+        let version = self
+            .replace_files_as(&rewritten, out, note, operation)
+            .await?;
+        Ok(MergeOutcome {
+            version,
+            inserted,
+            updated,
         })
     }
 
@@ -1145,6 +1334,52 @@ impl Table {
 }
 
 /// `batches` in `parts` runs of about as many rows each, in order.
+/// Key columns of rows, encoded so that equal keys (compared in the table's types) have equal
+/// bytes.
+struct KeyEncoder {
+    fields: Vec<arrow::datatypes::FieldRef>,
+    converter: arrow::row::RowConverter,
+}
+
+impl KeyEncoder {
+    fn new(schema: &SchemaRef, keys: &[&str]) -> Result<KeyEncoder> {
+        let fields = keys
+            .iter()
+            .map(|k| schema.field_with_name(k).map(|f| Arc::new(f.clone())))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let converter = arrow::row::RowConverter::new(
+            fields
+                .iter()
+                .map(|f| arrow::row::SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(KeyEncoder { fields, converter })
+    }
+
+    /// The keys of `batch`'s rows, and whether each row has all of them (a null key part
+    /// matches nothing).
+    fn encode(&self, batch: &RecordBatch) -> Result<(arrow::row::Rows, Vec<bool>)> {
+        use arrow::array::Array;
+        let columns = self
+            .fields
+            .iter()
+            .map(|f| {
+                let column = batch.column_by_name(f.name()).ok_or_else(|| {
+                    Error::Internal(format!("key column '{}' is not in the batch", f.name()))
+                })?;
+                Ok(match column.data_type() == f.data_type() {
+                    true => column.clone(),
+                    false => arrow::compute::cast(column, f.data_type())?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let valid = (0..batch.num_rows())
+            .map(|r| columns.iter().all(|c| c.is_valid(r)))
+            .collect();
+        Ok((self.converter.convert_columns(&columns)?, valid))
+    }
+}
+
 fn split_rows(batches: Vec<RecordBatch>, parts: usize) -> Vec<Vec<RecordBatch>> {
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let per = total.div_ceil(parts.max(1)).max(1);

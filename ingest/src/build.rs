@@ -131,7 +131,7 @@ pub async fn build(
 
     progress("identity", 0, 1);
     let since = last_build_start(catalog, &ctx).await?;
-    let (resolved, identity) = merge_identities(catalog, started).await?;
+    let (resolved, identity) = merge_identities(catalog, started, &mut seconds).await?;
     let moves = Moves::load(catalog, &ctx, &resolved, since).await?;
     lap("identity", &mut seconds);
 

@@ -1141,3 +1141,153 @@ async fn a_large_replacement_is_written_in_parts_and_loses_no_row() {
     assert_eq!(read.len(), n as usize);
     assert!(read.iter().all(|(i, name, _)| name == &format!("p{i}")));
 }
+
+#[tokio::test]
+async fn merging_and_updating_by_key_rewrite_only_the_files_holding_the_keys() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    // Three files: ids 1–2, 3–4 and 5.
+    for rows in [
+        vec![(1, "Ann", "上海"), (2, "Bo", "杭州")],
+        vec![(3, "Cy", "北京"), (4, "Di", "深圳")],
+        vec![(5, "Ed", "广州")],
+    ] {
+        table
+            .append(vec![people(&rows)], CommitNote::default())
+            .await
+            .expect("append");
+    }
+    let sorted_rows = |mut rows: Vec<(i64, String, String)>| {
+        rows.sort();
+        rows
+    };
+    let owned = |rows: &[(i64, &str, &str)]| -> Vec<(i64, String, String)> {
+        rows.iter()
+            .map(|(i, n, c)| (*i, n.to_string(), c.to_string()))
+            .collect()
+    };
+
+    // A key of two columns: (4, Di) is replaced, (6, Fa) is new, (3, Zed) is a new key too.
+    let before = table.data_files().expect("files");
+    let outcome = table
+        .merge(
+            vec![people(&[
+                (4, "Di", "苏州"),
+                (6, "Fa", "成都"),
+                (3, "Zed", "西安"),
+            ])],
+            &["id", "name"],
+            CommitNote::new("reason", "re-import"),
+        )
+        .await
+        .expect("merge");
+    assert_eq!((outcome.inserted, outcome.updated), (2, 1));
+    assert_eq!(
+        sorted_rows(rows_of(&table).await),
+        owned(&[
+            (1, "Ann", "上海"),
+            (2, "Bo", "杭州"),
+            (3, "Cy", "北京"),
+            (3, "Zed", "西安"),
+            (4, "Di", "苏州"),
+            (5, "Ed", "广州"),
+            (6, "Fa", "成都"),
+        ])
+    );
+    let after = table.data_files().expect("files");
+    let kept: Vec<_> = before.iter().filter(|f| after.contains(f)).collect();
+    // Only the file of 3–4 was rewritten.
+    assert_eq!(kept.len(), 2, "{before:?} {after:?}");
+    assert_eq!(after.len(), 3);
+    assert_eq!(
+        table.history(Some(1)).await.expect("history")[0].operation,
+        "MERGE"
+    );
+
+    // Only new keys: an append, every file stays.
+    let before = table.data_files().expect("files");
+    let outcome = table
+        .merge(
+            vec![people(&[(7, "Go", "重庆")])],
+            &["id"],
+            CommitNote::default(),
+        )
+        .await
+        .expect("merge new");
+    assert_eq!((outcome.inserted, outcome.updated), (1, 0));
+    let after = table.data_files().expect("files");
+    assert!(before.iter().all(|f| after.contains(f)));
+    assert_eq!(after.len(), before.len() + 1);
+
+    // An update sets one column of the matched rows (both rows of id 3), leaves the rest of
+    // their file alone and ignores a key the table lacks.
+    let version = table.version();
+    let updates = RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![3, 99])) as arrow::array::ArrayRef,
+        ),
+        (
+            "city",
+            Arc::new(StringArray::from(vec!["天津", "拉萨"])) as _,
+        ),
+    ])
+    .expect("batch");
+    let before = table.data_files().expect("files");
+    let outcome = table
+        .update_by_key(vec![updates], &["id"], &["city"], CommitNote::default())
+        .await
+        .expect("update");
+    assert_eq!((outcome.inserted, outcome.updated), (0, 2));
+    assert_eq!(outcome.version, version + 1);
+    let after = table.data_files().expect("files");
+    assert_eq!(
+        before.iter().filter(|f| after.contains(f)).count(),
+        before.len() - 1
+    );
+    let expected = owned(&[
+        (1, "Ann", "上海"),
+        (2, "Bo", "杭州"),
+        (3, "Cy", "天津"),
+        (3, "Zed", "天津"),
+        (4, "Di", "苏州"),
+        (5, "Ed", "广州"),
+        (6, "Fa", "成都"),
+        (7, "Go", "重庆"),
+    ]);
+    assert_eq!(sorted_rows(rows_of(&table).await), expected);
+    // An update matching nothing commits nothing.
+    let nothing = RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![42])) as arrow::array::ArrayRef,
+        ),
+        ("city", Arc::new(StringArray::from(vec!["x"])) as _),
+    ])
+    .expect("batch");
+    let outcome = table
+        .update_by_key(vec![nothing], &["id"], &["city"], CommitNote::default())
+        .await
+        .expect("update nothing");
+    assert_eq!((outcome.updated, outcome.version), (0, version + 1));
+
+    // A key with a null part matches nothing, as in SQL: the row is added.
+    let loose = RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![5])) as arrow::array::ArrayRef,
+        ),
+        ("name", Arc::new(StringArray::from(vec![None::<&str>])) as _),
+        ("city", Arc::new(StringArray::from(vec!["广州"])) as _),
+    ])
+    .expect("batch");
+    let outcome = table
+        .merge(vec![loose], &["id", "name"], CommitNote::default())
+        .await
+        .expect("merge null key");
+    assert_eq!((outcome.inserted, outcome.updated), (1, 0));
+    let fresh = Table::open(&warehouse, "people").await.expect("open");
+    assert_eq!(fresh.row_count().await.expect("count"), 9);
+}

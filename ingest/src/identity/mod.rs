@@ -220,10 +220,17 @@ impl Observed {
 
 /// Runs identity merge: reads stored identities and the events and orders without a person,
 /// applies the new links, and writes `identity_edges`, `identity_merges`, `identity_links`.
+/// `seconds` hears how long each part took, counted from the start (`identity.loaded`,
+/// `identity.observed`, `identity.linked`, `identity.written`).
 pub async fn merge_identities(
     catalog: &Catalog,
     now: DateTime<Utc>,
+    seconds: &mut BTreeMap<String, f64>,
 ) -> Result<(Resolved, MergeReport)> {
+    let clock = std::time::Instant::now();
+    let mut lap = |name: &str| {
+        seconds.insert(format!("identity.{name}"), clock.elapsed().as_secs_f64());
+    };
     let rules = Rules::new(catalog.definition());
     let mut graph = Graph::new(rules.graph_rules());
     let ctx = SessionContext::new();
@@ -308,11 +315,14 @@ pub async fn merge_identities(
     )
     .await?;
 
+    lap("loaded");
+
     // New observations.
     let mut observed = Observed::default();
     observe_events(catalog, &ctx, &rules, &mut graph, &mut observed).await?;
     observe_orders(catalog, &ctx, &rules, &mut graph, &mut observed).await?;
     report.rows_read = observed.rows;
+    lap("observed");
 
     // New identities become nodes in the order they were first seen.
     let mut fresh: Vec<(i64, u8, Key)> = observed
@@ -394,6 +404,7 @@ pub async fn merge_identities(
     let resolution = graph.finish();
     report.people_new = u64::from(resolution.next_user - before_max.map_or(1, |m| m + 1));
     report.people_merged = resolution.merges.len() as u64;
+    lap("linked");
 
     // Writes, each idempotent, in an order that a later run can complete.
     let note = CommitNote::new("operation", "identity merge");
@@ -483,6 +494,7 @@ pub async fn merge_identities(
             .merge(vec![link_rows.batch()?], &["id_type", "id_value"], note)
             .await?;
     }
+    lap("written");
     Ok((
         Resolved {
             rules,
