@@ -40,6 +40,10 @@ const DELTA_RS_INTERVAL: u64 = 100;
 /// the whole file.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// Most rows of a file written by [`Table::replace_files`] (and the merges and rewrites built
+/// on it): four row groups.
+pub const FILE_ROWS: usize = 4 * ROW_GROUP_ROWS;
+
 /// How some of a table's columns are encoded in its Parquet files; every other column takes
 /// Parquet's default, a dictionary with plain values as fallback.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -602,28 +606,38 @@ impl Table {
                 ),
             });
         }
-        // Large writes are split into parts written side by side, a file each, one per core.
+        // Large writes are split into parts written side by side, a file each, one per core,
+        // and files of at most FILE_ROWS rows, so that a later change to a few rows rewrites
+        // a file of bounded size.
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let parts = (rows / ROW_GROUP_ROWS).clamp(1, cores);
-        let mut writes = Vec::with_capacity(parts);
-        for part in split_rows(batches, parts) {
-            let mut writer = RecordBatchWriter::for_table(&self.delta)
-                .map_err(|e| self.write_error(e))?
-                .with_writer_properties(writer_properties(&self.layout));
-            writes.push(tokio::spawn(async move {
-                for batch in part {
-                    writer.write(batch).await?;
-                }
-                writer.flush().await
-            }));
-        }
-        for write in writes {
-            let added = write
-                .await
-                .map_err(|e| Error::Internal(format!("{}: writing: {e}", self.name)))?
-                .map_err(|e| self.write_error(e))?;
-            actions.extend(added.into_iter().map(Action::Add));
+        let parts = rows
+            .div_ceil(FILE_ROWS)
+            .max((rows / ROW_GROUP_ROWS).clamp(1, cores));
+        let mut pending = split_rows(batches, parts).into_iter();
+        loop {
+            let mut writes = Vec::with_capacity(cores);
+            for part in pending.by_ref().take(cores) {
+                let mut writer = RecordBatchWriter::for_table(&self.delta)
+                    .map_err(|e| self.write_error(e))?
+                    .with_writer_properties(writer_properties(&self.layout));
+                writes.push(tokio::spawn(async move {
+                    for batch in part {
+                        writer.write(batch).await?;
+                    }
+                    writer.flush().await
+                }));
+            }
+            if writes.is_empty() {
+                break;
+            }
+            for write in writes {
+                let added = write
+                    .await
+                    .map_err(|e| Error::Internal(format!("{}: writing: {e}", self.name)))?
+                    .map_err(|e| self.write_error(e))?;
+                actions.extend(added.into_iter().map(Action::Add));
+            }
         }
         let finalized = CommitBuilder::from(note.properties())
             .with_actions(actions)
@@ -734,6 +748,92 @@ impl Table {
         let all = arrow::compute::concat_batches(&schema, &kept)?;
         drop(kept);
         let order = arrow::compute::sort_to_indices(&keys_of(&all)?, None, None)?;
+        let sorted = arrow::compute::take_record_batch(&all, &order)?;
+        drop(all);
+        let out = if sorted.num_rows() == 0 {
+            Vec::new()
+        } else {
+            vec![sorted]
+        };
+        self.replace_files(&rewritten, out, note).await
+    }
+
+    /// Rewrites the files holding a row whose integer `column` is in `values`: each of their
+    /// batches (in the table's column types) goes through `change`, then those rows and the
+    /// rows of `added`, sorted by `column`, replace the files, in one commit. With no such
+    /// file, `added` is appended. For unpartitioned tables.
+    pub async fn rewrite_rows(
+        &mut self,
+        column: &str,
+        values: &std::collections::HashSet<i64>,
+        mut change: impl FnMut(RecordBatch) -> Result<RecordBatch>,
+        added: Vec<RecordBatch>,
+        note: CommitNote,
+    ) -> Result<u64> {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::DataType;
+        self.check_batches(&added)?;
+        if !self.partition_columns()?.is_empty() {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: "rows are rewritten by value only in unpartitioned tables".into(),
+            });
+        }
+        let schema = self.schema()?;
+        if schema.field_with_name(column).is_err() {
+            return Err(Error::UnknownField {
+                table: self.name.clone(),
+                field: column.to_string(),
+            });
+        }
+        let ints = |batch: &RecordBatch| -> Result<Int64Array> {
+            let values = batch
+                .column_by_name(column)
+                .ok_or_else(|| Error::UnknownField {
+                    table: self.name.clone(),
+                    field: column.to_string(),
+                })?;
+            let cast = arrow::compute::cast(values, &DataType::Int64)?;
+            Ok(cast
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .cloned()
+                .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new())))
+        };
+        let files = if values.is_empty() {
+            Vec::new()
+        } else {
+            self.data_files()?
+        };
+        let mut hit = vec![false; files.len()];
+        self.read_files(&files, Some(&[column]), |i, batch| {
+            hit[i] |= ints(&batch)?
+                .iter()
+                .any(|v| v.is_some_and(|v| values.contains(&v)));
+            Ok(())
+        })
+        .await?;
+        let rewritten: Vec<DataFile> = files
+            .into_iter()
+            .zip(hit)
+            .filter_map(|(f, h)| h.then_some(f))
+            .collect();
+        let mut rows = Vec::new();
+        self.read_files(&rewritten, None, |_, batch| {
+            let changed = change(conform(&batch, &schema)?)?;
+            rows.push(conform(&changed, &schema)?);
+            Ok(())
+        })
+        .await?;
+        for batch in &added {
+            rows.push(conform(batch, &schema)?);
+        }
+        if rewritten.is_empty() && rows.iter().all(|b| b.num_rows() == 0) {
+            return Ok(self.version());
+        }
+        let all = arrow::compute::concat_batches(&schema, &rows)?;
+        drop(rows);
+        let order = arrow::compute::sort_to_indices(&ints(&all)?, None, None)?;
         let sorted = arrow::compute::take_record_batch(&all, &order)?;
         drop(all);
         let out = if sorted.num_rows() == 0 {

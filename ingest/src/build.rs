@@ -1140,6 +1140,9 @@ async fn build_users(
     let people = features::People::new(scope);
     let profile = features::profile(&events, &people, &trait_fields, &identity_traits).await?;
     ctx.register_table("profile", Arc::new(features::table(profile)?))?;
+    report
+        .seconds
+        .insert("users.profile".to_string(), clock.elapsed().as_secs_f64());
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
     let as_of_days = (as_of - epoch).num_days();
     let windows: Vec<features::Window> = users_def

@@ -997,3 +997,93 @@ fn a_day_of_too_many_files_is_rewritten_whole() {
     assert_eq!(stored, from_events);
     assert_eq!(stored.len(), 1);
 }
+
+/// (a, b, status) of every stored edge, duplicates kept.
+fn edges(wh: &Path) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = rows(wh, "identity_edges")
+        .iter()
+        .map(|e| {
+            let side = |t: &str, v: &str| {
+                format!(
+                    "{}:{}",
+                    text(e, t).expect("type"),
+                    text(e, v).expect("value")
+                )
+            };
+            (
+                side("a_type", "a_value"),
+                side("b_type", "b_value"),
+                text(e, "status").expect("status").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_build_stopped_between_its_edges_and_its_links_is_completed_without_a_doubled_edge() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let first = segment_file(
+        dir.path(),
+        "1.jsonl",
+        &[
+            track("m1", "01", "a1", Some("L1")),
+            track("m2", "02", "a2", None),
+        ],
+    );
+    let second = segment_file(
+        dir.path(),
+        "2.jsonl",
+        &[
+            track("m3", "03", "a2", Some("L1")),
+            identify("m4", "04", "a3", Some("L2"), "13800000002"),
+            track("m5", "05", "a1", Some("L3")),
+        ],
+    );
+    // The reference: two builds that run to their end.
+    let reference = dir.path().join("reference");
+    ingest_segment(&reference, &first);
+    build(&reference);
+    ingest_segment(&reference, &second);
+    build(&reference);
+    let expected = edges(&reference);
+    // a2 joins L1's person, L2 brings its device and phone, L3 on a1 is refused.
+    assert_eq!(expected.len(), 5, "{expected:?}");
+    assert_eq!(
+        expected
+            .iter()
+            .filter(|e| e.2 == "refused")
+            .map(|e| (e.0.as_str(), e.1.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("login_id:L3", "anonymous_id:a1")]
+    );
+
+    let wh = dir.path().join("wh");
+    ingest_segment(&wh, &first);
+    build(&wh);
+    ingest_segment(&wh, &second);
+    // The next commit of identity_links cannot be written: the build stops after its edges.
+    let log = wh.join("identity_links/_delta_log");
+    let next = std::fs::read_dir(&log)
+        .expect("log")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    let blocker = log.join(format!("{next:020}.json"));
+    std::fs::create_dir(&blocker).expect("block");
+    let out = shoal(&wh, &["build", "--json", "--as-of", "2026-11-20"]);
+    assert!(!out.status.success(), "the build stopped");
+    assert!(
+        edges(&wh).len() > 1,
+        "the stopped build wrote its edges: {:?}",
+        edges(&wh)
+    );
+    std::fs::remove_dir(&blocker).expect("unblock");
+    build(&wh);
+    assert_eq!(edges(&wh), expected, "each edge once");
+    assert_eq!(links(&wh), links(&reference));
+    // A further build appends nothing twice either.
+    build(&wh);
+    assert_eq!(edges(&wh), expected);
+}

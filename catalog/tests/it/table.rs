@@ -1291,3 +1291,134 @@ async fn merging_and_updating_by_key_rewrite_only_the_files_holding_the_keys() {
     let fresh = Table::open(&warehouse, "people").await.expect("open");
     assert_eq!(fresh.row_count().await.expect("count"), 9);
 }
+
+#[tokio::test]
+async fn rewriting_rows_by_value_touches_only_their_files_in_files_of_bounded_size() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    for rows in [
+        vec![(1, "Ann", "上海"), (2, "Bo", "杭州")],
+        vec![(4, "Di", "深圳"), (3, "Cy", "北京")],
+        vec![(5, "Ed", "广州")],
+    ] {
+        table
+            .append(vec![people(&rows)], CommitNote::default())
+            .await
+            .expect("append");
+    }
+    let ids_of = |table: &Table, files: Vec<shoal_catalog::DataFile>| {
+        let table = table.clone();
+        async move {
+            let mut ids = Vec::new();
+            table
+                .read_files(&files, Some(&["id"]), |_, batch| {
+                    let column = batch.column(0).as_any().downcast_ref::<Int64Array>();
+                    ids.extend(column.expect("ids").values().iter().copied());
+                    Ok(())
+                })
+                .await
+                .expect("read");
+            ids
+        }
+    };
+    // The file holding 3 is rewritten, its rows changed by the callback, with 6 added.
+    let before = table.data_files().expect("files");
+    table
+        .rewrite_rows(
+            "id",
+            &[3].into_iter().collect(),
+            |batch| {
+                let ids = batch.column(0).as_any().downcast_ref::<Int64Array>();
+                let ids = ids.expect("ids");
+                let cities: StringArray = (0..batch.num_rows())
+                    .map(|i| (ids.value(i) == 3).then_some("天津"))
+                    .collect();
+                let cities = arrow::compute::kernels::zip::zip(
+                    &arrow::compute::is_not_null(&cities).expect("mask"),
+                    &cities,
+                    batch.column(2),
+                )
+                .expect("zip");
+                Ok(RecordBatch::try_new(
+                    batch.schema(),
+                    vec![batch.column(0).clone(), batch.column(1).clone(), cities],
+                )
+                .expect("batch"))
+            },
+            vec![people(&[(6, "Fa", "成都")])],
+            CommitNote::default(),
+        )
+        .await
+        .expect("rewrite");
+    let mut rows = rows_of(&table).await;
+    rows.sort();
+    let expected: Vec<(i64, String, String)> = [
+        (1, "Ann", "上海"),
+        (2, "Bo", "杭州"),
+        (3, "Cy", "天津"),
+        (4, "Di", "深圳"),
+        (5, "Ed", "广州"),
+        (6, "Fa", "成都"),
+    ]
+    .iter()
+    .map(|(i, n, c)| (*i, n.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(rows, expected);
+    let after = table.data_files().expect("files");
+    assert_eq!(before.iter().filter(|f| after.contains(f)).count(), 2);
+    let new: Vec<_> = after
+        .iter()
+        .filter(|f| !before.contains(f))
+        .cloned()
+        .collect();
+    assert_eq!(ids_of(&table, new).await, vec![3, 4, 6], "sorted by id");
+
+    // No value to find: the rows are appended, in files of at most FILE_ROWS rows.
+    let n = 2 * shoal_catalog::FILE_ROWS + 1;
+    let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let many: Vec<(i64, &str, &str)> = (0..n)
+        .map(|i| (100 + i as i64, names[i].as_str(), "hz"))
+        .collect();
+    let before = table.data_files().expect("files");
+    table
+        .rewrite_rows(
+            "id",
+            &Default::default(),
+            Ok,
+            vec![people(&many)],
+            CommitNote::default(),
+        )
+        .await
+        .expect("append");
+    let after = table.data_files().expect("files");
+    assert!(before.iter().all(|f| after.contains(f)));
+    let new: Vec<_> = after
+        .iter()
+        .filter(|f| !before.contains(f))
+        .cloned()
+        .collect();
+    assert_eq!(new.len(), 3);
+    for file in &new {
+        let ids = ids_of(&table, vec![file.clone()]).await;
+        assert!(ids.len() <= shoal_catalog::FILE_ROWS, "{}", ids.len());
+    }
+    assert_eq!(ids_of(&table, new).await.len(), n);
+    assert_eq!(table.row_count().await.expect("count"), n as u64 + 6);
+
+    // A column the table lacks is named, and nothing changes.
+    let version = table.version();
+    let err = table
+        .rewrite_rows(
+            "nope",
+            &[1].into_iter().collect(),
+            Ok,
+            Vec::new(),
+            CommitNote::default(),
+        )
+        .await
+        .expect_err("unknown column");
+    assert!(matches!(err, Error::UnknownField { .. }), "{err}");
+    assert_eq!(table.version(), version);
+}

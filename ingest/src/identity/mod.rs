@@ -220,8 +220,8 @@ impl Observed {
 
 /// Runs identity merge: reads stored identities and the events and orders without a person,
 /// applies the new links, and writes `identity_edges`, `identity_merges`, `identity_links`.
-/// `seconds` hears how long each part took, counted from the start (`identity.loaded`,
-/// `identity.observed`, `identity.linked`, `identity.written`).
+/// `seconds` hears how long each part took, counted from the start (`identity.links`,
+/// `identity.loaded`, `identity.observed`, `identity.linked`, `identity.written`).
 pub async fn merge_identities(
     catalog: &Catalog,
     now: DateTime<Utc>,
@@ -237,7 +237,7 @@ pub async fn merge_identities(
     let mut report = MergeReport::default();
 
     // Stored state.
-    let links_table = catalog.table("identity_links").await?;
+    let mut links_table = catalog.table("identity_links").await?;
     for_each_batch(
         scan(
             &ctx,
@@ -270,6 +270,7 @@ pub async fn merge_identities(
         },
     )
     .await?;
+    lap("links");
     let mut recorded_merges = HashSet::new();
     for m in manage::merge_log(catalog, &ctx, None).await? {
         graph.reserve_user(m.from);
@@ -278,7 +279,16 @@ pub async fn merge_identities(
             recorded_merges.insert((m.from, m.into));
         }
     }
-    let edges_table = catalog.table("identity_edges").await?;
+    let mut edges_table = catalog.table("identity_edges").await?;
+    // Each run records in its `identity_links` commit the version of `identity_edges` it left;
+    // any other version means a run wrote edges and stopped before its links.
+    let edges_finished = links_table
+        .history(Some(1))
+        .await?
+        .first()
+        .and_then(|c| c.metadata.get("shoal.edges_version"))
+        .and_then(|v| v.as_u64())
+        == Some(edges_table.version());
     let mut settled: HashSet<(Key, Key), std::hash::BuildHasherDefault<graph::KeyHasher>> =
         HashSet::default();
     for_each_batch(
@@ -408,8 +418,14 @@ pub async fn merge_identities(
 
     // Writes, each idempotent, in an order that a later run can complete.
     let note = CommitNote::new("operation", "identity merge");
-    if !edge_rows.is_empty() {
-        let mut edges_table = edges_table;
+    if !edge_rows.is_empty() && edges_finished {
+        // Edges stored are never drawn again (their identities are joined, or the edge is
+        // settled), so the new ones are appended.
+        edges_table
+            .append(vec![edge_rows.batch()?], note.clone())
+            .await?;
+    } else if !edge_rows.is_empty() {
+        // A run stopped between its edges and its links: this one draws those edges again.
         edges_table
             .merge(
                 vec![edge_rows.batch()?],
@@ -418,6 +434,7 @@ pub async fn merge_identities(
             )
             .await?;
     }
+    lap("edges");
     let new_merges: Vec<(u32, u32)> = resolution
         .merges
         .iter()
@@ -454,44 +471,26 @@ pub async fn merge_identities(
         );
     }
     let merged: HashMap<u32, u32> = resolution.merges.iter().copied().collect();
-    if !merged.is_empty() {
-        let froms: Vec<_> = merged.keys().map(|u| lit(i64::from(*u))).collect();
-        for_each_batch(
-            scan(
-                &ctx,
-                &links_table,
-                &["id_type", "id_value", "user_id", "first_seen", "source"],
-                Some(col("user_id").in_list(froms, false)),
-            )
-            .await?,
-            |batch| {
-                let (types, values, users, first, sources) = (
-                    text(batch, "id_type")?,
-                    text(batch, "id_value")?,
-                    ints(batch, "user_id")?,
-                    ints(batch, "first_seen")?,
-                    text(batch, "source")?,
-                );
-                for i in 0..batch.num_rows() {
-                    let from = get_int(&users, i).unwrap_or_default() as u32;
-                    let into = merged.get(&from).copied().unwrap_or(from);
-                    link_rows.push(
-                        get(&types, i).unwrap_or_default(),
-                        get(&values, i).unwrap_or_default(),
-                        into,
-                        get_int(&first, i).unwrap_or_default(),
-                        get(&sources, i).unwrap_or_default(),
-                    );
-                }
-                Ok(())
-            },
-        )
-        .await?;
-    }
-    if !link_rows.is_empty() {
-        let mut links_table = links_table;
+    let froms: HashSet<i64> = merged.keys().map(|u| i64::from(*u)).collect();
+    if !link_rows.is_empty() || !froms.is_empty() {
+        // New identities are added and the files holding people merged away are rewritten
+        // with their new ids, in one commit that records the edges this run left behind.
+        let added = match link_rows.is_empty() {
+            true => Vec::new(),
+            false => vec![link_rows.batch()?],
+        };
+        let note = note.with("edges_version", edges_table.version());
         links_table
-            .merge(vec![link_rows.batch()?], &["id_type", "id_value"], note)
+            .rewrite_rows(
+                "user_id",
+                &froms,
+                |batch| {
+                    remap_users(&batch, &merged)
+                        .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))
+                },
+                added,
+                note,
+            )
             .await?;
     }
     lap("written");
@@ -504,6 +503,26 @@ pub async fn merge_identities(
         },
         report,
     ))
+}
+
+/// `batch` with its `user_id` of every person merged away replaced by the person they joined.
+fn remap_users(batch: &RecordBatch, merged: &HashMap<u32, u32>) -> Result<RecordBatch> {
+    let users = ints(batch, "user_id")?;
+    let remapped: Int64Array = users
+        .iter()
+        .map(|u| {
+            u.map(
+                |u| match u32::try_from(u).ok().and_then(|u| merged.get(&u)) {
+                    Some(into) => i64::from(*into),
+                    None => u,
+                },
+            )
+        })
+        .collect();
+    let at = batch.schema().index_of("user_id")?;
+    let mut columns = batch.columns().to_vec();
+    columns[at] = Arc::new(remapped);
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 async fn observe_events(
