@@ -905,6 +905,23 @@ impl Table {
         Ok(metrics.num_deleted_rows.unwrap_or(0) as u64)
     }
 
+    /// [`Table::merge`], leaving alone the rows equal to those they would replace: a file is
+    /// rewritten only when a row of it changes, `updated` counts the rows that changed, and
+    /// nothing is committed when no row changes or is new. For tables whose writers often
+    /// give rows back unchanged (a wide table recomputed for some people).
+    pub async fn merge_changes(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        keys: &[&str],
+        note: CommitNote,
+    ) -> Result<MergeOutcome> {
+        if !self.partition_columns()?.is_empty() || keys.is_empty() {
+            return self.merge(batches, keys, note).await;
+        }
+        self.check_batches(&batches)?;
+        self.upsert(batches, keys, None, true, note).await
+    }
+
     /// Sets `columns` of the rows whose `keys` match a row of `batches` (which hold the keys
     /// and those columns); rows without a match are left alone. One commit; in an
     /// unpartitioned table only the files holding a matched row are rewritten.
@@ -924,7 +941,7 @@ impl Table {
         }
         self.check_columns(&batches, true)?;
         if self.partition_columns()?.is_empty() {
-            return self.upsert(batches, keys, Some(columns), note).await;
+            return self.upsert(batches, keys, Some(columns), false, note).await;
         }
         let ctx = SessionContext::new();
         let source = ctx.read_batches(batches)?;
@@ -1031,7 +1048,7 @@ impl Table {
             }
         }
         if self.partition_columns()?.is_empty() {
-            return self.upsert(batches, keys, None, note).await;
+            return self.upsert(batches, keys, None, false, note).await;
         }
         let ctx = SessionContext::new();
         let source = ctx.read_batches(batches)?;
@@ -1099,6 +1116,7 @@ impl Table {
         batches: Vec<RecordBatch>,
         keys: &[&str],
         columns: Option<&[&str]>,
+        skip_unchanged: bool,
         note: CommitNote,
     ) -> Result<MergeOutcome> {
         use arrow::array::BooleanArray;
@@ -1175,10 +1193,28 @@ impl Table {
             return Ok(unchanged);
         }
         // Their rows: a matched one is dropped (merge) or takes the write's values (update).
-        let mut matched = vec![false; given.num_rows()];
-        let mut updated = 0usize;
-        let mut out = Vec::new();
-        self.read_files(&rewritten, None, |_, batch| {
+        // When unchanged rows are skipped, a row equal to the one it replaces is no change,
+        // and a file whose matched rows are all equal stays as it is.
+        let whole = match skip_unchanged && columns.is_none() {
+            true => Some(KeyEncoder::new(
+                &schema,
+                &schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>(),
+            )?),
+            false => None,
+        };
+        let given_whole = match &whole {
+            Some(whole) => Some(whole.encode(&given)?.0),
+            None => None,
+        };
+        let mut matched_in: Vec<Option<usize>> = vec![None; given.num_rows()];
+        let mut changed = vec![whole.is_none(); rewritten.len()];
+        let mut kept: Vec<Vec<RecordBatch>> = vec![Vec::new(); rewritten.len()];
+        let mut matched_rows = vec![0usize; rewritten.len()];
+        self.read_files(&rewritten, None, |file, batch| {
             let batch = conform(&batch, &schema)?;
             let (found, valid) = encoder.encode(&batch)?;
             let at: Vec<Option<usize>> = (0..batch.num_rows())
@@ -1189,13 +1225,22 @@ impl Table {
                 })
                 .collect();
             for g in at.iter().flatten() {
-                matched[*g] = true;
-                updated += 1;
+                matched_in[*g] = Some(file);
+                matched_rows[file] += 1;
+            }
+            if let (Some(whole), Some(given_whole)) = (&whole, &given_whole)
+                && !changed[file]
+            {
+                let (rows, _) = whole.encode(&batch)?;
+                changed[file] = at
+                    .iter()
+                    .enumerate()
+                    .any(|(r, g)| g.is_some_and(|g| rows.row(r) != given_whole.row(g)));
             }
             match columns {
                 None => {
                     let keep: BooleanArray = at.iter().map(|g| Some(g.is_none())).collect();
-                    out.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+                    kept[file].push(arrow::compute::filter_record_batch(&batch, &keep)?);
                 }
                 Some(columns) => {
                     let picks: Vec<(usize, usize)> = at
@@ -1212,19 +1257,43 @@ impl Table {
                             &picks,
                         )?;
                     }
-                    out.push(RecordBatch::try_new(schema.clone(), values)?);
+                    kept[file].push(RecordBatch::try_new(schema.clone(), values)?);
                 }
             }
             Ok(())
         })
         .await?;
+        let rewritten: Vec<DataFile> = rewritten
+            .into_iter()
+            .zip(&changed)
+            .filter_map(|(f, c)| c.then_some(f))
+            .collect();
+        let mut out: Vec<RecordBatch> = kept
+            .into_iter()
+            .zip(&changed)
+            .filter(|(_, c)| **c)
+            .flat_map(|(batches, _)| batches)
+            .collect();
+        // Given rows matched in a file left as it is are equal to the rows they match.
+        let written = |g: usize| matched_in[g].is_none_or(|f| changed[f]);
+        let updated = matched_rows
+            .iter()
+            .zip(&changed)
+            .filter_map(|(n, c)| c.then_some(*n))
+            .sum();
         let inserted = match columns {
             None => {
-                out.push(given);
-                matched.iter().filter(|m| !**m).count()
+                let inserted = matched_in.iter().filter(|m| m.is_none()).count();
+                let take: BooleanArray = (0..given.num_rows()).map(|g| Some(written(g))).collect();
+                out.push(arrow::compute::filter_record_batch(&given, &take)?);
+                inserted
             }
             Some(_) => 0,
         };
+        out.retain(|b| b.num_rows() > 0);
+        if rewritten.is_empty() && out.is_empty() {
+            return Ok(unchanged);
+        }
         out.retain(|b| b.num_rows() > 0);
         // Recorded as the MERGE it is: with no predicate, a concurrent write to the table
         // is a conflict rather than a chance to duplicate a key.

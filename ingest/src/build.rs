@@ -1314,7 +1314,7 @@ async fn build_users(
 }
 
 /// Writes `frame` to `table`: the whole content (streamed) or, when `scoped`, an upsert of
-/// its rows by `keys`.
+/// its rows by `keys` that leaves unchanged rows (and the files holding only those) alone.
 async fn write_scoped(
     table: &mut shoal_catalog::Table,
     frame: datafusion::prelude::DataFrame,
@@ -1333,7 +1333,7 @@ async fn write_scoped(
         .filter(|b| b.num_rows() > 0)
         .collect();
     if !batches.is_empty() {
-        table.merge(batches, keys, note.clone()).await?;
+        table.merge_changes(batches, keys, note.clone()).await?;
     }
     Ok(())
 }

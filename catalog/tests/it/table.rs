@@ -1422,3 +1422,78 @@ async fn rewriting_rows_by_value_touches_only_their_files_in_files_of_bounded_si
     assert!(matches!(err, Error::UnknownField { .. }), "{err}");
     assert_eq!(table.version(), version);
 }
+
+#[tokio::test]
+async fn merging_changes_leaves_unchanged_rows_and_their_files_alone() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    for rows in [
+        vec![(1, "Ann", "上海"), (2, "Bo", "杭州")],
+        vec![(3, "Cy", "北京"), (4, "Di", "深圳")],
+    ] {
+        table
+            .append(vec![people(&rows)], CommitNote::default())
+            .await
+            .expect("append");
+    }
+    // 4 given back as it is and 5 new: the files stay, 5 is added.
+    let before = table.data_files().expect("files");
+    let outcome = table
+        .merge_changes(
+            vec![people(&[(4, "Di", "深圳"), (5, "Ed", "广州")])],
+            &["id"],
+            CommitNote::default(),
+        )
+        .await
+        .expect("merge");
+    assert_eq!((outcome.inserted, outcome.updated), (1, 0));
+    let after = table.data_files().expect("files");
+    assert!(before.iter().all(|f| after.contains(f)));
+    assert_eq!(after.len(), 3);
+    // Only rows given back unchanged: no commit.
+    let version = table.version();
+    let outcome = table
+        .merge_changes(
+            vec![people(&[(1, "Ann", "上海"), (5, "Ed", "广州")])],
+            &["id"],
+            CommitNote::default(),
+        )
+        .await
+        .expect("merge unchanged");
+    assert_eq!(
+        (outcome.version, outcome.inserted, outcome.updated),
+        (version, 0, 0)
+    );
+    // One changed row among unchanged ones: only its file is rewritten, and the rows of the
+    // other file given back unchanged are not doubled.
+    let outcome = table
+        .merge_changes(
+            vec![people(&[
+                (1, "Ann", "上海"),
+                (3, "Cy", "天津"),
+                (4, "Di", "深圳"),
+            ])],
+            &["id"],
+            CommitNote::default(),
+        )
+        .await
+        .expect("merge change");
+    assert_eq!((outcome.inserted, outcome.updated), (0, 2));
+    let now = table.data_files().expect("files");
+    assert_eq!(after.iter().filter(|f| now.contains(f)).count(), 2);
+    let mut rows = rows_of(&table).await;
+    rows.sort();
+    let expected: Vec<(i64, String, String)> = [
+        (1, "Ann", "上海"),
+        (2, "Bo", "杭州"),
+        (3, "Cy", "天津"),
+        (4, "Di", "深圳"),
+        (5, "Ed", "广州"),
+    ]
+    .iter()
+    .map(|(i, n, c)| (*i, n.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(rows, expected);
+}
