@@ -1321,7 +1321,10 @@ async fn write_scoped(
     scoped: bool,
     keys: &[&str],
     note: &CommitNote,
+    report: &mut BuildReport,
 ) -> Result<()> {
+    let clock = Instant::now();
+    let step = table.name().to_string();
     if !scoped {
         table.overwrite_frame(frame, note.clone()).await?;
         return Ok(());
@@ -1332,9 +1335,15 @@ async fn write_scoped(
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .collect();
+    report
+        .seconds
+        .insert(format!("{step}.computed"), clock.elapsed().as_secs_f64());
     if !batches.is_empty() {
         table.merge_changes(batches, keys, note.clone()).await?;
     }
+    report
+        .seconds
+        .insert(format!("{step}.written"), clock.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -1420,6 +1429,7 @@ async fn build_orders_wide(
         scope.is_some(),
         &["platform", "order_id"],
         note,
+        report,
     )
     .await?;
     report.orders_wide = wide.row_count().await?;

@@ -462,6 +462,33 @@ impl Graph {
     /// state obeyed them when it was made).
     pub fn add_existing(&mut self, ty: u8, key: Key, user: u32) {
         let n = self.node(ty, key);
+        self.attach(n, user);
+    }
+
+    /// [`Graph::add_existing`] for many identities at once, `kinds[i]` the type of `keys[i]`
+    /// and `users[i]` its person: the nodes are made as [`Graph::nodes`] makes them (on every
+    /// core), then each joins its person. Identities of one person in a row (as
+    /// `identity_links` stores them, sorted by user id) join the previous one directly.
+    pub fn add_existing_many(&mut self, kinds: &[u8], keys: &[Key], users: &[u32]) {
+        assert_eq!(keys.len(), users.len(), "one user per key");
+        let nodes = self.nodes(kinds, keys);
+        let mut previous: Option<(u32, u32)> = None;
+        for (n, user) in nodes.into_iter().zip(users.iter().copied()) {
+            match previous {
+                Some((p, u)) if u == user => {
+                    let (a, b) = (self.find(n), self.find(p));
+                    if a != b {
+                        self.union_roots(a, b);
+                    }
+                }
+                _ => self.attach(n, user),
+            }
+            previous = Some((n, user));
+        }
+    }
+
+    /// Joins node `n` to existing person `user`.
+    fn attach(&mut self, n: u32, user: u32) {
         self.max_user = Some(self.max_user.map_or(user, |m| m.max(user)));
         match self.user_node.get(&user).copied() {
             None => {
@@ -750,6 +777,44 @@ mod tests {
                 assert_eq!(node.parent, together[i], "a new node is its own root");
             }
         }
+    }
+
+    #[test]
+    fn existing_identities_load_in_bulk_as_one_at_a_time() {
+        // People of one to four identities, mostly in runs by user (as identity_links is
+        // sorted), with a few of a person's identities stored apart, and one person stored
+        // under two user ids (7 and 3 share an identity: they meet, the lower id survives).
+        let mut rows: Vec<(u8, Key, u32)> = Vec::new();
+        for user in 1..2_000u32 {
+            for i in 0..(user % 4 + 1) {
+                let ty = (i % 3) as u8;
+                rows.push((ty, key(ty, &format!("u{user}-{i}")), user));
+            }
+        }
+        for user in (5..2_000u32).step_by(97) {
+            rows.push((2, key(2, &format!("apart-{user}")), user));
+        }
+        rows.push((1, key(1, "u3-1"), 7));
+        let mut one = Graph::new(rules());
+        for (ty, k, user) in &rows {
+            one.add_existing(*ty, *k, *user);
+        }
+        let mut bulk = Graph::new(rules());
+        let kinds: Vec<u8> = rows.iter().map(|r| r.0).collect();
+        let keys: Vec<Key> = rows.iter().map(|r| r.1).collect();
+        let users: Vec<u32> = rows.iter().map(|r| r.2).collect();
+        bulk.add_existing_many(&kinds, &keys, &users);
+        assert_eq!(one.len(), bulk.len());
+        assert_eq!(one.max_user(), bulk.max_user());
+        let (a, b) = (one.finish(), bulk.finish());
+        for (_, k, _) in &rows {
+            let (na, nb) = (one.find_key(*k), bulk.find_key(*k));
+            assert_eq!(na, nb);
+            let (na, nb) = (na.expect("known") as usize, nb.expect("known") as usize);
+            assert_eq!(a.user_of[na], b.user_of[nb]);
+        }
+        assert_eq!(a.merges, b.merges);
+        assert_eq!(b.merges, vec![(7, 3)]);
     }
 
     #[test]

@@ -236,8 +236,9 @@ pub async fn merge_identities(
     let ctx = SessionContext::new();
     let mut report = MergeReport::default();
 
-    // Stored state.
+    // Stored state: every identity with its person, indexed at once.
     let mut links_table = catalog.table("identity_links").await?;
+    let (mut kinds, mut keys, mut owners) = (Vec::new(), Vec::new(), Vec::new());
     for_each_batch(
         scan(
             &ctx,
@@ -252,6 +253,7 @@ pub async fn merge_identities(
                 text(batch, "id_value")?,
                 ints(batch, "user_id")?,
             );
+            let mut last: Option<(&str, Option<u8>)> = None;
             for i in 0..batch.num_rows() {
                 let (Some(t), Some(v), Some(u)) =
                     (get(&types, i), get(&values, i), get_int(&users, i))
@@ -259,17 +261,27 @@ pub async fn merge_identities(
                     continue;
                 };
                 // A type dropped from the catalog keeps its people but no longer links.
-                let Some(ty) = rules.type_of(t) else { continue };
+                let ty = match last {
+                    Some((name, ty)) if name == t => ty,
+                    _ => rules.type_of(t),
+                };
+                last = Some((t, ty));
+                let Some(ty) = ty else { continue };
                 let user = u32::try_from(u).map_err(|_| {
                     Error::Internal(format!("identity_links holds user id {u}, not a u32"))
                 })?;
-                graph.add_existing(ty, key(ty, v), user);
-                report.identities_before += 1;
+                kinds.push(ty);
+                keys.push(key(ty, v));
+                owners.push(user);
             }
             Ok(())
         },
     )
     .await?;
+    report.identities_before = keys.len() as u64;
+    graph.reserve(keys.len());
+    graph.add_existing_many(&kinds, &keys, &owners);
+    drop((kinds, keys, owners));
     lap("links");
     let mut recorded_merges = HashSet::new();
     for m in manage::merge_log(catalog, &ctx, None).await? {
