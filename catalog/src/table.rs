@@ -661,8 +661,7 @@ impl Table {
         removed: &[i64],
         note: CommitNote,
     ) -> Result<u64> {
-        use arrow::array::{Array, BooleanArray, Int64Array};
-        use arrow::datatypes::DataType;
+        use arrow::array::{Array, BooleanArray};
         self.check_batches(&batches)?;
         if !self.partition_columns()?.is_empty() {
             return Err(Error::InvalidData {
@@ -671,20 +670,8 @@ impl Table {
             });
         }
         let schema = self.schema()?;
-        let keys_of = |batch: &RecordBatch| -> Result<Int64Array> {
-            let column = batch
-                .column_by_name(key)
-                .ok_or_else(|| Error::UnknownField {
-                    table: self.name.clone(),
-                    field: key.to_string(),
-                })?;
-            let cast = arrow::compute::cast(column, &DataType::Int64)?;
-            Ok(cast
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .cloned()
-                .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new())))
-        };
+        let name = self.name.clone();
+        let keys_of = |batch: &RecordBatch| int_column(&name, batch, key);
         // The new rows, in the table's own column types.
         let mut given = Vec::with_capacity(batches.len());
         let removed: std::collections::HashSet<i64> = removed.iter().copied().collect();
@@ -714,48 +701,16 @@ impl Table {
                 ),
             });
         }
-        if replaced.is_empty() {
-            return Ok(self.version());
-        }
-        // The files holding a replaced key, then their other rows.
-        let files = self.data_files()?;
-        let mut hit = vec![false; files.len()];
-        self.read_files(&files, Some(&[key]), |i, batch| {
-            hit[i] |= keys_of(&batch)?
-                .iter()
-                .any(|k| k.is_some_and(|k| replaced.contains(&k)));
-            Ok(())
-        })
-        .await?;
-        let rewritten: Vec<DataFile> = files
-            .into_iter()
-            .zip(hit)
-            .filter_map(|(f, h)| h.then_some(f))
-            .collect();
-        let mut kept = Vec::new();
-        self.read_files(&rewritten, None, |_, batch| {
-            let keys = keys_of(&batch)?;
-            let keep: BooleanArray = keys
+        // The files holding a replaced key lose those rows and gain the new ones.
+        let drop_replaced = |batch: RecordBatch| -> Result<RecordBatch> {
+            let keep: BooleanArray = keys_of(&batch)?
                 .iter()
                 .map(|k| Some(!k.is_some_and(|k| replaced.contains(&k))))
                 .collect();
-            let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
-            kept.push(conform(&batch, &schema)?);
-            Ok(())
-        })
-        .await?;
-        kept.extend(given);
-        let all = arrow::compute::concat_batches(&schema, &kept)?;
-        drop(kept);
-        let order = arrow::compute::sort_to_indices(&keys_of(&all)?, None, None)?;
-        let sorted = arrow::compute::take_record_batch(&all, &order)?;
-        drop(all);
-        let out = if sorted.num_rows() == 0 {
-            Vec::new()
-        } else {
-            vec![sorted]
+            Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
         };
-        self.replace_files(&rewritten, out, note).await
+        self.rewrite_rows(key, &replaced, drop_replaced, given, note)
+            .await
     }
 
     /// Rewrites the files holding a row whose integer `column` is in `values`: each of their
@@ -770,8 +725,6 @@ impl Table {
         added: Vec<RecordBatch>,
         note: CommitNote,
     ) -> Result<u64> {
-        use arrow::array::Int64Array;
-        use arrow::datatypes::DataType;
         self.check_batches(&added)?;
         if !self.partition_columns()?.is_empty() {
             return Err(Error::InvalidData {
@@ -786,20 +739,8 @@ impl Table {
                 field: column.to_string(),
             });
         }
-        let ints = |batch: &RecordBatch| -> Result<Int64Array> {
-            let values = batch
-                .column_by_name(column)
-                .ok_or_else(|| Error::UnknownField {
-                    table: self.name.clone(),
-                    field: column.to_string(),
-                })?;
-            let cast = arrow::compute::cast(values, &DataType::Int64)?;
-            Ok(cast
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .cloned()
-                .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new())))
-        };
+        let name = self.name.clone();
+        let ints = |batch: &RecordBatch| int_column(&name, batch, column);
         let files = if values.is_empty() {
             Vec::new()
         } else {
@@ -1503,6 +1444,23 @@ impl Table {
 }
 
 /// `batches` in `parts` runs of about as many rows each, in order.
+/// Column `column` of `batch` (of table `table`) as 64-bit integers.
+fn int_column(table: &str, batch: &RecordBatch, column: &str) -> Result<arrow::array::Int64Array> {
+    use arrow::array::Int64Array;
+    let values = batch
+        .column_by_name(column)
+        .ok_or_else(|| Error::UnknownField {
+            table: table.to_string(),
+            field: column.to_string(),
+        })?;
+    let cast = arrow::compute::cast(values, &arrow::datatypes::DataType::Int64)?;
+    Ok(cast
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .unwrap_or_else(|| Int64Array::from(Vec::<i64>::new())))
+}
+
 /// Key columns of rows, encoded so that equal keys (compared in the table's types) have equal
 /// bytes.
 struct KeyEncoder {
