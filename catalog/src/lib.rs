@@ -9,6 +9,7 @@
 
 mod column_cache;
 mod definition;
+mod deletion_vectors;
 mod error;
 mod identity;
 mod local_read;
@@ -25,6 +26,7 @@ pub use definition::{
     CATALOG_TABLE, Catalog, CatalogDefinition, CatalogRevision, DEFAULT_DEFINITION, parse_duration,
     zone_offset,
 };
+pub use deletion_vectors::DeletionRef;
 pub use error::{Error, Result, SnapshotRef};
 pub use identity::{IdentityRules, IdentityType};
 pub use merge_log::MergeLog;

@@ -116,6 +116,10 @@ pub struct DataFile {
     pub size: u64,
     /// The file's partition values, as Delta writes them (text; `None` for null).
     pub partition: std::collections::BTreeMap<String, Option<String>>,
+    /// Rows stored in the file (deleted ones included), when the log records it.
+    pub rows: Option<u64>,
+    /// Its deletion vector: the rows marked deleted, which readers skip.
+    pub deleted: Option<crate::DeletionRef>,
 }
 
 /// A Parquet file in an object store, read by ranges: the footer first, then the column
@@ -417,23 +421,41 @@ impl Table {
                 path: add.object_store_path().to_string(),
                 size: add.size().max(0) as u64,
                 partition: add.partition_values_map().into_iter().collect(),
+                rows: add.num_records().and_then(|n| u64::try_from(n).ok()),
+                deleted: add
+                    .deletion_vector_descriptor()
+                    .map(|dv| crate::DeletionRef::of(&dv)),
             })
             .collect())
     }
 
     /// Reads `columns` (all of them when `None`) of some of the table's data files (from
     /// [`Table::data_files`]), a few files at a time, handing each batch to `each` with the
-    /// index of its file in `files` as it is decoded. Partition columns are not in the files.
+    /// index of its file in `files` as it is decoded. Rows marked deleted are skipped.
+    /// Partition columns are not in the files.
     pub async fn read_files(
         &self,
         files: &[DataFile],
         columns: Option<&[&str]>,
+        each: impl FnMut(usize, RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        self.read_stored(files, columns, true, each).await
+    }
+
+    /// [`Table::read_files`], skipping the rows marked deleted when `live` (otherwise the
+    /// batches hold every stored row, in file order).
+    async fn read_stored(
+        &self,
+        files: &[DataFile],
+        columns: Option<&[&str]>,
+        live: bool,
         mut each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
         use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
         use deltalake::parquet::arrow::ProjectionMask;
         use futures::StreamExt;
         let store = self.delta.object_store();
+        let name = self.name.as_str();
         let mut reads = futures::stream::iter(files.iter().cloned().enumerate())
             .map(|(index, file)| {
                 let reader = StoredFile {
@@ -441,25 +463,42 @@ impl Table {
                     path: file.path.as_str().into(),
                     size: file.size,
                 };
+                let store = store.clone();
                 async move {
-                    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-                    let mask = match columns {
-                        Some(columns) => {
-                            ProjectionMask::columns(builder.parquet_schema(), columns.to_vec())
+                    let deleted = match &file.deleted {
+                        Some(dv) if live => {
+                            Some(crate::deletion_vectors::load(name, store.as_ref(), dv).await?)
                         }
-                        None => ProjectionMask::all(),
+                        _ => None,
                     };
-                    let stream = builder.with_projection(mask).build()?;
-                    Ok::<_, deltalake::parquet::errors::ParquetError>((
-                        index,
-                        stream.try_collect::<Vec<_>>().await?,
-                    ))
+                    let read = async {
+                        let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+                        let mask = match columns {
+                            Some(columns) => {
+                                ProjectionMask::columns(builder.parquet_schema(), columns.to_vec())
+                            }
+                            None => ProjectionMask::all(),
+                        };
+                        if let Some(deleted) = &deleted {
+                            let rows = builder.metadata().file_metadata().num_rows().max(0);
+                            builder = builder.with_row_selection(
+                                crate::deletion_vectors::selection(rows as usize, deleted),
+                            );
+                        }
+                        let stream = builder.with_projection(mask).build()?;
+                        stream.try_collect::<Vec<_>>().await
+                    };
+                    let batches =
+                        read.await
+                            .map_err(|e: deltalake::parquet::errors::ParquetError| {
+                                Error::Internal(format!("{name}: {e}"))
+                            })?;
+                    Ok::<_, Error>((index, batches))
                 }
             })
             .buffer_unordered(4);
         while let Some(read) = reads.next().await {
-            let (index, batches) =
-                read.map_err(|e| Error::Internal(format!("{}: {e}", self.name)))?;
+            let (index, batches) = read?;
             for batch in batches {
                 each(index, batch)?;
             }
@@ -580,8 +619,6 @@ impl Table {
         operation: deltalake::protocol::DeltaOperation,
     ) -> Result<u64> {
         use deltalake::kernel::Action;
-        use deltalake::kernel::transaction::CommitBuilder;
-        use deltalake::writer::{DeltaWriter, RecordBatchWriter};
         self.check_batches(&batches)?;
         let snapshot = self
             .delta
@@ -589,7 +626,7 @@ impl Table {
             .map_err(|e| Error::delta(&self.name, e))?;
         let wanted: std::collections::HashSet<&str> =
             remove.iter().map(|f| f.path.as_str()).collect();
-        let mut actions: Vec<Action> = snapshot
+        let actions: Vec<Action> = snapshot
             .log_data()
             .into_iter()
             .filter(|file| wanted.contains(file.object_store_path().as_ref()))
@@ -606,6 +643,26 @@ impl Table {
                 ),
             });
         }
+        self.commit_with_files(actions, batches, note, operation)
+            .await
+    }
+
+    /// Writes `batches` as new files (see [`Table::replace_files`] for their size) and
+    /// commits them with `actions`, recorded in the log as `operation`.
+    async fn commit_with_files(
+        &mut self,
+        mut actions: Vec<deltalake::kernel::Action>,
+        batches: Vec<RecordBatch>,
+        note: CommitNote,
+        operation: deltalake::protocol::DeltaOperation,
+    ) -> Result<u64> {
+        use deltalake::kernel::Action;
+        use deltalake::kernel::transaction::CommitBuilder;
+        use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
         // Large writes are split into parts written side by side, a file each, one per core,
         // and files of at most FILE_ROWS rows, so that a later change to a few rows rewrites
         // a file of bounded size.
@@ -661,8 +718,32 @@ impl Table {
         removed: &[i64],
         note: CommitNote,
     ) -> Result<u64> {
-        use arrow::array::{Array, BooleanArray};
-        self.check_batches(&batches)?;
+        use arrow::array::BooleanArray;
+        let (given, replaced) = self.keyed_write(&batches, key, removed)?;
+        let name = self.name.clone();
+        // The files holding a replaced key lose those rows and gain the new ones.
+        let drop_replaced = |batch: RecordBatch| -> Result<RecordBatch> {
+            let keep: BooleanArray = int_column(&name, &batch, key)?
+                .iter()
+                .map(|k| Some(!k.is_some_and(|k| replaced.contains(&k))))
+                .collect();
+            Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+        };
+        self.rewrite_rows(key, &replaced, drop_replaced, given, note)
+            .await
+    }
+
+    /// The rows of a write by integer `key` in the table's column types, and the keys it
+    /// replaces (its own and `removed`). Errors when a row has no key or two share one, or
+    /// when the table is partitioned.
+    fn keyed_write(
+        &self,
+        batches: &[RecordBatch],
+        key: &str,
+        removed: &[i64],
+    ) -> Result<(Vec<RecordBatch>, std::collections::HashSet<i64>)> {
+        use arrow::array::Array;
+        self.check_batches(batches)?;
         if !self.partition_columns()?.is_empty() {
             return Err(Error::InvalidData {
                 table: self.name.clone(),
@@ -670,16 +751,13 @@ impl Table {
             });
         }
         let schema = self.schema()?;
-        let name = self.name.clone();
-        let keys_of = |batch: &RecordBatch| int_column(&name, batch, key);
-        // The new rows, in the table's own column types.
         let mut given = Vec::with_capacity(batches.len());
         let removed: std::collections::HashSet<i64> = removed.iter().copied().collect();
         let mut replaced = removed.clone();
         let mut duplicates = 0usize;
-        for batch in &batches {
+        for batch in batches {
             let batch = conform(batch, &schema)?;
-            let keys = keys_of(&batch)?;
+            let keys = int_column(&self.name, &batch, key)?;
             if keys.null_count() > 0 {
                 return Err(Error::InvalidData {
                     table: self.name.clone(),
@@ -701,16 +779,192 @@ impl Table {
                 ),
             });
         }
-        // The files holding a replaced key lose those rows and gain the new ones.
-        let drop_replaced = |batch: RecordBatch| -> Result<RecordBatch> {
-            let keep: BooleanArray = keys_of(&batch)?
+        Ok((given, replaced))
+    }
+
+    /// [`Table::replace_keys`], marking the replaced rows deleted (Delta deletion vectors)
+    /// rather than rewriting the files that hold them: a change to a few rows spread over
+    /// every file then writes only those rows. The new rows, sorted by `key`, become a new
+    /// file; each file holding a replaced key gains a deletion vector. A file that would be
+    /// mostly deleted (more than a quarter of its rows) or is small (under FILE_ROWS / 8
+    /// rows) is rewritten instead, its live rows joining the new file, and so are all small
+    /// files once there are eight of them: marks and small files stay bounded. The table
+    /// takes on the deletion-vector feature at its first such write.
+    pub async fn replace_keys_marking(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        key: &str,
+        removed: &[i64],
+        note: CommitNote,
+    ) -> Result<u64> {
+        use arrow::array::BooleanArray;
+        use deltalake::kernel::Action;
+        use roaring::RoaringTreemap;
+        let (given, replaced) = self.keyed_write(&batches, key, removed)?;
+        let files = self.data_files()?;
+        let name = self.name.clone();
+        // Where the replaced keys are: their positions among each file's stored rows.
+        let mut hits = vec![RoaringTreemap::new(); files.len()];
+        let mut stored = vec![0u64; files.len()];
+        if !replaced.is_empty() {
+            self.read_stored(&files, Some(&[key]), false, |i, batch| {
+                for (j, k) in int_column(&name, &batch, key)?.iter().enumerate() {
+                    if k.is_some_and(|k| replaced.contains(&k)) {
+                        hits[i].insert(stored[i] + j as u64);
+                    }
+                }
+                stored[i] += batch.num_rows() as u64;
+                Ok(())
+            })
+            .await?;
+        }
+        let small = |i: usize| stored[i].max(files[i].rows.unwrap_or(0)) < (FILE_ROWS / 8) as u64;
+        let small_files = (0..files.len()).filter(|i| small(*i)).count();
+        let store = self.delta.object_store();
+        let mut rewritten = Vec::new();
+        let mut marked: Vec<(usize, RoaringTreemap)> = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let fold_small = small(i) && small_files >= 8;
+            if hits[i].is_empty() && !fold_small {
+                continue;
+            }
+            let mut deleted = match &file.deleted {
+                Some(dv) => crate::deletion_vectors::load(&name, store.as_ref(), dv).await?,
+                None => RoaringTreemap::new(),
+            };
+            let before = deleted.len();
+            deleted |= &hits[i];
+            if deleted.len() == before && !fold_small {
+                continue;
+            }
+            if fold_small || small(i) || deleted.len() * 4 > stored[i] {
+                rewritten.push(file.clone());
+            } else {
+                marked.push((i, deleted));
+            }
+        }
+        let mut rows = given;
+        let schema = self.schema()?;
+        self.read_files(&rewritten, None, |_, batch| {
+            let keep: BooleanArray = int_column(&name, &batch, key)?
                 .iter()
                 .map(|k| Some(!k.is_some_and(|k| replaced.contains(&k))))
                 .collect();
-            Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+            rows.push(conform(
+                &arrow::compute::filter_record_batch(&batch, &keep)?,
+                &schema,
+            )?);
+            Ok(())
+        })
+        .await?;
+        rows.retain(|b| b.num_rows() > 0);
+        if rewritten.is_empty() && marked.is_empty() && rows.is_empty() {
+            return Ok(self.version());
+        }
+        let out = if rows.is_empty() {
+            Vec::new()
+        } else {
+            let all = arrow::compute::concat_batches(&schema, &rows)?;
+            drop(rows);
+            let order =
+                arrow::compute::sort_to_indices(&int_column(&name, &all, key)?, None, None)?;
+            vec![arrow::compute::take_record_batch(&all, &order)?]
         };
-        self.rewrite_rows(key, &replaced, drop_replaced, given, note)
+        if !marked.is_empty() {
+            self.enable_deletion_vectors(&note).await?;
+        }
+        // The marks of every file go to one new file of vectors, written before the commit
+        // that refers to them (an unreferenced file, should the commit fail, changes nothing).
+        let id = uuid::Uuid::new_v4();
+        let vectors: Vec<RoaringTreemap> = marked.iter().map(|(_, d)| d.clone()).collect();
+        let (bytes, refs) = crate::deletion_vectors::encode(&name, id, &vectors)?;
+        if !marked.is_empty() {
+            object_store::ObjectStoreExt::put(
+                &store,
+                &object_store::path::Path::from(crate::deletion_vectors::file_name(id)),
+                bytes.into(),
+            )
             .await
+            .map_err(|e| Error::Internal(format!("{name}: writing deletion vectors: {e}")))?;
+        }
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
+        let gone: std::collections::HashSet<&str> =
+            rewritten.iter().map(|f| f.path.as_str()).collect();
+        let marks: HashMap<&str, &crate::DeletionRef> = marked
+            .iter()
+            .zip(&refs)
+            .map(|((i, _), r)| (files[*i].path.as_str(), r))
+            .collect();
+        let mut actions = Vec::new();
+        for file in snapshot.log_data() {
+            let path = file.object_store_path();
+            if gone.contains(path.as_ref()) {
+                actions.push(Action::Remove(file.remove_action(true)));
+            } else if let Some(mark) = marks.get(path.as_ref()) {
+                actions.push(Action::Remove(file.remove_action(true)));
+                #[allow(deprecated)]
+                let mut add = file.add_action();
+                add.deletion_vector = Some(mark.descriptor());
+                add.data_change = true;
+                actions.push(Action::Add(add));
+            }
+        }
+        if actions.len() != rewritten.len() + 2 * marked.len() {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: format!(
+                    "files changed while rows were replaced in version {}",
+                    self.version()
+                ),
+            });
+        }
+        let operation = deltalake::protocol::DeltaOperation::Merge {
+            predicate: None,
+            merge_predicate: Some(format!("{key} matches")),
+            matched_predicates: vec![deltalake::protocol::MergePredicate {
+                action_type: "update".into(),
+                predicate: None,
+            }],
+            not_matched_predicates: vec![deltalake::protocol::MergePredicate {
+                action_type: "insert".into(),
+                predicate: None,
+            }],
+            not_matched_by_source_predicates: Vec::new(),
+        };
+        self.commit_with_files(actions, out, note, operation).await
+    }
+
+    /// Gives the table the deletion-vector feature (`delta.enableDeletionVectors`), when it
+    /// lacks it, in a commit of its own.
+    async fn enable_deletion_vectors(&mut self, note: &CommitNote) -> Result<()> {
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
+        if snapshot
+            .snapshot()
+            .table_properties()
+            .enable_deletion_vectors
+            == Some(true)
+        {
+            return Ok(());
+        }
+        let upgraded = self
+            .delta
+            .clone()
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(
+                "delta.enableDeletionVectors".to_string(),
+                "true".to_string(),
+            )]))
+            .with_commit_properties(note.properties())
+            .await
+            .map_err(|e| self.write_error(e))?;
+        self.committed(upgraded).await;
+        Ok(())
     }
 
     /// Rewrites the files holding a row whose integer `column` is in `values`: each of their

@@ -1241,12 +1241,13 @@ async fn build_users(
         .sort(vec![col("user_id").sort(true, false)])?;
     let mut users = catalog.table("users").await?;
     if scope.is_some() {
-        // The files holding these people (or people merged away) are rewritten, in one
-        // commit; a MERGE would rewrite them too, joining every row on the way.
+        // The rows of these people (and of people merged away) are marked deleted where
+        // they are, and their new rows written as one new file, in one commit: a rewrite
+        // would rewrite every file, the recomputed people being spread over all of them.
         let batches = frame.collect().await?;
         lap("computed", report);
         users
-            .replace_keys(batches, "user_id", removed, note.clone())
+            .replace_keys_marking(batches, "user_id", removed, note.clone())
             .await?;
     } else {
         users.overwrite_frame(frame, note.clone()).await?;

@@ -1497,3 +1497,144 @@ async fn merging_changes_leaves_unchanged_rows_and_their_files_alone() {
     .collect();
     assert_eq!(rows, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    // Three files of 70,000 people each (ids 0–69,999, 70,000–139,999, 140,000–209,999).
+    let names: Vec<String> = (0..210_000).map(|i| format!("p{i}")).collect();
+    for part in 0..3i64 {
+        let rows: Vec<(i64, &str, &str)> = (part * 70_000..(part + 1) * 70_000)
+            .map(|i| (i, names[i as usize].as_str(), "a"))
+            .collect();
+        table
+            .append(vec![people(&rows)], CommitNote::default())
+            .await
+            .expect("append");
+    }
+    // The files in the order of their ids.
+    let mut before = table.data_files().expect("files");
+    assert!(before.iter().all(|f| f.deleted.is_none()));
+    let mut first_ids = vec![i64::MAX; before.len()];
+    table
+        .read_files(&before, Some(&["id"]), |i, batch| {
+            let column = batch.column(0).as_any().downcast_ref::<Int64Array>();
+            let least = column.expect("ids").values().iter().min().copied();
+            first_ids[i] = first_ids[i].min(least.unwrap_or(i64::MAX));
+            Ok(())
+        })
+        .await
+        .expect("read");
+    let mut order: Vec<usize> = (0..before.len()).collect();
+    order.sort_by_key(|i| first_ids[*i]);
+    before = order.into_iter().map(|i| before[i].clone()).collect();
+    // 5, 70,005 and 140,005 move to city b, 300,000 is new, 6 goes.
+    table
+        .replace_keys_marking(
+            vec![people(&[
+                (140_005, "p140005", "b"),
+                (5, "p5", "b"),
+                (300_000, "new", "b"),
+                (70_005, "p70005", "b"),
+            ])],
+            "id",
+            &[6],
+            CommitNote::new("reason", "build"),
+        )
+        .await
+        .expect("replace");
+    let after = table.data_files().expect("files");
+    assert_eq!(after.len(), 4, "{after:?}");
+    // Each old file is kept, with the rows it held marked deleted.
+    let marks: Vec<Option<i64>> = before
+        .iter()
+        .map(|old| {
+            let now = after.iter().find(|f| f.path == old.path).expect("kept");
+            now.deleted.as_ref().map(|d| d.cardinality)
+        })
+        .collect();
+    assert_eq!(marks, vec![Some(2), Some(1), Some(1)]);
+    let added: Vec<_> = after
+        .iter()
+        .filter(|f| before.iter().all(|b| b.path != f.path))
+        .cloned()
+        .collect();
+    assert_eq!(added[0].rows, Some(4));
+
+    // Every reader skips the marked rows: Delta's provider, the query provider, file reads,
+    // and a fresh handle.
+    let check = |rows: Vec<(i64, String, String)>| {
+        assert_eq!(rows.len(), 210_000);
+        assert!(!rows.iter().any(|r| r.0 == 6));
+        let moved: Vec<i64> = rows.iter().filter(|r| r.2 == "b").map(|r| r.0).collect();
+        assert_eq!(moved, vec![5, 70_005, 140_005, 300_000]);
+    };
+    check(rows_of(&table).await);
+    check(rows_of(&Table::open(&warehouse, "people").await.expect("open")).await);
+    let mut first = Vec::new();
+    table
+        .read_files(&after[..1], Some(&["id"]), |_, batch| {
+            let column = batch.column(0).as_any().downcast_ref::<Int64Array>();
+            first.extend(column.expect("ids").values().iter().copied());
+            Ok(())
+        })
+        .await
+        .expect("read");
+    let path = &after[0].path;
+    let old = before
+        .iter()
+        .position(|f| &f.path == path)
+        .expect("old file");
+    let expected: Vec<i64> = (old as i64 * 70_000..(old as i64 + 1) * 70_000)
+        .filter(|i| ![5, 6, 70_005, 140_005].contains(i))
+        .collect();
+    // (Appends keep no row order within a file.)
+    first.sort_unstable();
+    assert!(
+        first == expected,
+        "{} rows read, {} expected; first difference at {:?}",
+        first.len(),
+        expected.len(),
+        first.iter().zip(&expected).position(|(a, b)| a != b),
+    );
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("people", table.query_provider().await.expect("provider"))
+        .expect("register");
+    let counted = ctx
+        .sql("SELECT count(*) AS n, count(*) FILTER (WHERE city = 'b') AS b, sum(id) AS s FROM people")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let text = arrow::util::pretty::pretty_format_batches(&counted)
+        .expect("format")
+        .to_string();
+    let sum: i64 = (0..210_000i64).sum::<i64>() - 6 + 300_000;
+    assert!(text.contains(&format!("| 210000 | 4 | {sum} |")), "{text}");
+
+    // Marking more than a quarter of a file rewrites it instead: its live rows join the
+    // new file.
+    let third = before[2].path.clone();
+    let gone: Vec<i64> = (140_000..160_000).collect();
+    table
+        .replace_keys_marking(Vec::new(), "id", &gone, CommitNote::default())
+        .await
+        .expect("remove");
+    let files = table.data_files().expect("files");
+    assert!(files.iter().all(|f| f.path != third), "{files:?}");
+    let rows = rows_of(&table).await;
+    assert_eq!(rows.len(), 190_000);
+    assert!(rows.iter().any(|r| r.0 == 70_005 && r.2 == "b"));
+    assert!(!rows.iter().any(|r| (140_000..160_000).contains(&r.0)));
+    // Nothing to replace commits nothing.
+    let version = table.version();
+    table
+        .replace_keys_marking(Vec::new(), "id", &[999_999], CommitNote::default())
+        .await
+        .expect("nothing");
+    assert_eq!(table.version(), version);
+}
