@@ -50,7 +50,10 @@ from deltalake import DeltaTable
 warehouse, steps, window, runs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def current(table, pattern):
     # The tables are written once, so their folders hold exactly the current files.
-    files = {f.replace("file://", "") for f in DeltaTable(f"{warehouse}/{table}").file_uris()}
+    delta = DeltaTable(f"{warehouse}/{table}")
+    if "deletionVectors" in (delta.protocol().reader_features or []):
+        raise SystemExit(f"{table}: rows marked deleted would be read from its files")
+    files = {f.replace("file://", "") for f in delta.file_uris()}
     found = set(glob.glob(f"{warehouse}/{table}/{pattern}"))
     if files != found:
         raise SystemExit(f"{table}: the folder holds other files than the table's")

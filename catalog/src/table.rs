@@ -797,19 +797,125 @@ impl Table {
         removed: &[i64],
         note: CommitNote,
     ) -> Result<u64> {
+        let (given, replaced) = self.keyed_write(&batches, key, removed)?;
+        let name = self.name.clone();
+        let matches = |batch: &RecordBatch| -> Result<Vec<bool>> {
+            Ok(int_column(&name, batch, key)?
+                .iter()
+                .map(|k| k.is_some_and(|k| replaced.contains(&k)))
+                .collect())
+        };
+        let order = |batch: &RecordBatch| -> Result<arrow::array::UInt32Array> {
+            Ok(arrow::compute::sort_to_indices(
+                &int_column(&name, batch, key)?,
+                None,
+                None,
+            )?)
+        };
+        self.mark_replaced(given, &[key], !replaced.is_empty(), &matches, &order, note)
+            .await
+    }
+
+    /// [`Table::merge`] by `keys` that marks the replaced rows deleted where they are (see
+    /// [`Table::replace_keys_marking`]): the rows of `batches` replace the stored rows with
+    /// the same keys (a row with a null key part replaces none) and are written, sorted by
+    /// `keys`, as one new file. For unpartitioned tables; two rows of the write with one key
+    /// are an error.
+    pub async fn merge_marking(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        keys: &[&str],
+        note: CommitNote,
+    ) -> Result<u64> {
+        self.check_batches(&batches)?;
+        if !self.partition_columns()?.is_empty() || keys.is_empty() {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: "rows are replaced by key only in unpartitioned tables, by some key".into(),
+            });
+        }
+        let schema = self.schema()?;
+        for k in keys {
+            if schema.field_with_name(k).is_err() {
+                return Err(Error::UnknownField {
+                    table: self.name.clone(),
+                    field: (*k).to_string(),
+                });
+            }
+        }
+        let given = batches
+            .iter()
+            .map(|b| conform(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        let encoder = KeyEncoder::new(&schema, keys)?;
+        let mut replaced: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        let mut duplicates = 0usize;
+        for batch in &given {
+            let (rows, valid) = encoder.encode(batch)?;
+            for r in (0..batch.num_rows()).filter(|r| valid[*r]) {
+                if !replaced.insert(rows.row(r).data().to_vec()) {
+                    duplicates += 1;
+                }
+            }
+        }
+        if duplicates > 0 {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: format!(
+                    "{duplicates} rows share a key ({}) with another row of the same write",
+                    keys.join(", ")
+                ),
+            });
+        }
+        let matches = |batch: &RecordBatch| -> Result<Vec<bool>> {
+            let (rows, valid) = encoder.encode(batch)?;
+            Ok((0..batch.num_rows())
+                .map(|r| valid[r] && replaced.contains(rows.row(r).data()))
+                .collect())
+        };
+        let order = |batch: &RecordBatch| -> Result<arrow::array::UInt32Array> {
+            let columns = keys
+                .iter()
+                .map(|k| {
+                    batch.column_by_name(k).map(|c| arrow::compute::SortColumn {
+                        values: c.clone(),
+                        options: None,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Error::Internal("a key column is not in the batch".into()))?;
+            Ok(arrow::compute::lexsort_to_indices(&columns, None)?)
+        };
+        self.mark_replaced(given, keys, !replaced.is_empty(), &matches, &order, note)
+            .await
+    }
+
+    /// The work of the marking writes: the stored rows for which `matches` (given batches of
+    /// the `keys` columns, or of all columns) is true are marked deleted, or dropped from the
+    /// files rewritten, and `given` with the rewritten files' live rows, put in `order`, is
+    /// written as one new file, in one commit.
+    async fn mark_replaced(
+        &mut self,
+        given: Vec<RecordBatch>,
+        keys: &[&str],
+        any: bool,
+        matches: &(dyn Fn(&RecordBatch) -> Result<Vec<bool>> + Sync),
+        order: &(dyn Fn(&RecordBatch) -> Result<arrow::array::UInt32Array> + Sync),
+        note: CommitNote,
+    ) -> Result<u64> {
         use arrow::array::BooleanArray;
         use deltalake::kernel::Action;
         use roaring::RoaringTreemap;
-        let (given, replaced) = self.keyed_write(&batches, key, removed)?;
+        let key = keys.join(", ");
         let files = self.data_files()?;
         let name = self.name.clone();
         // Where the replaced keys are: their positions among each file's stored rows.
         let mut hits = vec![RoaringTreemap::new(); files.len()];
         let mut stored = vec![0u64; files.len()];
-        if !replaced.is_empty() {
-            self.read_stored(&files, Some(&[key]), false, |i, batch| {
-                for (j, k) in int_column(&name, &batch, key)?.iter().enumerate() {
-                    if k.is_some_and(|k| replaced.contains(&k)) {
+        if any {
+            self.read_stored(&files, Some(keys), false, |i, batch| {
+                for (j, hit) in matches(&batch)?.into_iter().enumerate() {
+                    if hit {
                         hits[i].insert(stored[i] + j as u64);
                     }
                 }
@@ -846,10 +952,7 @@ impl Table {
         let mut rows = given;
         let schema = self.schema()?;
         self.read_files(&rewritten, None, |_, batch| {
-            let keep: BooleanArray = int_column(&name, &batch, key)?
-                .iter()
-                .map(|k| Some(!k.is_some_and(|k| replaced.contains(&k))))
-                .collect();
+            let keep: BooleanArray = matches(&batch)?.into_iter().map(|m| Some(!m)).collect();
             rows.push(conform(
                 &arrow::compute::filter_record_batch(&batch, &keep)?,
                 &schema,
@@ -866,9 +969,7 @@ impl Table {
         } else {
             let all = arrow::compute::concat_batches(&schema, &rows)?;
             drop(rows);
-            let order =
-                arrow::compute::sort_to_indices(&int_column(&name, &all, key)?, None, None)?;
-            vec![arrow::compute::take_record_batch(&all, &order)?]
+            vec![arrow::compute::take_record_batch(&all, &order(&all)?)?]
         };
         if !marked.is_empty() {
             self.enable_deletion_vectors(&note).await?;

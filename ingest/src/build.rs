@@ -1315,7 +1315,8 @@ async fn build_users(
 }
 
 /// Writes `frame` to `table`: the whole content (streamed) or, when `scoped`, an upsert of
-/// its rows by `keys` that leaves unchanged rows (and the files holding only those) alone.
+/// its rows by `keys` that marks the rows they replace deleted where they are (the rows of
+/// the recomputed people are spread over every file) and writes the new ones as one file.
 async fn write_scoped(
     table: &mut shoal_catalog::Table,
     frame: datafusion::prelude::DataFrame,
@@ -1340,7 +1341,7 @@ async fn write_scoped(
         .seconds
         .insert(format!("{step}.computed"), clock.elapsed().as_secs_f64());
     if !batches.is_empty() {
-        table.merge_changes(batches, keys, note.clone()).await?;
+        table.merge_marking(batches, keys, note.clone()).await?;
     }
     report
         .seconds

@@ -1638,3 +1638,89 @@ async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
         .expect("nothing");
     assert_eq!(table.version(), version);
 }
+
+#[tokio::test]
+async fn merging_by_a_composite_key_by_marking_replaces_only_equal_keys() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    // Two files of 70,000 people each, keyed by (id, name).
+    let names: Vec<String> = (0..140_000).map(|i| format!("p{i}")).collect();
+    for part in 0..2i64 {
+        let rows: Vec<(i64, &str, &str)> = (part * 70_000..(part + 1) * 70_000)
+            .map(|i| (i, names[i as usize].as_str(), "a"))
+            .collect();
+        table
+            .append(vec![people(&rows)], CommitNote::default())
+            .await
+            .expect("append");
+    }
+    let before = table.data_files().expect("files");
+    // (5, p5) is replaced; (70,005, other) shares only the id and is new.
+    table
+        .merge_marking(
+            vec![people(&[(70_005, "other", "c"), (5, "p5", "b")])],
+            &["id", "name"],
+            CommitNote::default(),
+        )
+        .await
+        .expect("merge");
+    let after = table.data_files().expect("files");
+    assert_eq!(after.len(), 3, "{after:?}");
+    let mut marks: Vec<Option<i64>> = before
+        .iter()
+        .map(|old| {
+            let now = after.iter().find(|f| f.path == old.path).expect("kept");
+            now.deleted.as_ref().map(|d| d.cardinality)
+        })
+        .collect();
+    marks.sort();
+    assert_eq!(marks, vec![None, Some(1)]);
+    let check = |rows: Vec<(i64, String, String)>| {
+        assert_eq!(rows.len(), 140_001);
+        let changed: Vec<(i64, &str, &str)> = rows
+            .iter()
+            .filter(|r| r.2 != "a")
+            .map(|r| (r.0, r.1.as_str(), r.2.as_str()))
+            .collect();
+        let mut changed = changed;
+        changed.sort();
+        assert_eq!(
+            changed,
+            vec![(5, "p5", "b"), (70_005, "other", "c")],
+            "the replaced row and the new one"
+        );
+        assert!(rows.iter().any(|r| r.0 == 70_005 && r.1 == "p70005"));
+        assert!(!rows.iter().any(|r| r.0 == 5 && r.2 == "a"));
+    };
+    check(rows_of(&table).await);
+    check(rows_of(&Table::open(&warehouse, "people").await.expect("open")).await);
+
+    // Two rows with one key, and a key that is not a column, are refused and change nothing.
+    let version = table.version();
+    let twice = table
+        .merge_marking(
+            vec![people(&[(1, "p1", "x"), (1, "p1", "y")])],
+            &["id", "name"],
+            CommitNote::default(),
+        )
+        .await;
+    assert!(
+        matches!(&twice, Err(Error::InvalidData { reason, .. }) if reason.contains("share a key")),
+        "{twice:?}"
+    );
+    let unknown = table
+        .merge_marking(
+            vec![people(&[(1, "p1", "x")])],
+            &["id", "nickname"],
+            CommitNote::default(),
+        )
+        .await;
+    assert!(
+        matches!(&unknown, Err(Error::UnknownField { field, .. }) if field == "nickname"),
+        "{unknown:?}"
+    );
+    assert_eq!(table.version(), version);
+    check(rows_of(&table).await);
+}
