@@ -140,6 +140,11 @@ mod tests {
         assert_eq!(age.bucket(18.0).as_deref(), Some("18-25"));
         assert_eq!(age.bucket(34.0).as_deref(), Some("25-35"));
         assert_eq!(age.bucket(65.0).as_deref(), Some(">=65"));
+        let labels = age.bucket_labels();
+        assert_eq!(labels.len(), age.buckets.len() + 1);
+        assert_eq!(labels.first().map(String::as_str), Some("<18"));
+        assert_eq!(labels[1..3], ["18-25".to_string(), "25-35".to_string()]);
+        assert_eq!(labels.last().map(String::as_str), Some(">=65"));
         let mut bad = definition.clone();
         let users = bad
             .tables

@@ -179,6 +179,19 @@ impl FieldStandard {
             .find(|w| value >= w[0] && value < w[1])
             .map(|w| format!("{}-{}", show(w[0]), show(w[1])))
     }
+
+    /// Every label [`FieldStandard::bucket`] gives under the field's edges.
+    pub fn bucket_labels(&self) -> Vec<String> {
+        let edges = &self.buckets;
+        let (Some(first), Some(last)) = (edges.first(), edges.last()) else {
+            return Vec::new();
+        };
+        std::iter::once(first - 1.0)
+            .chain(edges.windows(2).map(|w| w[0]))
+            .chain(std::iter::once(*last))
+            .filter_map(|x| self.bucket(x))
+            .collect()
+    }
 }
 
 fn default_owner() -> String {

@@ -90,6 +90,9 @@ pub struct BuildReport {
     pub orders_wide: u64,
     /// Bitmaps written: (column values, event days).
     pub tag_bitmaps: (u64, u64),
+    /// Whether the column bitmaps were patched (the recomputed people's rows put in the
+    /// stored ones) rather than built again from every row of `users`.
+    pub column_bitmaps_patched: bool,
     /// Seconds per step (`users.<part>`: from the start of the users step to the end of that part).
     pub seconds: BTreeMap<String, f64>,
     /// Table versions after the build.
@@ -151,6 +154,7 @@ pub async fn build(
         users_recomputed: 0,
         orders_wide: 0,
         tag_bitmaps: (0, 0),
+        column_bitmaps_patched: false,
         seconds: BTreeMap::new(),
         versions: BTreeMap::new(),
     };
@@ -1240,12 +1244,15 @@ async fn build_users(
         .select(projection)?
         .sort(vec![col("user_id").sort(true, false)])?;
     let mut users = catalog.table("users").await?;
+    let users_before = users.version();
+    let mut recomputed = None;
     if scope.is_some() {
         // The rows of these people (and of people merged away) are marked deleted where
         // they are, and their new rows written as one new file, in one commit: a rewrite
         // would rewrite every file, the recomputed people being spread over all of them.
         let batches = frame.collect().await?;
         lap("computed", report);
+        recomputed = Some(batches.clone());
         users
             .replace_keys_marking(batches, "user_id", removed, note.clone())
             .await?;
@@ -1262,6 +1269,8 @@ async fn build_users(
     lap("written", report);
 
     // Tag bitmaps of enum and bool columns, and of the buckets of bucketed numeric ones.
+    // A scoped build patches the stored ones (the recomputed and removed people taken out,
+    // their new rows put in) when they index the version of `users` it started from.
     let tagged: Vec<&FieldStandard> = users_def
         .fields
         .iter()
@@ -1270,41 +1279,53 @@ async fn build_users(
                 || (f.value_type.is_numeric() && !f.buckets.is_empty())
         })
         .collect();
-    let mut rows = BitmapRows::default();
-    let mut names: Vec<&str> = vec!["user_id"];
-    names.extend(tagged.iter().map(|f| f.name.as_str()));
-    let read = SessionContext::new();
-    for_each_batch(scan(&read, &users, &names, None).await?, |batch| {
-        let ids = ints(batch, "user_id")?;
-        for f in &tagged {
-            if f.value_type.is_numeric() {
-                let column = batch
-                    .column_by_name(&f.name)
-                    .ok_or_else(|| Error::Internal(format!("users lacks {}", f.name)))?;
-                let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Float64)?;
-                let values = values
-                    .as_any()
-                    .downcast_ref::<arrow::array::Float64Array>()
-                    .ok_or_else(|| Error::Internal(format!("users.{} is not numeric", f.name)))?;
-                for i in 0..batch.num_rows() {
-                    if let (Some(u), true) = (get_int(&ids, i), values.is_valid(i))
-                        && let Some(label) = f.bucket(values.value(i))
-                    {
-                        rows.add(&f.name, label, u as u32);
+    let patched = match (scope, recomputed) {
+        (Some(scope), Some(recomputed)) => {
+            let gone: RoaringBitmap = scope
+                .iter()
+                .chain(removed)
+                .filter_map(|u| u32::try_from(*u).ok())
+                .collect();
+            match stored_column_bitmaps(catalog, &tagged, users_before, &gone).await? {
+                Some((mut rows, missing)) => {
+                    let kept: Vec<&FieldStandard> = tagged
+                        .iter()
+                        .filter(|f| !missing.contains(&f.name))
+                        .copied()
+                        .collect();
+                    for batch in &recomputed {
+                        tag_rows(batch, &kept, &mut rows)?;
                     }
+                    Some((rows, missing))
                 }
-                continue;
-            }
-            let values = text(batch, &f.name)?;
-            for i in 0..batch.num_rows() {
-                if let (Some(u), Some(v)) = (get_int(&ids, i), get(&values, i)) {
-                    rows.add(&f.name, v.to_string(), u as u32);
-                }
+                None => None,
             }
         }
-        Ok(())
-    })
-    .await?;
+        _ => None,
+    };
+    report.column_bitmaps_patched = patched.is_some();
+    // Columns without stored bitmaps (none of their values were set, or they are newly
+    // tagged) are read from `users` whole, as every column is when nothing was patched.
+    let (mut rows, rescan): (BitmapRows, Vec<&FieldStandard>) = match patched {
+        Some((rows, missing)) => {
+            let rescan = tagged
+                .iter()
+                .filter(|f| missing.contains(&f.name))
+                .copied()
+                .collect();
+            (rows, rescan)
+        }
+        None => (BitmapRows::default(), tagged.clone()),
+    };
+    if !rescan.is_empty() {
+        let mut names: Vec<&str> = vec!["user_id"];
+        names.extend(rescan.iter().map(|f| f.name.as_str()));
+        let read = SessionContext::new();
+        for_each_batch(scan(&read, &users, &names, None).await?, |batch| {
+            tag_rows(batch, &rescan, &mut rows)
+        })
+        .await?;
+    }
     report.tag_bitmaps.0 = rows.len() as u64;
     let mut tags = catalog.table("tag_bitmaps").await?;
     let batch = rows.batch("column", users.version())?;
@@ -1312,6 +1333,103 @@ async fn build_users(
         .await?;
     lap("bitmaps", report);
     Ok(())
+}
+
+/// Adds the people of `batch` (rows of `users`) to the bitmaps of the `tagged` columns'
+/// values (and buckets).
+fn tag_rows(batch: &RecordBatch, tagged: &[&FieldStandard], rows: &mut BitmapRows) -> Result<()> {
+    let ids = ints(batch, "user_id")?;
+    for f in tagged {
+        if f.value_type.is_numeric() {
+            let column = batch
+                .column_by_name(&f.name)
+                .ok_or_else(|| Error::Internal(format!("users lacks {}", f.name)))?;
+            let values = arrow::compute::cast(column, &DataType::Float64)?;
+            let values = values
+                .as_any()
+                .downcast_ref::<arrow::array::Float64Array>()
+                .ok_or_else(|| Error::Internal(format!("users.{} is not numeric", f.name)))?;
+            for i in 0..batch.num_rows() {
+                if let (Some(u), true) = (get_int(&ids, i), values.is_valid(i))
+                    && let Some(label) = f.bucket(values.value(i))
+                {
+                    rows.add(&f.name, label, u as u32);
+                }
+            }
+            continue;
+        }
+        let values = text(batch, &f.name)?;
+        for i in 0..batch.num_rows() {
+            if let (Some(u), Some(v)) = (get_int(&ids, i), get(&values, i)) {
+                rows.add(&f.name, v.to_string(), u as u32);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stored column bitmaps without the people of `gone`, and the `tagged` columns that
+/// have none, when they index version `users` of `users` and hold only `tagged` columns
+/// (and, for bucketed ones, their current buckets); otherwise `None`, and they are built
+/// again from `users`.
+async fn stored_column_bitmaps(
+    catalog: &Catalog,
+    tagged: &[&FieldStandard],
+    users: u64,
+    gone: &RoaringBitmap,
+) -> Result<Option<(BitmapRows, HashSet<String>)>> {
+    let tags = catalog.table("tag_bitmaps").await?;
+    let mut stored = BitmapRows::default();
+    let mut current = true;
+    for_each_batch(
+        scan(
+            &SessionContext::new(),
+            &tags,
+            &["name", "value", "bitmap", "source_version"],
+            Some(col("kind").eq(lit("column"))),
+        )
+        .await?,
+        |b| {
+            let (names, values) = (text(b, "name")?, text(b, "value")?);
+            let versions = ints(b, "source_version")?;
+            let blobs = arrow::compute::cast(&column(b, "bitmap")?, &DataType::Binary)?;
+            let blobs = blobs
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| Error::Internal("tag_bitmaps.bitmap is not binary".into()))?;
+            for i in 0..b.num_rows() {
+                let (Some(name), Some(value)) = (get(&names, i), get(&values, i)) else {
+                    current = false;
+                    continue;
+                };
+                let field = tagged.iter().find(|f| f.name == name);
+                let known = field.is_some_and(|f| {
+                    !f.value_type.is_numeric() || f.bucket_labels().iter().any(|l| l == value)
+                });
+                if !known || get_int(&versions, i) != Some(users as i64) || blobs.is_null(i) {
+                    current = false;
+                    continue;
+                }
+                let bitmap = RoaringBitmap::deserialize_from(blobs.value(i))
+                    .map_err(|e| Error::Internal(format!("tag bitmap {name}/{value}: {e}")))?;
+                let kept = bitmap - gone;
+                if !kept.is_empty() {
+                    stored
+                        .maps
+                        .insert((name.to_string(), value.to_string()), kept);
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let names: BTreeSet<&str> = stored.maps.keys().map(|(n, _)| n.as_str()).collect();
+    let missing = tagged
+        .iter()
+        .filter(|f| !names.contains(f.name.as_str()))
+        .map(|f| f.name.clone())
+        .collect();
+    Ok(current.then_some((stored, missing)))
 }
 
 /// Writes `frame` to `table`: the whole content (streamed) or, when `scoped`, an upsert of

@@ -103,9 +103,11 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     }
     let report = build(&wh);
     assert_eq!(report["users_incremental"], true, "{report}");
+    assert_eq!(report["column_bitmaps_patched"], true, "{report}");
     assert_eq!(report["events_unresolved"], 0, "{report}");
     let incremental_users = users_by_id(&wh);
     let incremental_wide = orders_wide_by_key(&wh);
+    let incremental_tags = column_bitmaps(&wh);
     let shared: BTreeSet<String> = manifest["shared_devices"]
         .as_array()
         .expect("shared")
@@ -319,8 +321,31 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
         &["build", "--full", "--json", "--as-of", "2026-11-20"],
     ));
     assert_eq!(full["users_incremental"], false);
+    assert_eq!(full["column_bitmaps_patched"], false);
     assert_eq!(users_by_id(&wh), incremental_users);
     assert_eq!(orders_wide_by_key(&wh), incremental_wide);
+    // The column bitmaps patched by the incremental build equal those built from every row.
+    assert_eq!(column_bitmaps(&wh), incremental_tags);
+}
+
+/// The stored column bitmaps: (column, value) → (users, bitmap as hex).
+fn column_bitmaps(wh: &Path) -> BTreeMap<(String, String), (i64, String)> {
+    rows(wh, "tag_bitmaps")
+        .iter()
+        .filter(|t| text(t, "kind") == Some("column"))
+        .map(|t| {
+            (
+                (
+                    text(t, "name").expect("name").to_string(),
+                    text(t, "value").expect("value").to_string(),
+                ),
+                (
+                    int(t, "users").expect("users"),
+                    text(t, "bitmap").expect("bitmap").to_string(),
+                ),
+            )
+        })
+        .collect()
 }
 
 /// When `row`'s time column `key` is.
