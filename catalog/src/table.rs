@@ -835,14 +835,7 @@ impl Table {
             });
         }
         let schema = self.schema()?;
-        for k in keys {
-            if schema.field_with_name(k).is_err() {
-                return Err(Error::UnknownField {
-                    table: self.name.clone(),
-                    field: (*k).to_string(),
-                });
-            }
-        }
+        self.known_fields(&schema, keys.iter())?;
         let given = batches
             .iter()
             .map(|b| conform(b, &schema))
@@ -1335,14 +1328,7 @@ impl Table {
             });
         }
         let schema = self.schema()?;
-        for key in keys {
-            if schema.field_with_name(key).is_err() {
-                return Err(Error::UnknownField {
-                    table: self.name.clone(),
-                    field: (*key).to_string(),
-                });
-            }
-        }
+        self.known_fields(&schema, keys.iter())?;
         if self.partition_columns()?.is_empty() {
             return self.upsert(batches, keys, None, false, note).await;
         }
@@ -1417,14 +1403,7 @@ impl Table {
     ) -> Result<MergeOutcome> {
         use arrow::array::BooleanArray;
         let schema = self.schema()?;
-        for name in keys.iter().chain(columns.unwrap_or_default()) {
-            if schema.field_with_name(name).is_err() {
-                return Err(Error::UnknownField {
-                    table: self.name.clone(),
-                    field: (*name).to_string(),
-                });
-            }
-        }
+        self.known_fields(&schema, keys.iter().chain(columns.unwrap_or_default()))?;
         let unchanged = MergeOutcome {
             version: self.version(),
             inserted: 0,
@@ -1668,6 +1647,21 @@ impl Table {
             .await?
             .first()
             .and_then(|c| c.timestamp))
+    }
+
+    /// An error naming the first of `names` that is not a column of `schema`.
+    fn known_fields<'a>(
+        &self,
+        schema: &SchemaRef,
+        mut names: impl Iterator<Item = &'a &'a str>,
+    ) -> Result<()> {
+        match names.find(|n| schema.field_with_name(n).is_err()) {
+            Some(name) => Err(Error::UnknownField {
+                table: self.name.clone(),
+                field: (*name).to_string(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn partition_columns(&self) -> Result<Vec<String>> {

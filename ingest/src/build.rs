@@ -765,6 +765,16 @@ async fn rewrite_stale_files(
     Ok(rewritten)
 }
 
+/// The `bitmap` column of a batch of `tag_bitmaps`, as binary.
+fn bitmap_blobs(batch: &RecordBatch) -> Result<BinaryArray> {
+    let blobs = arrow::compute::cast(&column(batch, "bitmap")?, &DataType::Binary)?;
+    blobs
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("tag_bitmaps.bitmap is not binary".into()))
+}
+
 /// The stored (event, day) bitmaps of the days in `rewritten`, without the people merged or
 /// split since the last build (all of whose rows were rewritten), then with the rewritten
 /// rows' people.
@@ -795,11 +805,7 @@ async fn patch_day_bitmaps(
         .await?,
         |b| {
             let (names, values) = (text(b, "name")?, text(b, "value")?);
-            let blobs = arrow::compute::cast(&column(b, "bitmap")?, &DataType::Binary)?;
-            let blobs = blobs
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .ok_or_else(|| Error::Internal("tag_bitmaps.bitmap is not binary".into()))?;
+            let blobs = bitmap_blobs(b)?;
             for i in 0..b.num_rows() {
                 let (Some(name), Some(value)) = (get(&names, i), get(&values, i)) else {
                     continue;
@@ -1392,11 +1398,7 @@ async fn stored_column_bitmaps(
         |b| {
             let (names, values) = (text(b, "name")?, text(b, "value")?);
             let versions = ints(b, "source_version")?;
-            let blobs = arrow::compute::cast(&column(b, "bitmap")?, &DataType::Binary)?;
-            let blobs = blobs
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .ok_or_else(|| Error::Internal("tag_bitmaps.bitmap is not binary".into()))?;
+            let blobs = bitmap_blobs(b)?;
             for i in 0..b.num_rows() {
                 let (Some(name), Some(value)) = (get(&names, i), get(&values, i)) else {
                     current = false;
