@@ -771,14 +771,7 @@ impl Table {
             }
             given.push(batch);
         }
-        if duplicates > 0 {
-            return Err(Error::InvalidData {
-                table: self.name.clone(),
-                reason: format!(
-                    "{duplicates} rows share a key ({key}) with another row of the same write"
-                ),
-            });
-        }
+        self.refuse_shared_keys(duplicates, &[key])?;
         Ok((given, replaced))
     }
 
@@ -851,15 +844,7 @@ impl Table {
                 }
             }
         }
-        if duplicates > 0 {
-            return Err(Error::InvalidData {
-                table: self.name.clone(),
-                reason: format!(
-                    "{duplicates} rows share a key ({}) with another row of the same write",
-                    keys.join(", ")
-                ),
-            });
-        }
+        self.refuse_shared_keys(duplicates, keys)?;
         let matches = |batch: &RecordBatch| -> Result<Vec<bool>> {
             let (rows, valid) = encoder.encode(batch)?;
             Ok((0..batch.num_rows())
@@ -1341,16 +1326,7 @@ impl Table {
             .count()
             .await?;
         let total = source.clone().count().await?;
-        if distinct_keys != total {
-            return Err(Error::InvalidData {
-                table: self.name.clone(),
-                reason: format!(
-                    "{} rows share a key ({}) with another row of the same write",
-                    total - distinct_keys,
-                    keys.join(", ")
-                ),
-            });
-        }
+        self.refuse_shared_keys(total - distinct_keys, keys)?;
         let predicate = keys
             .iter()
             .map(|k| col(format!("target.{k}")).eq(col(format!("source.{k}"))))
@@ -1436,15 +1412,7 @@ impl Table {
                 duplicates += 1;
             }
         }
-        if duplicates > 0 {
-            return Err(Error::InvalidData {
-                table: self.name.clone(),
-                reason: format!(
-                    "{duplicates} rows share a key ({}) with another row of the same write",
-                    keys.join(", ")
-                ),
-            });
-        }
+        self.refuse_shared_keys(duplicates, keys)?;
         // The files holding a key of the write.
         let files = self.data_files()?;
         let mut hit = vec![false; files.len()];
@@ -1647,6 +1615,20 @@ impl Table {
             .await?
             .first()
             .and_then(|c| c.timestamp))
+    }
+
+    /// An error when `duplicates` rows of a write share their `keys` with another row of it.
+    fn refuse_shared_keys(&self, duplicates: usize, keys: &[&str]) -> Result<()> {
+        if duplicates == 0 {
+            return Ok(());
+        }
+        Err(Error::InvalidData {
+            table: self.name.clone(),
+            reason: format!(
+                "{duplicates} rows share a key ({}) with another row of the same write",
+                keys.join(", ")
+            ),
+        })
     }
 
     /// An error naming the first of `names` that is not a column of `schema`.

@@ -1498,23 +1498,30 @@ async fn merging_changes_leaves_unchanged_rows_and_their_files_alone() {
     assert_eq!(rows, expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
-    let (_dir, warehouse) = temp_warehouse();
-    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+/// A `people` table of `files` appended files of 70,000 people each: file `k` holds ids
+/// `k × 70,000` onwards, named `p<id>`, in city `a`.
+async fn people_in_files(warehouse: &shoal_catalog::Warehouse, files: i64) -> Table {
+    let mut table = Table::create_if_missing(warehouse, "people", people_schema(), &[])
         .await
         .expect("create");
-    // Three files of 70,000 people each (ids 0–69,999, 70,000–139,999, 140,000–209,999).
-    let names: Vec<String> = (0..210_000).map(|i| format!("p{i}")).collect();
-    for part in 0..3i64 {
-        let rows: Vec<(i64, &str, &str)> = (part * 70_000..(part + 1) * 70_000)
-            .map(|i| (i, names[i as usize].as_str(), "a"))
-            .collect();
+    for part in 0..files {
+        let ids = part * 70_000..(part + 1) * 70_000;
+        let names: Vec<String> = ids.clone().map(|i| format!("p{i}")).collect();
+        let rows: Vec<(i64, &str, &str)> =
+            ids.zip(&names).map(|(i, n)| (i, n.as_str(), "a")).collect();
         table
             .append(vec![people(&rows)], CommitNote::default())
             .await
             .expect("append");
     }
+    table
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
+    let (_dir, warehouse) = temp_warehouse();
+    // Three files of 70,000 people each (ids 0–69,999, 70,000–139,999, 140,000–209,999).
+    let mut table = people_in_files(&warehouse, 3).await;
     // The files in the order of their ids.
     let mut before = table.data_files().expect("files");
     assert!(before.iter().all(|f| f.deleted.is_none()));
@@ -1642,20 +1649,8 @@ async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
 #[tokio::test]
 async fn merging_by_a_composite_key_by_marking_replaces_only_equal_keys() {
     let (_dir, warehouse) = temp_warehouse();
-    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
-        .await
-        .expect("create");
     // Two files of 70,000 people each, keyed by (id, name).
-    let names: Vec<String> = (0..140_000).map(|i| format!("p{i}")).collect();
-    for part in 0..2i64 {
-        let rows: Vec<(i64, &str, &str)> = (part * 70_000..(part + 1) * 70_000)
-            .map(|i| (i, names[i as usize].as_str(), "a"))
-            .collect();
-        table
-            .append(vec![people(&rows)], CommitNote::default())
-            .await
-            .expect("append");
-    }
+    let mut table = people_in_files(&warehouse, 2).await;
     let before = table.data_files().expect("files");
     // (5, p5) is replaced; (70,005, other) shares only the id and is new.
     table
