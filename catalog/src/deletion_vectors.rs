@@ -232,6 +232,20 @@ pub(crate) fn selection(
     selectors.into()
 }
 
+/// Which of a file's first `rows` rows `deleted` leaves, as a filter.
+pub(crate) fn live_rows(rows: usize, deleted: &RoaringTreemap) -> arrow::array::BooleanArray {
+    let mut live = arrow::array::BooleanBufferBuilder::new(rows);
+    live.append_n(rows, true);
+    for position in deleted.iter() {
+        let position = position as usize;
+        if position >= rows {
+            break;
+        }
+        live.set_bit(position, false);
+    }
+    arrow::array::BooleanArray::new(live.finish(), None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,5 +292,9 @@ mod tests {
             kept
         };
         assert_eq!(kept, vec![1, 2, 5, 6, 7, 8]);
+        let live = live_rows(10, &deleted);
+        let kept: Vec<usize> = (0..10).filter(|i| live.value(*i)).collect();
+        assert_eq!(kept, vec![1, 2, 5, 6, 7, 8]);
+        assert_eq!(arrow::array::Array::null_count(&live), 0);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Delta's provider passes every batch it reads through its own stream (splits it by file,
 //! drops its file id column, applies the file's transform), which a query over millions of
-//! rows pays for row by row. Shoal's tables carry no deletion vectors and no column mapping,
-//! so the files a snapshot lists are read as they are:
+//! rows pays for row by row. Shoal's tables carry no column mapping, so the files a snapshot
+//! lists are read as they are:
 //! - filters on partition columns alone are evaluated on each file's partition values, and
 //!   pick the files exactly;
 //! - other filters skip files by the snapshot's statistics, then row groups and pages by the
@@ -12,9 +12,12 @@
 //! - footers come from the session runtime's metadata cache, so a server reads each file's
 //!   footer once;
 //! - with a [`ColumnCache`], the columns a scan needs are decoded whole once per file and
-//!   kept; later scans of the file read them from memory, their filters tested above the scan.
+//!   kept; later scans of the file read them from memory, their filters tested above the scan;
+//! - a file's deletion vector (loaded once per snapshot) becomes a row selection of its
+//!   Parquet scan, or a filter of its cached columns, so marked rows never leave the scan.
 //!
-//! A snapshot with deletion vectors or column mapping is read through Delta's provider.
+//! A snapshot with column mapping, vectors stored at absolute paths, or a vector on a file
+//! whose row count the log lacks is read through Delta's provider.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,7 +36,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::{
-    CachedParquetFileReaderFactory, ParquetFileReaderFactory,
+    CachedParquetFileReaderFactory, ParquetFileReaderFactory, ParquetRowSelection,
 };
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
@@ -49,12 +52,15 @@ use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder}
 use deltalake::DeltaTable;
 use deltalake::table::state::DeltaTableState;
 use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use roaring::RoaringTreemap;
 
 use crate::column_cache::ColumnCache;
+use crate::deletion_vectors::DeletionRef;
 use crate::local_read::{LocalFiles, LocalReader};
 
 /// The column mapping setting of a Delta table.
@@ -87,11 +93,18 @@ pub(crate) struct SnapshotScan {
     location: String,
     /// Decoded columns kept between queries, when the engine keeps any.
     cache: Option<Arc<ColumnCache>>,
+    /// The deletion vector of each data file that has one.
+    deletions: Vec<Option<DeletionRef>>,
+    /// The rows those vectors mark, loaded by the first scan.
+    deleted: tokio::sync::OnceCell<Vec<Option<Arc<RoaringTreemap>>>>,
 }
+
+/// The rows of each file that a scan skips.
+type Deleted = [Option<Arc<RoaringTreemap>>];
 
 impl SnapshotScan {
     /// The scan of `table`'s loaded snapshot, or `None` when the snapshot needs Delta's own
-    /// reader (deletion vectors, column mapping).
+    /// reader (column mapping, deletion vectors it cannot place).
     pub(crate) fn of(table: &DeltaTable) -> deltalake::DeltaResult<Option<SnapshotScan>> {
         let state = table.snapshot()?.clone();
         let metadata = state.snapshot().metadata();
@@ -151,11 +164,18 @@ impl SnapshotScan {
             .collect();
         let mut files = Vec::new();
         let mut rows = Vec::new();
+        let mut deletions = Vec::new();
         for file in state.log_data().iter() {
             rows.push(file.num_records());
-            if file.deletion_vector_descriptor().is_some() {
+            let deletion = file
+                .deletion_vector_descriptor()
+                .map(|dv| DeletionRef::of(&dv));
+            if let Some(dv) = &deletion
+                && (dv.storage_type == 'p' || file.num_records().is_none())
+            {
                 return Ok(None);
             }
+            deletions.push(deletion);
             let values = file.partition_values_map();
             let mut partition_values = Vec::with_capacity(partition_fields.len());
             for field in &partition_fields {
@@ -193,6 +213,8 @@ impl SnapshotScan {
             rows,
             location: table.table_url().to_string(),
             cache: None,
+            deletions,
+            deleted: tokio::sync::OnceCell::new(),
         }))
     }
 
@@ -200,6 +222,33 @@ impl SnapshotScan {
     pub(crate) fn with_cache(mut self, cache: Arc<ColumnCache>) -> SnapshotScan {
         self.cache = Some(cache);
         self
+    }
+
+    /// The rows each file's deletion vector marks (`None` for files without one), read at
+    /// the first call.
+    async fn deleted_rows(&self) -> Result<&Deleted> {
+        let loaded = self
+            .deleted
+            .get_or_try_init(|| async {
+                futures::stream::iter(0..self.deletions.len())
+                    .map(|file| self.marked_rows(file))
+                    .buffered(8)
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(loaded.as_slice())
+    }
+
+    /// The rows the deletion vector of data file `file` marks, if it has one.
+    async fn marked_rows(&self, file: usize) -> crate::Result<Option<Arc<RoaringTreemap>>> {
+        match &self.deletions[file] {
+            Some(dv) => crate::deletion_vectors::load(&self.location, self.store.as_ref(), dv)
+                .await
+                .map(|rows| Some(Arc::new(rows))),
+            None => Ok(None),
+        }
     }
 
     fn is_partition_filter(&self, filter: &Expr) -> bool {
@@ -333,9 +382,10 @@ impl TableProvider for SnapshotScan {
         state
             .runtime_env()
             .register_object_store(self.store_url.as_ref(), self.store.clone());
+        let deleted = self.deleted_rows().await?;
         if let Some(cache) = &self.cache
             && let Some(plan) = self
-                .cached_scan(state, cache, &columns, &kept, limit)
+                .cached_scan(state, cache, &columns, &kept, deleted, limit)
                 .await?
         {
             return Ok(plan);
@@ -346,7 +396,18 @@ impl TableProvider for SnapshotScan {
             ),
             None => None,
         };
-        let files = kept.iter().map(|i| self.files[*i].clone()).collect();
+        let files = kept
+            .iter()
+            .map(|&i| {
+                let file = self.files[i].clone();
+                match (&deleted[i], self.rows[i]) {
+                    (Some(marked), Some(rows)) => file.with_extension(ParquetRowSelection::new(
+                        crate::deletion_vectors::selection(rows, marked),
+                    )),
+                    _ => file,
+                }
+            })
+            .collect();
         let projection = columns.iter().map(|c| self.scan_index[*c]).collect();
         let partitions = state.config().target_partitions();
         self.parquet_scan(state, files, projection, predicate, limit, partitions)
@@ -404,7 +465,8 @@ impl SnapshotScan {
     }
 
     /// The scan of the `kept` files from decoded columns held in `cache`: columns it lacks
-    /// are decoded whole and kept. Filters are tested above it, on every row of the files.
+    /// are decoded whole and kept. Rows `deleted` marks are left out; filters are tested
+    /// above the scan, on every other row of the files.
     /// `None` when the scan names no stored column or a binary one, covers a file of unknown
     /// size, or would hold more than half the cache: such scans read the files.
     async fn cached_scan(
@@ -413,6 +475,7 @@ impl SnapshotScan {
         cache: &ColumnCache,
         columns: &[usize],
         kept: &[usize],
+        deleted: &Deleted,
         limit: Option<usize>,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let stored_count = self.file_schema.fields().len();
@@ -452,13 +515,20 @@ impl SnapshotScan {
         let batch_rows = state.config().batch_size().max(1);
         let mut batches = Vec::new();
         for &file in kept {
-            let arrays = self.file_columns(state, cache, file, &stored).await?;
-            let len = arrays.first().map(|(_, a)| a.len()).unwrap_or_default();
+            let mut arrays = self.file_columns(state, cache, file, &stored).await?;
+            let mut len = arrays.first().map(|(_, a)| a.len()).unwrap_or_default();
             if arrays.iter().any(|(_, a)| a.len() != len) {
                 return Err(DataFusionError::Internal(format!(
                     "the columns of {} differ in length",
                     self.files[file].object_meta.location
                 )));
+            }
+            if let Some(marked) = &deleted[file] {
+                let live = crate::deletion_vectors::live_rows(len, marked);
+                for (_, array) in arrays.iter_mut() {
+                    *array = arrow::compute::filter(array.as_ref(), &live)?;
+                }
+                len = live.true_count();
             }
             let mut offset = 0;
             while offset < len {

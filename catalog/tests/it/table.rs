@@ -1607,21 +1607,69 @@ async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
         expected.len(),
         first.iter().zip(&expected).position(|(a, b)| a != b),
     );
-    let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("people", table.query_provider().await.expect("provider"))
-        .expect("register");
-    let counted = ctx
-        .sql("SELECT count(*) AS n, count(*) FILTER (WHERE city = 'b') AS b, sum(id) AS s FROM people")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
-    let text = arrow::util::pretty::pretty_format_batches(&counted)
-        .expect("format")
-        .to_string();
+    // The query provider is the snapshot scan (not Delta's), reading the files (row
+    // selections) or decoded columns held in a cache (filters), first and second time.
     let sum: i64 = (0..210_000i64).sum::<i64>() - 6 + 300_000;
-    assert!(text.contains(&format!("| 210000 | 4 | {sum} |")), "{text}");
+    let cache = Arc::new(ColumnCache::new(64 << 20));
+    for cached in [None, Some(cache.clone()), Some(cache.clone())] {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let provider = table
+            .query_provider_cached(cached.clone())
+            .await
+            .expect("provider");
+        ctx.register_table("people", provider).expect("register");
+        let sql = "SELECT count(*) AS n, count(*) FILTER (WHERE city = 'b') AS b, sum(id) AS s \
+                   FROM people";
+        let plan = ctx
+            .sql(&format!("EXPLAIN {sql}"))
+            .await
+            .expect("explain")
+            .collect()
+            .await
+            .expect("explain");
+        let plan = arrow::util::pretty::pretty_format_batches(&plan)
+            .expect("format")
+            .to_string();
+        assert!(
+            plan.contains("DataSourceExec") && !plan.contains("DeltaScan"),
+            "{plan}"
+        );
+        let counted = ctx
+            .sql(sql)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let text = arrow::util::pretty::pretty_format_batches(&counted)
+            .expect("format")
+            .to_string();
+        assert!(
+            text.contains(&format!("| 210000 | 4 | {sum} |")),
+            "cached: {}\n{text}",
+            cached.is_some()
+        );
+        let near = ctx
+            .sql("SELECT id, city FROM people WHERE id BETWEEN 4 AND 7 ORDER BY id")
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let text = arrow::util::pretty::pretty_format_batches(&near)
+            .expect("format")
+            .to_string();
+        let ids: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split('|').nth(1))
+            .map(str::trim)
+            .filter(|v| v.parse::<i64>().is_ok())
+            .collect();
+        assert_eq!(ids, vec!["4", "5", "7"], "{text}");
+        assert!(text.contains("| 5  | b    |"), "{text}");
+    }
+    let stats = cache.stats();
+    assert!(stats.columns > 0 && stats.hits > 0, "{stats:?}");
 
     // Marking more than a quarter of a file rewrites it instead: its live rows join the
     // new file.
