@@ -107,6 +107,15 @@ pub fn write_session() -> SessionContext {
     deltalake::delta_datafusion::create_session().into_inner()
 }
 
+/// Which rows of a batch (of one column) a filtered read keeps.
+pub type RowTest = Arc<
+    dyn Fn(
+            &RecordBatch,
+        ) -> std::result::Result<arrow::array::BooleanArray, arrow::error::ArrowError>
+        + Send
+        + Sync,
+>;
+
 /// One data file of a table's snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DataFile {
@@ -439,23 +448,45 @@ impl Table {
         columns: Option<&[&str]>,
         each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
-        self.read_stored(files, columns, true, each).await
+        self.read_stored(files, columns, true, None, each).await
+    }
+
+    /// [`Table::read_files`] keeping only the rows whose `key` column passes `keep` (given
+    /// batches of that column alone, it answers which rows to keep). The other columns are
+    /// decoded only for kept rows (a Parquet row filter), so picking a few people's rows out
+    /// of large files costs about one decode of `key`.
+    pub async fn read_files_where(
+        &self,
+        files: &[DataFile],
+        columns: &[&str],
+        key: &str,
+        keep: RowTest,
+        each: impl FnMut(usize, RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        self.read_stored(files, Some(columns), true, Some((key, keep)), each)
+            .await
     }
 
     /// [`Table::read_files`], skipping the rows marked deleted when `live` (otherwise the
-    /// batches hold every stored row, in file order).
+    /// batches hold every stored row, in file order) and, with `filter`, the rows whose
+    /// column fails its test. Files are decoded on the runtime's threads, a few at a time.
     async fn read_stored(
         &self,
         files: &[DataFile],
         columns: Option<&[&str]>,
         live: bool,
+        filter: Option<(&str, RowTest)>,
         mut each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
         use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
         use deltalake::parquet::arrow::ProjectionMask;
+        use deltalake::parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
         use futures::StreamExt;
         let store = self.delta.object_store();
-        let name = self.name.as_str();
+        let name = self.name.clone();
+        let columns: Option<Arc<Vec<String>>> =
+            columns.map(|c| Arc::new(c.iter().map(|c| c.to_string()).collect()));
+        let filter = filter.map(|(key, test)| (key.to_string(), test));
         let mut reads = futures::stream::iter(files.iter().cloned().enumerate())
             .map(|(index, file)| {
                 let reader = StoredFile {
@@ -463,20 +494,22 @@ impl Table {
                     path: file.path.as_str().into(),
                     size: file.size,
                 };
-                let store = store.clone();
-                async move {
+                let (store, name, columns, filter) =
+                    (store.clone(), name.clone(), columns.clone(), filter.clone());
+                let read = async move {
                     let deleted = match &file.deleted {
                         Some(dv) if live => {
-                            Some(crate::deletion_vectors::load(name, store.as_ref(), dv).await?)
+                            Some(crate::deletion_vectors::load(&name, store.as_ref(), dv).await?)
                         }
                         _ => None,
                     };
                     let read = async {
                         let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-                        let mask = match columns {
-                            Some(columns) => {
-                                ProjectionMask::columns(builder.parquet_schema(), columns.to_vec())
-                            }
+                        let mask = match &columns {
+                            Some(columns) => ProjectionMask::columns(
+                                builder.parquet_schema(),
+                                columns.iter().map(String::as_str),
+                            ),
                             None => ProjectionMask::all(),
                         };
                         if let Some(deleted) = &deleted {
@@ -484,6 +517,14 @@ impl Table {
                             builder = builder.with_row_selection(
                                 crate::deletion_vectors::selection(rows as usize, deleted),
                             );
+                        }
+                        if let Some((key, test)) = filter {
+                            let on =
+                                ProjectionMask::columns(builder.parquet_schema(), [key.as_str()]);
+                            let predicate =
+                                ArrowPredicateFn::new(on, move |batch: RecordBatch| test(&batch));
+                            builder =
+                                builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
                         }
                         let stream = builder.with_projection(mask).build()?;
                         stream.try_collect::<Vec<_>>().await
@@ -494,6 +535,11 @@ impl Table {
                                 Error::Internal(format!("{name}: {e}"))
                             })?;
                     Ok::<_, Error>((index, batches))
+                };
+                async move {
+                    tokio::spawn(read)
+                        .await
+                        .map_err(|e| Error::Internal(format!("a file read stopped: {e}")))?
                 }
             })
             .buffer_unordered(4);
@@ -891,7 +937,7 @@ impl Table {
         let mut hits = vec![RoaringTreemap::new(); files.len()];
         let mut stored = vec![0u64; files.len()];
         if any {
-            self.read_stored(&files, Some(keys), false, |i, batch| {
+            self.read_stored(&files, Some(keys), false, None, |i, batch| {
                 for (j, hit) in matches(&batch)?.into_iter().enumerate() {
                     if hit {
                         hits[i].insert(stored[i] + j as u64);

@@ -203,7 +203,7 @@ pub async fn build(
         0
     };
     let scope = incremental.then_some(&affected);
-    build_users(
+    let recomputed = build_users(
         catalog,
         &resolved,
         as_of,
@@ -216,7 +216,8 @@ pub async fn build(
     .await?;
     lap("users", &mut seconds);
     progress("orders_wide", 0, 1);
-    build_orders_wide(catalog, scope, &note, &mut report).await?;
+    let scoped = scope.zip(recomputed.as_deref());
+    build_orders_wide(catalog, scoped, &note, &mut report).await?;
     lap("orders_wide", &mut seconds);
 
     for name in [
@@ -476,7 +477,14 @@ async fn rewrite_events(
         )
         .await?
     } else {
+        let clock = Instant::now();
+        let lap = |name: &str, report: &mut BuildReport| {
+            report
+                .seconds
+                .insert(format!("events.{name}"), clock.elapsed().as_secs_f64());
+        };
         let stale = stale_files(&events, moves).await?;
+        lap("stale", report);
         // Days all of whose files change (new days, a first build) are rewritten whole,
         // each commit overlapping the next chunk's work; on the others, only their files.
         let mut bitmaps = rewrite_days(
@@ -490,6 +498,7 @@ async fn rewrite_events(
             progress,
         )
         .await?;
+        lap("days", report);
         let changed = rewrite_stale_files(
             &mut events,
             stale,
@@ -501,9 +510,11 @@ async fn rewrite_events(
             progress,
         )
         .await?;
+        lap("files", report);
         bitmaps
             .maps
             .extend(patch_day_bitmaps(catalog, moves, changed).await?.maps);
+        lap("patched", report);
         bitmaps
     };
     progress("events", 1, 1);
@@ -1104,7 +1115,7 @@ async fn build_users(
     removed: &[i64],
     note: &CommitNote,
     report: &mut BuildReport,
-) -> Result<()> {
+) -> Result<Option<Vec<RecordBatch>>> {
     let definition = catalog.definition();
     let users_def = definition.table("users")?;
     let identity_types: Vec<String> = resolved
@@ -1148,7 +1159,19 @@ async fn build_users(
     // and activity (in per-person arrays), each counted in one pass over `events`.
     let clock = Instant::now();
     let people = features::People::new(scope);
-    let profile = features::profile(&events, &people, &trait_fields, &identity_traits).await?;
+    // A scoped build reads its people's rows once, for both.
+    let scoped = match scope {
+        Some(_) => Some(features::scoped_events(&events, &people).await?),
+        None => None,
+    };
+    let profile = features::profile(
+        &events,
+        &people,
+        &trait_fields,
+        &identity_traits,
+        scoped.as_deref(),
+    )
+    .await?;
     ctx.register_table("profile", Arc::new(features::table(profile)?))?;
     report
         .seconds
@@ -1166,9 +1189,16 @@ async fn build_users(
             })
         })
         .collect();
-    let activity = features::activity(&events, &people, &windows, as_of_days as i32).await?;
+    let activity = features::activity(
+        &events,
+        &people,
+        &windows,
+        as_of_days as i32,
+        scoped.as_deref(),
+    )
+    .await?;
     ctx.register_table("ev", Arc::new(features::table(activity)?))?;
-    drop(people);
+    drop((people, scoped));
     let lap = |name: &str, report: &mut BuildReport| {
         report
             .seconds
@@ -1285,7 +1315,7 @@ async fn build_users(
                 || (f.value_type.is_numeric() && !f.buckets.is_empty())
         })
         .collect();
-    let patched = match (scope, recomputed) {
+    let patched = match (scope, &recomputed) {
         (Some(scope), Some(recomputed)) => {
             let gone: RoaringBitmap = scope
                 .iter()
@@ -1299,7 +1329,7 @@ async fn build_users(
                         .filter(|f| !missing.contains(&f.name))
                         .copied()
                         .collect();
-                    for batch in &recomputed {
+                    for batch in recomputed {
                         tag_rows(batch, &kept, &mut rows)?;
                     }
                     Some((rows, missing))
@@ -1338,7 +1368,7 @@ async fn build_users(
     tags.replace_where(vec![batch], col("kind").eq(lit("column")), note.clone())
         .await?;
     lap("bitmaps", report);
-    Ok(())
+    Ok(recomputed)
 }
 
 /// Adds the people of `batch` (rows of `users`) to the bitmaps of the `tagged` columns'
@@ -1496,9 +1526,11 @@ fn rfm_segment() -> datafusion::prelude::Expr {
         .unwrap_or_else(|_| lit(ScalarValue::Utf8(None)))
 }
 
+/// Writes `orders_wide`: every order joined with its buyer's row of `users`; in a scoped
+/// build, only the orders of its people (`scoped`: them, and their rows just computed).
 async fn build_orders_wide(
     catalog: &Catalog,
-    scope: Option<&BTreeSet<i64>>,
+    scoped: Option<(&BTreeSet<i64>, &[RecordBatch])>,
     note: &CommitNote,
     report: &mut BuildReport,
 ) -> Result<()> {
@@ -1506,26 +1538,37 @@ async fn build_orders_wide(
     let orders_def = catalog.definition().table("orders")?;
     let ctx = shoal_catalog::write_session();
     let mut orders = ctx.read_table(catalog.table("orders").await?.provider().await?)?;
-    if let Some(users) = scope {
-        if users.is_empty() {
-            report.orders_wide = catalog.table("orders_wide").await?.row_count().await?;
-            return Ok(());
-        }
-        orders = orders
-            .filter(col("user_id").in_list(users.iter().map(|u| lit(*u)).collect(), false))?;
-    }
     let mut user_columns = vec![col("user_id").alias("buyer_user_id")];
     for f in &definition.fields {
         if orders_def.field(&f.name).is_none() {
             user_columns.push(col(f.name.as_str()));
         }
     }
-    let mut users = ctx.read_table(catalog.table("users").await?.provider().await?)?;
-    if let Some(scope) = scope {
-        // Only the buyers of the orders above are joined.
-        users =
-            users.filter(col("user_id").in_list(scope.iter().map(|u| lit(*u)).collect(), false))?;
-    }
+    let users = match scoped {
+        Some((people, rows)) => {
+            if people.is_empty() {
+                report.orders_wide = catalog.table("orders_wide").await?.row_count().await?;
+                return Ok(());
+            }
+            // Only these people's orders, joined with the rows just computed for them.
+            let ids = Int64Array::from_iter_values(people.iter().copied());
+            let batch = RecordBatch::try_from_iter(vec![("scope_id", Arc::new(ids) as ArrayRef)])?;
+            let scope = ctx.read_batch(batch)?;
+            orders = orders.join(
+                scope,
+                datafusion::logical_expr::JoinType::LeftSemi,
+                &["user_id"],
+                &["scope_id"],
+                None,
+            )?;
+            let schema = match rows.first() {
+                Some(batch) => batch.schema(),
+                None => catalog.table("users").await?.schema()?,
+            };
+            ctx.read_table(Arc::new(MemTable::try_new(schema, vec![rows.to_vec()])?))?
+        }
+        None => ctx.read_table(catalog.table("users").await?.provider().await?)?,
+    };
     let users = users.select(user_columns)?;
     let projection: Vec<_> = definition
         .fields
@@ -1548,7 +1591,7 @@ async fn build_orders_wide(
     write_scoped(
         &mut wide,
         frame,
-        scope.is_some(),
+        scoped.is_some(),
         &["platform", "order_id"],
         note,
         report,

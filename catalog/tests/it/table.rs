@@ -1518,6 +1518,72 @@ async fn people_in_files(warehouse: &shoal_catalog::Warehouse, files: i64) -> Ta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_file_reads_keep_only_the_rows_that_pass_and_are_not_deleted() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = people_in_files(&warehouse, 2).await;
+    // 10 moves to city b (its old row marked deleted), 11 goes.
+    table
+        .replace_keys_marking(
+            vec![people(&[(10, "p10", "b")])],
+            "id",
+            &[11],
+            CommitNote::default(),
+        )
+        .await
+        .expect("replace");
+    let files = table.data_files().expect("files");
+    assert!(files.iter().any(|f| f.deleted.is_some()), "{files:?}");
+    // Every 7,000th id, and 10, 11 and 70,001.
+    let wanted: Vec<i64> = (0..140_000)
+        .step_by(7_000)
+        .chain([10, 11, 70_001])
+        .collect();
+    let set: std::collections::HashSet<i64> = wanted.iter().copied().collect();
+    let test: shoal_catalog::RowTest = Arc::new(move |batch: &RecordBatch| {
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("ids");
+        Ok(ids
+            .iter()
+            .map(|id| Some(id.is_some_and(|id| set.contains(&id))))
+            .collect())
+    });
+    let mut rows = Vec::new();
+    table
+        .read_files_where(&files, &["id", "city"], "id", test, |_, batch| {
+            assert_eq!(batch.num_columns(), 2);
+            let ids = batch.column(0).as_any().downcast_ref::<Int64Array>();
+            let cities = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8)
+                .expect("text");
+            let cities = cities.as_any().downcast_ref::<StringArray>().expect("city");
+            for (id, city) in ids.expect("ids").iter().zip(cities.iter()) {
+                rows.push((id.expect("id"), city.expect("city").to_string()));
+            }
+            Ok(())
+        })
+        .await
+        .expect("read");
+    rows.sort();
+    let mut expected: Vec<(i64, String)> = wanted
+        .iter()
+        .filter(|id| **id != 11)
+        .map(|id| (*id, if *id == 10 { "b" } else { "a" }.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(rows, expected);
+    // A test that fails is an error, not rows lost in silence.
+    let failing: shoal_catalog::RowTest =
+        Arc::new(|_: &RecordBatch| Err(arrow::error::ArrowError::ComputeError("no".into())));
+    let err = table
+        .read_files_where(&files, &["id"], "id", failing, |_, _| Ok(()))
+        .await
+        .expect_err("fails");
+    assert!(err.to_string().contains("no"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
     let (_dir, warehouse) = temp_warehouse();
     // Three files of 70,000 people each (ids 0–69,999, 70,000–139,999, 140,000–209,999).

@@ -52,6 +52,17 @@ impl People {
         }
     }
 
+    /// A bitset of the people in scope (by user id).
+    fn members(&self) -> Vec<u64> {
+        let scope = self.scope.as_deref().unwrap_or_default();
+        let top = scope.last().map_or(0, |u| *u as usize + 1);
+        let mut words = vec![0u64; top.div_ceil(64)];
+        for u in scope {
+            words[*u as usize / 64] |= 1 << (u % 64);
+        }
+        words
+    }
+
     fn slots(&self) -> usize {
         self.scope.as_ref().map_or(0, Vec::len)
     }
@@ -102,51 +113,154 @@ struct Counted {
     unfollow: bool,
 }
 
-/// Activity of `people` from `events`, as of day `as_of` (days since the epoch): one row per
-/// person with events — `ev_user_id`, `first_seen`, `last_seen`, `active_days`, one column per
-/// window, `last_follow` and `last_unfollow`. Days are read one at a time, so a day counts
-/// once per person without remembering which days each person was seen on.
+/// The rows of `events` that the people of a scoped build did (`user_id`, `event_time`,
+/// `event_name`, `event_type`, `properties`), with the day of each batch (days since the
+/// epoch, `None` for rows without a time), oldest day first. Only `user_id` is decoded for
+/// everyone: the other columns only for those people's rows.
+pub(crate) async fn scoped_events(
+    events: &Table,
+    people: &People,
+) -> Result<Vec<(Option<i32>, RecordBatch)>> {
+    let members: Arc<Vec<u64>> = Arc::new(people.members());
+    let test: shoal_catalog::RowTest = Arc::new(move |batch: &RecordBatch| {
+        let users = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64)?;
+        let users = users.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
+            arrow::error::ArrowError::CastError("events.user_id is not an integer".into())
+        })?;
+        Ok(users
+            .iter()
+            .map(|u| {
+                Some(u.and_then(|u| usize::try_from(u).ok()).is_some_and(|u| {
+                    members
+                        .get(u / 64)
+                        .is_some_and(|word| word & (1 << (u % 64)) != 0)
+                }))
+            })
+            .collect())
+    });
+    let files = events.data_files()?;
+    let mut rows = Vec::new();
+    events
+        .read_files_where(
+            &files,
+            &[
+                "user_id",
+                "event_time",
+                "event_name",
+                "event_type",
+                "properties",
+            ],
+            "user_id",
+            test,
+            |i, batch| {
+                if batch.num_rows() > 0 {
+                    rows.push((super::partition_day(&files[i]), batch));
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    rows.sort_by_key(|(day, _)| *day);
+    Ok(rows)
+}
+
+/// Activity of `people` from `events` (or from their rows already read, `scoped`), as of day
+/// `as_of` (days since the epoch): one row per person with events — `ev_user_id`,
+/// `first_seen`, `last_seen`, `active_days`, one column per window, `last_follow` and
+/// `last_unfollow`. Days are counted one at a time, so a day counts once per person without
+/// remembering which days each person was seen on.
 pub(crate) async fn activity(
     events: &Table,
     people: &People,
     windows: &[Window],
     as_of: i32,
+    scoped: Option<&[(Option<i32>, RecordBatch)]>,
 ) -> Result<RecordBatch> {
-    let ctx = SessionContext::new();
-    let provider = events.provider().await?;
-    let dates = super::rows_per_day(ctx.read_table(provider)?).await?;
+    let mut counter = ActivityCounter::new(people, windows, as_of);
+    match scoped {
+        Some(rows) => {
+            for (day, batch) in rows {
+                if let Some(day) = day {
+                    counter.add(*day, batch)?;
+                }
+            }
+        }
+        None => {
+            let ctx = SessionContext::new();
+            let provider = events.provider().await?;
+            let dates = super::rows_per_day(ctx.read_table(provider)?).await?;
+            for &day in dates.keys() {
+                let filter = col("event_date").eq(lit(ScalarValue::Date32(Some(day))));
+                let stream = scan(
+                    &ctx,
+                    events,
+                    &["user_id", "event_time", "event_name"],
+                    Some(filter),
+                )
+                .await?;
+                for_each_batch(stream, |batch| counter.add(day, batch)).await?;
+            }
+        }
+    }
+    counter.finish()
+}
 
-    let mut counted: Vec<Counted> = [FOLLOW_EVENTS.0, FOLLOW_EVENTS.1]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Counted {
-            name: name.to_string(),
-            windows: Vec::new(),
-            follow: i == 0,
-            unfollow: i == 1,
-        })
-        .collect();
-    for (w, window) in windows.iter().enumerate() {
-        match counted.iter_mut().find(|c| c.name == window.event) {
-            Some(c) => c.windows.push(w),
-            None => counted.push(Counted {
-                name: window.event.clone(),
-                windows: vec![w],
-                follow: false,
-                unfollow: false,
-            }),
+/// Activity counted day after day.
+struct ActivityCounter<'a> {
+    people: &'a People,
+    windows: &'a [Window],
+    as_of: i32,
+    counted: Vec<Counted>,
+    state: Activity,
+    /// Each row's slot (u32::MAX: not counted), per batch.
+    slots: Vec<u32>,
+}
+
+impl<'a> ActivityCounter<'a> {
+    fn new(people: &'a People, windows: &'a [Window], as_of: i32) -> ActivityCounter<'a> {
+        let mut counted: Vec<Counted> = [FOLLOW_EVENTS.0, FOLLOW_EVENTS.1]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Counted {
+                name: name.to_string(),
+                windows: Vec::new(),
+                follow: i == 0,
+                unfollow: i == 1,
+            })
+            .collect();
+        for (w, window) in windows.iter().enumerate() {
+            match counted.iter_mut().find(|c| c.name == window.event) {
+                Some(c) => c.windows.push(w),
+                None => counted.push(Counted {
+                    name: window.event.clone(),
+                    windows: vec![w],
+                    follow: false,
+                    unfollow: false,
+                }),
+            }
+        }
+        let mut state = Activity {
+            counts: vec![Vec::new(); windows.len()],
+            ..Activity::default()
+        };
+        state.grow(people.slots());
+        ActivityCounter {
+            people,
+            windows,
+            as_of,
+            counted,
+            state,
+            slots: Vec::new(),
         }
     }
 
-    let mut state = Activity {
-        counts: vec![Vec::new(); windows.len()],
-        ..Activity::default()
-    };
-    state.grow(people.slots());
-    let mut slots: Vec<u32> = Vec::new();
-    for &day in dates.keys() {
+    /// Counts the rows of `batch`, all on `day`; days come in order, each day's batches
+    /// together.
+    fn add(&mut self, day: i32, batch: &RecordBatch) -> Result<()> {
+        let (people, windows, as_of) = (self.people, self.windows, self.as_of);
         // Per counted name, the windows this day falls in.
-        let inside: Vec<Vec<usize>> = counted
+        let inside: Vec<Vec<usize>> = self
+            .counted
             .iter()
             .map(|c| {
                 c.windows
@@ -159,125 +273,119 @@ pub(crate) async fn activity(
                     .collect()
             })
             .collect();
-        let filter = col("event_date").eq(lit(ScalarValue::Date32(Some(day))));
-        let stream = scan(
-            &ctx,
-            events,
-            &["user_id", "event_time", "event_name"],
-            Some(filter),
-        )
-        .await?;
-        for_each_batch(stream, |batch| {
-            let users = ints(batch, "user_id")?;
-            let times = ints(batch, "event_time")?;
-            slots.clear();
-            let mut top = 0;
-            for i in 0..batch.num_rows() {
-                let s = get_int(&users, i)
-                    .and_then(|u| people.slot(u))
-                    .map_or(u32::MAX, |s| s as u32);
-                if s != u32::MAX {
-                    top = top.max(s as usize + 1);
-                }
-                slots.push(s);
+        let state = &mut self.state;
+        let slots = &mut self.slots;
+        let users = ints(batch, "user_id")?;
+        let times = ints(batch, "event_time")?;
+        slots.clear();
+        let mut top = 0;
+        for i in 0..batch.num_rows() {
+            let s = get_int(&users, i)
+                .and_then(|u| people.slot(u))
+                .map_or(u32::MAX, |s| s as u32);
+            if s != u32::MAX {
+                top = top.max(s as usize + 1);
             }
-            state.grow(top);
-            for (i, s) in slots.iter().enumerate() {
-                if *s == u32::MAX {
+            slots.push(s);
+        }
+        state.grow(top);
+        for (i, s) in slots.iter().enumerate() {
+            if *s == u32::MAX {
+                continue;
+            }
+            let s = *s as usize;
+            if let Some(t) = get_int(&times, i) {
+                state.first[s] = state.first[s].min(t);
+                state.last[s] = state.last[s].max(t);
+            }
+            if state.last_day[s] != day {
+                state.last_day[s] = day;
+                state.days[s] += 1;
+            }
+        }
+        let wanted = self
+            .counted
+            .iter()
+            .zip(&inside)
+            .any(|(c, w)| !w.is_empty() || c.follow || c.unfollow);
+        if !wanted {
+            return Ok(());
+        }
+        // Names are compared in the column's own type (a view or dictionary array): no
+        // copy of every name per batch.
+        let names = column(batch, "event_name")?;
+        for (c, inside) in self.counted.iter().zip(&inside) {
+            if inside.is_empty() && !c.follow && !c.unfollow {
+                continue;
+            }
+            let name =
+                arrow::compute::cast(&StringArray::from(vec![c.name.as_str()]), names.data_type())?;
+            let mask = arrow::compute::kernels::cmp::eq(&names, &Scalar::new(name))?;
+            for i in mask.values().set_indices() {
+                let s = slots[i];
+                if s == u32::MAX || !mask.is_valid(i) {
                     continue;
                 }
-                let s = *s as usize;
+                let s = s as usize;
+                for w in inside {
+                    state.counts[*w][s] += 1;
+                }
                 if let Some(t) = get_int(&times, i) {
-                    state.first[s] = state.first[s].min(t);
-                    state.last[s] = state.last[s].max(t);
-                }
-                if state.last_day[s] != day {
-                    state.last_day[s] = day;
-                    state.days[s] += 1;
-                }
-            }
-            let wanted = counted
-                .iter()
-                .zip(&inside)
-                .any(|(c, w)| !w.is_empty() || c.follow || c.unfollow);
-            if !wanted {
-                return Ok(());
-            }
-            // Names are compared in the column's own type (a view or dictionary array): no
-            // copy of every name per batch.
-            let names = column(batch, "event_name")?;
-            for (c, inside) in counted.iter().zip(&inside) {
-                if inside.is_empty() && !c.follow && !c.unfollow {
-                    continue;
-                }
-                let name = arrow::compute::cast(
-                    &StringArray::from(vec![c.name.as_str()]),
-                    names.data_type(),
-                )?;
-                let mask = arrow::compute::kernels::cmp::eq(&names, &Scalar::new(name))?;
-                for i in mask.values().set_indices() {
-                    let s = slots[i];
-                    if s == u32::MAX || !mask.is_valid(i) {
-                        continue;
+                    if c.follow {
+                        state.follow[s] = state.follow[s].max(t);
                     }
-                    let s = s as usize;
-                    for w in inside {
-                        state.counts[*w][s] += 1;
-                    }
-                    if let Some(t) = get_int(&times, i) {
-                        if c.follow {
-                            state.follow[s] = state.follow[s].max(t);
-                        }
-                        if c.unfollow {
-                            state.unfollow[s] = state.unfollow[s].max(t);
-                        }
+                    if c.unfollow {
+                        state.unfollow[s] = state.unfollow[s].max(t);
                     }
                 }
             }
-            Ok(())
-        })
-        .await?;
+        }
+        Ok(())
     }
 
-    let seen: Vec<usize> = (0..state.days.len())
-        .filter(|s| state.days[*s] > 0)
-        .collect();
-    let time = |values: &[i64], none: i64| -> ArrayRef {
-        Arc::new(
-            TimestampMicrosecondArray::from_iter(
-                seen.iter().map(|s| Some(values[*s]).filter(|t| *t != none)),
+    /// One row per person seen.
+    fn finish(self) -> Result<RecordBatch> {
+        let (people, windows, state) = (self.people, self.windows, self.state);
+        let seen: Vec<usize> = (0..state.days.len())
+            .filter(|s| state.days[*s] > 0)
+            .collect();
+        let time = |values: &[i64], none: i64| -> ArrayRef {
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(
+                    seen.iter().map(|s| Some(values[*s]).filter(|t| *t != none)),
+                )
+                .with_timezone("UTC"),
             )
-            .with_timezone("UTC"),
-        )
-    };
-    let mut columns: Vec<(String, ArrayRef)> = vec![
-        (
-            "ev_user_id".into(),
-            Arc::new(Int64Array::from_iter_values(
-                seen.iter().map(|s| people.user(*s)),
-            )),
-        ),
-        ("first_seen".into(), time(&state.first, i64::MAX)),
-        ("last_seen".into(), time(&state.last, i64::MIN)),
-        (
-            "active_days".into(),
-            Arc::new(Int64Array::from_iter_values(
-                seen.iter().map(|s| i64::from(state.days[*s])),
-            )),
-        ),
-    ];
-    for (w, window) in windows.iter().enumerate() {
-        columns.push((
-            window.column.clone(),
-            Arc::new(Int64Array::from_iter_values(
-                seen.iter().map(|s| i64::from(state.counts[w][*s])),
-            )),
-        ));
+        };
+        let mut columns: Vec<(String, ArrayRef)> = vec![
+            (
+                "ev_user_id".into(),
+                Arc::new(Int64Array::from_iter_values(
+                    seen.iter().map(|s| people.user(*s)),
+                )),
+            ),
+            ("first_seen".into(), time(&state.first, i64::MAX)),
+            ("last_seen".into(), time(&state.last, i64::MIN)),
+            (
+                "active_days".into(),
+                Arc::new(Int64Array::from_iter_values(
+                    seen.iter().map(|s| i64::from(state.days[*s])),
+                )),
+            ),
+        ];
+        for (w, window) in windows.iter().enumerate() {
+            columns.push((
+                window.column.clone(),
+                Arc::new(Int64Array::from_iter_values(
+                    seen.iter().map(|s| i64::from(state.counts[w][*s])),
+                )),
+            ));
+        }
+        columns.push(("last_follow".into(), time(&state.follow, i64::MIN)));
+        columns.push(("last_unfollow".into(), time(&state.unfollow, i64::MIN)));
+        drop(state);
+        Ok(RecordBatch::try_from_iter(columns)?)
     }
-    columns.push(("last_follow".into(), time(&state.follow, i64::MIN)));
-    columns.push(("last_unfollow".into(), time(&state.unfollow, i64::MIN)));
-    drop(state);
-    Ok(RecordBatch::try_from_iter(columns)?)
 }
 
 /// A hasher for the (slot, key) words of [`profile`].
@@ -321,29 +429,65 @@ impl Interned {
 /// Folds identify traits into one row per person: the latest non-null value of each key,
 /// by event time (on a tie, the greater value, so the result does not depend on the order
 /// rows are read in). Traits with a standard in `fields` become typed columns; the rest, and
-/// values a standard refuses, stay in `traits` as JSON.
+/// values a standard refuses, stay in `traits` as JSON. Reads `events`, or the people's rows
+/// already read (`scoped`).
 pub(crate) async fn profile(
     events: &Table,
     people: &People,
     fields: &[&FieldStandard],
     identity_traits: &HashSet<String>,
+    scoped: Option<&[(Option<i32>, RecordBatch)]>,
 ) -> Result<RecordBatch> {
-    let ctx = SessionContext::new();
-    let filter = col("event_type")
-        .eq(lit("identify"))
-        .and(col("user_id").is_not_null())
-        .and(col("properties").is_not_null());
-    let stream = scan(
-        &ctx,
-        events,
-        &["user_id", "event_time", "properties"],
-        Some(filter),
-    )
-    .await?;
-    let mut keys = Interned::default();
-    let mut values = Interned::default();
-    let mut latest: HashMap<u64, (i64, u32), BuildHasherDefault<Mix>> = HashMap::default();
-    for_each_batch(stream, |batch| {
+    let mut fold = TraitFold::default();
+    match scoped {
+        Some(rows) => {
+            for (_, batch) in rows {
+                let identify = arrow::compute::kernels::cmp::eq(
+                    &column(batch, "event_type")?,
+                    &Scalar::new(arrow::compute::cast(
+                        &StringArray::from(vec!["identify"]),
+                        batch.schema().field_with_name("event_type")?.data_type(),
+                    )?),
+                )?;
+                let batch = arrow::compute::filter_record_batch(batch, &identify)?;
+                fold.add(&batch, people, identity_traits)?;
+            }
+        }
+        None => {
+            let ctx = SessionContext::new();
+            let filter = col("event_type")
+                .eq(lit("identify"))
+                .and(col("user_id").is_not_null())
+                .and(col("properties").is_not_null());
+            let stream = scan(
+                &ctx,
+                events,
+                &["user_id", "event_time", "properties"],
+                Some(filter),
+            )
+            .await?;
+            for_each_batch(stream, |batch| fold.add(batch, people, identity_traits)).await?;
+        }
+    }
+    fold.finish(people, fields)
+}
+
+/// The latest value of each trait of each person.
+#[derive(Default)]
+struct TraitFold {
+    keys: Interned,
+    values: Interned,
+    latest: HashMap<u64, (i64, u32), BuildHasherDefault<Mix>>,
+}
+
+impl TraitFold {
+    /// Folds in the identify rows of `batch`.
+    fn add(
+        &mut self,
+        batch: &RecordBatch,
+        people: &People,
+        identity_traits: &HashSet<String>,
+    ) -> Result<()> {
         let (users, times, traits) = (
             ints(batch, "user_id")?,
             ints(batch, "event_time")?,
@@ -364,53 +508,61 @@ pub(crate) async fn profile(
                 if v.is_null() || identity_traits.contains(&k) {
                     continue;
                 }
-                let word = ((slot as u64) << 32) | u64::from(keys.id(&k));
-                let value = values.id(&v.to_string());
-                let kept = latest.entry(word).or_insert((at, value));
-                if at > kept.0
-                    || (at == kept.0
-                        && values.texts[value as usize] > values.texts[kept.1 as usize])
+                let word = ((slot as u64) << 32) | u64::from(self.keys.id(&k));
+                let value = self.values.id(&v.to_string());
+                let kept = self.latest.entry(word).or_insert((at, value));
+                let values = &self.values.texts;
+                if at > kept.0 || (at == kept.0 && values[value as usize] > values[kept.1 as usize])
                 {
                     *kept = (at, value);
                 }
             }
         }
         Ok(())
-    })
-    .await?;
-    let mut entries: Vec<(u64, u32)> = latest.into_iter().map(|(w, (_, v))| (w, v)).collect();
-    entries.sort_unstable_by_key(|(w, _)| *w);
+    }
 
-    let mut ids = Int64Builder::new();
-    let mut columns: Vec<Typed> = fields.iter().map(|f| Typed::new(f)).collect();
-    let mut rest = StringBuilder::new();
-    for person in entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32) {
-        let slot = (person[0].0 >> 32) as usize;
-        let mut traits = Map::new();
-        for (word, value) in person {
-            let key = &keys.texts[(*word & 0xffff_ffff) as usize];
-            let value = serde_json::from_str(&values.texts[*value as usize]).unwrap_or(Value::Null);
-            traits.insert(key.to_string(), value);
-        }
-        ids.append_value(people.user(slot));
-        for (f, column) in fields.iter().zip(columns.iter_mut()) {
-            if column.push(traits.get(&f.name)) {
-                traits.remove(&f.name);
+    /// One row per person with traits.
+    fn finish(self, people: &People, fields: &[&FieldStandard]) -> Result<RecordBatch> {
+        let TraitFold {
+            keys,
+            values,
+            latest,
+        } = self;
+        let mut entries: Vec<(u64, u32)> = latest.into_iter().map(|(w, (_, v))| (w, v)).collect();
+        entries.sort_unstable_by_key(|(w, _)| *w);
+
+        let mut ids = Int64Builder::new();
+        let mut columns: Vec<Typed> = fields.iter().map(|f| Typed::new(f)).collect();
+        let mut rest = StringBuilder::new();
+        for person in entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32) {
+            let slot = (person[0].0 >> 32) as usize;
+            let mut traits = Map::new();
+            for (word, value) in person {
+                let key = &keys.texts[(*word & 0xffff_ffff) as usize];
+                let value =
+                    serde_json::from_str(&values.texts[*value as usize]).unwrap_or(Value::Null);
+                traits.insert(key.to_string(), value);
+            }
+            ids.append_value(people.user(slot));
+            for (f, column) in fields.iter().zip(columns.iter_mut()) {
+                if column.push(traits.get(&f.name)) {
+                    traits.remove(&f.name);
+                }
+            }
+            if traits.is_empty() {
+                rest.append_null();
+            } else {
+                rest.append_value(Value::Object(traits).to_string());
             }
         }
-        if traits.is_empty() {
-            rest.append_null();
-        } else {
-            rest.append_value(Value::Object(traits).to_string());
+        let mut arrays: Vec<(String, ArrayRef)> =
+            vec![("profile_user_id".into(), Arc::new(ids.finish()))];
+        for (f, column) in fields.iter().zip(columns) {
+            arrays.push((f.name.clone(), column.finish()));
         }
+        arrays.push(("traits".into(), Arc::new(rest.finish())));
+        Ok(RecordBatch::try_from_iter(arrays)?)
     }
-    let mut arrays: Vec<(String, ArrayRef)> =
-        vec![("profile_user_id".into(), Arc::new(ids.finish()))];
-    for (f, column) in fields.iter().zip(columns) {
-        arrays.push((f.name.clone(), column.finish()));
-    }
-    arrays.push(("traits".into(), Arc::new(rest.finish())));
-    Ok(RecordBatch::try_from_iter(arrays)?)
 }
 
 /// `batch` as a table in two partitions, so both cores work on the joins it feeds.

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_catalog::{Catalog, CatalogDefinition, CommitNote, IdentityType};
 
-use crate::columns::{for_each_batch, get, get_int, ints, scan, text, text_array};
+use crate::columns::{for_each_batch, frame, get, get_int, ints, scan, text, text_array};
 use crate::error::{Error, Result};
 pub use graph::{
     Graph, Key, KeyMap, Link, NO_USER, Outcome, Resolution, TypeRule, key, merged, sorted_runs,
@@ -218,6 +218,40 @@ impl Observed {
     }
 }
 
+/// Stored identities of a batch of `identity_links`: the type number, key and user of each
+/// row whose type the catalog still links, added to `out`.
+fn stored_identities(
+    batch: &RecordBatch,
+    rules: &Rules,
+    out: &mut (Vec<u8>, Vec<Key>, Vec<u32>),
+) -> Result<()> {
+    let (types, values, users) = (
+        text(batch, "id_type")?,
+        text(batch, "id_value")?,
+        ints(batch, "user_id")?,
+    );
+    let mut last: Option<(&str, Option<u8>)> = None;
+    for i in 0..batch.num_rows() {
+        let (Some(t), Some(v), Some(u)) = (get(&types, i), get(&values, i), get_int(&users, i))
+        else {
+            continue;
+        };
+        // A type dropped from the catalog keeps its people but no longer links.
+        let ty = match last {
+            Some((name, ty)) if name == t => ty,
+            _ => rules.type_of(t),
+        };
+        last = Some((t, ty));
+        let Some(ty) = ty else { continue };
+        let user = u32::try_from(u)
+            .map_err(|_| Error::Internal(format!("identity_links holds user id {u}, not a u32")))?;
+        out.0.push(ty);
+        out.1.push(key(ty, v));
+        out.2.push(user);
+    }
+    Ok(())
+}
+
 /// Runs identity merge: reads stored identities and the events and orders without a person,
 /// applies the new links, and writes `identity_edges`, `identity_merges`, `identity_links`.
 /// `seconds` hears how long each part took, counted from the start (`identity.links`,
@@ -238,46 +272,36 @@ pub async fn merge_identities(
 
     // Stored state: every identity with its person, indexed at once.
     let mut links_table = catalog.table("identity_links").await?;
-    let (mut kinds, mut keys, mut owners) = (Vec::new(), Vec::new(), Vec::new());
-    for_each_batch(
-        scan(
-            &ctx,
-            &links_table,
-            &["id_type", "id_value", "user_id"],
-            None,
-        )
-        .await?,
-        |batch| {
-            let (types, values, users) = (
-                text(batch, "id_type")?,
-                text(batch, "id_value")?,
-                ints(batch, "user_id")?,
-            );
-            let mut last: Option<(&str, Option<u8>)> = None;
-            for i in 0..batch.num_rows() {
-                let (Some(t), Some(v), Some(u)) =
-                    (get(&types, i), get(&values, i), get_int(&users, i))
-                else {
-                    continue;
-                };
-                // A type dropped from the catalog keeps its people but no longer links.
-                let ty = match last {
-                    Some((name, ty)) if name == t => ty,
-                    _ => rules.type_of(t),
-                };
-                last = Some((t, ty));
-                let Some(ty) = ty else { continue };
-                let user = u32::try_from(u).map_err(|_| {
-                    Error::Internal(format!("identity_links holds user id {u}, not a u32"))
-                })?;
-                kinds.push(ty);
-                keys.push(key(ty, v));
-                owners.push(user);
-            }
-            Ok(())
-        },
+    // Each partition of the scan is hashed on its own task: the cores share the hashing.
+    let streams = frame(
+        &ctx,
+        &links_table,
+        &["id_type", "id_value", "user_id"],
+        None,
     )
+    .await?
+    .execute_stream_partitioned()
     .await?;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let rules = rules.clone();
+            tokio::spawn(async move {
+                let mut part = (Vec::new(), Vec::new(), Vec::new());
+                for_each_batch(stream, |batch| stored_identities(batch, &rules, &mut part)).await?;
+                Ok::<_, Error>(part)
+            })
+        })
+        .collect();
+    let (mut kinds, mut keys, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+    for task in tasks {
+        let (k, v, u) = task
+            .await
+            .map_err(|e| Error::Internal(format!("reading identity_links stopped: {e}")))??;
+        kinds.extend(k);
+        keys.extend(v);
+        owners.extend(u);
+    }
     report.identities_before = keys.len() as u64;
     graph.reserve(keys.len());
     graph.add_existing_many(&kinds, &keys, &owners);
