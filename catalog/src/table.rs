@@ -458,12 +458,12 @@ impl Table {
     pub async fn read_files_where(
         &self,
         files: &[DataFile],
-        columns: &[&str],
+        columns: Option<&[&str]>,
         key: &str,
         keep: RowTest,
         each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
-        self.read_stored(files, Some(columns), true, Some((key, keep)), each)
+        self.read_stored(files, columns, true, Some((key, keep)), each)
             .await
     }
 
@@ -928,7 +928,6 @@ impl Table {
         note: CommitNote,
     ) -> Result<u64> {
         use arrow::array::BooleanArray;
-        use deltalake::kernel::Action;
         use roaring::RoaringTreemap;
         let key = keys.join(", ");
         let files = self.data_files()?;
@@ -995,17 +994,47 @@ impl Table {
             drop(rows);
             vec![arrow::compute::take_record_batch(&all, &order(&all)?)?]
         };
+        let marked: Vec<(&DataFile, RoaringTreemap)> =
+            marked.into_iter().map(|(i, d)| (&files[i], d)).collect();
+        let actions = self.marking_actions(&rewritten, marked, &note).await?;
+        let operation = deltalake::protocol::DeltaOperation::Merge {
+            predicate: None,
+            merge_predicate: Some(format!("{key} matches")),
+            matched_predicates: vec![deltalake::protocol::MergePredicate {
+                action_type: "update".into(),
+                predicate: None,
+            }],
+            not_matched_predicates: vec![deltalake::protocol::MergePredicate {
+                action_type: "insert".into(),
+                predicate: None,
+            }],
+            not_matched_by_source_predicates: Vec::new(),
+        };
+        self.commit_with_files(actions, out, note, operation).await
+    }
+
+    /// The log actions that remove the files `rewritten` and give the files of `marked` their
+    /// new deletion vectors (every row each marks, those marked before included). The vectors
+    /// go to one new file, written before the commit that refers to them: an unreferenced
+    /// file, should the commit fail, changes nothing. Gives the table deletion vectors first
+    /// when there are marks.
+    async fn marking_actions(
+        &mut self,
+        rewritten: &[DataFile],
+        marked: Vec<(&DataFile, roaring::RoaringTreemap)>,
+        note: &CommitNote,
+    ) -> Result<Vec<deltalake::kernel::Action>> {
+        use deltalake::kernel::Action;
+        let name = self.name.clone();
         if !marked.is_empty() {
-            self.enable_deletion_vectors(&note).await?;
+            self.enable_deletion_vectors(note).await?;
         }
-        // The marks of every file go to one new file of vectors, written before the commit
-        // that refers to them (an unreferenced file, should the commit fail, changes nothing).
         let id = uuid::Uuid::new_v4();
-        let vectors: Vec<RoaringTreemap> = marked.iter().map(|(_, d)| d.clone()).collect();
+        let vectors: Vec<roaring::RoaringTreemap> = marked.iter().map(|(_, d)| d.clone()).collect();
         let (bytes, refs) = crate::deletion_vectors::encode(&name, id, &vectors)?;
         if !marked.is_empty() {
             object_store::ObjectStoreExt::put(
-                &store,
+                &self.delta.object_store(),
                 &object_store::path::Path::from(crate::deletion_vectors::file_name(id)),
                 bytes.into(),
             )
@@ -1021,7 +1050,7 @@ impl Table {
         let marks: HashMap<&str, &crate::DeletionRef> = marked
             .iter()
             .zip(&refs)
-            .map(|((i, _), r)| (files[*i].path.as_str(), r))
+            .map(|((file, _), r)| (file.path.as_str(), r))
             .collect();
         let mut actions = Vec::new();
         for file in snapshot.log_data() {
@@ -1037,7 +1066,7 @@ impl Table {
                 actions.push(Action::Add(add));
             }
         }
-        if actions.len() != rewritten.len() + 2 * marked.len() {
+        if actions.len() != gone.len() + 2 * marks.len() {
             return Err(Error::InvalidData {
                 table: self.name.clone(),
                 reason: format!(
@@ -1046,20 +1075,56 @@ impl Table {
                 ),
             });
         }
-        let operation = deltalake::protocol::DeltaOperation::Merge {
-            predicate: None,
-            merge_predicate: Some(format!("{key} matches")),
-            matched_predicates: vec![deltalake::protocol::MergePredicate {
-                action_type: "update".into(),
-                predicate: None,
-            }],
-            not_matched_predicates: vec![deltalake::protocol::MergePredicate {
-                action_type: "insert".into(),
-                predicate: None,
-            }],
-            not_matched_by_source_predicates: Vec::new(),
-        };
-        self.commit_with_files(actions, out, note, operation).await
+        Ok(actions)
+    }
+
+    /// [`Table::replace_files`] that also marks rows of other files deleted: `marks` gives
+    /// files and positions among their stored rows (added to the rows they already mark).
+    /// The removed files, the marks and the new files are one commit.
+    pub async fn replace_files_marking(
+        &mut self,
+        remove: &[DataFile],
+        marks: Vec<(DataFile, roaring::RoaringTreemap)>,
+        batches: Vec<RecordBatch>,
+        note: CommitNote,
+    ) -> Result<u64> {
+        self.check_batches(&batches)?;
+        let store = self.delta.object_store();
+        let mut marked = Vec::with_capacity(marks.len());
+        for (file, positions) in &marks {
+            let mut deleted = match &file.deleted {
+                Some(dv) => crate::deletion_vectors::load(&self.name, store.as_ref(), dv).await?,
+                None => roaring::RoaringTreemap::new(),
+            };
+            deleted |= positions;
+            marked.push((file, deleted));
+        }
+        let actions = self.marking_actions(remove, marked, &note).await?;
+        let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
+        self.commit_with_files(actions, batches, note, operation)
+            .await
+    }
+
+    /// The rows `file` (of this table) marks deleted.
+    pub async fn deleted_rows(&self, file: &DataFile) -> Result<roaring::RoaringTreemap> {
+        match &file.deleted {
+            Some(dv) => {
+                crate::deletion_vectors::load(&self.name, self.delta.object_store().as_ref(), dv)
+                    .await
+            }
+            None => Ok(roaring::RoaringTreemap::new()),
+        }
+    }
+
+    /// Every stored row of `files` (rows marked deleted too), in the order each file stores
+    /// them, for finding rows by position; see [`Table::read_files`].
+    pub async fn read_stored_rows(
+        &self,
+        files: &[DataFile],
+        columns: Option<&[&str]>,
+        each: impl FnMut(usize, RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        self.read_stored(files, columns, false, None, each).await
     }
 
     /// Gives the table the deletion-vector feature (`delta.enableDeletionVectors`), when it

@@ -29,7 +29,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
-use roaring::RoaringBitmap;
+use roaring::{RoaringBitmap, RoaringTreemap};
 use serde::Serialize;
 use shoal_catalog::{Catalog, CommitNote, FieldStandard, ValueType};
 
@@ -621,7 +621,10 @@ fn partition_day(file: &shoal_catalog::DataFile) -> Option<i32> {
 /// Files of one day of `events` to rewrite (indices into the snapshot's files).
 struct DayFiles {
     day: Option<i32>,
+    /// Files rewritten whole.
     files: Vec<usize>,
+    /// Large files of few stale rows: those rows are marked deleted, the others stay.
+    marked: Vec<usize>,
 }
 
 /// The files of `events` holding rows waiting for a person or rows of people merged or split
@@ -629,30 +632,57 @@ struct DayFiles {
 struct StaleFiles {
     /// Every file of the snapshot.
     files: Vec<shoal_catalog::DataFile>,
-    /// Rows of each file.
+    /// Live rows of each file.
     rows: Vec<u64>,
-    /// Days where only some files are stale, with those files.
+    /// Positions (among its stored rows) of each file's live stale rows.
+    stale: Vec<RoaringTreemap>,
+    /// Days where only some files are stale, or where some are only marked, with those files.
     days: BTreeMap<Option<i32>, DayFiles>,
-    /// Days to rewrite whole, with their rows: all of their files are stale, or the day
-    /// would otherwise hold more than [`DAY_SPARE_FILES`] files beyond those its rows need.
+    /// Days to rewrite whole, with their rows: all of their files are stale and none would
+    /// be marked, or the day would otherwise hold more than [`DAY_SPARE_FILES`] files beyond
+    /// those its rows need.
     whole_days: BTreeMap<i32, u64>,
+}
+
+/// Whether an `events` row of person `user` must be rewritten: it waits for a person, or its
+/// person was merged or split.
+fn is_stale(user: Option<i64>, touched: &HashSet<i64>) -> bool {
+    user.is_none_or(|u| touched.contains(&u))
+}
+
+/// Whether a file of `rows` live rows, `stale` of them stale, keeps its other rows and has
+/// the stale ones marked deleted rather than being rewritten: it is large, and they are few.
+fn marks_stale_rows(rows: u64, stale: u64) -> bool {
+    rows >= (shoal_catalog::FILE_ROWS / 8) as u64 && stale * 4 <= rows
 }
 
 async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<StaleFiles> {
     let files = events.data_files()?;
     let touched: HashSet<i64> = moves.touched().into_iter().collect();
-    let mut rows = vec![0u64; files.len()];
-    let mut stale = vec![false; files.len()];
+    let mut seen = vec![0u64; files.len()];
+    let mut stale = vec![RoaringTreemap::new(); files.len()];
+    // Stored rows, so positions are those the files' deletion vectors count in.
     events
-        .read_files(&files, Some(&["user_id"]), |i, batch| {
+        .read_stored_rows(&files, Some(&["user_id"]), |i, batch| {
             let users = ints(&batch, "user_id")
                 .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
-            rows[i] += batch.num_rows() as u64;
-            stale[i] |= users.null_count() > 0
-                || (!touched.is_empty() && users.iter().flatten().any(|u| touched.contains(&u)));
+            for (j, user) in users.iter().enumerate() {
+                if is_stale(user, &touched) {
+                    stale[i].insert(seen[i] + j as u64);
+                }
+            }
+            seen[i] += batch.num_rows() as u64;
             Ok(())
         })
         .await?;
+    let mut rows = seen;
+    for (i, file) in files.iter().enumerate() {
+        if file.deleted.is_some() {
+            let deleted = events.deleted_rows(file).await?;
+            stale[i] -= &deleted;
+            rows[i] = rows[i].saturating_sub(deleted.len());
+        }
+    }
     let mut by_day: BTreeMap<Option<i32>, Vec<usize>> = BTreeMap::new();
     for (i, file) in files.iter().enumerate() {
         by_day.entry(partition_day(file)).or_default().push(i);
@@ -660,33 +690,49 @@ async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<Sta
     let mut days = BTreeMap::new();
     let mut whole_days = BTreeMap::new();
     for (day, all) in by_day {
-        let some: Vec<usize> = all.iter().copied().filter(|i| stale[*i]).collect();
+        let some: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|i| !stale[*i].is_empty())
+            .collect();
         if some.is_empty() {
             continue;
         }
+        let (marked, whole): (Vec<usize>, Vec<usize>) = some
+            .iter()
+            .partition(|i| marks_stale_rows(rows[**i], stale[**i].len()));
         let day_rows: u64 = all.iter().map(|i| rows[*i]).sum();
         let needed = day_rows.div_ceil(EVENT_FILE_ROWS as u64).max(1) as usize;
-        let crowded = all.len() - some.len() + 1 > needed + day_spare_files();
+        let crowded = all.len() - whole.len() + 1 > needed + day_spare_files();
         match day {
-            Some(d) if crowded || some.len() == all.len() => {
+            Some(d) if crowded || (whole.len() == all.len()) => {
                 whole_days.insert(d, day_rows);
             }
             _ => {
-                days.insert(day, DayFiles { day, files: some });
+                days.insert(
+                    day,
+                    DayFiles {
+                        day,
+                        files: whole,
+                        marked,
+                    },
+                );
             }
         }
     }
     Ok(StaleFiles {
         files,
         rows,
+        stale,
         days,
         whole_days,
     })
 }
 
-/// Incremental: rewrites only the stale files of `events` (see [`stale_files`]), with their
-/// rows resolved and sorted; every other file stays as it is. Commits hold about
-/// `chunk_rows` rows each. Gives back the rewritten rows' (event, day) bitmaps.
+/// Incremental: rewrites only the stale rows of `events` (see [`stale_files`]), resolved and
+/// sorted: small files holding them, and files mostly stale, are rewritten whole; in the
+/// others, the stale rows are marked deleted. Every other file stays as it is. Commits hold
+/// about `chunk_rows` rows each. Gives back the rewritten rows' (event, day) bitmaps.
 #[allow(clippy::too_many_arguments)]
 async fn rewrite_stale_files(
     events: &mut shoal_catalog::Table,
@@ -699,14 +745,19 @@ async fn rewrite_stale_files(
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<BitmapRows> {
     let StaleFiles {
-        files, rows, days, ..
+        files,
+        rows,
+        stale,
+        days,
+        ..
     } = stale;
     let chosen = days.into_values();
     let limit = chunk_rows() as u64;
     let mut chunks: Vec<Vec<DayFiles>> = Vec::new();
     let mut held = 0u64;
     for day in chosen {
-        let n: u64 = day.files.iter().map(|i| rows[*i]).sum();
+        let n: u64 = day.files.iter().map(|i| rows[*i]).sum::<u64>()
+            + day.marked.iter().map(|i| stale[*i].len()).sum::<u64>();
         match chunks.last_mut() {
             Some(chunk) if held + n <= limit => chunk.push(day),
             _ => {
@@ -717,42 +768,65 @@ async fn rewrite_stale_files(
         held += n;
     }
 
+    let touched: Arc<HashSet<i64>> = Arc::new(moves.touched().into_iter().collect());
     let schema = events.schema()?;
     let total = chunks.len() as u64;
     let mut rewritten = BitmapRows::default();
     for (c, chunk) in chunks.into_iter().enumerate() {
         progress("events", c as u64, total.max(1));
-        let read: Vec<shoal_catalog::DataFile> = chunk
+        let whole: Vec<shoal_catalog::DataFile> = chunk
             .iter()
             .flat_map(|d| d.files.iter().map(|i| files[*i].clone()))
             .collect();
-        let day_of: Vec<Option<i32>> = read.iter().map(partition_day).collect();
+        let marked: Vec<shoal_catalog::DataFile> = chunk
+            .iter()
+            .flat_map(|d| d.marked.iter().map(|i| files[*i].clone()))
+            .collect();
         let mut by_day: BTreeMap<Option<i32>, Vec<RecordBatch>> = BTreeMap::new();
+        // The day is the file's partition value, not a column of the file.
+        let mut keep = |file: &shoal_catalog::DataFile, batch: RecordBatch| {
+            let day = partition_day(file);
+            let dates = arrow::array::Date32Array::from(vec![day; batch.num_rows()]);
+            let mut fields = batch.schema().fields().to_vec();
+            fields.push(Arc::new(arrow::datatypes::Field::new(
+                "event_date",
+                DataType::Date32,
+                true,
+            )));
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(dates));
+            let batch =
+                RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+                    .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
+            let batch = shoal_catalog::conform(&batch, &schema)?;
+            by_day.entry(day).or_default().push(batch);
+            Ok(())
+        };
         events
-            .read_files(&read, None, |i, batch| {
-                // The day is the file's partition value, not a column of the file.
-                let dates = arrow::array::Date32Array::from(vec![day_of[i]; batch.num_rows()]);
-                let mut fields = batch.schema().fields().to_vec();
-                fields.push(Arc::new(arrow::datatypes::Field::new(
-                    "event_date",
-                    DataType::Date32,
-                    true,
-                )));
-                let mut columns = batch.columns().to_vec();
-                columns.push(Arc::new(dates));
-                let batch =
-                    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
-                        .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
-                let batch = shoal_catalog::conform(&batch, &schema)?;
-                by_day.entry(day_of[i]).or_default().push(batch);
-                Ok(())
-            })
+            .read_files(&whole, None, |i, batch| keep(&whole[i], batch))
             .await?;
+        if !marked.is_empty() {
+            let touched = touched.clone();
+            let test: shoal_catalog::RowTest = Arc::new(move |batch: &RecordBatch| {
+                let users = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+                let users = users.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
+                    arrow::error::ArrowError::CastError("events.user_id is not an integer".into())
+                })?;
+                Ok(users.iter().map(|u| Some(is_stale(u, &touched))).collect())
+            });
+            events
+                .read_files_where(&marked, None, "user_id", test, |i, batch| {
+                    keep(&marked[i], batch)
+                })
+                .await?;
+        }
         let mut remove = Vec::new();
+        let mut marks = Vec::new();
         let mut write = Vec::new();
         for DayFiles {
             day,
             files: indices,
+            marked: marked_here,
         } in chunk
         {
             let batch = concat_batches(&schema, by_day.get(&day).into_iter().flatten())?;
@@ -767,10 +841,17 @@ async fn rewrite_stale_files(
             report.events_rewritten += batch.num_rows() as u64;
             report.days_rewritten += 1;
             remove.extend(indices.iter().map(|i| files[*i].clone()));
+            marks.extend(
+                marked_here
+                    .iter()
+                    .map(|i| (files[*i].clone(), stale[*i].clone())),
+            );
             write.extend(split_batch(&batch, EVENT_FILE_ROWS));
         }
-        if !remove.is_empty() {
-            events.replace_files(&remove, write, note.clone()).await?;
+        if !remove.is_empty() || !marks.is_empty() {
+            events
+                .replace_files_marking(&remove, marks, write, note.clone())
+                .await?;
         }
     }
     Ok(rewritten)

@@ -985,6 +985,80 @@ fn new_rows_and_merges_rewrite_only_the_files_holding_them() {
 }
 
 #[test]
+fn a_merge_in_a_large_file_marks_its_rows_deleted_instead_of_rewriting_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    let event = |id: String, day: &str, second: usize, anon: String, login: Option<&str>| {
+        let mut m = json!({"type": "track", "messageId": id, "event": "view_item",
+            "timestamp": format!("2026-11-{day}T{:02}:{:02}:{:02}+08:00", second / 3600, second / 60 % 60, second % 60),
+            "anonymousId": anon});
+        if let Some(l) = login {
+            m["userId"] = json!(l);
+        }
+        m
+    };
+    // Day 1 (in the catalog's zone): 35,000 devices with two events each, then a login on a
+    // device of its own: one file of 70,001 rows.
+    let mut lines: Vec<Value> = (0..70_000)
+        .map(|i| event(format!("a{i}"), "01", i / 2, format!("d{}", i / 2), None))
+        .collect();
+    lines.push(event("k1".into(), "01", 35_000, "dk".into(), Some("K1")));
+    ingest_segment(&wh, &segment_file(dir.path(), "1.jsonl", &lines));
+    let r = build(&wh);
+    assert_eq!(r["events_rewritten"], 70_001, "{r}");
+    let before = person_of_each_event(&wh);
+    let (d5, k1) = (before["a10"], before["k1"]);
+    assert_eq!(before["a11"], d5);
+    assert_ne!(d5, k1);
+    // Day 3: device d5 logs in as K1 — the two people merge into the lower id. Only the
+    // rows of the merged-away person move; the day-1 file keeps every other row.
+    let second = vec![event("b1".into(), "03", 0, "d5".into(), Some("K1"))];
+    ingest_segment(&wh, &segment_file(dir.path(), "2.jsonl", &second));
+    let r = build(&wh);
+    assert_eq!(r["identity"]["people_merged"], 1, "{r}");
+    let (into, from) = (d5.min(k1), d5.max(k1));
+    let moved = before.values().filter(|u| **u == from).count();
+    assert_eq!(r["events_moved"], moved, "{r}");
+    assert_eq!(
+        r["events_rewritten"],
+        moved + 1,
+        "only the moved rows and the new one: {r}"
+    );
+    let log = std::fs::read_dir(wh.join("events").join("_delta_log")).expect("log");
+    let marked = log.flatten().any(|e| {
+        e.path().extension().is_some_and(|x| x == "json")
+            && std::fs::read_to_string(e.path())
+                .expect("commit")
+                .contains("deletionVector\":{")
+    });
+    assert!(marked, "the day-1 file's moved rows are marked deleted");
+    let mut expected = before.clone();
+    for user in expected.values_mut() {
+        if *user == from {
+            *user = into;
+        }
+    }
+    expected.insert("b1".into(), into);
+    let after = person_of_each_event(&wh);
+    assert_eq!(after.len(), 70_002, "every row once");
+    assert_eq!(after, expected);
+    let (stored, from_events) = day_bitmaps_and_events(&wh);
+    assert_eq!(stored, from_events);
+    let users = users_by_id(&wh);
+    assert!(!users.contains_key(&from));
+    assert_eq!(int(&users[&into], "active_days"), Some(2));
+
+    // A full rebuild agrees.
+    json_ok(&shoal(
+        &wh,
+        &["build", "--full", "--json", "--as-of", "2026-11-20"],
+    ));
+    assert_eq!(person_of_each_event(&wh), expected);
+    assert_eq!(day_bitmaps_and_events(&wh).0, stored);
+    assert_eq!(users_by_id(&wh), users);
+}
+
+#[test]
 fn a_day_of_too_many_files_is_rewritten_whole() {
     let dir = tempfile::tempdir().expect("tmp");
     let wh = dir.path().join("wh");

@@ -143,13 +143,13 @@ pub(crate) async fn scoped_events(
     events
         .read_files_where(
             &files,
-            &[
+            Some(&[
                 "user_id",
                 "event_time",
                 "event_name",
                 "event_type",
                 "properties",
-            ],
+            ]),
             "user_id",
             test,
             |i, batch| {
