@@ -93,6 +93,10 @@ pub struct BuildReport {
     /// Whether the column bitmaps were patched (the recomputed people's rows put in the
     /// stored ones) rather than built again from every row of `users`.
     pub column_bitmaps_patched: bool,
+    /// Whether the recomputed people's traits were folded from their stored ones
+    /// (`user_traits`) and the identify calls this build resolved, rather than read from
+    /// every event of theirs.
+    pub traits_folded: bool,
     /// Seconds per step (`users.<part>`: from the start of the users step to the end of that part).
     pub seconds: BTreeMap<String, f64>,
     /// Table versions after the build.
@@ -155,12 +159,18 @@ pub async fn build(
         orders_wide: 0,
         tag_bitmaps: (0, 0),
         column_bitmaps_patched: false,
+        traits_folded: false,
         seconds: BTreeMap::new(),
         versions: BTreeMap::new(),
     };
     let note = CommitNote::new("operation", "build").with("build_id", build_id.clone());
 
+    // Windowed counts and RFM count back from `as_of`: a new day (or --full) recomputes
+    // everyone; otherwise only the people whose rows or identities changed.
+    let incremental = !options.full && users_as_of(catalog, &ctx).await? == Some(as_of);
     let mut affected = BTreeSet::new();
+    // A scoped build folds the identify calls it resolves or moves into the stored traits.
+    let mut identified = incremental.then(Vec::new);
     rewrite_events(
         catalog,
         &ctx,
@@ -170,6 +180,7 @@ pub async fn build(
         &note,
         &mut report,
         &mut affected,
+        identified.as_mut(),
         progress,
     )
     .await?;
@@ -187,9 +198,6 @@ pub async fn build(
     .await?;
     lap("orders", &mut seconds);
     progress("users", 0, 1);
-    // Windowed counts and RFM count back from `as_of`: a new day (or --full) recomputes
-    // everyone; otherwise only the people whose rows or identities changed.
-    let incremental = !options.full && users_as_of(catalog, &ctx).await? == Some(as_of);
     for (from, into) in &moves.merged {
         affected.remove(&i64::from(*from));
         affected.insert(i64::from(*into));
@@ -208,7 +216,11 @@ pub async fn build(
         &resolved,
         as_of,
         started,
-        scope,
+        scope.map(|people| Scope {
+            people,
+            moves: &moves,
+            identified: identified.as_deref().unwrap_or_default(),
+        }),
         &removed,
         &note,
         &mut report,
@@ -459,6 +471,7 @@ async fn rewrite_events(
     note: &CommitNote,
     report: &mut BuildReport,
     affected: &mut BTreeSet<i64>,
+    mut identified: Option<&mut Vec<RecordBatch>>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<()> {
     let mut events = catalog.table("events").await?;
@@ -473,6 +486,7 @@ async fn rewrite_events(
             note,
             report,
             affected,
+            identified.as_deref_mut(),
             progress,
         )
         .await?
@@ -495,6 +509,7 @@ async fn rewrite_events(
             note,
             report,
             affected,
+            identified.as_deref_mut(),
             progress,
         )
         .await?;
@@ -507,6 +522,7 @@ async fn rewrite_events(
             note,
             report,
             affected,
+            identified,
             progress,
         )
         .await?;
@@ -543,6 +559,7 @@ async fn rewrite_days(
     note: &CommitNote,
     report: &mut BuildReport,
     affected: &mut BTreeSet<i64>,
+    mut identified: Option<&mut Vec<RecordBatch>>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<BitmapRows> {
     let limit = chunk_rows() as u64;
@@ -590,6 +607,9 @@ async fn rewrite_days(
         let users = resolve_events(&batch, resolved, moves, report, affected)?;
         let batch = with_column(&batch, "user_id", Arc::new(users))?;
         let batch = sort_events(&batch)?;
+        if let Some(identified) = identified.as_deref_mut() {
+            identified.push(features::identify_rows(&batch)?);
+        }
         collect_day_bitmaps(&batch, &mut day_bitmaps)?;
         report.events_rewritten += batch.num_rows() as u64;
         report.days_rewritten += chunk.len() as u64;
@@ -742,6 +762,7 @@ async fn rewrite_stale_files(
     note: &CommitNote,
     report: &mut BuildReport,
     affected: &mut BTreeSet<i64>,
+    mut identified: Option<&mut Vec<RecordBatch>>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<BitmapRows> {
     let StaleFiles {
@@ -837,6 +858,9 @@ async fn rewrite_stale_files(
                 continue;
             }
             let batch = sort_events(&with_column(&batch, "user_id", Arc::new(users))?)?;
+            if let Some(identified) = identified.as_deref_mut() {
+                identified.push(features::identify_rows(&batch)?);
+            }
             collect_day_bitmaps(&batch, &mut rewritten)?;
             report.events_rewritten += batch.num_rows() as u64;
             report.days_rewritten += 1;
@@ -1187,16 +1211,54 @@ pub fn window_count(field: &str) -> Option<(&str, u32)> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The people a scoped build recomputes, the merges and splits since the last build, and
+/// the identify calls the build resolved or moved.
+struct Scope<'a> {
+    people: &'a BTreeSet<i64>,
+    moves: &'a Moves,
+    identified: &'a [RecordBatch],
+}
+
+/// Commit metadata of `user_traits`: the identity traits its values leave out.
+const TRAITS_LEFT_OUT: &str = "identity_traits";
+
+/// Whether `user_traits` holds every person's traits as `users` stands: its last write came
+/// from the build that last wrote `users`, and left out the traits `identity_traits` names.
+async fn stored_traits_current(
+    catalog: &Catalog,
+    identity_traits: &HashSet<String>,
+) -> Result<bool> {
+    let last = |commits: Vec<shoal_catalog::Commit>| commits.into_iter().next().map(|c| c.metadata);
+    let users = last(catalog.table("users").await?.history(Some(1)).await?);
+    let traits = last(catalog.table("user_traits").await?.history(Some(1)).await?);
+    let (Some(users), Some(traits)) = (users, traits) else {
+        return Ok(false);
+    };
+    let build = |m: &serde_json::Map<String, serde_json::Value>| m.get("shoal.build_id").cloned();
+    Ok(build(&users).is_some()
+        && build(&users) == build(&traits)
+        && traits.get(&format!("shoal.{TRAITS_LEFT_OUT}")) == Some(&left_out(identity_traits)))
+}
+
+/// The identity traits, as `user_traits` commits record them.
+fn left_out(identity_traits: &HashSet<String>) -> serde_json::Value {
+    let mut names: Vec<&String> = identity_traits.iter().collect();
+    names.sort();
+    serde_json::json!(names)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn build_users(
     catalog: &Catalog,
     resolved: &Resolved,
     as_of: NaiveDate,
     now: DateTime<Utc>,
-    scope: Option<&BTreeSet<i64>>,
+    scoped: Option<Scope<'_>>,
     removed: &[i64],
     note: &CommitNote,
     report: &mut BuildReport,
 ) -> Result<Option<Vec<RecordBatch>>> {
+    let scope = scoped.as_ref().map(|s| s.people);
     let definition = catalog.definition();
     let users_def = definition.table("users")?;
     let identity_types: Vec<String> = resolved
@@ -1240,19 +1302,39 @@ async fn build_users(
     // and activity (in per-person arrays), each counted in one pass over `events`.
     let clock = Instant::now();
     let people = features::People::new(scope);
-    // A scoped build reads its people's rows once, for both.
-    let scoped = match scope {
-        Some(_) => Some(features::scoped_events(&events, &people).await?),
+    // A scoped build folds what it resolved into its people's stored traits, when those are
+    // current and nobody was split (whose stored traits mix two people's); otherwise it reads
+    // its people's rows of `events`, once for both traits and activity.
+    let state_current = stored_traits_current(catalog, &identity_traits).await?;
+    let from_state = scoped
+        .as_ref()
+        .is_some_and(|s| s.moves.split.is_empty() && state_current);
+    report.traits_folded = from_state;
+    let mut traits_table = catalog.table("user_traits").await?;
+    let stored = match &scoped {
+        Some(s) if from_state => {
+            features::stored_traits(&traits_table, &people, &s.moves.merged).await?
+        }
+        _ => Vec::new(),
+    };
+    let scoped_rows = match scope {
+        Some(_) => Some(features::scoped_events(&events, &people, !from_state).await?),
         None => None,
     };
-    let profile = features::profile(
-        &events,
-        &people,
-        &trait_fields,
-        &identity_traits,
-        scoped.as_deref(),
-    )
-    .await?;
+    let source = match (&scoped, &scoped_rows) {
+        (Some(s), _) if from_state => features::TraitSource::State {
+            stored: &stored,
+            merged: &s.moves.merged,
+            identified: s.identified,
+        },
+        (_, Some(rows)) => features::TraitSource::Rows(rows),
+        _ => features::TraitSource::Events,
+    };
+    let features::Profile {
+        profile,
+        state: traits_state,
+    } = features::profile(&events, &people, &trait_fields, &identity_traits, source).await?;
+    drop(stored);
     ctx.register_table("profile", Arc::new(features::table(profile)?))?;
     report
         .seconds
@@ -1275,11 +1357,11 @@ async fn build_users(
         &people,
         &windows,
         as_of_days as i32,
-        scoped.as_deref(),
+        scoped_rows.as_deref(),
     )
     .await?;
     ctx.register_table("ev", Arc::new(features::table(activity)?))?;
-    drop((people, scoped));
+    drop((people, scoped_rows));
     let lap = |name: &str, report: &mut BuildReport| {
         report
             .seconds
@@ -1383,6 +1465,28 @@ async fn build_users(
         }
     }
     report.users = users.row_count().await?;
+    // The traits as folded, for the next scoped build: every person's after a full build;
+    // a scoped build's people's when the stored ones were current (otherwise they stay out
+    // of date, and scoped builds read `events`, until a full build writes them all).
+    let traits_note = note
+        .clone()
+        .with(TRAITS_LEFT_OUT, left_out(&identity_traits));
+    match scope {
+        None => {
+            traits_table
+                .overwrite(vec![traits_state], traits_note)
+                .await?;
+        }
+        Some(people) if state_current => {
+            let kept: HashSet<i64> = ints(&traits_state, "user_id")?.iter().flatten().collect();
+            let mut gone: Vec<i64> = removed.to_vec();
+            gone.extend(people.iter().filter(|u| !kept.contains(u)));
+            traits_table
+                .replace_keys_marking(vec![traits_state], "user_id", &gone, traits_note)
+                .await?;
+        }
+        Some(_) => {}
+    }
     lap("written", report);
 
     // Tag bitmaps of enum and bool columns, and of the buckets of bucketed numeric ones.

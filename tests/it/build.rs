@@ -104,6 +104,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     let report = build(&wh);
     assert_eq!(report["users_incremental"], true, "{report}");
     assert_eq!(report["column_bitmaps_patched"], true, "{report}");
+    assert_eq!(report["traits_folded"], true, "{report}");
     assert_eq!(report["events_unresolved"], 0, "{report}");
     let incremental_users = users_by_id(&wh);
     let incremental_wide = orders_wide_by_key(&wh);
@@ -322,6 +323,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
     ));
     assert_eq!(full["users_incremental"], false);
     assert_eq!(full["column_bitmaps_patched"], false);
+    assert_eq!(full["traits_folded"], false);
     assert_eq!(users_by_id(&wh), incremental_users);
     assert_eq!(orders_wide_by_key(&wh), incremental_wide);
     // The column bitmaps patched by the incremental build equal those built from every row.
@@ -1055,6 +1057,102 @@ fn a_merge_in_a_large_file_marks_its_rows_deleted_instead_of_rewriting_the_file(
     ));
     assert_eq!(person_of_each_event(&wh), expected);
     assert_eq!(day_bitmaps_and_events(&wh).0, stored);
+    assert_eq!(users_by_id(&wh), users);
+}
+
+#[test]
+fn incremental_builds_fold_traits_by_event_time_through_late_calls_and_merges() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    let call = |id: &str, time: &str, anon: &str, login: Option<&str>, traits: Value| {
+        let mut m = json!({"type": "identify", "messageId": id,
+            "timestamp": format!("2026-11-{time}Z"), "anonymousId": anon, "traits": traits});
+        if let Some(l) = login {
+            m["userId"] = json!(l);
+        }
+        m
+    };
+    // Person A: city Hangzhou at 10:00; person B (a login): city Suzhou at 11:00, a nickname.
+    let first = segment_file(
+        dir.path(),
+        "1.jsonl",
+        &[
+            call(
+                "t1",
+                "05T10:00:00",
+                "da",
+                None,
+                json!({"city": "Hangzhou", "age": 30}),
+            ),
+            call(
+                "t2",
+                "05T11:00:00",
+                "db",
+                Some("B1"),
+                json!({"city": "Suzhou", "nick": "bee"}),
+            ),
+        ],
+    );
+    ingest_segment(&wh, &first);
+    build(&wh);
+    let a = person_of_each_event(&wh)["t1"];
+    let b = person_of_each_event(&wh)["t2"];
+    // A late call for A (09:00, older than what A has) changes nothing it set later; a new
+    // trait from it is kept. A newer call for B (12:00) wins.
+    let second = segment_file(
+        dir.path(),
+        "2.jsonl",
+        &[
+            call(
+                "t3",
+                "05T09:00:00",
+                "da",
+                None,
+                json!({"city": "Ningbo", "has_job": true}),
+            ),
+            call(
+                "t4",
+                "05T12:00:00",
+                "db",
+                Some("B1"),
+                json!({"city": "Wuxi"}),
+            ),
+        ],
+    );
+    ingest_segment(&wh, &second);
+    let r = build(&wh);
+    assert_eq!(r["users_incremental"], true, "{r}");
+    assert_eq!(r["traits_folded"], true, "{r}");
+    let users = users_by_id(&wh);
+    assert_eq!(text(&users[&a], "city"), Some("Hangzhou"));
+    assert_eq!(users[&a]["has_job"], json!(true));
+    assert_eq!(int(&users[&a], "age"), Some(30));
+    assert_eq!(text(&users[&b], "city"), Some("Wuxi"));
+    assert!(text(&users[&b], "traits").is_some_and(|t| t.contains("bee")));
+    // A's device logs in as B1 (no traits): the two merge into the lower id, whose traits
+    // are the latest of both: B's city (12:00), A's age and job.
+    let third = segment_file(
+        dir.path(),
+        "3.jsonl",
+        &[call("t5", "05T13:00:00", "da", Some("B1"), json!({}))],
+    );
+    ingest_segment(&wh, &third);
+    let r = build(&wh);
+    assert_eq!(r["identity"]["people_merged"], 1, "{r}");
+    assert_eq!(r["traits_folded"], true, "{r}");
+    let users = users_by_id(&wh);
+    let (into, from) = (a.min(b), a.max(b));
+    assert!(!users.contains_key(&from));
+    let merged = &users[&into];
+    assert_eq!(text(merged, "city"), Some("Wuxi"));
+    assert_eq!(int(merged, "age"), Some(30));
+    assert_eq!(merged["has_job"], json!(true));
+    assert!(text(merged, "traits").is_some_and(|t| t.contains("bee")));
+    // Equal to a full recomputation from every event.
+    json_ok(&shoal(
+        &wh,
+        &["build", "--full", "--json", "--as-of", "2026-11-20"],
+    ));
     assert_eq!(users_by_id(&wh), users);
 }
 

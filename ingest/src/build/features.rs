@@ -21,7 +21,7 @@ use shoal_catalog::{FieldStandard, Table, ValueType};
 
 use super::FOLLOW_EVENTS;
 use crate::columns::{column, for_each_batch, get, get_int, ints, scan, text};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Whose features are counted: everyone, or the people of a scoped build. Each person has a
 /// slot in the dense arrays the features are counted in.
@@ -54,13 +54,7 @@ impl People {
 
     /// A bitset of the people in scope (by user id).
     fn members(&self) -> Vec<u64> {
-        let scope = self.scope.as_deref().unwrap_or_default();
-        let top = scope.last().map_or(0, |u| *u as usize + 1);
-        let mut words = vec![0u64; top.div_ceil(64)];
-        for u in scope {
-            words[*u as usize / 64] |= 1 << (u % 64);
-        }
-        words
+        bitset(self.scope.as_deref().unwrap_or_default())
     }
 
     fn slots(&self) -> usize {
@@ -114,44 +108,26 @@ struct Counted {
 }
 
 /// The rows of `events` that the people of a scoped build did (`user_id`, `event_time`,
-/// `event_name`, `event_type`, `properties`), with the day of each batch (days since the
-/// epoch, `None` for rows without a time), oldest day first. Only `user_id` is decoded for
-/// everyone: the other columns only for those people's rows.
+/// `event_name`, and with `traits` also `event_type` and `properties`), with the day of each
+/// batch (days since the epoch, `None` for rows without a time), oldest day first. Only
+/// `user_id` is decoded for everyone: the other columns only for those people's rows.
 pub(crate) async fn scoped_events(
     events: &Table,
     people: &People,
+    traits: bool,
 ) -> Result<Vec<(Option<i32>, RecordBatch)>> {
-    let members: Arc<Vec<u64>> = Arc::new(people.members());
-    let test: shoal_catalog::RowTest = Arc::new(move |batch: &RecordBatch| {
-        let users = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64)?;
-        let users = users.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
-            arrow::error::ArrowError::CastError("events.user_id is not an integer".into())
-        })?;
-        Ok(users
-            .iter()
-            .map(|u| {
-                Some(u.and_then(|u| usize::try_from(u).ok()).is_some_and(|u| {
-                    members
-                        .get(u / 64)
-                        .is_some_and(|word| word & (1 << (u % 64)) != 0)
-                }))
-            })
-            .collect())
-    });
+    let mut columns = vec!["user_id", "event_time", "event_name"];
+    if traits {
+        columns.extend(["event_type", "properties"]);
+    }
     let files = events.data_files()?;
     let mut rows = Vec::new();
     events
         .read_files_where(
             &files,
-            Some(&[
-                "user_id",
-                "event_time",
-                "event_name",
-                "event_type",
-                "properties",
-            ]),
+            Some(&columns),
             "user_id",
-            test,
+            user_test(Arc::new(people.members())),
             |i, batch| {
                 if batch.num_rows() > 0 {
                     rows.push((super::partition_day(&files[i]), batch));
@@ -426,34 +402,60 @@ impl Interned {
     }
 }
 
+/// Where a build's profile traits come from.
+pub(crate) enum TraitSource<'a> {
+    /// Every identify call in `events`.
+    Events,
+    /// The people's rows of `events`, already read (see [`scoped_events`]).
+    Rows(&'a [(Option<i32>, RecordBatch)]),
+    /// The stored state (`user_traits` rows) of the people and of the people merged into
+    /// them (`merged`: from → into), and the identify calls this build resolved or moved.
+    State {
+        stored: &'a [RecordBatch],
+        merged: &'a HashMap<u32, u32>,
+        identified: &'a [RecordBatch],
+    },
+}
+
+/// A build's profile traits: `profile`, one row per person with traits (`profile_user_id`, a
+/// typed column per standard, `traits`), and `state`, their rows of `user_traits`.
+pub(crate) struct Profile {
+    pub profile: RecordBatch,
+    pub state: RecordBatch,
+}
+
 /// Folds identify traits into one row per person: the latest non-null value of each key,
 /// by event time (on a tie, the greater value, so the result does not depend on the order
 /// rows are read in). Traits with a standard in `fields` become typed columns; the rest, and
-/// values a standard refuses, stay in `traits` as JSON. Reads `events`, or the people's rows
-/// already read (`scoped`).
+/// values a standard refuses, stay in `traits` as JSON. Folding is idempotent: a stored state
+/// and the calls it already holds give that state again.
 pub(crate) async fn profile(
     events: &Table,
     people: &People,
     fields: &[&FieldStandard],
     identity_traits: &HashSet<String>,
-    scoped: Option<&[(Option<i32>, RecordBatch)]>,
-) -> Result<RecordBatch> {
+    source: TraitSource<'_>,
+) -> Result<Profile> {
     let mut fold = TraitFold::default();
-    match scoped {
-        Some(rows) => {
+    match source {
+        TraitSource::Rows(rows) => {
             for (_, batch) in rows {
-                let identify = arrow::compute::kernels::cmp::eq(
-                    &column(batch, "event_type")?,
-                    &Scalar::new(arrow::compute::cast(
-                        &StringArray::from(vec!["identify"]),
-                        batch.schema().field_with_name("event_type")?.data_type(),
-                    )?),
-                )?;
-                let batch = arrow::compute::filter_record_batch(batch, &identify)?;
-                fold.add(&batch, people, identity_traits)?;
+                fold.add(&identify_rows(batch)?, people, identity_traits)?;
             }
         }
-        None => {
+        TraitSource::State {
+            stored,
+            merged,
+            identified,
+        } => {
+            for batch in stored {
+                fold.add_stored(batch, people, merged)?;
+            }
+            for batch in identified {
+                fold.add(batch, people, identity_traits)?;
+            }
+        }
+        TraitSource::Events => {
             let ctx = SessionContext::new();
             let filter = col("event_type")
                 .eq(lit("identify"))
@@ -469,7 +471,79 @@ pub(crate) async fn profile(
             for_each_batch(stream, |batch| fold.add(batch, people, identity_traits)).await?;
         }
     }
-    fold.finish(people, fields)
+    let state = fold.state(people)?;
+    let profile = fold.finish(people, fields)?;
+    Ok(Profile { profile, state })
+}
+
+/// The identify calls among rows of `events`.
+pub(crate) fn identify_rows(batch: &RecordBatch) -> Result<RecordBatch> {
+    let types = column(batch, "event_type")?;
+    let identify = arrow::compute::kernels::cmp::eq(
+        &types,
+        &Scalar::new(arrow::compute::cast(
+            &StringArray::from(vec!["identify"]),
+            types.data_type(),
+        )?),
+    )?;
+    Ok(arrow::compute::filter_record_batch(batch, &identify)?)
+}
+
+/// The stored `user_traits` rows of `people` and of the people merged into them.
+pub(crate) async fn stored_traits(
+    table: &Table,
+    people: &People,
+    merged: &HashMap<u32, u32>,
+) -> Result<Vec<RecordBatch>> {
+    let mut wanted = people.scope.clone().unwrap_or_default();
+    wanted.extend(merged.keys().copied());
+    wanted.sort_unstable();
+    let members = Arc::new(bitset(&wanted));
+    let files = table.data_files()?;
+    let mut rows = Vec::new();
+    table
+        .read_files_where(
+            &files,
+            Some(&["user_id", "traits"]),
+            "user_id",
+            user_test(members),
+            |_, batch| {
+                rows.push(batch);
+                Ok(())
+            },
+        )
+        .await?;
+    Ok(rows)
+}
+
+/// A set of user ids as a bitset.
+fn bitset(users: &[u32]) -> Vec<u64> {
+    let top = users.iter().max().map_or(0, |u| *u as usize + 1);
+    let mut words = vec![0u64; top.div_ceil(64)];
+    for u in users {
+        words[*u as usize / 64] |= 1 << (u % 64);
+    }
+    words
+}
+
+/// A row test keeping the rows whose user id (the batch's one column) is in `members`.
+fn user_test(members: Arc<Vec<u64>>) -> shoal_catalog::RowTest {
+    Arc::new(move |batch: &RecordBatch| {
+        let users = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64)?;
+        let users = users.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
+            arrow::error::ArrowError::CastError("user_id is not an integer".into())
+        })?;
+        Ok(users
+            .iter()
+            .map(|u| {
+                Some(u.and_then(|u| usize::try_from(u).ok()).is_some_and(|u| {
+                    members
+                        .get(u / 64)
+                        .is_some_and(|word| word & (1 << (u % 64)) != 0)
+                }))
+            })
+            .collect())
+    })
 }
 
 /// The latest value of each trait of each person.
@@ -508,17 +582,92 @@ impl TraitFold {
                 if v.is_null() || identity_traits.contains(&k) {
                     continue;
                 }
-                let word = ((slot as u64) << 32) | u64::from(self.keys.id(&k));
-                let value = self.values.id(&v.to_string());
-                let kept = self.latest.entry(word).or_insert((at, value));
-                let values = &self.values.texts;
-                if at > kept.0 || (at == kept.0 && values[value as usize] > values[kept.1 as usize])
-                {
-                    *kept = (at, value);
-                }
+                self.fold(slot, &k, at, &v.to_string());
             }
         }
         Ok(())
+    }
+
+    /// Folds in stored `user_traits` rows, each person's traits going to the person they
+    /// were merged into, if any.
+    fn add_stored(
+        &mut self,
+        batch: &RecordBatch,
+        people: &People,
+        merged: &HashMap<u32, u32>,
+    ) -> Result<()> {
+        let (users, traits) = (ints(batch, "user_id")?, text(batch, "traits")?);
+        for i in 0..batch.num_rows() {
+            let (Some(user), Some(t)) = (get_int(&users, i), get(&traits, i)) else {
+                continue;
+            };
+            let user = u32::try_from(user)
+                .map(|u| merged.get(&u).copied().unwrap_or(u))
+                .map_err(|_| Error::Internal(format!("user_traits holds user id {user}")))?;
+            let Some(slot) = people.slot(i64::from(user)) else {
+                continue;
+            };
+            let Ok(Value::Object(map)) = serde_json::from_str::<Value>(t) else {
+                return Err(Error::Internal(format!(
+                    "user_traits of user {user} is not an object"
+                )));
+            };
+            for (k, entry) in map {
+                let (Some(at), Some(v)) = (entry.get(0).and_then(Value::as_i64), entry.get(1))
+                else {
+                    return Err(Error::Internal(format!(
+                        "user_traits of user {user}: trait '{k}' is not [time, value]"
+                    )));
+                };
+                self.fold(slot, &k, at, &v.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `value` for trait `key` of the person in `slot` if it is later than the kept one
+    /// (or as late and greater).
+    fn fold(&mut self, slot: usize, key: &str, at: i64, value: &str) {
+        let word = ((slot as u64) << 32) | u64::from(self.keys.id(key));
+        let value = self.values.id(value);
+        let kept = self.latest.entry(word).or_insert((at, value));
+        let values = &self.values.texts;
+        if at > kept.0 || (at == kept.0 && values[value as usize] > values[kept.1 as usize]) {
+            *kept = (at, value);
+        }
+    }
+
+    /// The `user_traits` rows of the people folded: their user id and an object of trait
+    /// name → [time, value].
+    fn state(&self, people: &People) -> Result<RecordBatch> {
+        let mut entries: Vec<(u64, i64, u32)> = self
+            .latest
+            .iter()
+            .map(|(w, (at, v))| (*w, *at, *v))
+            .collect();
+        entries.sort_unstable_by_key(|(w, _, _)| *w);
+        let mut ids = Int64Builder::new();
+        let mut traits = StringBuilder::new();
+        let mut text = String::new();
+        for person in entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32) {
+            text.clear();
+            text.push('{');
+            for (n, (word, at, value)) in person.iter().enumerate() {
+                if n > 0 {
+                    text.push(',');
+                }
+                let key = &self.keys.texts[(*word & 0xffff_ffff) as usize];
+                text.push_str(&Value::String(key.to_string()).to_string());
+                text.push_str(&format!(":[{at},{}]", self.values.texts[*value as usize]));
+            }
+            text.push('}');
+            ids.append_value(people.user((person[0].0 >> 32) as usize));
+            traits.append_value(&text);
+        }
+        Ok(RecordBatch::try_from_iter(vec![
+            ("user_id", Arc::new(ids.finish()) as ArrayRef),
+            ("traits", Arc::new(traits.finish()) as ArrayRef),
+        ])?)
     }
 
     /// One row per person with traits.
