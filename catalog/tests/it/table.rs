@@ -1758,6 +1758,34 @@ async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
         .await
         .expect("nothing");
     assert_eq!(table.version(), version);
+    // Compacting folds the marked files into one, without their marked rows.
+    assert!(
+        table
+            .data_files()
+            .expect("files")
+            .iter()
+            .any(|f| f.deleted.is_some())
+    );
+    table
+        .compact(CommitNote::default())
+        .await
+        .expect("compact")
+        .expect("compacted");
+    assert!(
+        table
+            .data_files()
+            .expect("files")
+            .iter()
+            .all(|f| f.deleted.is_none())
+    );
+    let compacted = rows_of(&table).await;
+    assert_eq!(compacted.len(), 190_000);
+    assert!(compacted.iter().any(|r| r.0 == 70_005 && r.2 == "b"));
+    assert!(
+        !compacted
+            .iter()
+            .any(|r| r.0 == 6 || (140_000..160_000).contains(&r.0))
+    );
 }
 
 #[tokio::test]
