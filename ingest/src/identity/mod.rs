@@ -19,12 +19,12 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use chrono::{DateTime, Utc};
-use datafusion::prelude::{SessionContext, col, lit};
+use datafusion::prelude::{SessionContext, col};
 use serde::Serialize;
 use serde_json::Value;
 use shoal_catalog::{Catalog, CatalogDefinition, CommitNote, IdentityType};
 
-use crate::columns::{for_each_batch, frame, get, get_int, ints, scan, text, text_array};
+use crate::columns::{for_each_batch, get, get_int, ints, scan, text, text_array};
 use crate::error::{Error, Result};
 pub use graph::{
     Graph, Key, KeyMap, Link, NO_USER, Outcome, Resolution, TypeRule, key, merged, sorted_runs,
@@ -272,36 +272,20 @@ pub async fn merge_identities(
 
     // Stored state: every identity with its person, indexed at once.
     let mut links_table = catalog.table("identity_links").await?;
-    // Each partition of the scan is hashed on its own task: the cores share the hashing.
-    let streams = frame(
-        &ctx,
-        &links_table,
-        &["id_type", "id_value", "user_id"],
-        None,
-    )
-    .await?
-    .execute_stream_partitioned()
-    .await?;
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|stream| {
-            let rules = rules.clone();
-            tokio::spawn(async move {
-                let mut part = (Vec::new(), Vec::new(), Vec::new());
-                for_each_batch(stream, |batch| stored_identities(batch, &rules, &mut part)).await?;
-                Ok::<_, Error>(part)
-            })
-        })
-        .collect();
-    let (mut kinds, mut keys, mut owners) = (Vec::new(), Vec::new(), Vec::new());
-    for task in tasks {
-        let (k, v, u) = task
-            .await
-            .map_err(|e| Error::Internal(format!("reading identity_links stopped: {e}")))??;
-        kinds.extend(k);
-        keys.extend(v);
-        owners.extend(u);
-    }
+    // The files are decoded side by side; hashing keeps pace on this thread.
+    let mut stored = (Vec::new(), Vec::new(), Vec::new());
+    let files = links_table.data_files()?;
+    links_table
+        .read_files(
+            &files,
+            Some(&["id_type", "id_value", "user_id"]),
+            |_, batch| {
+                stored_identities(&batch, &rules, &mut stored)
+                    .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))
+            },
+        )
+        .await?;
+    let (kinds, keys, owners) = stored;
     report.identities_before = keys.len() as u64;
     graph.reserve(keys.len());
     graph.add_existing_many(&kinds, &keys, &owners);
@@ -327,39 +311,49 @@ pub async fn merge_identities(
         == Some(edges_table.version());
     let mut settled: HashSet<(Key, Key), std::hash::BuildHasherDefault<graph::KeyHasher>> =
         HashSet::default();
-    for_each_batch(
-        scan(
-            &ctx,
-            &edges_table,
-            &["a_type", "a_value", "b_type", "b_value"],
-            Some(col("status").in_list(vec![lit("refused"), lit("removed")], false)),
-        )
-        .await?,
-        |batch| {
-            let cols = [
-                text(batch, "a_type")?,
-                text(batch, "a_value")?,
-                text(batch, "b_type")?,
-                text(batch, "b_value")?,
-            ];
-            for i in 0..batch.num_rows() {
-                let (Some(at), Some(av), Some(bt), Some(bv)) = (
-                    get(&cols[0], i),
-                    get(&cols[1], i),
-                    get(&cols[2], i),
-                    get(&cols[3], i),
-                ) else {
-                    continue;
-                };
-                if let (Some(a), Some(b)) = (rules.type_of(at), rules.type_of(bt)) {
-                    let (ka, kb) = (key(a, av), key(b, bv));
-                    settled.insert((ka.min(kb), ka.max(kb)));
+    // Only the refused and removed edges, a few among millions: the other columns are
+    // decoded for their rows alone.
+    let settled_only: shoal_catalog::RowTest = Arc::new(|batch: &RecordBatch| {
+        let status = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let status = status
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| {
+                arrow::error::ArrowError::CastError("identity_edges.status is not text".into())
+            })?;
+        Ok(status
+            .iter()
+            .map(|s| Some(matches!(s, Some("refused" | "removed"))))
+            .collect())
+    });
+    let edge_files = edges_table.data_files()?;
+    let column = |batch: &RecordBatch, name: &str| {
+        text(batch, name).map_err(|e| shoal_catalog::Error::Internal(e.to_string()))
+    };
+    edges_table
+        .read_files_where(
+            &edge_files,
+            Some(&["a_type", "a_value", "b_type", "b_value"]),
+            "status",
+            settled_only,
+            |_, batch| {
+                let (at, av) = (column(&batch, "a_type")?, column(&batch, "a_value")?);
+                let (bt, bv) = (column(&batch, "b_type")?, column(&batch, "b_value")?);
+                for i in 0..batch.num_rows() {
+                    let (Some(at), Some(av), Some(bt), Some(bv)) =
+                        (get(&at, i), get(&av, i), get(&bt, i), get(&bv, i))
+                    else {
+                        continue;
+                    };
+                    if let (Some(a), Some(b)) = (rules.type_of(at), rules.type_of(bt)) {
+                        let (ka, kb) = (key(a, av), key(b, bv));
+                        settled.insert((ka.min(kb), ka.max(kb)));
+                    }
                 }
-            }
-            Ok(())
-        },
-    )
-    .await?;
+                Ok(())
+            },
+        )
+        .await?;
 
     lap("loaded");
 
