@@ -664,10 +664,34 @@ struct StaleFiles {
     whole_days: BTreeMap<i32, u64>,
 }
 
-/// Whether an `events` row of person `user` must be rewritten: it waits for a person, or its
-/// person was merged or split.
-fn is_stale(user: Option<i64>, touched: &HashSet<i64>) -> bool {
-    user.is_none_or(|u| touched.contains(&u))
+/// Which `events` rows must be rewritten: rows waiting for a person, and rows of people
+/// merged or split (a bitset of them: every row of the table is tested).
+struct Stale {
+    touched: Vec<u64>,
+}
+
+impl Stale {
+    fn new(moves: &Moves) -> Stale {
+        let touched = moves.touched();
+        let top = touched.iter().max().map_or(0, |u| (*u).max(0) as usize + 1);
+        let mut bits = vec![0u64; top.div_ceil(64)];
+        for u in touched.into_iter().filter_map(|u| usize::try_from(u).ok()) {
+            bits[u / 64] |= 1 << (u % 64);
+        }
+        Stale { touched: bits }
+    }
+
+    /// Whether a row of person `user` is stale.
+    fn test(&self, user: Option<i64>) -> bool {
+        match user.map(usize::try_from) {
+            None => true,
+            Some(Ok(u)) => self
+                .touched
+                .get(u / 64)
+                .is_some_and(|word| word & (1 << (u % 64)) != 0),
+            Some(Err(_)) => false,
+        }
+    }
 }
 
 /// Whether a file of `rows` live rows, `stale` of them stale, keeps its other rows and has
@@ -678,7 +702,7 @@ fn marks_stale_rows(rows: u64, stale: u64) -> bool {
 
 async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<StaleFiles> {
     let files = events.data_files()?;
-    let touched: HashSet<i64> = moves.touched().into_iter().collect();
+    let stale_row = Stale::new(moves);
     let mut seen = vec![0u64; files.len()];
     let mut stale = vec![RoaringTreemap::new(); files.len()];
     // Stored rows, so positions are those the files' deletion vectors count in.
@@ -686,9 +710,11 @@ async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<Sta
         .read_stored_rows(&files, Some(&["user_id"]), |i, batch| {
             let users = ints(&batch, "user_id")
                 .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
-            for (j, user) in users.iter().enumerate() {
-                if is_stale(user, &touched) {
-                    stale[i].insert(seen[i] + j as u64);
+            if users.null_count() > 0 || !stale_row.touched.is_empty() {
+                for (j, user) in users.iter().enumerate() {
+                    if stale_row.test(user) {
+                        stale[i].insert(seen[i] + j as u64);
+                    }
                 }
             }
             seen[i] += batch.num_rows() as u64;
@@ -789,7 +815,7 @@ async fn rewrite_stale_files(
         held += n;
     }
 
-    let touched: Arc<HashSet<i64>> = Arc::new(moves.touched().into_iter().collect());
+    let stale_row = Arc::new(Stale::new(moves));
     let schema = events.schema()?;
     let total = chunks.len() as u64;
     let mut rewritten = BitmapRows::default();
@@ -827,13 +853,13 @@ async fn rewrite_stale_files(
             .read_files(&whole, None, |i, batch| keep(&whole[i], batch))
             .await?;
         if !marked.is_empty() {
-            let touched = touched.clone();
+            let stale_row = stale_row.clone();
             let test: shoal_catalog::RowTest = Arc::new(move |batch: &RecordBatch| {
                 let users = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
                 let users = users.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
                     arrow::error::ArrowError::CastError("events.user_id is not an integer".into())
                 })?;
-                Ok(users.iter().map(|u| Some(is_stale(u, &touched))).collect())
+                Ok(users.iter().map(|u| Some(stale_row.test(u))).collect())
             });
             events
                 .read_files_where(&marked, None, "user_id", test, |i, batch| {
