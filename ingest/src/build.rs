@@ -33,7 +33,9 @@ use roaring::{RoaringBitmap, RoaringTreemap};
 use serde::Serialize;
 use shoal_catalog::{Catalog, CommitNote, FieldStandard, ValueType};
 
-use crate::columns::{column, for_each_batch, get, get_int, ints, scan, text, text_array};
+use crate::columns::{
+    UserSet, column, for_each_batch, get, get_int, int_test, ints, scan, text, text_array,
+};
 use crate::error::{Error, Result};
 use crate::identity::{MergeReport, Resolved, merge_identities};
 
@@ -665,32 +667,21 @@ struct StaleFiles {
 }
 
 /// Which `events` rows must be rewritten: rows waiting for a person, and rows of people
-/// merged or split (a bitset of them: every row of the table is tested).
+/// merged or split.
 struct Stale {
-    touched: Vec<u64>,
+    touched: UserSet,
 }
 
 impl Stale {
     fn new(moves: &Moves) -> Stale {
-        let touched = moves.touched();
-        let top = touched.iter().max().map_or(0, |u| (*u).max(0) as usize + 1);
-        let mut bits = vec![0u64; top.div_ceil(64)];
-        for u in touched.into_iter().filter_map(|u| usize::try_from(u).ok()) {
-            bits[u / 64] |= 1 << (u % 64);
+        Stale {
+            touched: UserSet::new(moves.touched()),
         }
-        Stale { touched: bits }
     }
 
     /// Whether a row of person `user` is stale.
     fn test(&self, user: Option<i64>) -> bool {
-        match user.map(usize::try_from) {
-            None => true,
-            Some(Ok(u)) => self
-                .touched
-                .get(u / 64)
-                .is_some_and(|word| word & (1 << (u % 64)) != 0),
-            Some(Err(_)) => false,
-        }
+        user.is_none_or(|u| self.touched.contains(u))
     }
 }
 
@@ -854,13 +845,7 @@ async fn rewrite_stale_files(
             .await?;
         if !marked.is_empty() {
             let stale_row = stale_row.clone();
-            let test: shoal_catalog::RowTest = Arc::new(move |batch: &RecordBatch| {
-                let users = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
-                let users = users.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
-                    arrow::error::ArrowError::CastError("events.user_id is not an integer".into())
-                })?;
-                Ok(users.iter().map(|u| Some(stale_row.test(u))).collect())
-            });
+            let test = int_test(move |u| stale_row.test(u));
             events
                 .read_files_where(&marked, None, "user_id", test, |i, batch| {
                     keep(&marked[i], batch)

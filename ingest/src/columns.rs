@@ -105,3 +105,54 @@ pub(crate) async fn for_each_batch(
 pub(crate) fn text_array<S: AsRef<str>>(values: impl IntoIterator<Item = Option<S>>) -> ArrayRef {
     Arc::new(StringArray::from_iter(values))
 }
+
+/// A set of user ids as a bitset: tested once per row of large tables.
+#[derive(Debug, Default)]
+pub(crate) struct UserSet {
+    words: Vec<u64>,
+}
+
+impl UserSet {
+    pub(crate) fn new(users: impl IntoIterator<Item = i64>) -> UserSet {
+        let mut words = Vec::new();
+        for user in users {
+            let Ok(u) = usize::try_from(user) else {
+                continue;
+            };
+            if words.len() <= u / 64 {
+                words.resize(u / 64 + 1, 0);
+            }
+            words[u / 64] |= 1u64 << (u % 64);
+        }
+        UserSet { words }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
+    pub(crate) fn contains(&self, user: i64) -> bool {
+        usize::try_from(user).is_ok_and(|u| {
+            self.words
+                .get(u / 64)
+                .is_some_and(|word| word & (1 << (u % 64)) != 0)
+        })
+    }
+}
+
+/// A row test over an integer column (the batch's one column): keeps the rows whose value
+/// (`None` when null) `keep` accepts.
+pub(crate) fn int_test(
+    keep: impl Fn(Option<i64>) -> bool + Send + Sync + 'static,
+) -> shoal_catalog::RowTest {
+    Arc::new(move |batch: &RecordBatch| {
+        let values = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+        let values = values
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| {
+                arrow::error::ArrowError::CastError("an integer column is not an integer".into())
+            })?;
+        Ok(values.iter().map(|v| Some(keep(v))).collect())
+    })
+}

@@ -1517,6 +1517,20 @@ async fn people_in_files(warehouse: &shoal_catalog::Warehouse, files: i64) -> Ta
     table
 }
 
+/// The answer to `sql` in `ctx`, as a printed table.
+async fn sql_text(ctx: &datafusion::prelude::SessionContext, sql: &str) -> String {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .expect("format")
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_file_reads_keep_only_the_rows_that_pass_and_are_not_deleted() {
     let (_dir, warehouse) = temp_warehouse();
@@ -1686,45 +1700,22 @@ async fn replacing_keys_by_marking_writes_only_the_changed_rows() {
         ctx.register_table("people", provider).expect("register");
         let sql = "SELECT count(*) AS n, count(*) FILTER (WHERE city = 'b') AS b, sum(id) AS s \
                    FROM people";
-        let plan = ctx
-            .sql(&format!("EXPLAIN {sql}"))
-            .await
-            .expect("explain")
-            .collect()
-            .await
-            .expect("explain");
-        let plan = arrow::util::pretty::pretty_format_batches(&plan)
-            .expect("format")
-            .to_string();
+        let plan = sql_text(&ctx, &format!("EXPLAIN {sql}")).await;
         assert!(
             plan.contains("DataSourceExec") && !plan.contains("DeltaScan"),
             "{plan}"
         );
-        let counted = ctx
-            .sql(sql)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let text = arrow::util::pretty::pretty_format_batches(&counted)
-            .expect("format")
-            .to_string();
+        let text = sql_text(&ctx, sql).await;
         assert!(
             text.contains(&format!("| 210000 | 4 | {sum} |")),
             "cached: {}\n{text}",
             cached.is_some()
         );
-        let near = ctx
-            .sql("SELECT id, city FROM people WHERE id BETWEEN 4 AND 7 ORDER BY id")
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let text = arrow::util::pretty::pretty_format_batches(&near)
-            .expect("format")
-            .to_string();
+        let text = sql_text(
+            &ctx,
+            "SELECT id, city FROM people WHERE id BETWEEN 4 AND 7 ORDER BY id",
+        )
+        .await;
         let ids: Vec<&str> = text
             .lines()
             .filter_map(|l| l.split('|').nth(1))

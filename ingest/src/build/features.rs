@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use shoal_catalog::{FieldStandard, Table, ValueType};
 
 use super::FOLLOW_EVENTS;
-use crate::columns::{column, for_each_batch, get, get_int, ints, scan, text};
+use crate::columns::{UserSet, column, for_each_batch, get, get_int, int_test, ints, scan, text};
 use crate::error::{Error, Result};
 
 /// Whose features are counted: everyone, or the people of a scoped build. Each person has a
@@ -52,9 +52,9 @@ impl People {
         }
     }
 
-    /// A bitset of the people in scope (by user id).
-    fn members(&self) -> Vec<u64> {
-        bitset(self.scope.as_deref().unwrap_or_default())
+    /// The people in scope, as a set of user ids.
+    fn members(&self) -> UserSet {
+        UserSet::new(self.scope.iter().flatten().map(|u| i64::from(*u)))
     }
 
     fn slots(&self) -> usize {
@@ -127,7 +127,10 @@ pub(crate) async fn scoped_events(
             &files,
             Some(&columns),
             "user_id",
-            user_test(Arc::new(people.members())),
+            {
+                let members = people.members();
+                int_test(move |u| u.is_some_and(|u| members.contains(u)))
+            },
             |i, batch| {
                 if batch.num_rows() > 0 {
                     rows.push((super::partition_day(&files[i]), batch));
@@ -495,10 +498,14 @@ pub(crate) async fn stored_traits(
     people: &People,
     merged: &HashMap<u32, u32>,
 ) -> Result<Vec<RecordBatch>> {
-    let mut wanted = people.scope.clone().unwrap_or_default();
-    wanted.extend(merged.keys().copied());
-    wanted.sort_unstable();
-    let members = Arc::new(bitset(&wanted));
+    let wanted = UserSet::new(
+        people
+            .scope
+            .iter()
+            .flatten()
+            .chain(merged.keys())
+            .map(|u| i64::from(*u)),
+    );
     let files = table.data_files()?;
     let mut rows = Vec::new();
     table
@@ -506,7 +513,7 @@ pub(crate) async fn stored_traits(
             &files,
             Some(&["user_id", "traits"]),
             "user_id",
-            user_test(members),
+            int_test(move |u| u.is_some_and(|u| wanted.contains(u))),
             |_, batch| {
                 rows.push(batch);
                 Ok(())
@@ -514,36 +521,6 @@ pub(crate) async fn stored_traits(
         )
         .await?;
     Ok(rows)
-}
-
-/// A set of user ids as a bitset.
-fn bitset(users: &[u32]) -> Vec<u64> {
-    let top = users.iter().max().map_or(0, |u| *u as usize + 1);
-    let mut words = vec![0u64; top.div_ceil(64)];
-    for u in users {
-        words[*u as usize / 64] |= 1 << (u % 64);
-    }
-    words
-}
-
-/// A row test keeping the rows whose user id (the batch's one column) is in `members`.
-fn user_test(members: Arc<Vec<u64>>) -> shoal_catalog::RowTest {
-    Arc::new(move |batch: &RecordBatch| {
-        let users = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64)?;
-        let users = users.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
-            arrow::error::ArrowError::CastError("user_id is not an integer".into())
-        })?;
-        Ok(users
-            .iter()
-            .map(|u| {
-                Some(u.and_then(|u| usize::try_from(u).ok()).is_some_and(|u| {
-                    members
-                        .get(u / 64)
-                        .is_some_and(|word| word & (1 << (u % 64)) != 0)
-                }))
-            })
-            .collect())
-    })
 }
 
 /// The latest value of each trait of each person.
