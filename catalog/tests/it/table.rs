@@ -710,16 +710,8 @@ fn visits(rows: &[(i64, Option<i32>, i64, Option<&str>)], tier: Option<&str>) ->
 async fn lines_of(provider: Arc<dyn datafusion::catalog::TableProvider>, sql: &str) -> Vec<String> {
     let ctx = datafusion::prelude::SessionContext::new();
     ctx.register_table("visits", provider).expect("register");
-    let batches = ctx
-        .sql(sql)
+    sql_text(&ctx, sql)
         .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
-    arrow::util::pretty::pretty_format_batches(&batches)
-        .expect("format")
-        .to_string()
         .lines()
         .map(str::to_string)
         .collect()
