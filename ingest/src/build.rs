@@ -95,6 +95,10 @@ pub struct BuildReport {
     /// Whether the column bitmaps were patched (the recomputed people's rows put in the
     /// stored ones) rather than built again from every row of `users`.
     pub column_bitmaps_patched: bool,
+    /// People outside the recomputed ones whose RFM scores moved (percent ranks among all
+    /// buyers shift as buyers come and go): their rows were written again with the new
+    /// scores, and their orders in `orders_wide`.
+    pub rfm_rescored: u64,
     /// Whether the recomputed people's traits were folded from their stored ones
     /// (`user_traits`) and the identify calls this build resolved, rather than read from
     /// every event of theirs.
@@ -161,6 +165,7 @@ pub async fn build(
         orders_wide: 0,
         tag_bitmaps: (0, 0),
         column_bitmaps_patched: false,
+        rfm_rescored: 0,
         traits_folded: false,
         seconds: BTreeMap::new(),
         versions: BTreeMap::new(),
@@ -230,8 +235,19 @@ pub async fn build(
     .await?;
     lap("users", &mut seconds);
     progress("orders_wide", 0, 1);
-    let scoped = scope.zip(recomputed.as_deref());
-    build_orders_wide(catalog, scoped, &note, &mut report).await?;
+    // orders_wide takes the buyer's RFM segment: the rescored people's orders join.
+    let scoped = recomputed.map(|r| {
+        let mut people = affected.clone();
+        people.extend(r.rescored);
+        (people, r.rows)
+    });
+    build_orders_wide(
+        catalog,
+        scoped.as_ref().map(|(p, rows)| (p, rows.as_slice())),
+        &note,
+        &mut report,
+    )
+    .await?;
     lap("orders_wide", &mut seconds);
 
     for name in [
@@ -1258,6 +1274,13 @@ fn left_out(identity_traits: &HashSet<String>) -> serde_json::Value {
     serde_json::json!(names)
 }
 
+/// What a scoped build wrote to `users`: its people's new rows and those of the people
+/// outside it whose RFM scores moved (`rescored`).
+struct Recomputed {
+    rows: Vec<RecordBatch>,
+    rescored: Vec<i64>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn build_users(
     catalog: &Catalog,
@@ -1268,7 +1291,7 @@ async fn build_users(
     removed: &[i64],
     note: &CommitNote,
     report: &mut BuildReport,
-) -> Result<Option<Vec<RecordBatch>>> {
+) -> Result<Option<Recomputed>> {
     let scope = scoped.as_ref().map(|s| s.people);
     let definition = catalog.definition();
     let users_def = definition.table("users")?;
@@ -1394,26 +1417,23 @@ async fn build_users(
         .map(|s| format!("'{s}'"))
         .collect::<Vec<_>>()
         .join(", ");
+    // Every buyer's orders, GMV and RFM scores (percent ranks among all buyers). A scoped
+    // build computes them once: for its people, and to find the others whose scores moved.
+    let buyers = ctx.sql(&buyers_sql(&paid)).await?;
+    if scope.is_some() {
+        let schema = Arc::new(buyers.schema().as_arrow().clone());
+        let rows = buyers.collect().await?;
+        ctx.register_table("buyers", Arc::new(MemTable::try_new(schema, vec![rows])?))?;
+    } else {
+        ctx.register_table("buyers", buyers.into_view())?;
+    }
     let sql = format!(
         "WITH people AS (
             SELECT user_id, count(*) AS identity_count{identity_columns}
-            FROM identity_links WHERE user_id IS NOT NULL{only} GROUP BY user_id),
-         od AS (
-            SELECT user_id AS od_user_id, count(*) AS orders_count,
-                   sum(amount - coalesce(refund_amount, arrow_cast(0, 'Decimal128(18, 2)'))) AS gmv,
-                   max(created_at) AS last_order_at,
-                   array_to_string(array_sort(array_distinct(array_agg(platform))), ',') AS platforms
-            FROM orders WHERE user_id IS NOT NULL AND status IN ({paid}) GROUP BY user_id),
-         scored AS (
-            SELECT od_user_id AS sc_user_id,
-              least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY last_order_at) * 5) AS BIGINT)) AS rfm_r,
-              least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY orders_count) * 5) AS BIGINT)) AS rfm_f,
-              least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY gmv) * 5) AS BIGINT)) AS rfm_m
-            FROM od)
+            FROM identity_links WHERE user_id IS NOT NULL{only} GROUP BY user_id)
          SELECT * FROM people
            LEFT JOIN ev ON ev_user_id = user_id
-           LEFT JOIN od ON od_user_id = user_id
-           LEFT JOIN scored ON sc_user_id = user_id
+           LEFT JOIN buyers ON od_user_id = user_id
            LEFT JOIN profile ON profile_user_id = user_id",
         identity_columns = prefixed(&identity_columns),
     );
@@ -1456,12 +1476,22 @@ async fn build_users(
     let mut users = catalog.table("users").await?;
     let users_before = users.version();
     let mut recomputed = None;
-    if scope.is_some() {
+    let mut rescored = Vec::new();
+    if let Some(people) = scope {
         // The rows of these people (and of people merged away) are marked deleted where
         // they are, and their new rows written as one new file, in one commit: a rewrite
         // would rewrite every file, the recomputed people being spread over all of them.
-        let batches = frame.collect().await?;
+        // The people whose RFM scores moved join them, their other columns as stored.
+        let mut batches = frame.collect().await?;
         lap("computed", report);
+        let skip: HashSet<i64> = people.iter().chain(removed).copied().collect();
+        let moved = rescored_rows(&ctx, &users, &users_def.fields, &skip, now).await?;
+        for batch in &moved {
+            rescored.extend(ints(batch, "user_id")?.iter().flatten());
+        }
+        report.rfm_rescored = rescored.len() as u64;
+        batches.extend(moved);
+        lap("rescored", report);
         recomputed = Some(batches.clone());
         users
             .replace_keys_marking(batches, "user_id", removed, note.clone())
@@ -1516,6 +1546,7 @@ async fn build_users(
             let gone: RoaringBitmap = scope
                 .iter()
                 .chain(removed)
+                .chain(&rescored)
                 .filter_map(|u| u32::try_from(*u).ok())
                 .collect();
             match stored_column_bitmaps(catalog, &tagged, users_before, &gone).await? {
@@ -1564,7 +1595,7 @@ async fn build_users(
     tags.replace_where(vec![batch], col("kind").eq(lit("column")), note.clone())
         .await?;
     lap("bitmaps", report);
-    Ok(recomputed)
+    Ok(recomputed.map(|rows| Recomputed { rows, rescored }))
 }
 
 /// Adds the people of `batch` (rows of `users`) to the bitmaps of the `tagged` columns'
@@ -1693,6 +1724,120 @@ async fn write_scoped(
         .seconds
         .insert(format!("{step}.written"), clock.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Per buyer (`od_user_id`): paid orders, GMV, last order, platforms, and RFM scores 1-5 by
+/// the quintile of their percent rank among all buyers.
+fn buyers_sql(paid: &str) -> String {
+    format!(
+        "WITH od AS (
+            SELECT user_id AS od_user_id, count(*) AS orders_count,
+                   sum(amount - coalesce(refund_amount, arrow_cast(0, 'Decimal128(18, 2)'))) AS gmv,
+                   max(created_at) AS last_order_at,
+                   array_to_string(array_sort(array_distinct(array_agg(platform))), ',') AS platforms
+            FROM orders WHERE user_id IS NOT NULL AND status IN ({paid}) GROUP BY user_id)
+         SELECT *,
+           least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY last_order_at) * 5) AS BIGINT)) AS rfm_r,
+           least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY orders_count) * 5) AS BIGINT)) AS rfm_f,
+           least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY gmv) * 5) AS BIGINT)) AS rfm_m
+         FROM od"
+    )
+}
+
+/// Columns of `users` that follow from the RFM scores.
+const RFM_COLUMNS: [&str; 4] = ["rfm_r", "rfm_f", "rfm_m", "rfm_segment"];
+
+/// The rows of `users` (as stored) of the people outside a scoped build whose RFM scores
+/// moved, with their new scores (from `buyers`, registered in `ctx`): percent ranks shift for
+/// every buyer when buyers come, go or change, not only for the build's people. Nobody of
+/// `skip` (the build's people and those merged away) is among them.
+async fn rescored_rows(
+    ctx: &SessionContext,
+    users: &shoal_catalog::Table,
+    fields: &[FieldStandard],
+    skip: &HashSet<i64>,
+    now: DateTime<Utc>,
+) -> Result<Vec<RecordBatch>> {
+    ctx.register_table("stored_users", users.provider().await?)?;
+    let moved = ctx
+        .sql(
+            "SELECT s.user_id AS rs_user_id, b.rfm_r, b.rfm_f, b.rfm_m
+             FROM stored_users s LEFT JOIN buyers b ON b.od_user_id = s.user_id
+             WHERE (s.rfm_r IS DISTINCT FROM b.rfm_r) OR (s.rfm_f IS DISTINCT FROM b.rfm_f)
+                OR (s.rfm_m IS DISTINCT FROM b.rfm_m)",
+        )
+        .await?
+        .collect()
+        .await?;
+    ctx.deregister_table("stored_users")?;
+    let mut scores = Vec::new();
+    for batch in moved {
+        let ids = ints(&batch, "rs_user_id")?;
+        let keep: arrow::array::BooleanArray = ids
+            .iter()
+            .map(|u| Some(u.is_some_and(|u| !skip.contains(&u))))
+            .collect();
+        scores.push(arrow::compute::filter_record_batch(&batch, &keep)?);
+    }
+    let ids: Vec<i64> = scores
+        .iter()
+        .map(|b| ints(b, "rs_user_id"))
+        .collect::<Result<Vec<_>>>()?
+        .iter()
+        .flat_map(|a| a.iter().flatten())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted = UserSet::new(ids);
+    let mut stored = Vec::new();
+    users
+        .read_files_where(
+            &users.data_files()?,
+            None,
+            "user_id",
+            int_test(move |u| u.is_some_and(|u| wanted.contains(u))),
+            |_, batch| {
+                stored.push(batch);
+                Ok(())
+            },
+        )
+        .await?;
+    if stored.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kept: Vec<datafusion::prelude::Expr> = fields
+        .iter()
+        .filter(|f| !RFM_COLUMNS.contains(&f.name.as_str()) && f.name != "updated_at")
+        .map(|f| col(f.name.as_str()))
+        .collect();
+    let stored = ctx.read_batches(stored)?.select(kept)?;
+    let scores = ctx.read_batches(scores)?;
+    let projection = fields
+        .iter()
+        .map(|f| {
+            let expr = match f.name.as_str() {
+                "rfm_segment" => rfm_segment(),
+                "updated_at" => lit(ScalarValue::TimestampMicrosecond(
+                    Some(now.timestamp_micros()),
+                    Some("UTC".into()),
+                )),
+                name => col(name),
+            };
+            datafusion::prelude::cast(expr, f.value_type.arrow_type()).alias(&f.name)
+        })
+        .collect::<Vec<_>>();
+    Ok(stored
+        .join(
+            scores,
+            datafusion::logical_expr::JoinType::Inner,
+            &["user_id"],
+            &["rs_user_id"],
+            None,
+        )?
+        .select(projection)?
+        .collect()
+        .await?)
 }
 
 fn prefixed(columns: &[String]) -> String {

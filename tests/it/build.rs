@@ -1284,3 +1284,149 @@ fn a_build_stopped_between_its_edges_and_its_links_is_completed_without_a_double
     build(&wh);
     assert_eq!(edges(&wh), expected);
 }
+
+/// One paid Youzan trade of 100 yuan.
+fn trade(tid: &str, buyer: &str, created: &str) -> Value {
+    json!({"tid": tid, "status": "TRADE_SUCCESS", "buyer_id": buyer, "payment": "100.00",
+        "created": created, "pay_time": created,
+        "orders": [{"title": "净水器滤芯", "num": 1, "price": "100.00", "outer_sku_id": "F-1"}]})
+}
+
+fn youzan_file(dir: &Path, name: &str, trades: &[Value]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text: Vec<String> = trades.iter().map(Value::to_string).collect();
+    std::fs::write(&path, text.join("\n") + "\n").expect("write trades");
+    path
+}
+
+#[test]
+fn buyers_outside_an_incremental_build_are_rescored_when_new_buyers_move_the_quintiles() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    // Buyer n (1..=5) places n orders, later buyers later: R, F and M rank alike.
+    let trades = |buyers: std::ops::RangeInclusive<u32>| -> Vec<Value> {
+        buyers
+            .flat_map(|b| {
+                (1..=b).map(move |k| {
+                    trade(
+                        &format!("T{b}{k}"),
+                        &format!("90000{b}"),
+                        &format!("2026-11-{:02} 10:00:{k:02}", 10 + b),
+                    )
+                })
+            })
+            .collect()
+    };
+    let first = youzan_file(dir.path(), "1.jsonl", &trades(1..=3));
+    json_ok(&shoal(
+        &wh,
+        &[
+            "ingest",
+            "--source",
+            "youzan",
+            "--json",
+            first.to_str().expect("path"),
+        ],
+    ));
+    build(&wh);
+    let person = |wh: &Path, buyer: u32| -> i64 {
+        links(wh)[&("youzan_buyer_id".to_string(), format!("90000{buyer}"))]
+    };
+    let scores =
+        |wh: &Path, buyers: std::ops::RangeInclusive<u32>| -> Vec<(i64, i64, i64, String)> {
+            let users = users_by_id(wh);
+            buyers
+                .map(|b| {
+                    let u = &users[&person(wh, b)];
+                    let score = |k: &str| int(u, k).expect("score");
+                    let segment = text(u, "rfm_segment").expect("segment").to_string();
+                    (score("rfm_r"), score("rfm_f"), score("rfm_m"), segment)
+                })
+                .collect()
+        };
+    // Three buyers: percent ranks 0, ½, 1 → scores 1, 3, 5.
+    let s = |r: i64, segment: &str| (r, r, r, segment.to_string());
+    assert_eq!(
+        scores(&wh, 1..=3),
+        vec![s(1, "lost"), s(3, "loyal"), s(5, "champions")]
+    );
+    // Two new buyers, above the others, on the same day: ranks 0, ¼, ½, ¾, 1 → 1..5. The
+    // second and third buyers are outside the build's people, yet their scores move.
+    let second = youzan_file(dir.path(), "2.jsonl", &trades(4..=5));
+    json_ok(&shoal(
+        &wh,
+        &[
+            "ingest",
+            "--source",
+            "youzan",
+            "--json",
+            second.to_str().expect("path"),
+        ],
+    ));
+    let r = build(&wh);
+    assert_eq!(r["users_incremental"], true, "{r}");
+    assert_eq!(r["users_recomputed"], 2, "{r}");
+    assert_eq!(r["rfm_rescored"], 2, "{r}");
+    assert_eq!(
+        scores(&wh, 1..=5),
+        vec![
+            s(1, "lost"),
+            s(2, "hibernating"),
+            s(3, "loyal"),
+            s(4, "champions"),
+            s(5, "champions")
+        ]
+    );
+    // Each order in orders_wide carries its buyer's segment, and the segment bitmaps hold
+    // each buyer under their new segment only.
+    let segment_of: HashMap<i64, String> = (1..=5)
+        .zip(scores(&wh, 1..=5))
+        .map(|(b, (_, _, _, seg))| (person(&wh, b), seg))
+        .collect();
+    let wide = rows(&wh, "orders_wide");
+    assert_eq!(wide.len(), 15);
+    for order in &wide {
+        let buyer = int(order, "user_id").expect("buyer");
+        assert_eq!(
+            text(order, "rfm_segment"),
+            Some(segment_of[&buyer].as_str()),
+            "{order:?}"
+        );
+    }
+    let bitmaps = column_bitmaps(&wh);
+    let counts: BTreeMap<&str, i64> = bitmaps
+        .iter()
+        .filter(|((name, _), _)| name == "rfm_segment")
+        .map(|((_, value), (users, _))| (value.as_str(), *users))
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ("champions", 2),
+            ("hibernating", 1),
+            ("lost", 1),
+            ("loyal", 1)
+        ])
+    );
+    // A full recomputation gives the same rows and bitmaps.
+    let users = users_by_id(&wh);
+    let strip = |rows: Vec<Row>| -> Vec<Row> {
+        let mut rows: Vec<Row> = rows
+            .into_iter()
+            .map(|mut r| {
+                r.remove("updated_at");
+                r
+            })
+            .collect();
+        rows.sort_by_key(|r| text(r, "order_id").map(str::to_string));
+        rows
+    };
+    let wide = strip(wide);
+    json_ok(&shoal(
+        &wh,
+        &["build", "--full", "--json", "--as-of", "2026-11-20"],
+    ));
+    assert_eq!(users_by_id(&wh), users);
+    assert_eq!(strip(rows(&wh, "orders_wide")), wide);
+    assert_eq!(column_bitmaps(&wh), bitmaps);
+}
