@@ -243,7 +243,11 @@ pub async fn build(
     });
     build_orders_wide(
         catalog,
-        scoped.as_ref().map(|(p, rows)| (p, rows.as_slice())),
+        scoped.as_ref().map(|(people, rows)| WideScope {
+            people,
+            rows,
+            since,
+        }),
         &note,
         &mut report,
     )
@@ -1867,11 +1871,22 @@ fn rfm_segment() -> datafusion::prelude::Expr {
         .unwrap_or_else(|_| lit(ScalarValue::Utf8(None)))
 }
 
+/// The orders a scoped build writes to `orders_wide` again.
+struct WideScope<'a> {
+    /// The people recomputed (or rescored): all their orders.
+    people: &'a BTreeSet<i64>,
+    /// Their rows of `users`, just computed.
+    rows: &'a [RecordBatch],
+    /// When the last build started (UTC µs): the orders without a person updated since
+    /// (a status change or refund re-imported) are written too.
+    since: Option<i64>,
+}
+
 /// Writes `orders_wide`: every order joined with its buyer's row of `users`; in a scoped
-/// build, only the orders of its people (`scoped`: them, and their rows just computed).
+/// build, only the orders of its people, and those without a person that changed.
 async fn build_orders_wide(
     catalog: &Catalog,
-    scoped: Option<(&BTreeSet<i64>, &[RecordBatch])>,
+    scoped: Option<WideScope<'_>>,
     note: &CommitNote,
     report: &mut BuildReport,
 ) -> Result<()> {
@@ -1885,31 +1900,43 @@ async fn build_orders_wide(
             user_columns.push(col(f.name.as_str()));
         }
     }
-    let users = match scoped {
-        Some((people, rows)) => {
-            if people.is_empty() {
-                report.orders_wide = catalog.table("orders_wide").await?.row_count().await?;
-                return Ok(());
+    let scoped_build = scoped.is_some();
+    let users =
+        match scoped {
+            Some(WideScope {
+                people,
+                rows,
+                since,
+            }) => {
+                // Only these people's orders, joined with the rows just computed for them, and
+                // the orders without a person that changed since the last build.
+                let ids = Int64Array::from_iter_values(people.iter().copied());
+                let batch =
+                    RecordBatch::try_from_iter(vec![("scope_id", Arc::new(ids) as ArrayRef)])?;
+                let scope = ctx.read_batch(batch)?;
+                let unowned = orders.clone().filter(col("user_id").is_null().and(
+                    col("updated_at").gt_eq(lit(ScalarValue::TimestampMicrosecond(
+                        Some(since.unwrap_or(i64::MIN)),
+                        Some("UTC".into()),
+                    ))),
+                ))?;
+                orders = orders
+                    .join(
+                        scope,
+                        datafusion::logical_expr::JoinType::LeftSemi,
+                        &["user_id"],
+                        &["scope_id"],
+                        None,
+                    )?
+                    .union(unowned)?;
+                let schema = match rows.first() {
+                    Some(batch) => batch.schema(),
+                    None => catalog.table("users").await?.schema()?,
+                };
+                ctx.read_table(Arc::new(MemTable::try_new(schema, vec![rows.to_vec()])?))?
             }
-            // Only these people's orders, joined with the rows just computed for them.
-            let ids = Int64Array::from_iter_values(people.iter().copied());
-            let batch = RecordBatch::try_from_iter(vec![("scope_id", Arc::new(ids) as ArrayRef)])?;
-            let scope = ctx.read_batch(batch)?;
-            orders = orders.join(
-                scope,
-                datafusion::logical_expr::JoinType::LeftSemi,
-                &["user_id"],
-                &["scope_id"],
-                None,
-            )?;
-            let schema = match rows.first() {
-                Some(batch) => batch.schema(),
-                None => catalog.table("users").await?.schema()?,
-            };
-            ctx.read_table(Arc::new(MemTable::try_new(schema, vec![rows.to_vec()])?))?
-        }
-        None => ctx.read_table(catalog.table("users").await?.provider().await?)?,
-    };
+            None => ctx.read_table(catalog.table("users").await?.provider().await?)?,
+        };
     let users = users.select(user_columns)?;
     let projection: Vec<_> = definition
         .fields
@@ -1932,7 +1959,7 @@ async fn build_orders_wide(
     write_scoped(
         &mut wide,
         frame,
-        scoped.is_some(),
+        scoped_build,
         &["platform", "order_id"],
         note,
         report,

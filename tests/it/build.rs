@@ -1430,3 +1430,63 @@ fn buyers_outside_an_incremental_build_are_rescored_when_new_buyers_move_the_qui
     assert_eq!(strip(rows(&wh, "orders_wide")), wide);
     assert_eq!(column_bitmaps(&wh), bitmaps);
 }
+
+#[test]
+fn an_incremental_build_carries_status_changes_of_orders_without_a_person_into_orders_wide() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    // A guest checkout (no buyer, fans id or phone) and a known buyer's order.
+    let mut guest = trade("G1", "0", "2026-11-12 09:00:00");
+    let known = trade("K1", "900001", "2026-11-12 10:00:00");
+    let first = youzan_file(dir.path(), "1.jsonl", &[guest.clone(), known]);
+    json_ok(&shoal(
+        &wh,
+        &[
+            "ingest",
+            "--source",
+            "youzan",
+            "--json",
+            first.to_str().expect("path"),
+        ],
+    ));
+    build(&wh);
+    let status = |wh: &Path| -> BTreeMap<String, (Option<i64>, String)> {
+        rows(wh, "orders_wide")
+            .iter()
+            .map(|r| {
+                (
+                    text(r, "order_id").expect("id").to_string(),
+                    (
+                        int(r, "user_id"),
+                        text(r, "status").expect("status").to_string(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let before = status(&wh);
+    assert_eq!(before["G1"], (None, "completed".to_string()));
+    assert_eq!(before["K1"].1, "completed");
+    // The guest's order is closed and exported again: nobody's row changes, yet orders_wide
+    // must show the new status.
+    guest["status"] = json!("TRADE_CLOSED");
+    let second = youzan_file(dir.path(), "2.jsonl", &[guest]);
+    let landed = json_ok(&shoal(
+        &wh,
+        &[
+            "ingest",
+            "--source",
+            "youzan",
+            "--json",
+            second.to_str().expect("path"),
+        ],
+    ));
+    assert_eq!(landed["updated"], 1, "{landed}");
+    let r = build(&wh);
+    assert_eq!(r["users_incremental"], true, "{r}");
+    assert_eq!(r["users_recomputed"], 0, "{r}");
+    let after = status(&wh);
+    assert_eq!(after["G1"], (None, "closed".to_string()));
+    assert_eq!(after["K1"], before["K1"]);
+    assert_eq!(after.len(), 2);
+}
