@@ -7,6 +7,8 @@
 //! standards, derived conditions, roles and data-quality monitors. Every other crate reads
 //! and writes tables through it; it depends on no other Shoal crate.
 
+#![forbid(unsafe_code)]
+
 mod column_cache;
 mod definition;
 mod deletion_vectors;

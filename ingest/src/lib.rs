@@ -7,6 +7,8 @@
 //! identities into one dense user id per person (`identity`) and builds the wide tables
 //! (`build`).
 
+#![forbid(unsafe_code)]
+
 pub mod build;
 pub mod clean;
 mod columns;

@@ -9,6 +9,8 @@
 //! of the compiled SQL ([`compile`]) where they do not ([`count`]); conditions on a person's
 //! events or orders are totalled per person in arrays (`per_person`). Nothing here knows HTTP.
 
+#![forbid(unsafe_code)]
+
 pub mod bitmap_functions;
 pub mod compile;
 pub mod condition;

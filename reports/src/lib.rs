@@ -1,5 +1,7 @@
 //! Reports: funnels over the events, computed by DataFusion aggregates.
 
+#![forbid(unsafe_code)]
+
 pub mod campaign;
 pub mod funnel;
 pub mod retention;
