@@ -289,14 +289,26 @@ pub async fn build(
     Ok(report)
 }
 
-/// Whether events or orders are waiting for a person (a build has work to do).
+/// Whether events or orders are waiting for a person (a build has work to do). Orders that
+/// no identity names (a guest checkout) stay without one: only those landed or changed since
+/// the last build started count.
 pub async fn has_unresolved(catalog: &Catalog) -> Result<bool> {
     let ctx = SessionContext::new();
+    let since = last_build_start(catalog, &ctx).await?;
     for table in ["events", "orders"] {
         let t = catalog.table(table).await?;
+        let mut waiting = col("user_id").is_null();
+        if let (Some(since), "orders") = (since, table) {
+            waiting = waiting.and(
+                col("updated_at").gt_eq(lit(ScalarValue::TimestampMicrosecond(
+                    Some(since),
+                    Some("UTC".into()),
+                ))),
+            );
+        }
         let waiting = ctx
             .read_table(t.provider().await?)?
-            .filter(col("user_id").is_null())?
+            .filter(waiting)?
             .limit(0, Some(1))?
             .count()
             .await?;

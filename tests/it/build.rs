@@ -1490,3 +1490,79 @@ fn an_incremental_build_carries_status_changes_of_orders_without_a_person_into_o
     assert_eq!(after["K1"], before["K1"]);
     assert_eq!(after.len(), 2);
 }
+
+/// Rows of `builds`, as the server's table list counts them.
+async fn builds_listed(client: &reqwest::Client, base: &str) -> u64 {
+    let tables: Value = client
+        .get(format!("{base}/api/tables"))
+        .send()
+        .await
+        .expect("tables")
+        .json()
+        .await
+        .expect("json");
+    tables["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .find(|t| t["table"] == "builds")
+        .and_then(|t| t["rows"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_server_does_not_build_again_for_a_guest_order_until_it_changes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wh = dir.path().join("wh");
+    // A guest checkout names nobody: after a build it stays without a person.
+    let mut guest = trade("G1", "0", "2026-11-12 09:00:00");
+    let first = youzan_file(dir.path(), "1.jsonl", &[guest.clone()]);
+    json_ok(&shoal(
+        &wh,
+        &[
+            "ingest",
+            "--source",
+            "youzan",
+            "--json",
+            first.to_str().expect("path"),
+        ],
+    ));
+    build(&wh);
+    let location = format!("file://{}", wh.display());
+    let server = start_server(&["--warehouse", &location, "serve", "--build-every", "1"]);
+    let client = server.async_client("viewer");
+    // Five ticks pass without a build.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(builds_listed(&client, &server.base).await, 1);
+    // The order is closed and imported again: the next tick builds.
+    guest["status"] = json!("TRADE_CLOSED");
+    let second = youzan_file(dir.path(), "2.jsonl", &[guest]);
+    let wh_again = wh.clone();
+    tokio::task::spawn_blocking(move || {
+        json_ok(&shoal(
+            &wh_again,
+            &[
+                "ingest",
+                "--source",
+                "youzan",
+                "--json",
+                second.to_str().expect("path"),
+            ],
+        ))
+    })
+    .await
+    .expect("ingest");
+    let mut built = 1;
+    for _ in 0..240 {
+        built = builds_listed(&client, &server.base).await;
+        if built > 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(built, 2, "the changed guest order was built");
+    let wide = tokio::task::spawn_blocking(move || rows(&wh, "orders_wide"))
+        .await
+        .expect("read");
+    assert_eq!(text(&wide[0], "status"), Some("closed"));
+}
