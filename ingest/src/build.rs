@@ -34,7 +34,8 @@ use serde::Serialize;
 use shoal_catalog::{Catalog, CommitNote, FieldStandard, ValueType};
 
 use crate::columns::{
-    UserSet, column, for_each_batch, get, get_int, int_test, ints, scan, text, text_array,
+    UserSet, column, for_each_batch, get, get_int, int_test, ints, rows_of_users, scan, text,
+    text_array,
 };
 use crate::error::{Error, Result};
 use crate::identity::{MergeReport, Resolved, merge_identities};
@@ -1805,20 +1806,7 @@ async fn rescored_rows(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let wanted = UserSet::new(ids);
-    let mut stored = Vec::new();
-    users
-        .read_files_where(
-            &users.data_files()?,
-            None,
-            "user_id",
-            int_test(move |u| u.is_some_and(|u| wanted.contains(u))),
-            |_, batch| {
-                stored.push(batch);
-                Ok(())
-            },
-        )
-        .await?;
+    let stored = rows_of_users(users, UserSet::new(ids), None).await?;
     if stored.is_empty() {
         return Ok(Vec::new());
     }

@@ -156,3 +156,26 @@ pub(crate) fn int_test(
         Ok(values.iter().map(|v| Some(keep(v))).collect())
     })
 }
+
+/// The live rows of `table` whose `user_id` is one of `users` (all columns, or `columns`),
+/// read with a row filter: the other columns are decoded only for those rows.
+pub(crate) async fn rows_of_users(
+    table: &shoal_catalog::Table,
+    users: UserSet,
+    columns: Option<&[&str]>,
+) -> crate::error::Result<Vec<RecordBatch>> {
+    let mut rows = Vec::new();
+    table
+        .read_files_where(
+            &table.data_files()?,
+            columns,
+            "user_id",
+            int_test(move |u| u.is_some_and(|u| users.contains(u))),
+            |_, batch| {
+                rows.push(batch);
+                Ok(())
+            },
+        )
+        .await?;
+    Ok(rows)
+}

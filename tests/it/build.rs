@@ -805,21 +805,7 @@ async fn the_server_builds_new_rows_on_its_own() {
     // A build is finished when its row is in `builds`.
     let mut found = false;
     for _ in 0..240 {
-        let tables: Value = client
-            .get(format!("{}/api/tables", server.base))
-            .send()
-            .await
-            .expect("tables")
-            .json()
-            .await
-            .expect("json");
-        let builds = tables["tables"]
-            .as_array()
-            .expect("tables")
-            .iter()
-            .find(|t| t["table"] == "builds")
-            .and_then(|t| t["rows"].as_u64());
-        if builds.unwrap_or(0) > 0 {
+        if builds_listed(&client, &server.base).await > 0 {
             found = true;
             break;
         }
@@ -1292,6 +1278,19 @@ fn trade(tid: &str, buyer: &str, created: &str) -> Value {
         "orders": [{"title": "净水器滤芯", "num": 1, "price": "100.00", "outer_sku_id": "F-1"}]})
 }
 
+fn ingest_youzan(wh: &Path, file: &Path) -> Value {
+    json_ok(&shoal(
+        wh,
+        &[
+            "ingest",
+            "--source",
+            "youzan",
+            "--json",
+            file.to_str().expect("utf-8 path"),
+        ],
+    ))
+}
+
 fn youzan_file(dir: &Path, name: &str, trades: &[Value]) -> std::path::PathBuf {
     let path = dir.join(name);
     let text: Vec<String> = trades.iter().map(Value::to_string).collect();
@@ -1318,16 +1317,7 @@ fn buyers_outside_an_incremental_build_are_rescored_when_new_buyers_move_the_qui
             .collect()
     };
     let first = youzan_file(dir.path(), "1.jsonl", &trades(1..=3));
-    json_ok(&shoal(
-        &wh,
-        &[
-            "ingest",
-            "--source",
-            "youzan",
-            "--json",
-            first.to_str().expect("path"),
-        ],
-    ));
+    ingest_youzan(&wh, &first);
     build(&wh);
     let person = |wh: &Path, buyer: u32| -> i64 {
         links(wh)[&("youzan_buyer_id".to_string(), format!("90000{buyer}"))]
@@ -1353,16 +1343,7 @@ fn buyers_outside_an_incremental_build_are_rescored_when_new_buyers_move_the_qui
     // Two new buyers, above the others, on the same day: ranks 0, ¼, ½, ¾, 1 → 1..5. The
     // second and third buyers are outside the build's people, yet their scores move.
     let second = youzan_file(dir.path(), "2.jsonl", &trades(4..=5));
-    json_ok(&shoal(
-        &wh,
-        &[
-            "ingest",
-            "--source",
-            "youzan",
-            "--json",
-            second.to_str().expect("path"),
-        ],
-    ));
+    ingest_youzan(&wh, &second);
     let r = build(&wh);
     assert_eq!(r["users_incremental"], true, "{r}");
     assert_eq!(r["users_recomputed"], 2, "{r}");
@@ -1439,16 +1420,7 @@ fn an_incremental_build_carries_status_changes_of_orders_without_a_person_into_o
     let mut guest = trade("G1", "0", "2026-11-12 09:00:00");
     let known = trade("K1", "900001", "2026-11-12 10:00:00");
     let first = youzan_file(dir.path(), "1.jsonl", &[guest.clone(), known]);
-    json_ok(&shoal(
-        &wh,
-        &[
-            "ingest",
-            "--source",
-            "youzan",
-            "--json",
-            first.to_str().expect("path"),
-        ],
-    ));
+    ingest_youzan(&wh, &first);
     build(&wh);
     let status = |wh: &Path| -> BTreeMap<String, (Option<i64>, String)> {
         rows(wh, "orders_wide")
@@ -1471,16 +1443,7 @@ fn an_incremental_build_carries_status_changes_of_orders_without_a_person_into_o
     // must show the new status.
     guest["status"] = json!("TRADE_CLOSED");
     let second = youzan_file(dir.path(), "2.jsonl", &[guest]);
-    let landed = json_ok(&shoal(
-        &wh,
-        &[
-            "ingest",
-            "--source",
-            "youzan",
-            "--json",
-            second.to_str().expect("path"),
-        ],
-    ));
+    let landed = ingest_youzan(&wh, &second);
     assert_eq!(landed["updated"], 1, "{landed}");
     let r = build(&wh);
     assert_eq!(r["users_incremental"], true, "{r}");
@@ -1517,16 +1480,7 @@ async fn the_server_does_not_build_again_for_a_guest_order_until_it_changes() {
     // A guest checkout names nobody: after a build it stays without a person.
     let mut guest = trade("G1", "0", "2026-11-12 09:00:00");
     let first = youzan_file(dir.path(), "1.jsonl", &[guest.clone()]);
-    json_ok(&shoal(
-        &wh,
-        &[
-            "ingest",
-            "--source",
-            "youzan",
-            "--json",
-            first.to_str().expect("path"),
-        ],
-    ));
+    ingest_youzan(&wh, &first);
     build(&wh);
     let location = format!("file://{}", wh.display());
     let server = start_server(&["--warehouse", &location, "serve", "--build-every", "1"]);
@@ -1538,20 +1492,9 @@ async fn the_server_does_not_build_again_for_a_guest_order_until_it_changes() {
     guest["status"] = json!("TRADE_CLOSED");
     let second = youzan_file(dir.path(), "2.jsonl", &[guest]);
     let wh_again = wh.clone();
-    tokio::task::spawn_blocking(move || {
-        json_ok(&shoal(
-            &wh_again,
-            &[
-                "ingest",
-                "--source",
-                "youzan",
-                "--json",
-                second.to_str().expect("path"),
-            ],
-        ))
-    })
-    .await
-    .expect("ingest");
+    tokio::task::spawn_blocking(move || ingest_youzan(&wh_again, &second))
+        .await
+        .expect("ingest");
     let mut built = 1;
     for _ in 0..240 {
         built = builds_listed(&client, &server.base).await;

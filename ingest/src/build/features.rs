@@ -20,7 +20,9 @@ use serde_json::{Map, Value};
 use shoal_catalog::{FieldStandard, Table, ValueType};
 
 use super::FOLLOW_EVENTS;
-use crate::columns::{UserSet, column, for_each_batch, get, get_int, int_test, ints, scan, text};
+use crate::columns::{
+    UserSet, column, for_each_batch, get, get_int, int_test, ints, rows_of_users, scan, text,
+};
 use crate::error::{Error, Result};
 
 /// Whose features are counted: everyone, or the people of a scoped build. Each person has a
@@ -506,21 +508,7 @@ pub(crate) async fn stored_traits(
             .chain(merged.keys())
             .map(|u| i64::from(*u)),
     );
-    let files = table.data_files()?;
-    let mut rows = Vec::new();
-    table
-        .read_files_where(
-            &files,
-            Some(&["user_id", "traits"]),
-            "user_id",
-            int_test(move |u| u.is_some_and(|u| wanted.contains(u))),
-            |_, batch| {
-                rows.push(batch);
-                Ok(())
-            },
-        )
-        .await?;
-    Ok(rows)
+    rows_of_users(table, wanted, Some(&["user_id", "traits"])).await
 }
 
 /// The latest value of each trait of each person.
