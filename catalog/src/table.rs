@@ -131,6 +131,19 @@ pub struct DataFile {
     pub deleted: Option<crate::DeletionRef>,
 }
 
+/// The data file an add action of the log names.
+fn data_file(add: deltalake::kernel::LogicalFileView) -> DataFile {
+    DataFile {
+        path: add.object_store_path().to_string(),
+        size: add.size().max(0) as u64,
+        partition: add.partition_values_map().into_iter().collect(),
+        rows: add.num_records().and_then(|n| u64::try_from(n).ok()),
+        deleted: add
+            .deletion_vector_descriptor()
+            .map(|dv| crate::DeletionRef::of(&dv)),
+    }
+}
+
 /// A Parquet file in an object store, read by ranges: the footer first, then the column
 /// chunks a read asks for.
 struct StoredFile {
@@ -423,18 +436,27 @@ impl Table {
             .delta
             .snapshot()
             .map_err(|e| Error::delta(&self.name, e))?;
+        Ok(snapshot.log_data().into_iter().map(data_file).collect())
+    }
+
+    /// The data files that may hold nulls in `column`: those whose statistics in the log
+    /// count some, and those without statistics for it.
+    pub fn data_files_with_nulls(&self, column: &str) -> Result<Vec<DataFile>> {
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
         Ok(snapshot
             .log_data()
             .into_iter()
-            .map(|add| DataFile {
-                path: add.object_store_path().to_string(),
-                size: add.size().max(0) as u64,
-                partition: add.partition_values_map().into_iter().collect(),
-                rows: add.num_records().and_then(|n| u64::try_from(n).ok()),
-                deleted: add
-                    .deletion_vector_descriptor()
-                    .map(|dv| crate::DeletionRef::of(&dv)),
+            .filter(|add| {
+                let nulls = add
+                    .stats()
+                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                    .and_then(|stats| stats.get("nullCount")?.get(column)?.as_u64());
+                nulls != Some(0)
             })
+            .map(data_file)
             .collect())
     }
 
@@ -451,19 +473,19 @@ impl Table {
         self.read_stored(files, columns, true, None, each).await
     }
 
-    /// [`Table::read_files`] keeping only the rows whose `key` column passes `keep` (given
-    /// batches of that column alone, it answers which rows to keep). The other columns are
-    /// decoded only for kept rows (a Parquet row filter), so picking a few people's rows out
-    /// of large files costs about one decode of `key`.
+    /// [`Table::read_files`] keeping only the rows whose `keys` columns pass `keep` (given
+    /// batches of those columns alone, in the file's order, it answers which rows to keep).
+    /// The other columns are decoded only for kept rows (a Parquet row filter), so picking a
+    /// few people's rows out of large files costs about one decode of `keys`.
     pub async fn read_files_where(
         &self,
         files: &[DataFile],
         columns: Option<&[&str]>,
-        key: &str,
+        keys: &[&str],
         keep: RowTest,
         each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
-        self.read_stored(files, columns, true, Some((key, keep)), each)
+        self.read_stored(files, columns, true, Some((keys, keep)), each)
             .await
     }
 
@@ -475,7 +497,7 @@ impl Table {
         files: &[DataFile],
         columns: Option<&[&str]>,
         live: bool,
-        filter: Option<(&str, RowTest)>,
+        filter: Option<(&[&str], RowTest)>,
         mut each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
         use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
@@ -486,7 +508,10 @@ impl Table {
         let name = self.name.clone();
         let columns: Option<Arc<Vec<String>>> =
             columns.map(|c| Arc::new(c.iter().map(|c| c.to_string()).collect()));
-        let filter = filter.map(|(key, test)| (key.to_string(), test));
+        let filter = filter.map(|(keys, test)| {
+            let keys: Arc<Vec<String>> = Arc::new(keys.iter().map(|k| k.to_string()).collect());
+            (keys, test)
+        });
         let mut reads = futures::stream::iter(files.iter().cloned().enumerate())
             .map(|(index, file)| {
                 let reader = StoredFile {
@@ -518,9 +543,11 @@ impl Table {
                                 crate::deletion_vectors::selection(rows as usize, deleted),
                             );
                         }
-                        if let Some((key, test)) = filter {
-                            let on =
-                                ProjectionMask::columns(builder.parquet_schema(), [key.as_str()]);
+                        if let Some((keys, test)) = filter {
+                            let on = ProjectionMask::columns(
+                                builder.parquet_schema(),
+                                keys.iter().map(String::as_str),
+                            );
                             let predicate =
                                 ArrowPredicateFn::new(on, move |batch: RecordBatch| test(&batch));
                             builder =

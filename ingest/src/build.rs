@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, BinaryArray, Int64Array, Int64Builder, RecordBatch};
-use arrow::compute::{
-    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::DataType;
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::datasource::MemTable;
@@ -880,7 +878,7 @@ async fn rewrite_stale_files(
             let stale_row = stale_row.clone();
             let test = int_test(move |u| stale_row.test(u));
             events
-                .read_files_where(&marked, None, "user_id", test, |i, batch| {
+                .read_files_where(&marked, None, &["user_id"], test, |i, batch| {
                     keep(&marked[i], batch)
                 })
                 .await?;
@@ -1051,20 +1049,72 @@ fn resolve_events(
 }
 
 fn sort_events(batch: &RecordBatch) -> Result<RecordBatch> {
-    let by = |name: &str| -> Result<SortColumn> {
-        Ok(SortColumn {
+    Ok(take_record_batch(batch, &event_order(batch)?)?)
+}
+
+/// Events sorted by Arrow's `lexsort`: the reference [`event_order`] is checked against.
+#[cfg(test)]
+fn lexsort_events(batch: &RecordBatch) -> Result<RecordBatch> {
+    let by = |name: &str| -> Result<arrow::compute::SortColumn> {
+        Ok(arrow::compute::SortColumn {
             values: batch
                 .column_by_name(name)
                 .cloned()
                 .ok_or_else(|| Error::Internal(format!("events lacks {name}")))?,
-            options: Some(SortOptions {
+            options: Some(arrow::compute::SortOptions {
                 descending: false,
                 nulls_first: false,
             }),
         })
     };
-    let indices = lexsort_to_indices(&[by("user_id")?, by("event_time")?, by("event_id")?], None)?;
+    let indices = arrow::compute::lexsort_to_indices(
+        &[by("user_id")?, by("event_time")?, by("event_id")?],
+        None,
+    )?;
     Ok(take_record_batch(batch, &indices)?)
+}
+
+/// The order of `batch`'s events by (user_id, event_time, event_id), nulls last: the two
+/// numbers packed into one sort key, the ids compared only between rows that tie on both.
+fn event_order(batch: &RecordBatch) -> Result<arrow::array::UInt32Array> {
+    let users = ints(batch, "user_id")?;
+    let times = ints(batch, "event_time")?;
+    let ids = text(batch, "event_id")?;
+    // A null sorts after every value: one bit above the value's.
+    let user_key = |i: usize| match users.is_null(i) {
+        true => 1u128 << 64,
+        false => u128::from(users.value(i) as u64 ^ (1 << 63)),
+    };
+    let time_key = |i: usize| match times.is_null(i) {
+        true => 1u128 << 64,
+        false => u128::from(times.value(i) as u64 ^ (1 << 63)),
+    };
+    let mut order: Vec<(u128, u128, u32)> = (0..batch.num_rows())
+        .map(|i| (user_key(i), time_key(i), i as u32))
+        .collect();
+    order.sort_unstable();
+    let mut start = 0;
+    while start < order.len() {
+        let (u, t, _) = order[start];
+        let end = start
+            + order[start..]
+                .iter()
+                .take_while(|(u2, t2, _)| (*u2, *t2) == (u, t))
+                .count();
+        if end - start > 1 {
+            order[start..end].sort_by(|a, b| {
+                let id = |i: u32| get(&ids, i as usize);
+                match (id(a.2), id(b.2)) {
+                    (Some(x), Some(y)) => x.cmp(y).then(a.2.cmp(&b.2)),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => a.2.cmp(&b.2),
+                }
+            });
+        }
+        start = end;
+    }
+    Ok(order.into_iter().map(|(_, _, i)| i).collect())
 }
 
 fn split_batch(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
@@ -1972,6 +2022,36 @@ async fn build_orders_wide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_sort_as_by_user_then_time_then_id_with_nulls_last() {
+        let mut state = 7u64;
+        let mut next = |m: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % m
+        };
+        let n = 5_000;
+        let users: Int64Array = (0..n)
+            .map(|_| (next(10) > 0).then(|| next(40) as i64))
+            .collect();
+        let times: Int64Array = (0..n)
+            .map(|_| (next(20) > 0).then(|| next(30) as i64 - 10))
+            .collect();
+        let ids: arrow::array::StringArray = (0..n)
+            .map(|_| (next(10) > 0).then(|| format!("e{}", next(50))))
+            .collect();
+        let batch = RecordBatch::try_from_iter(vec![
+            ("user_id", Arc::new(users) as ArrayRef),
+            ("event_time", Arc::new(times) as ArrayRef),
+            ("event_id", Arc::new(ids) as ArrayRef),
+        ])
+        .expect("a batch");
+        let fast = sort_events(&batch).expect("sorted");
+        let reference = lexsort_events(&batch).expect("sorted");
+        assert_eq!(fast, reference);
+    }
 
     #[test]
     fn window_count_fields_are_recognised() {

@@ -494,13 +494,13 @@ pub async fn unlink(
     let mut removed = super::EdgeRows::default();
     removed.push(
         &target.a.0,
-        target.a.1.clone(),
+        &target.a.1,
         &target.b.0,
-        target.b.1.clone(),
+        &target.b.1,
         target.first_seen,
         &target.source,
         "removed",
-        Some(format!("removed by hand: {why}")),
+        Some(&format!("removed by hand: {why}")),
     );
     edges_table
         .merge(

@@ -17,7 +17,7 @@ mod manage;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringBuilder, TimestampMicrosecondArray};
 use chrono::{DateTime, Utc};
 use datafusion::prelude::{SessionContext, col};
 use serde::Serialize;
@@ -159,13 +159,28 @@ impl Resolved {
     }
 }
 
+/// An identity seen in this run's rows.
+struct Seen {
+    ty: u8,
+    /// Its first sighting (time, source) when it is new, not stored.
+    first: Option<(i64, u16)>,
+    name: Box<str>,
+}
+
 #[derive(Default)]
 struct Observed {
-    names: KeyMap<(u8, Box<str>)>,
-    first: KeyMap<(i64, u16)>,
-    edges: HashMap<(Key, Key), (i64, u16), std::hash::BuildHasherDefault<graph::KeyHasher>>,
+    seen: KeyMap<Seen>,
+    /// Links drawn (centre, other): first sighting and the two types.
+    edges: HashMap<(Key, Key), Drawn, std::hash::BuildHasherDefault<graph::KeyHasher>>,
     sources: Vec<String>,
     rows: u64,
+}
+
+/// A link drawn: when and where first seen, and its ends' types.
+#[derive(Clone, Copy)]
+struct Drawn {
+    at: (i64, u16),
+    types: (u8, u8),
 }
 
 /// Whether sighting `a` comes before `b`: by time, then by source name (so ties do not
@@ -185,34 +200,48 @@ impl Observed {
         }
     }
 
-    /// One row's identities seen together at `at`.
+    /// The value of identity `k` ("" if it was not seen).
+    fn name(&self, k: &Key) -> &str {
+        self.seen.get(k).map_or("", |s| &s.name)
+    }
+
+    /// One row's identities seen together at `at`: each is looked up once, in the graph
+    /// and among those seen, and drawn towards the first (the strongest).
     fn group(&mut self, graph: &mut Graph, ids: &mut Vec<(u8, Key, &str)>, at: i64, source: u16) {
         self.rows += 1;
         ids.sort_unstable_by_key(|(ty, k, _)| (*ty, *k));
         ids.dedup_by_key(|(_, k, _)| *k);
-        for (ty, k, value) in ids.iter() {
-            if !self.names.contains_key(k) {
-                self.names.insert(*k, (*ty, Box::from(*value)));
+        let sighting = (at, source);
+        let mut centre: Option<(u8, Key, Option<u32>)> = None;
+        for &(ty, k, value) in ids.iter() {
+            let node = graph.find_key(k);
+            let seen = self.seen.entry(k).or_insert_with(|| Seen {
+                ty,
+                first: None,
+                name: Box::from(value),
+            });
+            if node.is_none()
+                && seen
+                    .first
+                    .is_none_or(|first| earlier(sighting, first, &self.sources))
+            {
+                seen.first = Some(sighting);
             }
-            if graph.find_key(*k).is_none() {
-                let entry = self.first.entry(*k).or_insert((at, source));
-                if earlier((at, source), *entry, &self.sources) {
-                    *entry = (at, source);
-                }
-            }
-        }
-        let Some(&(_, centre, _)) = ids.first() else {
-            return;
-        };
-        for &(_, other, _) in &ids[1..] {
-            if let (Some(a), Some(b)) = (graph.find_key(centre), graph.find_key(other))
+            let Some((c_ty, c, c_node)) = centre else {
+                centre = Some((ty, k, node));
+                continue;
+            };
+            if let (Some(a), Some(b)) = (c_node, node)
                 && graph.find(a) == graph.find(b)
             {
                 continue;
             }
-            let entry = self.edges.entry((centre, other)).or_insert((at, source));
-            if earlier((at, source), *entry, &self.sources) {
-                *entry = (at, source);
+            let entry = self.edges.entry((c, k)).or_insert(Drawn {
+                at: sighting,
+                types: (c_ty, ty),
+            });
+            if earlier(sighting, entry.at, &self.sources) {
+                entry.at = sighting;
             }
         }
     }
@@ -334,7 +363,7 @@ pub async fn merge_identities(
         .read_files_where(
             &edge_files,
             Some(&["a_type", "a_value", "b_type", "b_value"]),
-            "status",
+            &["status"],
             settled_only,
             |_, batch| {
                 let (at, av) = (column(&batch, "a_type")?, column(&batch, "a_value")?);
@@ -359,16 +388,16 @@ pub async fn merge_identities(
 
     // New observations.
     let mut observed = Observed::default();
-    observe_events(catalog, &ctx, &rules, &mut graph, &mut observed).await?;
+    observe_events(catalog, &rules, &mut graph, &mut observed).await?;
     observe_orders(catalog, &ctx, &rules, &mut graph, &mut observed).await?;
     report.rows_read = observed.rows;
     lap("observed");
 
     // New identities become nodes in the order they were first seen.
     let mut fresh: Vec<(i64, u8, Key)> = observed
-        .first
+        .seen
         .iter()
-        .map(|(k, (at, _))| (*at, observed.names.get(k).map_or(0, |n| n.0), *k))
+        .filter_map(|(k, s)| s.first.map(|(at, _)| (at, s.ty, *k)))
         .collect();
     fresh.sort_unstable();
     graph.reserve(fresh.len());
@@ -380,15 +409,10 @@ pub async fn merge_identities(
         .edges
         .iter()
         .filter(|((a, b), _)| !settled.contains(&((*a).min(*b), (*a).max(*b))))
-        .filter_map(|((a, b), (at, source))| {
-            let ty = |k: &Key| observed.names.get(k).map_or(0, |n| n.0);
+        .filter_map(|((a, b), drawn)| {
             let (na, nb) = (graph.find_key(*a)?, graph.find_key(*b)?);
-            Some((
-                Link::new(*at, (ty(a), *a, na), (ty(b), *b, nb)),
-                *source,
-                *a,
-                *b,
-            ))
+            let ((at, source), (ta, tb)) = (drawn.at, drawn.types);
+            Some((Link::new(at, (ta, *a, na), (tb, *b, nb)), source, *a, *b))
         })
         .collect();
     report.links_seen = links.len() as u64;
@@ -419,21 +443,14 @@ pub async fn merge_identities(
             Outcome::Refused(reason) => {
                 let kind = reason.split(" (").next().unwrap_or(reason).to_string();
                 *report.links_refused.entry(kind).or_insert(0) += 1;
-                ("refused", Some(reason.clone()))
+                ("refused", Some(reason.as_str()))
             }
-        };
-        let name = |k: &Key| {
-            observed
-                .names
-                .get(k)
-                .map(|n| n.1.to_string())
-                .unwrap_or_default()
         };
         edge_rows.push(
             rules.name(link.a_type()),
-            name(key_a),
+            observed.name(key_a),
             rules.name(link.b_type()),
-            name(key_b),
+            observed.name(key_b),
             link.at(),
             &observed.sources[*source as usize],
             status,
@@ -490,8 +507,8 @@ pub async fn merge_identities(
         let Some(node) = graph.find_key(*k) else {
             continue;
         };
-        let (at, source) = observed.first.get(k).copied().unwrap_or((0, 0));
-        let value = observed.names.get(k).map(|n| n.1.as_ref()).unwrap_or("");
+        let (at, source) = observed.seen.get(k).and_then(|s| s.first).unwrap_or((0, 0));
+        let value = observed.name(k);
         link_rows.push(
             rules.name(*ty),
             value,
@@ -555,23 +572,31 @@ fn remap_users(batch: &RecordBatch, merged: &HashMap<u32, u32>) -> Result<Record
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
+/// Observes the events without a person, read from the files whose statistics count some
+/// (text as stored, not cast); only identify and alias calls have their properties parsed.
 async fn observe_events(
     catalog: &Catalog,
-    ctx: &SessionContext,
     rules: &Rules,
     graph: &mut Graph,
     observed: &mut Observed,
 ) -> Result<()> {
     let events = catalog.table("events").await?;
-    let mut columns: Vec<&str> = vec!["event_time", "event_type", "properties"];
-    columns.extend(rules.event_columns.iter().map(|(c, _)| c.as_str()));
-    let stream = scan(ctx, &events, &columns, Some(col("user_id").is_null())).await?;
-    let sources: Vec<u16> = ["track", "page", "screen", "identify", "alias", "group"]
+    let files = events.data_files_with_nulls("user_id")?;
+    let kinds = ["track", "page", "screen", "identify", "alias", "group"];
+    let sources: Vec<u16> = kinds
         .iter()
         .map(|t| observed.source(&format!("events:{t}")))
         .collect();
     let other = observed.source("events");
-    for_each_batch(stream, |batch| {
+    let source_of = |kind: &str| {
+        kinds
+            .iter()
+            .position(|t| *t == kind)
+            .map_or(other, |p| sources[p])
+    };
+    let mut columns: Vec<&str> = vec!["event_time", "event_type", "properties"];
+    columns.extend(rules.event_columns.iter().map(|(c, _)| c.as_str()));
+    let mut each = |batch: &RecordBatch| -> Result<()> {
         let times = ints(batch, "event_time")?;
         let kinds = text(batch, "event_type")?;
         let properties = text(batch, "properties")?;
@@ -612,15 +637,20 @@ async fn observe_events(
             for (ty, v) in &extra {
                 ids.push((*ty, key(*ty, v), v.as_str()));
             }
-            let source = ["track", "page", "screen", "identify", "alias", "group"]
-                .iter()
-                .position(|t| *t == kind)
-                .map_or(other, |p| sources[p]);
-            observed.group(graph, &mut ids, at, source);
+            observed.group(graph, &mut ids, at, source_of(kind));
         }
         Ok(())
-    })
-    .await
+    };
+    events
+        .read_files_where(
+            &files,
+            Some(&columns),
+            &["user_id"],
+            Arc::new(|batch: &RecordBatch| arrow::compute::is_null(batch.column(0))),
+            |_, batch| each(&batch).map_err(|e| shoal_catalog::Error::Internal(e.to_string())),
+        )
+        .await?;
+    Ok(())
 }
 
 fn identity_text(v: &Value) -> Option<String> {
@@ -725,16 +755,17 @@ pub(crate) fn merges_batch(
     ])?)
 }
 
+/// Rows of `identity_edges`, built column by column.
 #[derive(Default)]
 pub(crate) struct EdgeRows {
-    a_type: Vec<String>,
-    a_value: Vec<String>,
-    b_type: Vec<String>,
-    b_value: Vec<String>,
+    a_type: StringBuilder,
+    a_value: StringBuilder,
+    b_type: StringBuilder,
+    b_value: StringBuilder,
     at: Vec<i64>,
-    source: Vec<String>,
-    status: Vec<&'static str>,
-    reason: Vec<Option<String>>,
+    source: StringBuilder,
+    status: StringBuilder,
+    reason: StringBuilder,
 }
 
 impl EdgeRows {
@@ -742,77 +773,76 @@ impl EdgeRows {
     pub(crate) fn push(
         &mut self,
         a_type: &str,
-        a_value: String,
+        a_value: &str,
         b_type: &str,
-        b_value: String,
+        b_value: &str,
         at: i64,
         source: &str,
-        status: &'static str,
-        reason: Option<String>,
+        status: &str,
+        reason: Option<&str>,
     ) {
-        self.a_type.push(a_type.to_string());
-        self.a_value.push(a_value);
-        self.b_type.push(b_type.to_string());
-        self.b_value.push(b_value);
+        self.a_type.append_value(a_type);
+        self.a_value.append_value(a_value);
+        self.b_type.append_value(b_type);
+        self.b_value.append_value(b_value);
         self.at.push(at);
-        self.source.push(source.to_string());
-        self.status.push(status);
-        self.reason.push(reason);
+        self.source.append_value(source);
+        self.status.append_value(status);
+        self.reason.append_option(reason);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.at.is_empty()
     }
 
-    pub(crate) fn batch(self) -> Result<RecordBatch> {
+    pub(crate) fn batch(mut self) -> Result<RecordBatch> {
+        let text = |b: &mut StringBuilder| Arc::new(b.finish()) as ArrayRef;
         Ok(RecordBatch::try_from_iter(vec![
-            ("a_type", text_array(self.a_type.iter().map(Some))),
-            ("a_value", text_array(self.a_value.iter().map(Some))),
-            ("b_type", text_array(self.b_type.iter().map(Some))),
-            ("b_value", text_array(self.b_value.iter().map(Some))),
+            ("a_type", text(&mut self.a_type)),
+            ("a_value", text(&mut self.a_value)),
+            ("b_type", text(&mut self.b_type)),
+            ("b_value", text(&mut self.b_value)),
             ("first_seen", time_array(self.at)),
-            ("source", text_array(self.source.iter().map(Some))),
-            ("status", text_array(self.status.iter().map(Some))),
-            (
-                "reason",
-                text_array(self.reason.iter().map(Option::as_deref)),
-            ),
+            ("source", text(&mut self.source)),
+            ("status", text(&mut self.status)),
+            ("reason", text(&mut self.reason)),
         ])?)
     }
 }
 
+/// Rows of `identity_links`, built column by column.
 #[derive(Default)]
 pub(crate) struct LinkRows {
-    types: Vec<String>,
-    values: Vec<String>,
+    types: StringBuilder,
+    values: StringBuilder,
     users: Vec<i64>,
     first: Vec<i64>,
-    sources: Vec<String>,
+    sources: StringBuilder,
 }
 
 impl LinkRows {
     pub(crate) fn push(&mut self, ty: &str, value: &str, user: u32, first: i64, source: &str) {
-        self.types.push(ty.to_string());
-        self.values.push(value.to_string());
+        self.types.append_value(ty);
+        self.values.append_value(value);
         self.users.push(i64::from(user));
         self.first.push(first);
-        self.sources.push(source.to_string());
+        self.sources.append_value(source);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
 
-    pub(crate) fn batch(self) -> Result<RecordBatch> {
+    pub(crate) fn batch(mut self) -> Result<RecordBatch> {
         Ok(RecordBatch::try_from_iter(vec![
-            ("id_type", text_array(self.types.iter().map(Some))),
-            ("id_value", text_array(self.values.iter().map(Some))),
+            ("id_type", Arc::new(self.types.finish()) as ArrayRef),
+            ("id_value", Arc::new(self.values.finish())),
             (
                 "user_id",
                 Arc::new(Int64Array::from(self.users)) as ArrayRef,
             ),
             ("first_seen", time_array(self.first)),
-            ("source", text_array(self.sources.iter().map(Some))),
+            ("source", Arc::new(self.sources.finish())),
         ])?)
     }
 }
