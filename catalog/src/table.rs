@@ -450,10 +450,12 @@ impl Table {
             .log_data()
             .into_iter()
             .filter(|add| {
+                use deltalake::kernel::scalars::ScalarExt;
+                // The parsed statistics, not their JSON text: the log keeps them parsed, and
+                // writing them out as text again costs more than the whole read it prunes.
                 let nulls = add
-                    .stats()
-                    .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-                    .and_then(|stats| stats.get("nullCount")?.get(column)?.as_u64());
+                    .null_counts()
+                    .and_then(|counts| counts.to_json().get(column)?.as_u64());
                 nulls != Some(0)
             })
             .map(data_file)

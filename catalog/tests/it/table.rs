@@ -1844,3 +1844,40 @@ async fn merging_by_a_composite_key_by_marking_replaces_only_equal_keys() {
     assert_eq!(table.version(), version);
     check(rows_of(&table).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_with_nulls_are_told_apart_by_their_statistics() {
+    let (_dir, warehouse) = temp_warehouse();
+    let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
+        .await
+        .expect("create");
+    let with_null_city = RecordBatch::try_new(
+        people_schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![3, 4])),
+            Arc::new(StringArray::from(vec![Some("p3"), Some("p4")])),
+            Arc::new(StringArray::from(vec![Some("a"), None])),
+        ],
+    )
+    .expect("batch");
+    for batch in [
+        people(&[(1, "p1", "a"), (2, "p2", "b")]),
+        with_null_city,
+        people(&[(5, "p5", "c")]),
+    ] {
+        table
+            .append(vec![batch], CommitNote::default())
+            .await
+            .expect("append");
+    }
+    assert_eq!(table.data_files().expect("files").len(), 3);
+    let with_nulls = table.data_files_with_nulls("city").expect("files");
+    assert_eq!(with_nulls.len(), 1, "{with_nulls:?}");
+    assert_eq!(with_nulls[0].rows, Some(2));
+    assert!(table.data_files_with_nulls("id").expect("files").is_empty());
+    // A column the statistics do not know is not ruled out.
+    assert_eq!(
+        table.data_files_with_nulls("nowhere").expect("files").len(),
+        3
+    );
+}
