@@ -451,8 +451,8 @@ impl Table {
             .into_iter()
             .filter(|add| {
                 use deltalake::kernel::scalars::ScalarExt;
-                // The parsed statistics, not their JSON text: the log keeps them parsed, and
-                // writing them out as text again costs more than the whole read it prunes.
+                // The log keeps its statistics parsed: read them as they are rather than
+                // written out as JSON text and parsed again.
                 let nulls = add
                     .null_counts()
                     .and_then(|counts| counts.to_json().get(column)?.as_u64());
@@ -475,19 +475,19 @@ impl Table {
         self.read_stored(files, columns, true, None, each).await
     }
 
-    /// [`Table::read_files`] keeping only the rows whose `keys` columns pass `keep` (given
-    /// batches of those columns alone, in the file's order, it answers which rows to keep).
-    /// The other columns are decoded only for kept rows (a Parquet row filter), so picking a
-    /// few people's rows out of large files costs about one decode of `keys`.
+    /// [`Table::read_files`] keeping only the rows whose `key` column passes `keep` (given
+    /// batches of that column alone, it answers which rows to keep). The other columns are
+    /// decoded only for kept rows (a Parquet row filter), so picking a few people's rows out
+    /// of large files costs about one decode of `key`.
     pub async fn read_files_where(
         &self,
         files: &[DataFile],
         columns: Option<&[&str]>,
-        keys: &[&str],
+        key: &str,
         keep: RowTest,
         each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
-        self.read_stored(files, columns, true, Some((keys, keep)), each)
+        self.read_stored(files, columns, true, Some((key, keep)), each)
             .await
     }
 
@@ -499,7 +499,7 @@ impl Table {
         files: &[DataFile],
         columns: Option<&[&str]>,
         live: bool,
-        filter: Option<(&[&str], RowTest)>,
+        filter: Option<(&str, RowTest)>,
         mut each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
         use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
@@ -510,10 +510,7 @@ impl Table {
         let name = self.name.clone();
         let columns: Option<Arc<Vec<String>>> =
             columns.map(|c| Arc::new(c.iter().map(|c| c.to_string()).collect()));
-        let filter = filter.map(|(keys, test)| {
-            let keys: Arc<Vec<String>> = Arc::new(keys.iter().map(|k| k.to_string()).collect());
-            (keys, test)
-        });
+        let filter = filter.map(|(key, test)| (key.to_string(), test));
         let mut reads = futures::stream::iter(files.iter().cloned().enumerate())
             .map(|(index, file)| {
                 let reader = StoredFile {
@@ -545,11 +542,9 @@ impl Table {
                                 crate::deletion_vectors::selection(rows as usize, deleted),
                             );
                         }
-                        if let Some((keys, test)) = filter {
-                            let on = ProjectionMask::columns(
-                                builder.parquet_schema(),
-                                keys.iter().map(String::as_str),
-                            );
+                        if let Some((key, test)) = filter {
+                            let on =
+                                ProjectionMask::columns(builder.parquet_schema(), [key.as_str()]);
                             let predicate =
                                 ArrowPredicateFn::new(on, move |batch: RecordBatch| test(&batch));
                             builder =

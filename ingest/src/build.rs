@@ -878,7 +878,7 @@ async fn rewrite_stale_files(
             let stale_row = stale_row.clone();
             let test = int_test(move |u| stale_row.test(u));
             events
-                .read_files_where(&marked, None, &["user_id"], test, |i, batch| {
+                .read_files_where(&marked, None, "user_id", test, |i, batch| {
                     keep(&marked[i], batch)
                 })
                 .await?;

@@ -169,7 +169,7 @@ pub(crate) async fn rows_of_users(
         .read_files_where(
             &table.data_files()?,
             columns,
-            &["user_id"],
+            "user_id",
             int_test(move |u| u.is_some_and(|u| users.contains(u))),
             |_, batch| {
                 rows.push(batch);

@@ -1558,7 +1558,7 @@ async fn filtered_file_reads_keep_only_the_rows_that_pass_and_are_not_deleted() 
     });
     let mut rows = Vec::new();
     table
-        .read_files_where(&files, Some(&["id", "city"]), &["id"], test, |_, batch| {
+        .read_files_where(&files, Some(&["id", "city"]), "id", test, |_, batch| {
             assert_eq!(batch.num_columns(), 2);
             let ids = batch.column(0).as_any().downcast_ref::<Int64Array>();
             let cities = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8)
@@ -1583,7 +1583,7 @@ async fn filtered_file_reads_keep_only_the_rows_that_pass_and_are_not_deleted() 
     let failing: shoal_catalog::RowTest =
         Arc::new(|_: &RecordBatch| Err(arrow::error::ArrowError::ComputeError("no".into())));
     let err = table
-        .read_files_where(&files, Some(&["id"]), &["id"], failing, |_, _| Ok(()))
+        .read_files_where(&files, Some(&["id"]), "id", failing, |_, _| Ok(()))
         .await
         .expect_err("fails");
     assert!(err.to_string().contains("no"), "{err}");

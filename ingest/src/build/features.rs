@@ -128,7 +128,7 @@ pub(crate) async fn scoped_events(
         .read_files_where(
             &files,
             Some(&columns),
-            &["user_id"],
+            "user_id",
             {
                 let members = people.members();
                 int_test(move |u| u.is_some_and(|u| members.contains(u)))

@@ -363,7 +363,7 @@ pub async fn merge_identities(
         .read_files_where(
             &edge_files,
             Some(&["a_type", "a_value", "b_type", "b_value"]),
-            &["status"],
+            "status",
             settled_only,
             |_, batch| {
                 let (at, av) = (column(&batch, "a_type")?, column(&batch, "a_value")?);
@@ -645,7 +645,7 @@ async fn observe_events(
         .read_files_where(
             &files,
             Some(&columns),
-            &["user_id"],
+            "user_id",
             Arc::new(|batch: &RecordBatch| arrow::compute::is_null(batch.column(0))),
             |_, batch| each(&batch).map_err(|e| shoal_catalog::Error::Internal(e.to_string())),
         )
