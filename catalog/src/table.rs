@@ -668,7 +668,9 @@ impl Table {
 
     /// Removes the data files `remove` (from [`Table::data_files`]) and adds the rows of
     /// `batches` as new files, in one commit. Every other file stays as it is, rows appended
-    /// meanwhile included; the commit fails if a file to remove has already gone.
+    /// meanwhile included; the commit fails if a file to remove has already gone. In a
+    /// partitioned table where each batch holds the rows of one partition, each batch becomes
+    /// one file; otherwise files hold at most [`FILE_ROWS`] rows.
     pub async fn replace_files(
         &mut self,
         remove: &[DataFile],
@@ -688,8 +690,32 @@ impl Table {
         note: CommitNote,
         operation: deltalake::protocol::DeltaOperation,
     ) -> Result<u64> {
-        use deltalake::kernel::Action;
         self.check_batches(&batches)?;
+        let actions = self.remove_actions(remove)?;
+        self.commit_with_files(actions, batches, note, operation)
+            .await
+    }
+
+    /// [`Table::replace_files`] where each new file's rows are made by a function called when
+    /// a writer is ready for them, a few side by side (one per core): rows gathered from
+    /// larger batches are copied while other files are encoded. The table must be
+    /// partitioned, and each file's rows must share their partition values.
+    pub async fn replace_files_made(
+        &mut self,
+        remove: &[DataFile],
+        files: Vec<FileRows>,
+        note: CommitNote,
+    ) -> Result<u64> {
+        let mut actions = self.remove_actions(remove)?;
+        actions.extend(self.write_partition_files(files).await?);
+        let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
+        self.commit_actions(actions, note, operation).await
+    }
+
+    /// The remove actions of `remove`; an error when one of them is no longer in the
+    /// snapshot.
+    fn remove_actions(&self, remove: &[DataFile]) -> Result<Vec<deltalake::kernel::Action>> {
+        use deltalake::kernel::Action;
         let snapshot = self
             .delta
             .snapshot()
@@ -713,8 +739,7 @@ impl Table {
                 ),
             });
         }
-        self.commit_with_files(actions, batches, note, operation)
-            .await
+        Ok(actions)
     }
 
     /// Writes `batches` as new files (see [`Table::replace_files`] for their size) and
@@ -727,12 +752,18 @@ impl Table {
         operation: deltalake::protocol::DeltaOperation,
     ) -> Result<u64> {
         use deltalake::kernel::Action;
-        use deltalake::kernel::transaction::CommitBuilder;
         use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-        let snapshot = self
-            .delta
-            .snapshot()
-            .map_err(|e| Error::delta(&self.name, e))?;
+        // Rows already split by partition go to their files as they are (Delta's writer would
+        // copy every batch to split it again).
+        if self.one_partition_each(&batches)? {
+            let files = batches
+                .into_iter()
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| Box::new(move || Ok(b)) as FileRows)
+                .collect();
+            actions.extend(self.write_partition_files(files).await?);
+            return self.commit_actions(actions, note, operation).await;
+        }
         // Large writes are split into parts written side by side, a file each, one per core,
         // and files of at most FILE_ROWS rows, so that a later change to a few rows rewrites
         // a file of bounded size.
@@ -766,6 +797,21 @@ impl Table {
                 actions.extend(added.into_iter().map(Action::Add));
             }
         }
+        self.commit_actions(actions, note, operation).await
+    }
+
+    /// Commits `actions` on top of the table's snapshot, recorded as `operation`.
+    async fn commit_actions(
+        &mut self,
+        actions: Vec<deltalake::kernel::Action>,
+        note: CommitNote,
+        operation: deltalake::protocol::DeltaOperation,
+    ) -> Result<u64> {
+        use deltalake::kernel::transaction::CommitBuilder;
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
         let finalized = CommitBuilder::from(note.properties())
             .with_actions(actions)
             .build(Some(snapshot), self.delta.log_store(), operation)
@@ -775,6 +821,82 @@ impl Table {
         delta.state = Some(finalized.snapshot());
         self.committed(delta).await;
         Ok(self.version())
+    }
+
+    /// Whether the table is partitioned and every batch holds rows of one partition alone.
+    fn one_partition_each(&self, batches: &[RecordBatch]) -> Result<bool> {
+        let columns = self.partition_columns()?;
+        if columns.is_empty() {
+            return Ok(false);
+        }
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            if partition_of(batch, &columns)?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes the rows each of `files` makes (those of one partition) as one data file, as
+    /// they are: a few side by side, one per core. Gives back the files' add actions.
+    async fn write_partition_files(
+        &self,
+        files: Vec<FileRows>,
+    ) -> Result<Vec<deltalake::kernel::Action>> {
+        use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
+        let metadata = snapshot.metadata();
+        let configuration = metadata.configuration();
+        let indexed = configuration
+            .get("delta.dataSkippingNumIndexedCols")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(DEFAULT_INDEXED_COLUMNS);
+        let stats_columns: Option<Vec<String>> = configuration
+            .get("delta.dataSkippingStatsColumns")
+            .map(|v| v.split(',').map(str::to_string).collect());
+        let schema = self.schema()?;
+        let partitions = metadata.partition_columns().to_vec();
+        if partitions.is_empty() {
+            return Err(Error::InvalidData {
+                table: self.name.clone(),
+                reason: "files of one partition each need a partitioned table".into(),
+            });
+        }
+        // No target size: each batch is one file, however many rows the caller put in it.
+        let config = WriterConfig::new(
+            schema.clone(),
+            partitions.clone(),
+            Some(writer_properties(&self.layout)),
+            None,
+            Some(ROW_GROUP_ROWS),
+            delta_kernel::table_properties::DataSkippingNumIndexedCols::NumColumns(indexed),
+            stats_columns,
+        );
+        let store = self.delta.object_store();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let name = self.name.clone();
+        let mut pending = files.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut actions = Vec::new();
+        loop {
+            while running.len() < cores
+                && let Some(make) = pending.next()
+            {
+                let writer = DeltaWriter::new(store.clone(), config.clone());
+                let (table, schema, partitions) =
+                    (name.clone(), schema.clone(), partitions.clone());
+                running.spawn(write_file(writer, make, table, schema, partitions));
+            }
+            let Some(written) = running.join_next().await else {
+                break;
+            };
+            let added = written.map_err(|e| Error::Internal(format!("{name}: writing: {e}")))??;
+            actions.extend(added.into_iter().map(deltalake::kernel::Action::Add));
+        }
+        Ok(actions)
     }
 
     /// Upserts `batches` by `key`, an integer column the table is kept sorted by, and deletes
@@ -1795,49 +1917,7 @@ impl Table {
 
     /// `partial`: the batches may hold only some columns (an update of those).
     fn check_columns(&self, batches: &[RecordBatch], partial: bool) -> Result<()> {
-        let schema = self.schema()?;
-        if let Some(first) = batches.first()
-            && let Some(i) = batches.iter().position(|b| b.schema() != first.schema())
-        {
-            // Delta's writer assumes one schema for the whole input.
-            return Err(Error::InvalidData {
-                table: self.name.clone(),
-                reason: format!("batch {i} has a different schema from batch 0"),
-            });
-        }
-        for (i, batch) in batches.iter().enumerate() {
-            for field in schema.fields() {
-                let Ok(column) = batch.schema().index_of(field.name()) else {
-                    if field.is_nullable() || partial {
-                        continue;
-                    }
-                    return Err(Error::InvalidData {
-                        table: self.name.clone(),
-                        reason: format!("batch {i} lacks required column '{}'", field.name()),
-                    });
-                };
-                let data_type = batch.schema().field(column).data_type().clone();
-                if !types_compatible(&data_type, field.data_type()) {
-                    return Err(Error::InvalidData {
-                        table: self.name.clone(),
-                        reason: format!(
-                            "batch {i} column '{}' is {data_type}, table has {}",
-                            field.name(),
-                            field.data_type()
-                        ),
-                    });
-                }
-            }
-            for field in batch.schema().fields() {
-                if schema.field_with_name(field.name()).is_err() {
-                    return Err(Error::UnknownField {
-                        table: self.name.clone(),
-                        field: field.name().clone(),
-                    });
-                }
-            }
-        }
-        Ok(())
+        check_columns(&self.name, &self.schema()?, batches, partial)
     }
 
     async fn add_missing_columns(self, wanted: &SchemaRef) -> Result<Table> {
@@ -1971,6 +2051,117 @@ impl KeyEncoder {
             .collect();
         Ok((self.converter.convert_columns(&columns)?, valid))
     }
+}
+
+/// Whether `batches` fit the columns of `table` (of `schema`).
+/// `partial`: the batches may hold only some columns (an update of those).
+fn check_columns(
+    table: &str,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    partial: bool,
+) -> Result<()> {
+    if let Some(first) = batches.first()
+        && let Some(i) = batches.iter().position(|b| b.schema() != first.schema())
+    {
+        // Delta's writer assumes one schema for the whole input.
+        return Err(Error::InvalidData {
+            table: table.to_string(),
+            reason: format!("batch {i} has a different schema from batch 0"),
+        });
+    }
+    for (i, batch) in batches.iter().enumerate() {
+        for field in schema.fields() {
+            let Ok(column) = batch.schema().index_of(field.name()) else {
+                if field.is_nullable() || partial {
+                    continue;
+                }
+                return Err(Error::InvalidData {
+                    table: table.to_string(),
+                    reason: format!("batch {i} lacks required column '{}'", field.name()),
+                });
+            };
+            let data_type = batch.schema().field(column).data_type().clone();
+            if !types_compatible(&data_type, field.data_type()) {
+                return Err(Error::InvalidData {
+                    table: table.to_string(),
+                    reason: format!(
+                        "batch {i} column '{}' is {data_type}, table has {}",
+                        field.name(),
+                        field.data_type()
+                    ),
+                });
+            }
+        }
+        for field in batch.schema().fields() {
+            if schema.field_with_name(field.name()).is_err() {
+                return Err(Error::UnknownField {
+                    table: table.to_string(),
+                    field: field.name().clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes the rows `make` gives (those of one partition, with the columns of `table`) into
+/// one data file with `writer`.
+async fn write_file(
+    mut writer: deltalake::datafile::writer::DeltaWriter,
+    make: FileRows,
+    table: String,
+    schema: SchemaRef,
+    partitions: Vec<String>,
+) -> Result<Vec<deltalake::kernel::Add>> {
+    let batch = make()?;
+    check_columns(&table, &schema, std::slice::from_ref(&batch), false)?;
+    let values = partition_of(&batch, &partitions)?.ok_or_else(|| Error::InvalidData {
+        table: table.clone(),
+        reason: "the rows of one file span several partitions".into(),
+    })?;
+    let write = async {
+        writer.write_partition(batch, &values).await?;
+        writer.close().await
+    };
+    write
+        .await
+        .map_err(|e| Error::Internal(format!("{table}: {e}")))
+}
+
+/// Makes the rows of one data file (see [`Table::replace_files_made`]).
+pub type FileRows = Box<dyn FnOnce() -> Result<RecordBatch> + Send>;
+
+/// A data file's partition values, as Delta's writer takes them.
+type PartitionValues = indexmap::IndexMap<String, delta_kernel::expressions::Scalar>;
+
+/// Columns Delta keeps statistics for when the table does not say
+/// (`delta.dataSkippingNumIndexedCols`).
+const DEFAULT_INDEXED_COLUMNS: u64 = 32;
+
+/// The partition values of `batch` when all of its rows share them (`None` otherwise, or
+/// when it has no rows).
+fn partition_of(batch: &RecordBatch, columns: &[String]) -> Result<Option<PartitionValues>> {
+    use deltalake::kernel::scalars::ScalarExt;
+    if batch.num_rows() == 0 {
+        return Ok(None);
+    }
+    let mut values = PartitionValues::with_capacity(columns.len());
+    for name in columns {
+        let Some(column) = batch.column_by_name(name) else {
+            return Ok(None);
+        };
+        let first = arrow::array::Scalar::new(column.slice(0, 1));
+        let same = arrow::compute::kernels::cmp::not_distinct(column, &first)?;
+        let Some(value) = delta_kernel::expressions::Scalar::from_array(column.as_ref(), 0) else {
+            return Ok(None);
+        };
+        if same.true_count() != batch.num_rows() {
+            return Ok(None);
+        }
+        values.insert(name.clone(), value);
+    }
+    Ok(Some(values))
 }
 
 fn split_rows(batches: Vec<RecordBatch>, parts: usize) -> Vec<Vec<RecordBatch>> {

@@ -616,6 +616,13 @@ async fn rewrite_days(
     // Text read as stored, so rewritten rows need no cast before they are written again.
     let read = SessionContext::new_with_config(shoal_catalog::stored_text_config());
     let before = events.rewrite_provider().await?;
+    // The files of each day, as of that read: a chunk's commit removes those of its days.
+    let mut day_files: BTreeMap<i32, Vec<shoal_catalog::DataFile>> = BTreeMap::new();
+    for file in events.data_files()? {
+        if let Some(day) = partition_day(&file) {
+            day_files.entry(day).or_default().push(file);
+        }
+    }
     let mut committing: Option<tokio::task::JoinHandle<Result<shoal_catalog::Table>>> = None;
     for (i, chunk) in chunks.iter().enumerate() {
         progress("events", i as u64, total);
@@ -626,34 +633,54 @@ async fn rewrite_days(
         let predicate = col("event_date").in_list(dates, false);
         let batches = read
             .read_table(before.clone())?
-            .filter(predicate.clone())?
+            .filter(predicate)?
             .collect()
             .await?;
         let batches = batches
             .iter()
-            .map(|b| Ok(shoal_catalog::conform(b, &schema)?))
+            .map(|b| {
+                let b = shoal_catalog::conform(b, &schema)?;
+                let users = resolve_events(&b, resolved, moves, report, affected)?;
+                with_column(&b, "user_id", Arc::new(users))
+            })
             .collect::<Result<Vec<_>>>()?;
         if batches.is_empty() {
             continue;
         }
-        let batch = concat_batches(&schema, &batches)?;
-        let users = resolve_events(&batch, resolved, moves, report, affected)?;
-        let batch = with_column(&batch, "user_id", Arc::new(users))?;
-        let batch = sort_events(&batch)?;
-        if let Some(identified) = identified.as_deref_mut() {
-            identified.push(features::identify_rows(&batch)?);
+        for batch in &batches {
+            if let Some(identified) = identified.as_deref_mut() {
+                identified.push(features::identify_rows(batch)?);
+            }
+            collect_day_bitmaps(batch, &mut day_bitmaps)?;
+            report.events_rewritten += batch.num_rows() as u64;
         }
-        collect_day_bitmaps(&batch, &mut day_bitmaps)?;
-        report.events_rewritten += batch.num_rows() as u64;
+        // Each day's rows are sorted here and gathered into its files by the writers, each
+        // file's copy made while others are encoded.
+        let mut pieces: Vec<shoal_catalog::FileRows> = Vec::new();
+        let days = rows_by_day(&batches)?;
+        let batches = Arc::new(batches);
+        for (_, mut rows) in days {
+            sort_event_rows(&batches, &mut rows)?;
+            for part in rows.chunks(EVENT_FILE_ROWS) {
+                let (batches, part) = (batches.clone(), part.to_vec());
+                pieces.push(Box::new(move || {
+                    gather(&batches, &part)
+                        .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))
+                }));
+            }
+        }
         report.days_rewritten += chunk.len() as u64;
-        let pieces = split_batch(&batch, EVENT_FILE_ROWS);
+        let remove: Vec<shoal_catalog::DataFile> = chunk
+            .iter()
+            .flat_map(|d| day_files.remove(d).unwrap_or_default())
+            .collect();
         if let Some(previous) = committing.take() {
             *events = joined(previous).await?;
         }
         let note = note.clone();
         let mut table = events.clone();
         committing = Some(tokio::spawn(async move {
-            table.replace_where(pieces, predicate, note).await?;
+            table.replace_files_made(&remove, pieces, note).await?;
             Ok(table)
         }));
     }
@@ -1049,7 +1076,46 @@ fn resolve_events(
 }
 
 fn sort_events(batch: &RecordBatch) -> Result<RecordBatch> {
-    Ok(take_record_batch(batch, &event_order(batch)?)?)
+    let mut rows: Vec<RowRef> = (0..batch.num_rows() as u32).map(|i| (0, i)).collect();
+    sort_event_rows(std::slice::from_ref(batch), &mut rows)?;
+    let order: arrow::array::UInt32Array = rows.into_iter().map(|(_, i)| i).collect();
+    Ok(take_record_batch(batch, &order)?)
+}
+
+/// A row of one of several batches: (batch, row).
+type RowRef = (u32, u32);
+
+/// The rows of `batches` by `event_date` (days since the epoch), each day's in read order.
+fn rows_by_day(batches: &[RecordBatch]) -> Result<BTreeMap<i32, Vec<RowRef>>> {
+    let mut days: BTreeMap<i32, Vec<RowRef>> = BTreeMap::new();
+    for (b, batch) in batches.iter().enumerate() {
+        let dates = ints(batch, "event_date")?;
+        let mut i = 0;
+        while i < batch.num_rows() {
+            let day = get_int(&dates, i).ok_or_else(|| {
+                Error::Internal("a row of a day being rewritten has no event_date".into())
+            })?;
+            // Rows of one day come in runs: each run is added at once.
+            let run = (i..batch.num_rows())
+                .take_while(|j| get_int(&dates, *j) == Some(day))
+                .count();
+            days.entry(day as i32)
+                .or_default()
+                .extend((i..i + run).map(|j| (b as u32, j as u32)));
+            i += run;
+        }
+    }
+    Ok(days)
+}
+
+/// The rows `rows` of `batches`, in that order, as one batch.
+fn gather(batches: &[RecordBatch], rows: &[RowRef]) -> Result<RecordBatch> {
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let indices: Vec<(usize, usize)> = rows
+        .iter()
+        .map(|(b, i)| (*b as usize, *i as usize))
+        .collect();
+    Ok(arrow::compute::interleave_record_batch(&refs, &indices)?)
 }
 
 /// Events sorted by Arrow's `lexsort`: the reference [`event_order`] is checked against.
@@ -1074,47 +1140,56 @@ fn lexsort_events(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(take_record_batch(batch, &indices)?)
 }
 
-/// The order of `batch`'s events by (user_id, event_time, event_id), nulls last: the two
+/// Sorts `rows` (of `batches`) by (user_id, event_time, event_id), nulls last: the two
 /// numbers packed into one sort key, the ids compared only between rows that tie on both.
-fn event_order(batch: &RecordBatch) -> Result<arrow::array::UInt32Array> {
-    let users = ints(batch, "user_id")?;
-    let times = ints(batch, "event_time")?;
-    let ids = text(batch, "event_id")?;
+fn sort_event_rows(batches: &[RecordBatch], rows: &mut [RowRef]) -> Result<()> {
+    let columns = batches
+        .iter()
+        .map(|b| {
+            Ok((
+                ints(b, "user_id")?,
+                ints(b, "event_time")?,
+                text(b, "event_id")?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     // A null sorts after every value: one bit above the value's.
-    let user_key = |i: usize| match users.is_null(i) {
+    let number_key = |values: &Int64Array, i: usize| match values.is_null(i) {
         true => 1u128 << 64,
-        false => u128::from(users.value(i) as u64 ^ (1 << 63)),
+        false => u128::from(values.value(i) as u64 ^ (1 << 63)),
     };
-    let time_key = |i: usize| match times.is_null(i) {
-        true => 1u128 << 64,
-        false => u128::from(times.value(i) as u64 ^ (1 << 63)),
-    };
-    let mut order: Vec<(u128, u128, u32)> = (0..batch.num_rows())
-        .map(|i| (user_key(i), time_key(i), i as u32))
+    let mut keyed: Vec<(u128, u128, RowRef)> = rows
+        .iter()
+        .map(|&(b, i)| {
+            let (users, times, _) = &columns[b as usize];
+            let i = i as usize;
+            (number_key(users, i), number_key(times, i), (b, i as u32))
+        })
         .collect();
-    order.sort_unstable();
+    keyed.sort_unstable();
+    let id = |(b, i): RowRef| get(&columns[b as usize].2, i as usize);
     let mut start = 0;
-    while start < order.len() {
-        let (u, t, _) = order[start];
+    while start < keyed.len() {
+        let (u, t, _) = keyed[start];
         let end = start
-            + order[start..]
+            + keyed[start..]
                 .iter()
                 .take_while(|(u2, t2, _)| (*u2, *t2) == (u, t))
                 .count();
         if end - start > 1 {
-            order[start..end].sort_by(|a, b| {
-                let id = |i: u32| get(&ids, i as usize);
-                match (id(a.2), id(b.2)) {
-                    (Some(x), Some(y)) => x.cmp(y).then(a.2.cmp(&b.2)),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => a.2.cmp(&b.2),
-                }
+            keyed[start..end].sort_by(|a, b| match (id(a.2), id(b.2)) {
+                (Some(x), Some(y)) => x.cmp(y).then(a.2.cmp(&b.2)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => a.2.cmp(&b.2),
             });
         }
         start = end;
     }
-    Ok(order.into_iter().map(|(_, _, i)| i).collect())
+    for (row, (_, _, r)) in rows.iter_mut().zip(keyed) {
+        *row = r;
+    }
+    Ok(())
 }
 
 fn split_batch(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
@@ -1195,9 +1270,11 @@ fn collect_day_bitmaps(batch: &RecordBatch, out: &mut BitmapRows) -> Result<()> 
             seen.entry((n, d)).or_default().insert(u as u32);
         }
     }
+    // A day written in several pieces adds each piece's people.
     for ((name, day), bitmap) in seen {
-        out.maps
-            .insert((name.to_string(), day_text(day as i32)), bitmap);
+        *out.maps
+            .entry((name.to_string(), day_text(day as i32)))
+            .or_default() |= bitmap;
     }
     Ok(())
 }
@@ -2051,6 +2128,76 @@ mod tests {
         let fast = sort_events(&batch).expect("sorted");
         let reference = lexsort_events(&batch).expect("sorted");
         assert_eq!(fast, reference);
+    }
+
+    #[test]
+    fn rows_gathered_by_day_from_several_batches_sort_as_lexsort_by_day_first() {
+        let mut state = 11u64;
+        let mut next = |m: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % m
+        };
+        let batches: Vec<RecordBatch> = [700, 1, 1_300]
+            .into_iter()
+            .map(|n| {
+                let days: arrow::array::Date32Array =
+                    (0..n).map(|_| Some(20_000 + next(3) as i32)).collect();
+                let users: Int64Array = (0..n)
+                    .map(|_| (next(10) > 0).then(|| next(40) as i64))
+                    .collect();
+                let times: Int64Array = (0..n)
+                    .map(|_| (next(20) > 0).then(|| next(30) as i64 - 10))
+                    .collect();
+                let ids: arrow::array::StringArray = (0..n)
+                    .map(|_| (next(10) > 0).then(|| format!("e{}", next(50))))
+                    .collect();
+                RecordBatch::try_from_iter(vec![
+                    ("event_date", Arc::new(days) as ArrayRef),
+                    ("user_id", Arc::new(users) as ArrayRef),
+                    ("event_time", Arc::new(times) as ArrayRef),
+                    ("event_id", Arc::new(ids) as ArrayRef),
+                ])
+                .expect("a batch")
+            })
+            .collect();
+        let mut pieces = Vec::new();
+        let mut days = Vec::new();
+        for (day, mut rows) in rows_by_day(&batches).expect("days") {
+            sort_event_rows(&batches, &mut rows).expect("sorted");
+            // Pieces of at most 300 rows, as a day is written in files.
+            for part in rows.chunks(300) {
+                pieces.push(gather(&batches, part).expect("gathered"));
+                days.push(day);
+            }
+        }
+        assert_eq!(days.iter().collect::<BTreeSet<_>>().len(), 3);
+        let schema = batches[0].schema();
+        let gathered = concat_batches(&schema, &pieces).expect("one batch");
+        let all = concat_batches(&schema, &batches).expect("one batch");
+        let by = |name: &str| arrow::compute::SortColumn {
+            values: all.column_by_name(name).cloned().expect("a column"),
+            options: Some(arrow::compute::SortOptions {
+                descending: false,
+                nulls_first: false,
+            }),
+        };
+        let order = arrow::compute::lexsort_to_indices(
+            &[
+                by("event_date"),
+                by("user_id"),
+                by("event_time"),
+                by("event_id"),
+            ],
+            None,
+        )
+        .expect("sorted");
+        let reference = take_record_batch(&all, &order).expect("taken");
+        assert_eq!(gathered.num_rows(), 2_001);
+        // Equal rows (same day, person, time and id) are interchangeable, so the columns
+        // are compared as they are.
+        assert_eq!(gathered, reference);
     }
 
     #[test]

@@ -1881,3 +1881,120 @@ async fn files_with_nulls_are_told_apart_by_their_statistics() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_made_per_partition_replace_the_removed_ones_in_one_commit() {
+    let (dir, warehouse) = temp_warehouse();
+    let mut table =
+        Table::create_if_missing(&warehouse, "people", people_schema(), &["city".to_string()])
+            .await
+            .expect("create");
+    table
+        .append(
+            vec![people(&[
+                (1, "Ann", "sh"),
+                (2, "Bo", "hz"),
+                (3, "Cy", "sh"),
+            ])],
+            CommitNote::default(),
+        )
+        .await
+        .expect("append");
+    let sh: Vec<_> = table
+        .data_files()
+        .expect("files")
+        .into_iter()
+        .filter(|f| f.partition.get("city") == Some(&Some("sh".to_string())))
+        .collect();
+    assert_eq!(sh.len(), 1);
+    let before = table.version();
+    let rows_before = rows_of(&table).await;
+
+    // A file whose rows span two partitions is refused, and nothing is committed.
+    let made = |rows: Vec<(i64, &'static str, &'static str)>| -> shoal_catalog::FileRows {
+        Box::new(move || Ok(people(&rows)))
+    };
+    let spanning = table
+        .replace_files_made(
+            &sh,
+            vec![
+                made(vec![(1, "Ann", "sh")]),
+                made(vec![(3, "Cy", "sh"), (4, "Di", "bj")]),
+            ],
+            CommitNote::default(),
+        )
+        .await;
+    assert!(
+        matches!(&spanning, Err(Error::InvalidData { reason, .. }) if reason.contains("partitions")),
+        "{spanning:?}"
+    );
+    // So is a file whose rows could not be made.
+    let failing: shoal_catalog::FileRows =
+        Box::new(|| Err(Error::Internal("no rows today".into())));
+    let failed = table
+        .replace_files_made(&sh, vec![failing], CommitNote::default())
+        .await;
+    assert!(matches!(failed, Err(Error::Internal(_))), "{failed:?}");
+    assert_eq!(table.version(), before);
+    assert_eq!(rows_of(&table).await, rows_before);
+
+    // Each made file is one data file of its partition; the removed one is gone, the other
+    // partition's file stays.
+    table
+        .replace_files_made(
+            &sh,
+            vec![
+                made(vec![(1, "Ann2", "sh")]),
+                made(vec![(3, "Cy2", "sh"), (4, "Di", "sh")]),
+            ],
+            CommitNote::default(),
+        )
+        .await
+        .expect("replaced");
+    assert_eq!(table.version(), before + 1);
+    let mut rows = rows_of(&table).await;
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "Ann2".to_string(), "sh".to_string()),
+            (2, "Bo".to_string(), "hz".to_string()),
+            (3, "Cy2".to_string(), "sh".to_string()),
+            (4, "Di".to_string(), "sh".to_string()),
+        ]
+    );
+    let files = table.data_files().expect("files");
+    let mut counts: Vec<(String, Option<u64>)> = files
+        .iter()
+        .map(|f| {
+            let city = f
+                .partition
+                .get("city")
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            (city, f.rows)
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            ("hz".to_string(), Some(1)),
+            ("sh".to_string(), Some(1)),
+            ("sh".to_string(), Some(2)),
+        ]
+    );
+    assert!(files.iter().all(|f| f.path != sh[0].path));
+    assert!(dir.path().join("people/city=sh").is_dir());
+    // The file just replaced is gone from the snapshot: replacing it again is refused.
+    let again = table
+        .replace_files_made(
+            &sh,
+            vec![made(vec![(5, "Ed", "sh")])],
+            CommitNote::default(),
+        )
+        .await;
+    assert!(matches!(again, Err(Error::InvalidData { .. })), "{again:?}");
+    assert_eq!(table.version(), before + 1);
+}
