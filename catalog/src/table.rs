@@ -853,7 +853,7 @@ impl Table {
         let indexed = configuration
             .get("delta.dataSkippingNumIndexedCols")
             .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(DEFAULT_INDEXED_COLUMNS);
+            .unwrap_or(deltalake::table::config::DEFAULT_NUM_INDEX_COLS);
         let stats_columns: Option<Vec<String>> = configuration
             .get("delta.dataSkippingStatsColumns")
             .map(|v| v.split(',').map(str::to_string).collect());
@@ -2134,10 +2134,6 @@ pub type FileRows = Box<dyn FnOnce() -> Result<RecordBatch> + Send>;
 
 /// A data file's partition values, as Delta's writer takes them.
 type PartitionValues = indexmap::IndexMap<String, delta_kernel::expressions::Scalar>;
-
-/// Columns Delta keeps statistics for when the table does not say
-/// (`delta.dataSkippingNumIndexedCols`).
-const DEFAULT_INDEXED_COLUMNS: u64 = 32;
 
 /// The partition values of `batch` when all of its rows share them (`None` otherwise, or
 /// when it has no rows).

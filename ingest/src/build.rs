@@ -2100,16 +2100,19 @@ async fn build_orders_wide(
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_sort_as_by_user_then_time_then_id_with_nulls_last() {
-        let mut state = 7u64;
-        let mut next = |m: u64| {
+    /// A seeded pseudo-random sequence: `next(m)` draws from 0..m.
+    fn draws(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut state = seed;
+        move |m| {
             state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             (state >> 33) % m
-        };
-        let n = 5_000;
+        }
+    }
+
+    /// `n` rows of the sort key columns, many tied, each with some nulls.
+    fn sort_keys(next: &mut impl FnMut(u64) -> u64, n: usize) -> Vec<(&'static str, ArrayRef)> {
         let users: Int64Array = (0..n)
             .map(|_| (next(10) > 0).then(|| next(40) as i64))
             .collect();
@@ -2119,12 +2122,17 @@ mod tests {
         let ids: arrow::array::StringArray = (0..n)
             .map(|_| (next(10) > 0).then(|| format!("e{}", next(50))))
             .collect();
-        let batch = RecordBatch::try_from_iter(vec![
+        vec![
             ("user_id", Arc::new(users) as ArrayRef),
             ("event_time", Arc::new(times) as ArrayRef),
             ("event_id", Arc::new(ids) as ArrayRef),
-        ])
-        .expect("a batch");
+        ]
+    }
+
+    #[test]
+    fn events_sort_as_by_user_then_time_then_id_with_nulls_last() {
+        let mut next = draws(7);
+        let batch = RecordBatch::try_from_iter(sort_keys(&mut next, 5_000)).expect("a batch");
         let fast = sort_events(&batch).expect("sorted");
         let reference = lexsort_events(&batch).expect("sorted");
         assert_eq!(fast, reference);
@@ -2132,34 +2140,15 @@ mod tests {
 
     #[test]
     fn rows_gathered_by_day_from_several_batches_sort_as_lexsort_by_day_first() {
-        let mut state = 11u64;
-        let mut next = |m: u64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) % m
-        };
+        let mut next = draws(11);
         let batches: Vec<RecordBatch> = [700, 1, 1_300]
             .into_iter()
             .map(|n| {
                 let days: arrow::array::Date32Array =
                     (0..n).map(|_| Some(20_000 + next(3) as i32)).collect();
-                let users: Int64Array = (0..n)
-                    .map(|_| (next(10) > 0).then(|| next(40) as i64))
-                    .collect();
-                let times: Int64Array = (0..n)
-                    .map(|_| (next(20) > 0).then(|| next(30) as i64 - 10))
-                    .collect();
-                let ids: arrow::array::StringArray = (0..n)
-                    .map(|_| (next(10) > 0).then(|| format!("e{}", next(50))))
-                    .collect();
-                RecordBatch::try_from_iter(vec![
-                    ("event_date", Arc::new(days) as ArrayRef),
-                    ("user_id", Arc::new(users) as ArrayRef),
-                    ("event_time", Arc::new(times) as ArrayRef),
-                    ("event_id", Arc::new(ids) as ArrayRef),
-                ])
-                .expect("a batch")
+                let mut columns = vec![("event_date", Arc::new(days) as ArrayRef)];
+                columns.extend(sort_keys(&mut next, n));
+                RecordBatch::try_from_iter(columns).expect("a batch")
             })
             .collect();
         let mut pieces = Vec::new();
