@@ -336,8 +336,16 @@ async fn history_lists_commits_with_their_notes() {
 #[tokio::test]
 async fn partitioned_tables_write_one_folder_per_value() {
     let (dir, warehouse) = temp_warehouse();
+    let mut table = people_by_city(&warehouse).await;
+    assert!(dir.path().join("people/city=sh").is_dir());
+    assert!(dir.path().join("people/city=hz").is_dir());
+    assert_eq!(table.row_count().await.expect("count"), 3);
+}
+
+/// A `people` table partitioned by city, holding Ann and Cy in `sh` and Bo in `hz`.
+async fn people_by_city(warehouse: &shoal_catalog::Warehouse) -> Table {
     let mut table =
-        Table::create_if_missing(&warehouse, "people", people_schema(), &["city".to_string()])
+        Table::create_if_missing(warehouse, "people", people_schema(), &["city".to_string()])
             .await
             .expect("create");
     table
@@ -351,9 +359,7 @@ async fn partitioned_tables_write_one_folder_per_value() {
         )
         .await
         .expect("append");
-    assert!(dir.path().join("people/city=sh").is_dir());
-    assert!(dir.path().join("people/city=hz").is_dir());
-    assert_eq!(table.row_count().await.expect("count"), 3);
+    table
 }
 
 fn parquet_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -1885,21 +1891,7 @@ async fn files_with_nulls_are_told_apart_by_their_statistics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_made_per_partition_replace_the_removed_ones_in_one_commit() {
     let (dir, warehouse) = temp_warehouse();
-    let mut table =
-        Table::create_if_missing(&warehouse, "people", people_schema(), &["city".to_string()])
-            .await
-            .expect("create");
-    table
-        .append(
-            vec![people(&[
-                (1, "Ann", "sh"),
-                (2, "Bo", "hz"),
-                (3, "Cy", "sh"),
-            ])],
-            CommitNote::default(),
-        )
-        .await
-        .expect("append");
+    let mut table = people_by_city(&warehouse).await;
     let sh: Vec<_> = table
         .data_files()
         .expect("files")
