@@ -336,7 +336,7 @@ async fn history_lists_commits_with_their_notes() {
 #[tokio::test]
 async fn partitioned_tables_write_one_folder_per_value() {
     let (dir, warehouse) = temp_warehouse();
-    let mut table = people_by_city(&warehouse).await;
+    let table = people_by_city(&warehouse).await;
     assert!(dir.path().join("people/city=sh").is_dir());
     assert!(dir.path().join("people/city=hz").is_dir());
     assert_eq!(table.row_count().await.expect("count"), 3);
