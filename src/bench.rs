@@ -241,14 +241,18 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
     });
     let sorted = start.elapsed().as_secs_f64();
     let (mut joined, mut refused, mut links) = (0u64, 0u64, 0usize);
-    for l in shoal_ingest::identity::merged(&runs) {
-        links += 1;
-        match graph.link(l.a, l.b) {
-            Outcome::Joined => joined += 1,
-            Outcome::Refused(_) => refused += 1,
-            Outcome::Already => {}
-        }
-    }
+    graph.link_each(
+        shoal_ingest::identity::merged(&runs),
+        |l| (l.a, l.b),
+        |graph, l| {
+            links += 1;
+            match graph.link(l.a, l.b) {
+                Outcome::Joined => joined += 1,
+                Outcome::Refused(_) => refused += 1,
+                Outcome::Already => {}
+            }
+        },
+    );
     let resolution = graph.finish();
     let total = start.elapsed().as_secs_f64();
     let persons = resolution.next_user - 1;

@@ -107,9 +107,11 @@ pub(crate) fn text_array<S: AsRef<str>>(values: impl IntoIterator<Item = Option<
 }
 
 /// A set of user ids as a bitset: tested once per row of large tables.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct UserSet {
     words: Vec<u64>,
+    /// Whether no bit is set (asked once per batch of a scan, so kept rather than counted).
+    empty: bool,
 }
 
 impl UserSet {
@@ -124,11 +126,12 @@ impl UserSet {
             }
             words[u / 64] |= 1u64 << (u % 64);
         }
-        UserSet { words }
+        let empty = words.iter().all(|w| *w == 0);
+        UserSet { words, empty }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.words.iter().all(|w| *w == 0)
+        self.empty
     }
 
     pub(crate) fn contains(&self, user: i64) -> bool {
@@ -178,4 +181,24 @@ pub(crate) async fn rows_of_users(
         )
         .await?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UserSet;
+
+    #[test]
+    fn a_user_set_holds_the_ids_given_and_is_empty_only_without_any() {
+        let set = UserSet::new([3, 64, 200, -5]);
+        assert!(!set.is_empty());
+        for user in [3, 64, 200] {
+            assert!(set.contains(user), "{user} was given");
+        }
+        for user in [-5, 0, 2, 4, 63, 65, 199, 201, 10_000] {
+            assert!(!set.contains(user), "{user} was not given");
+        }
+        // Ids that cannot be users leave the set empty.
+        assert!(UserSet::new([-1, -64]).is_empty());
+        assert!(UserSet::new(std::iter::empty()).is_empty());
+    }
 }

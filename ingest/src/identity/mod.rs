@@ -420,43 +420,47 @@ pub async fn merge_identities(
 
     let mut edge_rows = EdgeRows::default();
     let mut merge_reasons: HashMap<u32, String> = HashMap::new();
-    for (link, source, key_a, key_b) in graph::merged(&links) {
-        let (a, b) = (link.a, link.b);
-        let (ua, ub) = (graph.root_user(a), graph.root_user(b));
-        let outcome = graph.link(a, b);
-        let (status, reason) = match &outcome {
-            Outcome::Already => continue,
-            Outcome::Joined => {
-                report.links_joined += 1;
-                if ua != NO_USER && ub != NO_USER && ua != ub {
-                    merge_reasons.entry(ua.max(ub)).or_insert_with(|| {
-                        format!(
-                            "link {} — {} first seen {}",
-                            rules.name(link.a_type()),
-                            rules.name(link.b_type()),
-                            micros_text(link.at())
-                        )
-                    });
+    graph.link_each(
+        graph::merged(&links),
+        |(link, ..)| (link.a, link.b),
+        |graph, (link, source, key_a, key_b)| {
+            let (a, b) = (link.a, link.b);
+            let (ua, ub) = (graph.root_user(a), graph.root_user(b));
+            let outcome = graph.link(a, b);
+            let (status, reason) = match &outcome {
+                Outcome::Already => return,
+                Outcome::Joined => {
+                    report.links_joined += 1;
+                    if ua != NO_USER && ub != NO_USER && ua != ub {
+                        merge_reasons.entry(ua.max(ub)).or_insert_with(|| {
+                            format!(
+                                "link {} — {} first seen {}",
+                                rules.name(link.a_type()),
+                                rules.name(link.b_type()),
+                                micros_text(link.at())
+                            )
+                        });
+                    }
+                    ("joined", None)
                 }
-                ("joined", None)
-            }
-            Outcome::Refused(reason) => {
-                let kind = reason.split(" (").next().unwrap_or(reason).to_string();
-                *report.links_refused.entry(kind).or_insert(0) += 1;
-                ("refused", Some(reason.as_str()))
-            }
-        };
-        edge_rows.push(
-            rules.name(link.a_type()),
-            observed.name(key_a),
-            rules.name(link.b_type()),
-            observed.name(key_b),
-            link.at(),
-            &observed.sources[*source as usize],
-            status,
-            reason,
-        );
-    }
+                Outcome::Refused(reason) => {
+                    let kind = reason.split(" (").next().unwrap_or(reason).to_string();
+                    *report.links_refused.entry(kind).or_insert(0) += 1;
+                    ("refused", Some(reason.as_str()))
+                }
+            };
+            edge_rows.push(
+                rules.name(link.a_type()),
+                observed.name(key_a),
+                rules.name(link.b_type()),
+                observed.name(key_b),
+                link.at(),
+                &observed.sources[*source as usize],
+                status,
+                reason,
+            );
+        },
+    );
     let before_max = graph.max_user();
     let resolution = graph.finish();
     report.people_new = u64::from(resolution.next_user - before_max.map_or(1, |m| m + 1));
