@@ -644,9 +644,32 @@ impl Table {
         Ok(ctx.read_table(self.provider().await?)?.collect().await?)
     }
 
-    /// Appends `batches` in one commit and returns the new version.
+    /// Appends `batches` in one commit and returns the new version. In a partitioned table
+    /// each partition's rows become files of at most [`FILE_ROWS`] rows, in the order given;
+    /// runs of rows sharing a partition go to their file as they are, without a copy.
     pub async fn append(&mut self, batches: Vec<RecordBatch>, note: CommitNote) -> Result<u64> {
-        self.write(batches, SaveMode::Append, None, note).await
+        let partitions = self.partition_columns()?;
+        if partitions.is_empty() || batches.iter().all(|b| b.num_rows() == 0) {
+            return self.write(batches, SaveMode::Append, None, note).await;
+        }
+        self.check_batches(&batches)?;
+        let schema = self.schema()?;
+        let batches = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| conform(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        let files = partition_files(batches, &partitions)?
+            .into_iter()
+            .map(|file| Box::new(move || Ok(file)) as FileBatches)
+            .collect();
+        let actions = self.write_partition_files(files).await?;
+        let operation = deltalake::protocol::DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(partitions),
+            predicate: None,
+        };
+        self.commit_actions(actions, note, operation).await
     }
 
     /// Replaces the whole content with `batches` in one commit.
@@ -707,6 +730,7 @@ impl Table {
         note: CommitNote,
     ) -> Result<u64> {
         let mut actions = self.remove_actions(remove)?;
+        let files = files.into_iter().map(one_batch).collect();
         actions.extend(self.write_partition_files(files).await?);
         let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
         self.commit_actions(actions, note, operation).await
@@ -759,7 +783,7 @@ impl Table {
             let files = batches
                 .into_iter()
                 .filter(|b| b.num_rows() > 0)
-                .map(|b| Box::new(move || Ok(b)) as FileRows)
+                .map(|b| Box::new(move || Ok(vec![b])) as FileBatches)
                 .collect();
             actions.extend(self.write_partition_files(files).await?);
             return self.commit_actions(actions, note, operation).await;
@@ -841,7 +865,7 @@ impl Table {
     /// they are: a few side by side, one per core. Gives back the files' add actions.
     async fn write_partition_files(
         &self,
-        files: Vec<FileRows>,
+        files: Vec<FileBatches>,
     ) -> Result<Vec<deltalake::kernel::Action>> {
         use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
         let snapshot = self
@@ -2109,19 +2133,32 @@ fn check_columns(
 /// one data file with `writer`.
 async fn write_file(
     mut writer: deltalake::datafile::writer::DeltaWriter,
-    make: FileRows,
+    make: FileBatches,
     table: String,
     schema: SchemaRef,
     partitions: Vec<String>,
 ) -> Result<Vec<deltalake::kernel::Add>> {
-    let batch = make()?;
-    check_columns(&table, &schema, std::slice::from_ref(&batch), false)?;
-    let values = partition_of(&batch, &partitions)?.ok_or_else(|| Error::InvalidData {
+    let batches = make()?;
+    check_columns(&table, &schema, &batches, false)?;
+    let spans = || Error::InvalidData {
         table: table.clone(),
         reason: "the rows of one file span several partitions".into(),
+    };
+    let mut values = None;
+    for batch in &batches {
+        let these = partition_of(batch, &partitions)?.ok_or_else(spans)?;
+        if values.get_or_insert_with(|| these.clone()) != &these {
+            return Err(spans());
+        }
+    }
+    let values = values.ok_or_else(|| Error::InvalidData {
+        table: table.clone(),
+        reason: "a data file without rows".into(),
     })?;
     let write = async {
-        writer.write_partition(batch, &values).await?;
+        for batch in batches {
+            writer.write_partition(batch, &values).await?;
+        }
         writer.close().await
     };
     write
@@ -2131,6 +2168,76 @@ async fn write_file(
 
 /// Makes the rows of one data file (see [`Table::replace_files_made`]).
 pub type FileRows = Box<dyn FnOnce() -> Result<RecordBatch> + Send>;
+
+/// Makes the rows of one data file, in one batch or several.
+type FileBatches = Box<dyn FnOnce() -> Result<Vec<RecordBatch>> + Send>;
+
+fn one_batch(make: FileRows) -> FileBatches {
+    Box::new(move || make().map(|batch| vec![batch]))
+}
+
+/// Rows per run of one partition below which a batch is sorted by partition before it is
+/// cut: input in no order would otherwise be cut into runs of a row or two.
+const RUN_ROWS: usize = 64;
+
+/// `batches` (non-empty, of one schema) cut into the files of a partitioned append: per
+/// partition, in the order partitions first appear, its rows in input order, at most
+/// [`FILE_ROWS`] per file. Runs of rows sharing a partition are slices of the input; a batch
+/// whose runs are short is first sorted (stably) by partition.
+fn partition_files(batches: Vec<RecordBatch>, columns: &[String]) -> Result<Vec<Vec<RecordBatch>>> {
+    use arrow::array::ArrayRef;
+    use arrow::row::{OwnedRow, RowConverter, SortField};
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let schema = first.schema();
+    let indices = columns
+        .iter()
+        .map(|name| schema.index_of(name))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let converter = RowConverter::new(
+        indices
+            .iter()
+            .map(|i| SortField::new(schema.field(*i).data_type().clone()))
+            .collect(),
+    )?;
+    let mut order: HashMap<OwnedRow, usize> = HashMap::new();
+    let mut groups: Vec<Vec<RecordBatch>> = Vec::new();
+    for batch in batches {
+        let keys = |batch: &RecordBatch| -> Vec<ArrayRef> {
+            indices.iter().map(|i| batch.column(*i).clone()).collect()
+        };
+        let mut runs = arrow::compute::partition(&keys(&batch))?.ranges();
+        let mut rows = converter.convert_columns(&keys(&batch))?;
+        let batch = if runs.len() > 1 && runs.len() > batch.num_rows() / RUN_ROWS {
+            let mut order: Vec<u32> =
+                (0..u32::try_from(batch.num_rows()).unwrap_or(u32::MAX)).collect();
+            order.sort_by(|a, b| rows.row(*a as usize).cmp(&rows.row(*b as usize)));
+            let order = arrow::array::UInt32Array::from(order);
+            let sorted = arrow::compute::take_record_batch(&batch, &order)?;
+            runs = arrow::compute::partition(&keys(&sorted))?.ranges();
+            rows = converter.convert_columns(&keys(&sorted))?;
+            sorted
+        } else {
+            batch
+        };
+        for run in runs {
+            let next = groups.len();
+            let group = *order.entry(rows.row(run.start).owned()).or_insert(next);
+            if group == next {
+                groups.push(Vec::new());
+            }
+            groups[group].push(batch.slice(run.start, run.end - run.start));
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .flat_map(|runs| {
+            let rows = runs.iter().map(RecordBatch::num_rows).sum::<usize>();
+            split_rows(runs, rows.div_ceil(FILE_ROWS))
+        })
+        .collect())
+}
 
 /// A data file's partition values, as Delta's writer takes them.
 type PartitionValues = indexmap::IndexMap<String, delta_kernel::expressions::Scalar>;

@@ -198,6 +198,8 @@ pub async fn ingest_segment_requests(
     let source = SourceKind::Segment.name();
     let mut files = Vec::with_capacity(requests.len());
     let mut batches = Vec::with_capacity(requests.len());
+    // The request each batch of `batches` came from.
+    let mut owners = Vec::with_capacity(requests.len());
     let mut rejected = Vec::new();
     for Request { origin, messages } in requests {
         let mut part = PartBuilder::default();
@@ -215,10 +217,11 @@ pub async fn ingest_segment_requests(
             ..Counts::default()
         };
         count_rejected(&mut counts, &part.rejected);
-        let (rows, repeated) = lander.unseen(part.rows, &part.fingerprints)?;
+        let (runs, repeated) = lander.unseen(part.rows, &part.fingerprints)?;
         counts.duplicates += repeated;
         rejected.extend(part.rejected);
-        batches.push(rows);
+        owners.extend(std::iter::repeat_n(files.len(), runs.len()));
+        batches.extend(runs);
         files.push(FileReport {
             file: origin,
             counts,
@@ -227,7 +230,10 @@ pub async fn ingest_segment_requests(
     let cleaned = clock.elapsed();
     let (batches, existing) = lander.without_existing(batches).await?;
     let probed = clock.elapsed();
-    for ((file, rows), existing) in files.iter_mut().zip(&batches).zip(existing) {
+    for ((owner, rows), existing) in owners.into_iter().zip(&batches).zip(existing) {
+        let file = files
+            .get_mut(owner)
+            .ok_or_else(|| Error::Internal("rows of no request".into()))?;
         file.counts.duplicates += existing;
         file.counts.landed += rows.num_rows() as u64;
     }
@@ -465,6 +471,9 @@ impl<'a> Lander<'a> {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Counts> {
         let schema = self.events_schema().await?;
+        let bytes = std::fs::metadata(file)
+            .map_err(|e| Error::io(file, e))?
+            .len();
         // Few parts wait: each holds one worker's share of a block, a few megabytes of rows.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Part>>(2);
         let reader = tokio::task::spawn_blocking({
@@ -486,8 +495,18 @@ impl<'a> Lander<'a> {
             }
         });
         let mut pending = Pending::new(chunk_rows());
+        let mut foreseen = false;
         while let Some(part) = rx.recv().await {
-            self.take(part?, &mut pending, progress).await?;
+            let part = part?;
+            if !foreseen && part.received > 0 && part.bytes > 0 {
+                // Room for the ids of the whole file, as many per byte as in its first part,
+                // rather than a copy of the set each time it doubles.
+                let expected = u128::from(part.received) * u128::from(bytes) / part.bytes as u128;
+                self.seen
+                    .reserve(usize::try_from(expected).unwrap_or(usize::MAX));
+                foreseen = true;
+            }
+            self.take(part, &mut pending, progress).await?;
         }
         reader
             .await
@@ -517,13 +536,12 @@ impl<'a> Lander<'a> {
     ) -> Result<()> {
         pending.counts.received += part.received;
         pending.rejected.extend(part.rejected);
-        let (batch, repeated) = self.unseen(part.rows, &part.fingerprints)?;
+        // Counted before the cut: each run would count the whole part's buffers.
+        pending.bytes += part.rows.get_array_memory_size();
+        let (runs, repeated) = self.unseen(part.rows, &part.fingerprints)?;
         pending.counts.duplicates += repeated;
-        if batch.num_rows() > 0 {
-            pending.rows += batch.num_rows();
-            pending.bytes += batch.get_array_memory_size();
-            pending.batches.push(batch);
-        }
+        pending.rows += runs.iter().map(RecordBatch::num_rows).sum::<usize>();
+        pending.batches.extend(runs);
         if pending.rows >= pending.chunk || pending.bytes >= CHUNK_BYTES {
             self.land_events(pending).await?;
             progress(pending.counts.received);
@@ -576,17 +594,38 @@ impl<'a> Lander<'a> {
     }
 
     /// The rows of `rows` whose message was not seen earlier in this batch (`fingerprints`
-    /// holds each row's), and how many were.
-    fn unseen(&mut self, rows: RecordBatch, fingerprints: &[u128]) -> Result<(RecordBatch, u64)> {
-        let fresh: Vec<bool> = fingerprints.iter().map(|f| self.seen.insert(*f)).collect();
-        let kept = fresh.iter().filter(|f| **f).count();
-        let repeated = (fresh.len() - kept) as u64;
-        if kept == fresh.len() {
-            return Ok((rows, repeated));
+    /// holds each row's), as the runs between the others (slices, not copies), and how many
+    /// were seen.
+    fn unseen(
+        &mut self,
+        rows: RecordBatch,
+        fingerprints: &[u128],
+    ) -> Result<(Vec<RecordBatch>, u64)> {
+        if fingerprints.len() != rows.num_rows() {
+            return Err(Error::Internal(format!(
+                "{} fingerprints for {} rows",
+                fingerprints.len(),
+                rows.num_rows()
+            )));
         }
-        let rows = arrow::compute::filter_record_batch(&rows, &BooleanArray::from(fresh))
-            .map_err(|e| Error::Internal(format!("dropping duplicates: {e}")))?;
-        Ok((rows, repeated))
+        let mut runs = Vec::new();
+        let mut from = 0;
+        let mut repeated = 0;
+        for (i, fingerprint) in fingerprints.iter().enumerate() {
+            if !self.seen.insert(*fingerprint) {
+                if i > from {
+                    runs.push(rows.slice(from, i - from));
+                }
+                from = i + 1;
+                repeated += 1;
+            }
+        }
+        if from == 0 && !fingerprints.is_empty() {
+            runs.push(rows);
+        } else if from < rows.num_rows() {
+            runs.push(rows.slice(from, rows.num_rows() - from));
+        }
+        Ok((runs, repeated))
     }
 
     /// `batches` without the rows whose message `events` already holds (at its newest
@@ -1081,6 +1120,8 @@ const PART_ROWS: usize = 8192;
 struct Part {
     /// Records read (blank lines are not records).
     received: u64,
+    /// Bytes of the file they were read from (0 when not read from a file whole).
+    bytes: usize,
     /// The clean rows, in record order, in the `events` schema.
     rows: RecordBatch,
     /// The fingerprint of each row's message id.
@@ -1114,6 +1155,7 @@ impl PartBuilder {
     fn finish(mut self, schema: &SchemaRef) -> Result<Part> {
         Ok(Part {
             received: self.received,
+            bytes: 0,
             rows: self.rows.finish(schema)?,
             fingerprints: self.fingerprints,
             rejected: self.rejected,
@@ -1357,13 +1399,16 @@ fn clean_lines(text: &[u8], first: usize, context: &PartContext, room: &mut Room
         clean(number, &text[from..]);
     }
     builder.rows.measure(room, text.len());
-    builder.finish(context.schema)
+    let mut part = builder.finish(context.schema)?;
+    part.bytes = text.len();
+    Ok(part)
 }
 
 /// Reads `file` in blocks of whole lines and sends each block's cleaned records, in file
 /// order. Each block is cut into one run of lines per core, cleaned by a worker that lives as
 /// long as the file (so its memory is reused from block to block); the next block is read
-/// while the workers clean. Stops quietly when the receiver is gone.
+/// while the workers clean. Workers read their lines where the block was read, in one of two
+/// buffers used in turn. Stops quietly when the receiver is gone.
 fn clean_json_blocks(
     file: &Path,
     context: &PartContext,
@@ -1373,17 +1418,19 @@ fn clean_json_blocks(
     let mut reader = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
-        // Each worker is given (lines, number of the first) and answers (part, the buffer).
+        // Each worker is given (block, its lines in it, number of the first line).
         let mut jobs = Vec::with_capacity(workers);
         let mut answers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let (job_tx, job_rx) = std::sync::mpsc::channel::<(Vec<u8>, usize)>();
+            let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
             let (answer_tx, answer_rx) = std::sync::mpsc::channel();
             scope.spawn(move || {
                 let mut room = Room::default();
-                for (text, first) in job_rx {
-                    let part = clean_lines(&text, first, context, &mut room);
-                    if answer_tx.send((part, text)).is_err() {
+                for (block, lines, first) in job_rx {
+                    let part = clean_lines(&block[lines], first, context, &mut room);
+                    // The block goes back to the reader before its part is answered.
+                    drop(block);
+                    if answer_tx.send(part).is_err() {
                         return;
                     }
                 }
@@ -1391,27 +1438,31 @@ fn clean_json_blocks(
             jobs.push(job_tx);
             answers.push(answer_rx);
         }
-        let mut spare: Vec<Vec<u8>> = (0..workers).map(|_| Vec::new()).collect();
         // Workers cleaning the block before this one, in order.
         let mut busy: Vec<usize> = Vec::new();
-        // One buffer for the whole file: the unfinished line at the end of a block moves to
-        // the front and the next read appends to it.
-        let mut buffer: Vec<u8> = Vec::new();
+        // The block being read, and the one before it (being cleaned). The unfinished line at
+        // the end of a block starts the next one.
+        let mut buffers = [Arc::new(Vec::<u8>::new()), Arc::new(Vec::new())];
+        let mut current = 0;
         let mut carried = 0usize;
         let mut next_line = 1usize;
         let mut first = true;
         loop {
-            buffer.resize(carried + BLOCK_BYTES, 0);
+            // Unshared: the workers given this buffer two blocks ago have answered.
+            let buffer = Arc::make_mut(&mut buffers[current]);
+            if buffer.len() < carried + BLOCK_BYTES {
+                buffer.resize(carried + BLOCK_BYTES, 0);
+            }
             let mut filled = carried;
-            while filled < buffer.len() {
-                match reader.read(&mut buffer[filled..]) {
+            while filled < carried + BLOCK_BYTES {
+                match reader.read(&mut buffer[filled..carried + BLOCK_BYTES]) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(Error::io(file, e)),
                 }
             }
-            let eof = filled < buffer.len();
+            let eof = filled < carried + BLOCK_BYTES;
             let start = if first && buffer[..filled].starts_with(b"\xef\xbb\xbf") {
                 3
             } else {
@@ -1432,11 +1483,11 @@ fn clean_json_blocks(
             };
             first = false;
             // The block before this one is done by now or soon; its parts go out in order.
-            if !deliver(&mut busy, &answers, &mut spare, tx, label)? {
+            if !deliver(&mut busy, &answers, tx, label)? {
                 return Ok(());
             }
             // Cut the block into one run of whole lines per worker.
-            let block = &buffer[start..end];
+            let block = &buffers[current][start..end];
             let mut from = 0;
             for (worker, job) in jobs.iter().enumerate() {
                 if from == block.len() {
@@ -1449,44 +1500,52 @@ fn clean_json_blocks(
                     memchr::memchr(b'\n', &block[target - 1..]).map_or(block.len(), |i| target + i)
                 };
                 let lines = &block[from..to];
-                let mut text = std::mem::take(&mut spare[worker]);
-                text.clear();
-                text.extend_from_slice(lines);
                 let count = memchr::memchr_iter(b'\n', lines).count()
                     + usize::from(lines.last().is_some_and(|b| *b != b'\n'));
-                job.send((text, next_line))
-                    .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
+                job.send((
+                    buffers[current].clone(),
+                    start + from..start + to,
+                    next_line,
+                ))
+                .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
                 busy.push(worker);
                 next_line += count;
                 from = to;
             }
             if eof {
-                deliver(&mut busy, &answers, &mut spare, tx, label)?;
+                deliver(&mut busy, &answers, tx, label)?;
                 return Ok(());
             }
-            buffer.copy_within(end..filled, 0);
+            // The unfinished line moves to the front of the other buffer, whose workers have
+            // answered.
             carried = filled - end;
+            let [a, b] = &mut buffers;
+            let (read, next) = if current == 0 { (a, b) } else { (b, a) };
+            let next = Arc::make_mut(next);
+            if next.len() < carried + BLOCK_BYTES {
+                next.resize(carried + BLOCK_BYTES, 0);
+            }
+            next[..carried].copy_from_slice(&read[end..filled]);
+            current = 1 - current;
         }
     })
 }
 
-/// What a cleaning worker answers: the part, and the buffer it was given back.
-type Answer = (Result<Part>, Vec<u8>);
+/// A run of lines for a cleaning worker: the block holding them, where they are in it, and
+/// the number of the first line.
+type Job = (Arc<Vec<u8>>, std::ops::Range<usize>, usize);
 
-/// Sends the parts of the workers in `busy` on, in order, and keeps their buffers in `spare`.
-/// False when the receiver is gone.
+/// Sends the parts of the workers in `busy` on, in order. False when the receiver is gone.
 fn deliver(
     busy: &mut Vec<usize>,
-    answers: &[std::sync::mpsc::Receiver<Answer>],
-    spare: &mut [Vec<u8>],
+    answers: &[std::sync::mpsc::Receiver<Result<Part>>],
     tx: &tokio::sync::mpsc::Sender<Result<Part>>,
     label: &str,
 ) -> Result<bool> {
     for worker in busy.drain(..) {
-        let (part, text) = answers[worker]
+        let part = answers[worker]
             .recv()
             .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
-        spare[worker] = text;
         if tx.blocking_send(part).is_err() {
             return Ok(false);
         }

@@ -557,15 +557,24 @@ fn events_import_from_csv_and_parquet_through_the_same_cleaning() {
 fn a_json_lines_file_of_many_blocks_keeps_every_line_and_its_number() {
     let dir = tempfile::tempdir().expect("temp");
     let wh = dir.path().join("wh");
-    // About 11 MB: the file is read in blocks of 4 MiB, so lines straddle block ends. It
-    // starts with a byte-order mark, some lines end in CRLF, one line deep inside is broken.
+    // About 16 MB: the file is read in blocks of 4 MiB, so lines straddle block ends. It
+    // starts with a byte-order mark, some lines end in CRLF, one line deep inside is broken,
+    // and one is longer than a block (too large for a message, so quarantined).
     let n = 36_000usize;
     let broken_at = 30_001usize;
+    let giant_at = 12_001usize;
     let pad = "x".repeat(220);
     let mut text = String::from("\u{feff}");
     for i in 0..n {
         if i + 1 == broken_at {
             text.push_str("{\"type\":\"track\", not json\n");
+            continue;
+        }
+        if i + 1 == giant_at {
+            let giant = "g".repeat(5 << 20);
+            text.push_str(&format!(
+                "{{\"type\":\"track\",\"messageId\":\"giant\",\"anonymousId\":\"a\",\"event\":\"view\",\"timestamp\":\"2026-10-01T00:00:00Z\",\"properties\":{{\"pad\":\"{giant}\"}}}}\n"
+            ));
             continue;
         }
         text.push_str(&format!(
@@ -581,11 +590,16 @@ fn a_json_lines_file_of_many_blocks_keeps_every_line_and_its_number() {
     let report = ingest(&wh, "segment", &[&big]);
     balanced(&report);
     assert_eq!(report["received"].as_u64(), Some(n as u64));
-    assert_eq!(report["landed"].as_u64(), Some(n as u64 - 1));
-    assert_eq!(report["quarantined"].as_u64(), Some(1));
+    assert_eq!(report["landed"].as_u64(), Some(n as u64 - 2));
+    assert_eq!(report["quarantined"].as_u64(), Some(2));
+    let mut quarantined = quarantine_locations(&wh);
+    quarantined.sort();
     assert_eq!(
-        quarantine_locations(&wh),
-        vec![format!("big.jsonl:{broken_at}")]
+        quarantined,
+        vec![
+            format!("big.jsonl:{giant_at}"),
+            format!("big.jsonl:{broken_at}")
+        ]
     );
 
     let mut ids: Vec<u64> = crate::rows(&wh, "events")
@@ -597,7 +611,7 @@ fn a_json_lines_file_of_many_blocks_keeps_every_line_and_its_number() {
         .collect();
     ids.sort_unstable();
     let expected: Vec<u64> = (0..n as u64)
-        .filter(|i| *i + 1 != broken_at as u64)
+        .filter(|i| *i + 1 != broken_at as u64 && *i + 1 != giant_at as u64)
         .collect();
     assert_eq!(ids, expected, "every line but the broken one, once");
 }

@@ -342,6 +342,110 @@ async fn partitioned_tables_write_one_folder_per_value() {
     assert_eq!(table.row_count().await.expect("count"), 3);
 }
 
+#[tokio::test]
+async fn a_partitioned_append_writes_each_partition_in_input_order_in_files_of_bounded_size() {
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let (dir, warehouse) = temp_warehouse();
+    let mut table =
+        Table::create_if_missing(&warehouse, "people", people_schema(), &["city".to_string()])
+            .await
+            .expect("create");
+    let file_rows = shoal_catalog::FILE_ROWS as i64;
+    // Batch 1: long runs (sh, hz, sh again), cut as they are. Batch 2: cities alternating
+    // row by row, sorted first. Batch 3: more of `sh` than a file holds.
+    let runs: Vec<(i64, &str, &str)> = (0..300)
+        .map(|i| (i, "r", if (100..250).contains(&i) { "hz" } else { "sh" }))
+        .collect();
+    let mixed: Vec<(i64, &str, &str)> = (300..500)
+        .map(|i| (i, "m", ["sh", "hz", "bj"][i as usize % 3]))
+        .collect();
+    let big: Vec<(i64, &str, &str)> = (500..500 + file_rows + 10)
+        .map(|i| (i, "b", "sh"))
+        .collect();
+    let version = table
+        .append(
+            vec![people(&runs), people(&mixed), people(&big)],
+            CommitNote::default(),
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        table.history(Some(1)).await.expect("history")[0].operation,
+        "WRITE"
+    );
+    assert_eq!(table.version(), version);
+
+    // Per file: its folder's city, and its ids in the order they were given.
+    let mut files: Vec<(String, Vec<i64>)> = Vec::new();
+    for path in parquet_files(&dir.path().join("people")) {
+        let folder = path.parent().expect("folder").file_name().expect("name");
+        let city = folder
+            .to_string_lossy()
+            .trim_start_matches("city=")
+            .to_string();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).expect("open"))
+                .expect("reader")
+                .build()
+                .expect("build");
+        let mut ids = Vec::new();
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let column = batch.column_by_name("id").expect("id");
+            let column = column.as_any().downcast_ref::<Int64Array>().expect("int64");
+            ids.extend(column.values().iter().copied());
+        }
+        files.push((city, ids));
+    }
+    files.sort();
+    let expect_ids = |rows: &[(i64, &str, &str)], city: &str| -> Vec<i64> {
+        rows.iter().filter(|r| r.2 == city).map(|r| r.0).collect()
+    };
+    let mut sh: Vec<i64> = expect_ids(&runs, "sh");
+    sh.extend(expect_ids(&mixed, "sh"));
+    sh.extend(expect_ids(&big, "sh"));
+    let mut hz = expect_ids(&runs, "hz");
+    hz.extend(expect_ids(&mixed, "hz"));
+    let got = |city: &str| -> Vec<&Vec<i64>> {
+        files.iter().filter(|f| f.0 == city).map(|f| &f.1).collect()
+    };
+    assert_eq!(got("bj"), vec![&expect_ids(&mixed, "bj")]);
+    assert_eq!(got("hz"), vec![&hz]);
+    // `sh` spans two files of at most FILE_ROWS rows; read in order they are its rows in the
+    // order given.
+    let mut sh_files = got("sh");
+    assert_eq!(
+        sh_files.len(),
+        2,
+        "{:?}",
+        sh_files.iter().map(|f| f.len()).collect::<Vec<_>>()
+    );
+    assert!(sh_files.iter().all(|f| f.len() as i64 <= file_rows));
+    sh_files.sort_by_key(|f| f[0]);
+    let joined: Vec<i64> = sh_files.into_iter().flatten().copied().collect();
+    assert_eq!(joined, sh);
+    assert_eq!(files.len(), 4);
+    assert_eq!(
+        table.row_count().await.expect("count"),
+        (runs.len() + mixed.len() + big.len()) as u64
+    );
+
+    // A batch lacking a column the table requires is refused, and nothing is committed.
+    let lacking = RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("city", arrow::datatypes::DataType::Utf8, true),
+        ])),
+        vec![Arc::new(StringArray::from(vec!["sh"]))],
+    )
+    .expect("batch");
+    let refused = table.append(vec![lacking], CommitNote::default()).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidData { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(table.version(), version);
+}
+
 /// A `people` table partitioned by city, holding Ann and Cy in `sh` and Bo in `hz`.
 async fn people_by_city(warehouse: &shoal_catalog::Warehouse) -> Table {
     let mut table =
