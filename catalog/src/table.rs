@@ -2201,7 +2201,8 @@ fn partition_files(batches: Vec<RecordBatch>, columns: &[String]) -> Result<Vec<
             .map(|i| SortField::new(schema.field(*i).data_type().clone()))
             .collect(),
     )?;
-    let mut order: HashMap<OwnedRow, usize> = HashMap::new();
+    // The group of each partition, by its values.
+    let mut group_of: HashMap<OwnedRow, usize> = HashMap::new();
     let mut groups: Vec<Vec<RecordBatch>> = Vec::new();
     for batch in batches {
         let keys = |batch: &RecordBatch| -> Vec<ArrayRef> {
@@ -2223,7 +2224,7 @@ fn partition_files(batches: Vec<RecordBatch>, columns: &[String]) -> Result<Vec<
         };
         for run in runs {
             let next = groups.len();
-            let group = *order.entry(rows.row(run.start).owned()).or_insert(next);
+            let group = *group_of.entry(rows.row(run.start).owned()).or_insert(next);
             if group == next {
                 groups.push(Vec::new());
             }
