@@ -1462,7 +1462,29 @@ async fn build_users(
     let orders = catalog.table("orders").await?;
     let links = catalog.table("identity_links").await?;
     ctx.register_table("orders", orders.provider().await?)?;
-    ctx.register_table("identity_links", links.provider().await?)?;
+    match scope {
+        // A scoped build reads its people's identities alone, with a row filter on
+        // `user_id`: the other people's identity values are not decoded.
+        Some(users) => {
+            let rows = rows_of_users(
+                &links,
+                UserSet::new(users.iter().copied()),
+                Some(&["user_id", "id_type", "id_value", "first_seen"]),
+            )
+            .await?;
+            let schema = match rows.first() {
+                Some(batch) => batch.schema(),
+                None => links.schema()?,
+            };
+            ctx.register_table(
+                "identity_links",
+                Arc::new(MemTable::try_new(schema, vec![rows])?),
+            )?;
+        }
+        None => {
+            ctx.register_table("identity_links", links.provider().await?)?;
+        }
+    }
     let only = match scope {
         Some(users) => {
             let ids = Int64Array::from_iter_values(users.iter().copied());
