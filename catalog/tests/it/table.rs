@@ -346,10 +346,7 @@ async fn partitioned_tables_write_one_folder_per_value() {
 async fn a_partitioned_append_writes_each_partition_in_input_order_in_files_of_bounded_size() {
     use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let (dir, warehouse) = temp_warehouse();
-    let mut table =
-        Table::create_if_missing(&warehouse, "people", people_schema(), &["city".to_string()])
-            .await
-            .expect("create");
+    let mut table = empty_people_by_city(&warehouse).await;
     let file_rows = shoal_catalog::FILE_ROWS as i64;
     // Batch 1: long runs (sh, hz, sh again), cut as they are. Batch 2: cities alternating
     // row by row, sorted first. Batch 3: more of `sh` than a file holds.
@@ -446,12 +443,16 @@ async fn a_partitioned_append_writes_each_partition_in_input_order_in_files_of_b
     assert_eq!(table.version(), version);
 }
 
+/// An empty `people` table partitioned by city.
+async fn empty_people_by_city(warehouse: &shoal_catalog::Warehouse) -> Table {
+    Table::create_if_missing(warehouse, "people", people_schema(), &["city".to_string()])
+        .await
+        .expect("create")
+}
+
 /// A `people` table partitioned by city, holding Ann and Cy in `sh` and Bo in `hz`.
 async fn people_by_city(warehouse: &shoal_catalog::Warehouse) -> Table {
-    let mut table =
-        Table::create_if_missing(warehouse, "people", people_schema(), &["city".to_string()])
-            .await
-            .expect("create");
+    let mut table = empty_people_by_city(warehouse).await;
     table
         .append(
             vec![people(&[
@@ -717,10 +718,7 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
 #[tokio::test]
 async fn compaction_merges_small_files_and_changes_no_row() {
     let (dir, warehouse) = temp_warehouse();
-    let mut table =
-        Table::create_if_missing(&warehouse, "people", people_schema(), &["city".to_string()])
-            .await
-            .expect("create");
+    let mut table = empty_people_by_city(&warehouse).await;
     // Nothing to merge in an empty table.
     assert_eq!(
         table.compact(CommitNote::default()).await.expect("compact"),
