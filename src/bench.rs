@@ -459,7 +459,12 @@ pub(crate) async fn ingest_world(catalog: &Catalog, dir: &Path) -> AppResult<u64
 /// `shoal bench build`: a full build of the sample world of `users` people over 90 days, then
 /// an incremental build after a 1% delta (a second world of users/100 people active on the
 /// last day, whose logins partly meet the first world's, so some people merge).
-pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResult<()> {
+pub async fn build(
+    users: u32,
+    data: Option<PathBuf>,
+    keep_warehouse: Option<&Path>,
+    json_out: bool,
+) -> AppResult<()> {
     use shoal_ingest::build::{BuildOptions, build as run};
 
     let scratch = tempfile::tempdir().map_err(|e| AppError::Internal(e.to_string()))?;
@@ -495,6 +500,11 @@ pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResu
     let full_rss = peak_rss_mib();
 
     let delta_landed = ingest_world(&catalog, &delta).await?;
+    if let Some(keep) = keep_warehouse {
+        link_tree(&wh_path, keep).map_err(|e| {
+            AppError::Internal(format!("keeping the warehouse in {}: {e}", keep.display()))
+        })?;
+    }
     reset_peak_rss();
     let started = Instant::now();
     let incremental = run(&catalog, &options, &mut |_, _, _| {}).await?;
@@ -563,5 +573,22 @@ pub async fn build(users: u32, data: Option<PathBuf>, json_out: bool) -> AppResu
         incremental.identity.people_merged,
         incremental.users_recomputed
     );
+    Ok(())
+}
+
+/// Copies the folder `from` to `to` (which must not exist) as hard links: Delta files are
+/// never changed in place, so the copy stays as it was while `from` moves on.
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to.parent().unwrap_or(Path::new(".")))?;
+    std::fs::create_dir(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            link_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::hard_link(entry.path(), &target)?;
+        }
+    }
     Ok(())
 }

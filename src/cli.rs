@@ -274,6 +274,11 @@ pub enum BenchCommand {
         /// Where to keep the generated worlds (reused when they match).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Also keep the warehouse as it stands before the incremental build here (hard
+        /// links), so that build can be run again: `shoal --warehouse file://DIR build
+        /// --as-of 2026-11-20` on a hard-linked copy of DIR.
+        #[arg(long)]
+        keep_warehouse: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

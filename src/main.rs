@@ -182,8 +182,13 @@ async fn run(cli: Cli) -> AppResult<i32> {
             bench::ingest(*events, data.clone(), *json).await?;
             Ok(0)
         }
-        Command::Bench(cli::BenchCommand::Build { users, data, json }) => {
-            bench::build(*users, data.clone(), *json).await?;
+        Command::Bench(cli::BenchCommand::Build {
+            users,
+            data,
+            keep_warehouse,
+            json,
+        }) => {
+            bench::build(*users, data.clone(), keep_warehouse.as_deref(), *json).await?;
             Ok(0)
         }
         Command::Bench(cli::BenchCommand::Query {

@@ -38,6 +38,7 @@ use crate::columns::{
 use crate::error::{Error, Result};
 use crate::identity::{MergeReport, Resolved, merge_identities};
 
+mod buyers;
 mod features;
 
 /// Rows of `events` rewritten per commit, unless `SHOAL_BUILD_CHUNK_ROWS` says otherwise.
@@ -1461,7 +1462,6 @@ async fn build_users(
     let events = catalog.table("events").await?;
     let orders = catalog.table("orders").await?;
     let links = catalog.table("identity_links").await?;
-    ctx.register_table("orders", orders.provider().await?)?;
     match scope {
         // A scoped build reads its people's identities alone, with a row filter on
         // `user_id`: the other people's identity values are not decoded.
@@ -1578,21 +1578,16 @@ async fn build_users(
             )
         })
         .collect();
-    let paid = shoal_catalog::PAID_STATUSES
-        .iter()
-        .map(|s| format!("'{s}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    // Every buyer's orders, GMV and RFM scores (percent ranks among all buyers). A scoped
-    // build computes them once: for its people, and to find the others whose scores moved.
-    let buyers = ctx.sql(&buyers_sql(&paid)).await?;
-    if scope.is_some() {
-        let schema = Arc::new(buyers.schema().as_arrow().clone());
-        let rows = buyers.collect().await?;
-        ctx.register_table("buyers", Arc::new(MemTable::try_new(schema, vec![rows])?))?;
-    } else {
-        ctx.register_table("buyers", buyers.into_view())?;
-    }
+    // Every buyer's orders, GMV and RFM scores (percent ranks among all buyers), counted
+    // once: a scoped build joins its own people's rows, and finds the others whose scores
+    // moved.
+    let buyers = buyers::Buyers::read(&orders).await?;
+    let scope_ids: Option<Vec<i64>> = scope.map(|people| people.iter().copied().collect());
+    ctx.register_table(
+        "buyers",
+        Arc::new(features::table(buyers.batch(scope_ids.as_deref())?)?),
+    )?;
+    lap("buyers", report);
     let sql = format!(
         "WITH people AS (
             SELECT user_id, count(*) AS identity_count{identity_columns}
@@ -1651,7 +1646,7 @@ async fn build_users(
         let mut batches = frame.collect().await?;
         lap("computed", report);
         let skip: HashSet<i64> = people.iter().chain(removed).copied().collect();
-        let moved = rescored_rows(&ctx, &users, &users_def.fields, &skip, now).await?;
+        let moved = rescored_rows(&ctx, &users, &buyers, &users_def.fields, &skip, now).await?;
         for batch in &moved {
             rescored.extend(ints(batch, "user_id")?.iter().flatten());
         }
@@ -1892,66 +1887,60 @@ async fn write_scoped(
     Ok(())
 }
 
-/// Per buyer (`od_user_id`): paid orders, GMV, last order, platforms, and RFM scores 1-5 by
-/// the quintile of their percent rank among all buyers.
-fn buyers_sql(paid: &str) -> String {
-    format!(
-        "WITH od AS (
-            SELECT user_id AS od_user_id, count(*) AS orders_count,
-                   sum(amount - coalesce(refund_amount, arrow_cast(0, 'Decimal128(18, 2)'))) AS gmv,
-                   max(created_at) AS last_order_at,
-                   array_to_string(array_sort(array_distinct(array_agg(platform))), ',') AS platforms
-            FROM orders WHERE user_id IS NOT NULL AND status IN ({paid}) GROUP BY user_id)
-         SELECT *,
-           least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY last_order_at) * 5) AS BIGINT)) AS rfm_r,
-           least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY orders_count) * 5) AS BIGINT)) AS rfm_f,
-           least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY gmv) * 5) AS BIGINT)) AS rfm_m
-         FROM od"
-    )
-}
-
 /// Columns of `users` that follow from the RFM scores.
 const RFM_COLUMNS: [&str; 4] = ["rfm_r", "rfm_f", "rfm_m", "rfm_segment"];
 
 /// The rows of `users` (as stored) of the people outside a scoped build whose RFM scores
-/// moved, with their new scores (from `buyers`, registered in `ctx`): percent ranks shift for
-/// every buyer when buyers come, go or change, not only for the build's people. Nobody of
-/// `skip` (the build's people and those merged away) is among them.
+/// moved, with their new scores (from `buyers`): percent ranks shift for every buyer when
+/// buyers come, go or change, not only for the build's people. Nobody of `skip` (the build's
+/// people and those merged away) is among them.
 async fn rescored_rows(
     ctx: &SessionContext,
     users: &shoal_catalog::Table,
+    buyers: &buyers::Buyers,
     fields: &[FieldStandard],
     skip: &HashSet<i64>,
     now: DateTime<Utc>,
 ) -> Result<Vec<RecordBatch>> {
-    ctx.register_table("stored_users", users.provider().await?)?;
-    let moved = ctx
-        .sql(
-            "SELECT s.user_id AS rs_user_id, b.rfm_r, b.rfm_f, b.rfm_m
-             FROM stored_users s LEFT JOIN buyers b ON b.od_user_id = s.user_id
-             WHERE (s.rfm_r IS DISTINCT FROM b.rfm_r) OR (s.rfm_f IS DISTINCT FROM b.rfm_f)
-                OR (s.rfm_m IS DISTINCT FROM b.rfm_m)",
+    let mut ids = Vec::new();
+    let mut new_scores: [Vec<Option<i64>>; 3] = Default::default();
+    users
+        .read_files(
+            &users.data_files()?,
+            Some(&["user_id", "rfm_r", "rfm_f", "rfm_m"]),
+            |_, batch| {
+                let internal = |e: Error| shoal_catalog::Error::Internal(e.to_string());
+                let read = |name: &str| ints(&batch, name).map_err(internal);
+                let user = read("user_id")?;
+                let stored = [read("rfm_r")?, read("rfm_f")?, read("rfm_m")?];
+                for i in 0..batch.num_rows() {
+                    let Some(u) = get_int(&user, i) else { continue };
+                    let scores = buyers.scores(u);
+                    let moved = (0..3).any(|k| get_int(&stored[k], i) != scores.map(|s| s[k]));
+                    if moved && !skip.contains(&u) {
+                        ids.push(u);
+                        for (k, column) in new_scores.iter_mut().enumerate() {
+                            column.push(scores.map(|s| s[k]));
+                        }
+                    }
+                }
+                Ok(())
+            },
         )
-        .await?
-        .collect()
         .await?;
-    ctx.deregister_table("stored_users")?;
-    let mut scores = Vec::new();
-    for batch in moved {
-        let ids = ints(&batch, "rs_user_id")?;
-        let keep: arrow::array::BooleanArray = ids
-            .iter()
-            .map(|u| Some(u.is_some_and(|u| !skip.contains(&u))))
-            .collect();
-        scores.push(arrow::compute::filter_record_batch(&batch, &keep)?);
-    }
-    let ids: Vec<i64> = scores
-        .iter()
-        .map(|b| ints(b, "rs_user_id"))
-        .collect::<Result<Vec<_>>>()?
-        .iter()
-        .flat_map(|a| a.iter().flatten())
-        .collect();
+    let [r, f, m] = new_scores;
+    // Scores may be missing (a buyer no more), whether or not any is in this batch.
+    let scores = RecordBatch::try_from_iter_with_nullable(vec![
+        (
+            "rs_user_id",
+            Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
+            false,
+        ),
+        ("rfm_r", Arc::new(Int64Array::from(r)) as ArrayRef, true),
+        ("rfm_f", Arc::new(Int64Array::from(f)) as ArrayRef, true),
+        ("rfm_m", Arc::new(Int64Array::from(m)) as ArrayRef, true),
+    ])?;
+    let scores = vec![scores];
     if ids.is_empty() {
         return Ok(Vec::new());
     }

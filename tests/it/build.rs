@@ -6,7 +6,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::{Row, demo_data, ingest_sample, ingest_segment, json_ok, rows, shoal, start_server};
+use crate::{
+    Row, demo_data, ingest_sample, ingest_segment, json_ok, rows, shoal, start_server, stdout_ok,
+};
 
 fn text<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
     row.get(key).and_then(Value::as_str)
@@ -257,6 +259,7 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
         }
     }
     assert!(buyers > 100);
+    rfm_matches_sql_window_functions(&wh, &users);
     activity_and_profile_match_the_events(&users, &events);
     // Profile traits are typed by the standards; unknown traits stay in `traits`.
     assert!(
@@ -331,6 +334,61 @@ fn the_sample_world_merges_into_true_people_within_the_caps() {
 }
 
 /// The stored column bitmaps: (column, value) → (users, bitmap as hex).
+/// Each buyer's last order, platforms and RFM scores in `users` equal those of SQL's window
+/// functions (`percent_rank`) over `orders`, run by `shoal sql`; people without a paid order
+/// have none.
+fn rfm_matches_sql_window_functions(wh: &Path, users: &[Row]) {
+    let sql = "WITH od AS (
+            SELECT user_id, max(created_at) AS last_order_at, count(*) AS n,
+                   sum(amount - coalesce(refund_amount, 0)) AS gmv,
+                   array_to_string(array_sort(array_distinct(array_agg(platform))), ',') AS platforms
+            FROM orders
+            WHERE user_id IS NOT NULL AND status IN ('paid', 'shipped', 'completed', 'refunded')
+            GROUP BY user_id)
+        SELECT user_id, CAST(last_order_at AS BIGINT) AS last_order_at, platforms,
+          least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY last_order_at) * 5) AS BIGINT)) AS r,
+          least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY n) * 5) AS BIGINT)) AS f,
+          least(5, 1 + CAST(floor(percent_rank() OVER (ORDER BY gmv) * 5) AS BIGINT)) AS m
+        FROM od";
+    let out = stdout_ok(&shoal(wh, &["sql", "--format", "jsonl", sql]));
+    let expected: HashMap<i64, Value> = out
+        .lines()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).expect("a JSON row");
+            (row["user_id"].as_i64().expect("user_id"), row)
+        })
+        .collect();
+    assert!(expected.len() > 100, "{} buyers", expected.len());
+    let mut scores = BTreeSet::new();
+    for u in users {
+        let id = int(u, "user_id").expect("id");
+        let got = ["rfm_r", "rfm_f", "rfm_m"].map(|k| int(u, k));
+        match expected.get(&id) {
+            Some(e) => {
+                let want = ["r", "f", "m"].map(|k| e[k].as_i64());
+                assert_eq!(got, want, "user {id}: scores");
+                scores.extend(got.iter().flatten().copied());
+                assert_eq!(
+                    time(u, "last_order_at").map(|t| t.timestamp_micros()),
+                    e["last_order_at"].as_i64(),
+                    "user {id}: last order"
+                );
+                assert_eq!(
+                    text(u, "platforms"),
+                    e["platforms"].as_str(),
+                    "user {id}: platforms"
+                );
+            }
+            None => assert_eq!(got, [None, None, None], "user {id}"),
+        }
+    }
+    assert_eq!(
+        scores,
+        BTreeSet::from([1, 2, 3, 4, 5]),
+        "every quintile is used"
+    );
+}
+
 fn column_bitmaps(wh: &Path) -> BTreeMap<(String, String), (i64, String)> {
     rows(wh, "tag_bitmaps")
         .iter()
