@@ -16,7 +16,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use shoal_catalog::{PAID_STATUSES, Table};
 
-use crate::columns::{get_int, ints, text};
+use crate::columns::{column, get_int, ints, text};
 use crate::error::{Error, Result};
 
 /// Precision of `gmv`: a sum of differences of `decimal(18, 2)` amounts, as SQL types it.
@@ -317,10 +317,7 @@ fn quintiles<K: Ord + Copy + Default>(values: impl Iterator<Item = Option<K>>) -
 
 /// A decimal column in its smallest unit (cents for amounts of scale 2).
 fn cents(batch: &RecordBatch, name: &str) -> Result<Decimal128Array> {
-    let array = batch
-        .column_by_name(name)
-        .ok_or_else(|| Error::Internal(format!("column '{name}' missing from a scan")))?;
-    let array = arrow::compute::cast(array, &DataType::Decimal128(38, GMV_SCALE))?;
+    let array = arrow::compute::cast(&column(batch, name)?, &DataType::Decimal128(38, GMV_SCALE))?;
     array
         .as_any()
         .downcast_ref::<Decimal128Array>()
