@@ -359,13 +359,9 @@ fn clean_message<'a>(
     {
         payload.set("previousId", previous.into_owned());
     }
-    let local = DateTime::from_timestamp_micros(event_time)
-        .map(|t| t.with_timezone(&clock.zone).date_naive())
-        .ok_or_else(|| {
-            Rejection::new(reason::BAD_TIMESTAMP, format!("{time_field}: out of range"))
-        })?;
-    let event_date =
-        (local - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days() as i32;
+    let event_date = i32::try_from(clean::local_day(event_time, clock.zone)).map_err(|_| {
+        Rejection::new(reason::BAD_TIMESTAMP, format!("{time_field}: out of range"))
+    })?;
     Ok(EventRow {
         event_id,
         event_name,
