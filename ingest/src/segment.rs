@@ -415,16 +415,16 @@ impl<'a> Payload<'a> {
         if r.peek() != Some(b'{') {
             return Err(not_object());
         }
-        let mut entries: Vec<(Cow<'a, str>, Raw<'a>)> = Vec::with_capacity(8);
+        let mut entries: Vec<(Cow<'a, str>, Entry<'a>)> = Vec::with_capacity(8);
         r.object(|r, key| {
-            entries.push((key, r.raw()?));
+            entries.push((key, Entry::Raw(r.raw()?)));
             Ok(())
         })
         .map_err(|_| not_object())?;
         let mut changed = false;
         if has_repeats(&entries) {
             changed = true;
-            let mut kept: Vec<(Cow<'a, str>, Raw<'a>)> = Vec::with_capacity(entries.len());
+            let mut kept: Vec<(Cow<'a, str>, Entry<'a>)> = Vec::with_capacity(entries.len());
             let mut place: std::collections::HashMap<Cow<'a, str>, usize> =
                 std::collections::HashMap::with_capacity(entries.len());
             for (key, value) in entries {
@@ -440,10 +440,7 @@ impl<'a> Payload<'a> {
         }
         Ok(Payload {
             raw: Some(raw),
-            entries: entries
-                .into_iter()
-                .map(|(k, v)| (k, Entry::Raw(v)))
-                .collect(),
+            entries,
             changed,
         })
     }
