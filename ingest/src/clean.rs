@@ -179,13 +179,14 @@ pub fn timestamp(
     within_range(time.timestamp_micros(), now).map_err(bad)
 }
 
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
 /// `micros` when it is a time of a real event: not before 2000, at most a day after `now`.
 fn within_range(micros: i64, now: DateTime<Utc>) -> Result<i64, &'static str> {
-    const DAY: i64 = 86_400_000_000;
     if micros < EARLIEST {
         return Err("is before 2000");
     }
-    if micros > now.timestamp_micros().saturating_add(DAY) {
+    if micros > now.timestamp_micros().saturating_add(MICROS_PER_DAY) {
         return Err("is in the future");
     }
     Ok(micros)
@@ -229,7 +230,7 @@ fn rfc3339_micros(text: &str) -> Option<i64> {
         if n == 0 || n > 9 {
             return None;
         }
-        // Digits past the sixth are dropped, as a time in microseconds keeps them.
+        // Digits past the sixth are dropped: a time in microseconds truncates them.
         let kept = digits(start, n.min(6))?;
         micros = kept * 10i64.pow(6 - n.min(6) as u32);
     }
@@ -278,7 +279,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 /// The day (days since 1970-01-01) that the UTC time `micros` falls on in `zone`.
 pub fn local_day(micros: i64, zone: FixedOffset) -> i64 {
     let local = micros + i64::from(zone.local_minus_utc()) * 1_000_000;
-    local.div_euclid(86_400_000_000)
+    local.div_euclid(MICROS_PER_DAY)
 }
 
 /// Parses an amount of yuan (`199`, `199.5`, `1,299.00`, `¥199.00`) into fen (hundredths).
