@@ -300,7 +300,9 @@ impl TableDefinition {
     ///   sorted by (`events.user_id`, `users.user_id`);
     /// - written plain, without a dictionary: JSON documents and the key when it is one
     ///   column (and not written as deltas), whose values are nearly all distinct;
-    /// - written without statistics: JSON documents.
+    /// - written without statistics: JSON documents;
+    /// - written without compression: the key when it is one text column, an id drawn at
+    ///   random (a message id, a hash) that compression barely shrinks.
     pub fn column_layout(&self) -> ColumnLayout {
         let key = match self.key.as_slice() {
             [only] => Some(only),
@@ -329,6 +331,12 @@ impl TableDefinition {
                 .fields
                 .iter()
                 .filter(|f| f.value_type == ValueType::Json)
+                .map(|f| f.name.clone())
+                .collect(),
+            uncompressed: self
+                .fields
+                .iter()
+                .filter(|f| f.value_type == ValueType::String && Some(&f.name) == key)
                 .map(|f| f.name.clone())
                 .collect(),
         }

@@ -50,7 +50,8 @@ fn the_default_definition_is_complete() {
     );
     // JSON documents and one-column keys are written without a Parquet dictionary; a key of
     // two columns repeats each of its parts. Times, and ids files are sorted by, are written
-    // as deltas. JSON documents carry no statistics.
+    // as deltas. JSON documents carry no statistics. A one-column text key (random message
+    // ids) is not compressed.
     let layout = |t: &str| definition.table(t).expect(t).column_layout();
     assert_eq!(layout("events").distinct, vec!["event_id", "properties"]);
     assert_eq!(
@@ -58,6 +59,9 @@ fn the_default_definition_is_complete() {
         vec!["event_time", "received_at", "user_id"]
     );
     assert_eq!(layout("events").documents, vec!["properties"]);
+    assert_eq!(layout("events").uncompressed, vec!["event_id"]);
+    assert!(layout("orders").uncompressed.is_empty());
+    assert!(layout("users").uncompressed.is_empty());
     assert_eq!(layout("orders").distinct, vec!["items"]);
     assert_eq!(layout("users").distinct, vec!["traits"]);
     assert_eq!(layout("users").delta[0], "user_id");

@@ -656,7 +656,7 @@ async fn data_files_hold_row_groups_of_at_most_128k_rows() {
 
 #[tokio::test]
 async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
-    use deltalake::parquet::basic::Encoding;
+    use deltalake::parquet::basic::{Compression, Encoding};
     use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
     let (dir, warehouse) = temp_warehouse();
     let mut table = Table::create_if_missing(&warehouse, "people", people_schema(), &[])
@@ -666,6 +666,7 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
             distinct: vec!["name".into()],
             delta: vec!["id".into()],
             documents: vec!["name".into()],
+            uncompressed: vec!["name".into()],
         });
     let names: Vec<String> = (0..1000).map(|i| format!("person {i}")).collect();
     // Ids with gaps and a step back, so the deltas are not all one.
@@ -692,6 +693,7 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
                     c.dictionary_page_offset().is_some(),
                     c.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED),
                     c.statistics().is_some(),
+                    c.compression() == Compression::UNCOMPRESSED,
                 )
             }));
         }
@@ -699,9 +701,9 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
     assert_eq!(
         columns,
         vec![
-            ("id".to_string(), false, true, true),
-            ("name".to_string(), false, false, false),
-            ("city".to_string(), true, false, true)
+            ("id".to_string(), false, true, true, false),
+            ("name".to_string(), false, false, false, true),
+            ("city".to_string(), true, false, true, false)
         ]
     );
     let mut read: Vec<(i64, String)> = rows_of(&table)
