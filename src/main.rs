@@ -39,38 +39,54 @@ const DEFAULT_LOG: &str = "warn,buoyant_kernel=off,deltalake_core=error";
 
 /// Set algebra and query operators allocate and free many page-sized blocks; the system
 /// allocator hands freed pages back and faults them in again on the next operation.
-/// mimalloc keeps them for a while: see [`PURGE_DELAY_MS`].
+/// mimalloc keeps them for a while: see [`PURGE_DELAY_MS`] and [`BUILD_PURGE_DELAY_MS`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long freed pages are kept before they go back to the system, in milliseconds
-/// (mimalloc 2's default is 10). Ingest and builds work in buffers of megabytes to tens of
-/// megabytes (a block of lines, a chunk's columns, a Parquet page and its compressed copy, a
-/// day of `events`), freed and allocated again all the time. After 10 ms their pages went
-/// back and were faulted in and zeroed again for the next buffer: a quarter of a full build's
-/// CPU time, and a streamed ingest of 4 GB of messages took 400,000 page faults and twice the
-/// system time. A second keeps them for the next buffer, for a few hundred megabytes more at
-/// the peak of an ingest; memory still goes back within a second of a command's work ending.
-/// `MIMALLOC_PURGE_DELAY` overrides it.
-const PURGE_DELAY_MS: std::ffi::c_long = 1000;
+/// How long a build keeps freed pages before handing them back to the system, in
+/// milliseconds (mimalloc 2's default is 10). A build reads, sorts and writes every day of
+/// `events` in buffers of tens of megabytes, freed and allocated again all the time; after
+/// 10 ms their pages went back and were faulted in and zeroed again for the next day, a
+/// quarter of a full build's CPU time. A second keeps them for the next buffer; memory still
+/// goes back once the build is over. `MIMALLOC_PURGE_DELAY` overrides it.
+const BUILD_PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+/// The same for every other command. An ingest works in buffers of megabytes (a block of
+/// lines, a part's columns, a Parquet page and its compressed copy): with the 10 ms default,
+/// an ingest of 4 GB of messages took 400,000 page faults and twice the system time. A tenth
+/// of a second keeps the pages from one buffer to the next; a second would also hold the
+/// chunks already written (a tenth more at the peak of a streamed ingest of large messages).
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// `mi_option_purge_delay` in mimalloc 2's `mi_option_e`.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Sets the allocator's purge delay unless the environment already chose one.
+/// The allocator's purge delay for `command`.
+fn purge_delay(command: &Command) -> std::ffi::c_long {
+    match command {
+        Command::Build(_)
+        | Command::Bench(cli::BenchCommand::Build { .. } | cli::BenchCommand::Identity { .. }) => {
+            BUILD_PURGE_DELAY_MS
+        }
+        _ => PURGE_DELAY_MS,
+    }
+}
+
+/// Sets the allocator's purge delay for `command` unless the environment already chose one.
 #[allow(unsafe_code)]
-fn tune_allocator() {
+fn tune_allocator(command: &Command) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
+    let delay = purge_delay(command);
     // SAFETY: `mi_option_set` is not thread safe, and this runs first in `main`, before any
     // thread is started. The option only changes when freed pages go back to the system.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay) }
 }
 
 fn main() {
-    tune_allocator();
     let cli = Cli::parse();
+    tune_allocator(&cli.command);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
@@ -248,10 +264,10 @@ mod tests {
     use super::*;
 
     /// The option number is mimalloc's purge delay: its default of 10 ms is read there, and
-    /// the setting is read back after.
+    /// the settings are read back after.
     #[test]
     #[allow(unsafe_code)]
-    fn freed_pages_are_kept_for_a_second() {
+    fn freed_pages_are_kept_longer_by_a_build() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
             return;
         }
@@ -259,7 +275,11 @@ mod tests {
         // options.
         let delay = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
         assert_eq!(delay(), 10);
-        tune_allocator();
-        assert_eq!(delay(), PURGE_DELAY_MS);
+        tune_allocator(
+            &Cli::parse_from(["shoal", "ingest", "--source", "segment", "x.jsonl"]).command,
+        );
+        assert_eq!(delay(), 100);
+        tune_allocator(&Cli::parse_from(["shoal", "build"]).command);
+        assert_eq!(delay(), 1000);
     }
 }

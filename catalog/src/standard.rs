@@ -300,14 +300,16 @@ impl TableDefinition {
     ///   sorted by (`events.user_id`, `users.user_id`);
     /// - written plain, without a dictionary: JSON documents and the key when it is one
     ///   column (and not written as deltas), whose values are nearly all distinct;
-    /// - written without statistics: JSON documents;
-    /// - written without compression: the key when it is one text column, an id drawn at
-    ///   random (a message id, a hash) that compression barely shrinks.
+    /// - written without statistics or compression: the key when it is one text column, an
+    ///   id drawn at random (a message id, a hash) that neither prunes files nor compresses;
+    /// - written without statistics: JSON documents.
     pub fn column_layout(&self) -> ColumnLayout {
         let key = match self.key.as_slice() {
             [only] => Some(only),
             _ => None,
         };
+        let random_id =
+            |f: &&FieldStandard| f.value_type == ValueType::String && Some(&f.name) == key;
         let delta = |f: &&FieldStandard| match f.value_type {
             ValueType::Time => true,
             ValueType::Int | ValueType::Date => self.sort_by.contains(&f.name),
@@ -327,16 +329,16 @@ impl TableDefinition {
                 .filter(delta)
                 .map(|f| f.name.clone())
                 .collect(),
-            documents: self
+            unindexed: self
                 .fields
                 .iter()
-                .filter(|f| f.value_type == ValueType::Json)
+                .filter(|f| f.value_type == ValueType::Json || random_id(f))
                 .map(|f| f.name.clone())
                 .collect(),
             uncompressed: self
                 .fields
                 .iter()
-                .filter(|f| f.value_type == ValueType::String && Some(&f.name) == key)
+                .filter(random_id)
                 .map(|f| f.name.clone())
                 .collect(),
         }

@@ -55,9 +55,9 @@ pub struct ColumnLayout {
     /// a sorted id takes a few bits a row instead of eight bytes, and times close to each
     /// other little more than their differences.
     pub delta: Vec<String>,
-    /// JSON documents, written without statistics: the least and greatest text of a
-    /// document column prune nothing, and finding them compares every value.
-    pub documents: Vec<String>,
+    /// Columns written without statistics: JSON documents and ids drawn at random, whose
+    /// least and greatest values prune nothing, and finding them compares every value.
+    pub unindexed: Vec<String>,
     /// Columns of ids drawn at random (message ids, hashes), written without compression:
     /// Snappy finds a tenth of such text to spare, for a pass over the largest column of a
     /// table, on every write and every read.
@@ -73,7 +73,7 @@ fn writer_properties(layout: &ColumnLayout) -> WriterProperties {
             builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false)
         },
     );
-    let builder = layout.documents.iter().fold(builder, |builder, column| {
+    let builder = layout.unindexed.iter().fold(builder, |builder, column| {
         builder.set_column_statistics_enabled(
             ColumnPath::from(column.as_str()),
             EnabledStatistics::None,

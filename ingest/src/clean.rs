@@ -354,6 +354,12 @@ pub fn text(raw: &str) -> Option<String> {
 
 /// [`text`] without the copy.
 pub fn trimmed(raw: &str) -> Option<&str> {
+    // Most values begin and end with a visible ASCII character, which no Unicode space is.
+    let visible = |b: Option<&u8>| b.is_some_and(|b| (0x21..0x7f).contains(b));
+    let bytes = raw.as_bytes();
+    if visible(bytes.first()) && visible(bytes.last()) {
+        return Some(raw);
+    }
     let trimmed = raw.trim();
     (!trimmed.is_empty()).then_some(trimmed)
 }
@@ -553,6 +559,25 @@ mod tests {
                 }
             }
         }
+
+        #[test]
+        fn trimmed_text_is_what_str_trim_leaves(
+            text in "[ \t\r\n\u{b}\u{c}\u{85}\u{a0}\u{3000}\u{2028}\u{1}\u{7f}a-z0-9~!中]{0,6}",
+        ) {
+            let expected = Some(text.trim()).filter(|t| !t.is_empty());
+            proptest::prop_assert_eq!(trimmed(&text), expected);
+        }
+    }
+
+    #[test]
+    fn ids_are_trimmed_of_unicode_spaces_too() {
+        assert_eq!(trimmed("abc"), Some("abc"));
+        assert_eq!(trimmed(" abc\t"), Some("abc"));
+        assert_eq!(trimmed("\u{3000}用户\u{a0}"), Some("用户"));
+        assert_eq!(trimmed("~x\u{2028}"), Some("~x"));
+        assert_eq!(trimmed("\u{7f}"), Some("\u{7f}"));
+        assert_eq!(trimmed(" \u{85} "), None);
+        assert_eq!(trimmed(""), None);
     }
 
     #[test]

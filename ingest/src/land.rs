@@ -217,11 +217,11 @@ pub async fn ingest_segment_requests(
             ..Counts::default()
         };
         count_rejected(&mut counts, &part.rejected);
-        let (runs, repeated) = lander.unseen(part.rows, &part.fingerprints)?;
+        let (kept, repeated) = lander.unseen(part.rows, &part.fingerprints)?;
         counts.duplicates += repeated;
         rejected.extend(part.rejected);
-        owners.extend(std::iter::repeat_n(files.len(), runs.len()));
-        batches.extend(runs);
+        owners.push(files.len());
+        batches.push(kept);
         files.push(FileReport {
             file: origin,
             counts,
@@ -536,12 +536,11 @@ impl<'a> Lander<'a> {
     ) -> Result<()> {
         pending.counts.received += part.received;
         pending.rejected.extend(part.rejected);
-        // Counted before the cut: each run would count the whole part's buffers.
-        pending.bytes += part.rows.get_array_memory_size();
-        let (runs, repeated) = self.unseen(part.rows, &part.fingerprints)?;
+        let (kept, repeated) = self.unseen(part.rows, &part.fingerprints)?;
+        pending.bytes += kept.get_array_memory_size();
         pending.counts.duplicates += repeated;
-        pending.rows += runs.iter().map(RecordBatch::num_rows).sum::<usize>();
-        pending.batches.extend(runs);
+        pending.rows += kept.num_rows();
+        pending.batches.push(kept);
         if pending.rows >= pending.chunk || pending.bytes >= CHUNK_BYTES {
             self.land_events(pending).await?;
             progress(pending.counts.received);
@@ -594,13 +593,11 @@ impl<'a> Lander<'a> {
     }
 
     /// The rows of `rows` whose message was not seen earlier in this batch (`fingerprints`
-    /// holds each row's), as the runs between the others (slices, not copies), and how many
-    /// were seen.
-    fn unseen(
-        &mut self,
-        rows: RecordBatch,
-        fingerprints: &[u128],
-    ) -> Result<(Vec<RecordBatch>, u64)> {
+    /// holds each row's), and how many were seen. Rows kept are copied into one batch when
+    /// some are left out: as slices between the repeats, a part of a few thousand rows with
+    /// a repeat every fifty became hundreds of batches, each cut by partition and encoded on
+    /// its own.
+    fn unseen(&mut self, rows: RecordBatch, fingerprints: &[u128]) -> Result<(RecordBatch, u64)> {
         if fingerprints.len() != rows.num_rows() {
             return Err(Error::Internal(format!(
                 "{} fingerprints for {} rows",
@@ -608,24 +605,28 @@ impl<'a> Lander<'a> {
                 rows.num_rows()
             )));
         }
-        let mut runs = Vec::new();
-        let mut from = 0;
-        let mut repeated = 0;
+        let mut keep: Option<arrow::array::BooleanBufferBuilder> = None;
         for (i, fingerprint) in fingerprints.iter().enumerate() {
-            if !self.seen.insert(*fingerprint) {
-                if i > from {
-                    runs.push(rows.slice(from, i - from));
+            let fresh = self.seen.insert(*fingerprint);
+            match keep.as_mut() {
+                Some(keep) => keep.append(fresh),
+                None if !fresh => {
+                    let mut mask = arrow::array::BooleanBufferBuilder::new(fingerprints.len());
+                    mask.append_n(i, true);
+                    mask.append(false);
+                    keep = Some(mask);
                 }
-                from = i + 1;
-                repeated += 1;
+                None => {}
             }
         }
-        if from == 0 && !fingerprints.is_empty() {
-            runs.push(rows);
-        } else if from < rows.num_rows() {
-            runs.push(rows.slice(from, rows.num_rows() - from));
-        }
-        Ok((runs, repeated))
+        let Some(mut keep) = keep else {
+            return Ok((rows, 0));
+        };
+        let keep = BooleanArray::new(keep.finish(), None);
+        let repeated = (keep.len() - keep.true_count()) as u64;
+        let kept = arrow::compute::filter_record_batch(&rows, &keep)
+            .map_err(|e| Error::Internal(format!("dropping repeated messages: {e}")))?;
+        Ok((kept, repeated))
     }
 
     /// `batches` without the rows whose message `events` already holds (at its newest

@@ -50,15 +50,15 @@ fn the_default_definition_is_complete() {
     );
     // JSON documents and one-column keys are written without a Parquet dictionary; a key of
     // two columns repeats each of its parts. Times, and ids files are sorted by, are written
-    // as deltas. JSON documents carry no statistics. A one-column text key (random message
-    // ids) is not compressed.
+    // as deltas. JSON documents carry no statistics; nor does a one-column text key (random
+    // message ids), which is not compressed either.
     let layout = |t: &str| definition.table(t).expect(t).column_layout();
     assert_eq!(layout("events").distinct, vec!["event_id", "properties"]);
     assert_eq!(
         layout("events").delta,
         vec!["event_time", "received_at", "user_id"]
     );
-    assert_eq!(layout("events").documents, vec!["properties"]);
+    assert_eq!(layout("events").unindexed, vec!["event_id", "properties"]);
     assert_eq!(layout("events").uncompressed, vec!["event_id"]);
     assert!(layout("orders").uncompressed.is_empty());
     assert!(layout("users").uncompressed.is_empty());

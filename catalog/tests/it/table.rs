@@ -665,7 +665,7 @@ async fn a_layout_sets_each_column_encoding_and_every_value_reads_back() {
         .with_layout(shoal_catalog::ColumnLayout {
             distinct: vec!["name".into()],
             delta: vec!["id".into()],
-            documents: vec!["name".into()],
+            unindexed: vec!["name".into()],
             uncompressed: vec!["name".into()],
         });
     let names: Vec<String> = (0..1000).map(|i| format!("person {i}")).collect();
