@@ -605,25 +605,15 @@ impl<'a> Lander<'a> {
                 rows.num_rows()
             )));
         }
-        let mut keep: Option<arrow::array::BooleanBufferBuilder> = None;
-        for (i, fingerprint) in fingerprints.iter().enumerate() {
-            let fresh = self.seen.insert(*fingerprint);
-            match keep.as_mut() {
-                Some(keep) => keep.append(fresh),
-                None if !fresh => {
-                    let mut mask = arrow::array::BooleanBufferBuilder::new(fingerprints.len());
-                    mask.append_n(i, true);
-                    mask.append(false);
-                    keep = Some(mask);
-                }
-                None => {}
-            }
+        let mut keep = arrow::array::BooleanBufferBuilder::new(fingerprints.len());
+        for fingerprint in fingerprints {
+            keep.append(self.seen.insert(*fingerprint));
         }
-        let Some(mut keep) = keep else {
-            return Ok((rows, 0));
-        };
         let keep = BooleanArray::new(keep.finish(), None);
         let repeated = (keep.len() - keep.true_count()) as u64;
+        if repeated == 0 {
+            return Ok((rows, 0));
+        }
         let kept = arrow::compute::filter_record_batch(&rows, &keep)
             .map_err(|e| Error::Internal(format!("dropping repeated messages: {e}")))?;
         Ok((kept, repeated))
