@@ -474,7 +474,7 @@ impl<'a> Lander<'a> {
         let bytes = std::fs::metadata(file)
             .map_err(|e| Error::io(file, e))?
             .len();
-        // Few parts wait: each holds one worker's share of a block, a few megabytes of rows.
+        // Few parts wait: each holds the rows of one run of lines, a few megabytes.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Part>>(2);
         let reader = tokio::task::spawn_blocking({
             let file = file.to_path_buf();
@@ -1395,11 +1395,20 @@ fn clean_lines(text: &[u8], first: usize, context: &PartContext, room: &mut Room
     Ok(part)
 }
 
-/// Reads `file` in blocks of whole lines and sends each block's cleaned records, in file
-/// order. Each block is cut into one run of lines per core, cleaned by a worker that lives as
-/// long as the file (so its memory is reused from block to block); the next block is read
-/// while the workers clean. Workers read their lines where the block was read, in one of two
-/// buffers used in turn. Stops quietly when the receiver is gone.
+/// Runs of lines cleaned or waiting to be, at most, and their parts not yet sent on: the
+/// reader stops reading ahead there, so memory holds a few blocks whatever the file size.
+const RUNS_IN_FLIGHT: usize = 8;
+
+/// Bytes of lines per run a worker cleans at a time (a run ends with its last whole line).
+const RUN_BYTES: usize = 2 << 20;
+
+/// Reads `file` in blocks of whole lines and sends the cleaned records, in file order. Each
+/// block is cut into runs of about [`RUN_BYTES`]; workers, one per core and living as long as
+/// the file (so their memory is reused), take the next run as soon as they are done with one,
+/// and the reader puts their parts back in file order. No worker waits for another to finish
+/// its share of a block: when one is held up (a core lent to a commit's encoding), the others
+/// go on with the runs queued behind. The next block is read while the workers clean. Stops
+/// quietly when the receiver is gone.
 fn clean_json_blocks(
     file: &Path,
     context: &PartContext,
@@ -1408,42 +1417,77 @@ fn clean_json_blocks(
     let label = context.label;
     let mut reader = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failed = || Error::Internal(format!("cleaning {label}: a worker failed"));
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+    let job_rx = std::sync::Mutex::new(job_rx);
     std::thread::scope(|scope| {
-        // Each worker is given (block, its lines in it, number of the first line).
-        let mut jobs = Vec::with_capacity(workers);
-        let mut answers = Vec::with_capacity(workers);
+        let (part_tx, part_rx) = std::sync::mpsc::channel::<(usize, Result<Part>)>();
         for _ in 0..workers {
-            let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
-            let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+            let (job_rx, part_tx) = (&job_rx, part_tx.clone());
             scope.spawn(move || {
                 let mut room = Room::default();
-                for (block, lines, first) in job_rx {
-                    let part = clean_lines(&block[lines], first, context, &mut room);
+                loop {
+                    // The lock is held only while waiting for a run, never while cleaning.
+                    let job = match job_rx.lock() {
+                        Ok(jobs) => jobs.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(Job {
+                        run,
+                        block,
+                        lines,
+                        first,
+                    }) = job
+                    else {
+                        return;
+                    };
+                    // A worker that panicked would leave its run unanswered and the
+                    // reader waiting for it: its run fails instead.
+                    let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        clean_lines(&block[lines], first, context, &mut room)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Error::Internal(format!(
+                            "cleaning {label}: a worker failed on the lines from {first}"
+                        )))
+                    });
                     // The block goes back to the reader before its part is answered.
                     drop(block);
-                    if answer_tx.send(part).is_err() {
+                    if part_tx.send((run, part)).is_err() {
                         return;
                     }
                 }
             });
-            jobs.push(job_tx);
-            answers.push(answer_rx);
         }
-        // Workers cleaning the block before this one, in order.
-        let mut busy: Vec<usize> = Vec::new();
-        // The block being read, and the one before it (being cleaned). The unfinished line at
-        // the end of a block starts the next one.
-        let mut buffers = [Arc::new(Vec::<u8>::new()), Arc::new(Vec::new())];
-        let mut current = 0;
-        let mut carried = 0usize;
+        drop(part_tx);
+        let mut parts = InOrder::new(part_rx, tx);
+        // Blocks being read or cleaned, reused once their runs are done with them. The
+        // unfinished line at the end of a block starts the next one.
+        let mut buffers: Vec<Arc<Vec<u8>>> = Vec::new();
+        let mut carry: Vec<u8> = Vec::new();
         let mut next_line = 1usize;
         let mut first = true;
+        let mut runs = 0usize;
         loop {
-            // Unshared: the workers given this buffer two blocks ago have answered.
-            let buffer = Arc::make_mut(&mut buffers[current]);
+            // Room for this block's runs before it is read.
+            while runs - parts.sent >= RUNS_IN_FLIGHT {
+                if !parts.wait_one(&failed)? {
+                    return Ok(());
+                }
+            }
+            let slot = match buffers.iter().position(|b| Arc::strong_count(b) == 1) {
+                Some(slot) => slot,
+                None => {
+                    buffers.push(Arc::new(Vec::new()));
+                    buffers.len() - 1
+                }
+            };
+            let buffer = Arc::make_mut(&mut buffers[slot]);
+            let carried = carry.len();
             if buffer.len() < carried + BLOCK_BYTES {
                 buffer.resize(carried + BLOCK_BYTES, 0);
             }
+            buffer[..carried].copy_from_slice(&carry);
             let mut filled = carried;
             while filled < carried + BLOCK_BYTES {
                 match reader.read(&mut buffer[filled..carried + BLOCK_BYTES]) {
@@ -1460,88 +1504,122 @@ fn clean_json_blocks(
                 0
             };
             // The block ends with its last whole line; a line longer than a block makes the
-            // buffer grow until it ends.
+            // carried text grow until it ends.
             let end = if eof {
                 filled
             } else {
                 match memchr::memrchr(b'\n', &buffer[start..filled]) {
                     Some(i) => start + i + 1,
                     None => {
-                        carried = filled;
+                        carry.clear();
+                        carry.extend_from_slice(&buffer[..filled]);
                         continue;
                     }
                 }
             };
             first = false;
-            // The block before this one is done by now or soon; its parts go out in order.
-            if !deliver(&mut busy, &answers, tx, label)? {
-                return Ok(());
-            }
-            // Cut the block into one run of whole lines per worker.
-            let block = &buffers[current][start..end];
+            carry.clear();
+            carry.extend_from_slice(&buffer[end..filled]);
+            // Cut the block into runs of whole lines and queue them.
+            let block = &buffers[slot][start..end];
+            let count = block.len().div_ceil(RUN_BYTES).max(1);
             let mut from = 0;
-            for (worker, job) in jobs.iter().enumerate() {
+            for run in 0..count {
                 if from == block.len() {
                     break;
                 }
-                let target = from + (block.len() - from).div_ceil(workers - worker);
+                let target = from + (block.len() - from).div_ceil(count - run);
                 let to = if target >= block.len() {
                     block.len()
                 } else {
                     memchr::memchr(b'\n', &block[target - 1..]).map_or(block.len(), |i| target + i)
                 };
                 let lines = &block[from..to];
-                let count = memchr::memchr_iter(b'\n', lines).count()
+                let numbered = memchr::memchr_iter(b'\n', lines).count()
                     + usize::from(lines.last().is_some_and(|b| *b != b'\n'));
-                job.send((
-                    buffers[current].clone(),
-                    start + from..start + to,
-                    next_line,
-                ))
-                .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
-                busy.push(worker);
-                next_line += count;
+                job_tx
+                    .send(Job {
+                        run: runs,
+                        block: buffers[slot].clone(),
+                        lines: start + from..start + to,
+                        first: next_line,
+                    })
+                    .map_err(|_| failed())?;
+                runs += 1;
+                next_line += numbered;
                 from = to;
             }
-            if eof {
-                deliver(&mut busy, &answers, tx, label)?;
+            if !parts.send_ready() {
                 return Ok(());
             }
-            // The unfinished line moves to the front of the other buffer, whose workers have
-            // answered.
-            carried = filled - end;
-            let [a, b] = &mut buffers;
-            let (read, next) = if current == 0 { (a, b) } else { (b, a) };
-            let next = Arc::make_mut(next);
-            if next.len() < carried + BLOCK_BYTES {
-                next.resize(carried + BLOCK_BYTES, 0);
+            if eof {
+                break;
             }
-            next[..carried].copy_from_slice(&read[end..filled]);
-            current = 1 - current;
         }
+        drop(job_tx);
+        while parts.sent < runs {
+            if !parts.wait_one(&failed)? {
+                return Ok(());
+            }
+        }
+        Ok(())
     })
 }
 
-/// A run of lines for a cleaning worker: the block holding them, where they are in it, and
-/// the number of the first line.
-type Job = (Arc<Vec<u8>>, std::ops::Range<usize>, usize);
+/// A run of lines for a cleaning worker: its place in the file's runs, the block holding
+/// it, where the lines are in the block, and the number of the first line.
+struct Job {
+    run: usize,
+    block: Arc<Vec<u8>>,
+    lines: std::ops::Range<usize>,
+    first: usize,
+}
 
-/// Sends the parts of the workers in `busy` on, in order. False when the receiver is gone.
-fn deliver(
-    busy: &mut Vec<usize>,
-    answers: &[std::sync::mpsc::Receiver<Result<Part>>],
-    tx: &tokio::sync::mpsc::Sender<Result<Part>>,
-    label: &str,
-) -> Result<bool> {
-    for worker in busy.drain(..) {
-        let part = answers[worker]
-            .recv()
-            .map_err(|_| Error::Internal(format!("cleaning {label}: a worker failed")))?;
-        if tx.blocking_send(part).is_err() {
-            return Ok(false);
+/// Parts answered by the workers in any order, sent on in the order of their runs.
+struct InOrder<'a> {
+    answers: std::sync::mpsc::Receiver<(usize, Result<Part>)>,
+    tx: &'a tokio::sync::mpsc::Sender<Result<Part>>,
+    /// Parts answered ahead of one still being cleaned, by run.
+    early: BTreeMap<usize, Result<Part>>,
+    /// Runs whose parts were sent on.
+    sent: usize,
+}
+
+impl<'a> InOrder<'a> {
+    fn new(
+        answers: std::sync::mpsc::Receiver<(usize, Result<Part>)>,
+        tx: &'a tokio::sync::mpsc::Sender<Result<Part>>,
+    ) -> Self {
+        InOrder {
+            answers,
+            tx,
+            early: BTreeMap::new(),
+            sent: 0,
         }
     }
-    Ok(true)
+
+    /// Waits for one answer, then sends on what is in order. False when the receiver is gone.
+    fn wait_one(&mut self, failed: &dyn Fn() -> Error) -> Result<bool> {
+        let (run, part) = self.answers.recv().map_err(|_| failed())?;
+        self.early.insert(run, part);
+        Ok(self.send_ready())
+    }
+
+    /// Sends on the parts answered so far that are next in order. False when the receiver
+    /// is gone.
+    fn send_ready(&mut self) -> bool {
+        // A worker gone too soon shows when its part is waited for.
+        while let Ok((run, part)) = self.answers.try_recv() {
+            self.early.insert(run, part);
+        }
+        while let Some(part) = self.early.remove(&self.sent) {
+            if self.tx.blocking_send(part).is_err() {
+                return false;
+            }
+            self.sent += 1;
+        }
+        true
+    }
 }
 
 /// The lines of a file with their numbers, streamed.
@@ -1700,4 +1778,69 @@ pub fn describe(report: &BatchReport) -> String {
             format!("  [{}]", reasons.join(", "))
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A part told apart by its count of records.
+    fn part(received: u64) -> Result<Part> {
+        Ok(Part {
+            received,
+            bytes: 0,
+            rows: RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty())),
+            fingerprints: Vec::new(),
+            rejected: Vec::new(),
+        })
+    }
+
+    fn sent_so_far(rx: &mut tokio::sync::mpsc::Receiver<Result<Part>>) -> Vec<u64> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|p| p.expect("a part").received)
+            .collect()
+    }
+
+    #[test]
+    fn parts_answered_out_of_order_are_sent_in_run_order() {
+        let (answer, answers) = std::sync::mpsc::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let mut parts = InOrder::new(answers, &tx);
+        let failed = || Error::Internal("a worker failed".into());
+        let answer = |run: usize| answer.send((run, part(run as u64))).expect("send");
+
+        answer(2);
+        assert!(parts.wait_one(&failed).expect("waited"));
+        assert_eq!(sent_so_far(&mut rx), Vec::<u64>::new(), "run 0 is not in");
+        answer(0);
+        assert!(parts.wait_one(&failed).expect("waited"));
+        assert_eq!(sent_so_far(&mut rx), vec![0]);
+        answer(3);
+        answer(1);
+        assert!(parts.send_ready());
+        assert_eq!(sent_so_far(&mut rx), vec![1, 2, 3]);
+        assert_eq!(parts.sent, 4);
+        answer(5);
+        answer(4);
+        assert!(parts.wait_one(&failed).expect("waited"));
+        assert_eq!(sent_so_far(&mut rx), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_run_never_answered_is_an_error_and_a_gone_receiver_stops_quietly() {
+        let (answer, answers) = std::sync::mpsc::channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut parts = InOrder::new(answers, &tx);
+        let failed = || Error::Internal("a worker failed".into());
+        answer.send((1, part(1))).expect("send");
+        drop(answer);
+        assert!(parts.wait_one(&failed).expect("run 1 came"));
+        assert!(parts.wait_one(&failed).is_err(), "run 0 never will");
+
+        let (answer, answers) = std::sync::mpsc::channel();
+        let mut parts = InOrder::new(answers, &tx);
+        drop(rx);
+        answer.send((0, part(0))).expect("send");
+        assert!(!parts.wait_one(&failed).expect("no error"));
+    }
 }

@@ -616,6 +616,55 @@ fn a_json_lines_file_of_many_blocks_keeps_every_line_and_its_number() {
     assert_eq!(ids, expected, "every line but the broken one, once");
 }
 
+/// Workers clean runs of a file in whatever order they finish; the parts must still be
+/// deduped in file order. Every tenth message comes back three more times a few megabytes
+/// later, in later blocks and runs, each time with other contents: only its first copy
+/// lands.
+#[test]
+fn a_repeated_message_keeps_its_first_copy_across_blocks() {
+    let dir = tempfile::tempdir().expect("temp");
+    let wh = dir.path().join("wh");
+    let n = 40_000usize;
+    let pad = "p".repeat(200);
+    let line = |i: usize, copy: usize| {
+        format!(
+            "{{\"type\":\"track\",\"messageId\":\"m-{i}\",\"anonymousId\":\"a-{}\",\"event\":\"view\",\"timestamp\":\"2026-10-01T00:00:00Z\",\"properties\":{{\"copy\":{copy},\"pad\":\"{pad}\"}}}}\n",
+            i % 89
+        )
+    };
+    let mut text = String::new();
+    // Message i's later copies come 12,000, 24,000 and 36,000 lines (3, 6 and 9 MB) on.
+    let mut repeats = 0u64;
+    for i in 0..n {
+        text.push_str(&line(i, 0));
+        for copy in 1..=3usize {
+            if let Some(back) = i.checked_sub(12_000 * copy)
+                && back % 10 == 0
+            {
+                text.push_str(&line(back, copy));
+                repeats += 1;
+            }
+        }
+    }
+    assert!(text.len() > 3 * (4 << 20), "{} bytes", text.len());
+    let file = dir.path().join("repeats.jsonl");
+    std::fs::write(&file, &text).expect("write");
+
+    let report = ingest(&wh, "segment", &[&file]);
+    balanced(&report);
+    assert_eq!(report["received"].as_u64(), Some(n as u64 + repeats));
+    assert_eq!(report["landed"].as_u64(), Some(n as u64));
+    assert_eq!(report["duplicates"].as_u64(), Some(repeats));
+    let rows = crate::rows(&wh, "events");
+    assert_eq!(rows.len(), n);
+    let later: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r["properties"].as_str().expect("p").contains("\"copy\":0"))
+        .map(|r| r["event_id"].as_str().expect("id"))
+        .collect();
+    assert!(later.is_empty(), "later copies landed: {later:?}");
+}
+
 #[test]
 fn a_message_repeated_in_two_files_of_one_batch_lands_once() {
     let dir = tempfile::tempdir().expect("temp");
