@@ -93,6 +93,7 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
 
     let warehouse = Warehouse::open(&format!("file://{}", scratch.path().join("wh").display()))?;
     let catalog = Catalog::open(warehouse).await?;
+    read_through(&file)?;
     let started = Instant::now();
     let report = ingest_files(
         &catalog,
@@ -105,6 +106,7 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
     let received = report.counts.received;
 
     let out = scratch.path().join("duckdb.parquet");
+    read_through(&file)?;
     let duck = Command::new(python())
         .arg("-c")
         .arg(DUCKDB_SCRIPT)
@@ -146,7 +148,7 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
         println!("{result}");
     } else {
         println!(
-            "ingest benchmark: {received} Segment messages, {:.0} MB of JSON lines",
+            "ingest benchmark: {received} Segment messages, {:.0} MB of JSON lines (read once before each engine's run)",
             bytes as f64 / 1e6
         );
         println!(
@@ -174,6 +176,17 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
             ),
         }
     }
+    Ok(())
+}
+
+/// Reads `file` once, untimed, before each engine's run: both then start with it in the
+/// page cache as far as memory allows, rather than DuckDB finding it left there by Shoal's
+/// run and Shoal finding what the last DuckDB run left of it.
+fn read_through(file: &Path) -> AppResult<()> {
+    let mut reader = std::fs::File::open(file)
+        .map_err(|e| AppError::Internal(format!("reading {}: {e}", file.display())))?;
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .map_err(|e| AppError::Internal(format!("reading {}: {e}", file.display())))?;
     Ok(())
 }
 
