@@ -183,10 +183,9 @@ pub async fn ingest(events: u64, data: Option<PathBuf>, json_out: bool) -> AppRe
 /// page cache as far as memory allows, rather than DuckDB finding it left there by Shoal's
 /// run and Shoal finding what the last DuckDB run left of it.
 fn read_through(file: &Path) -> AppResult<()> {
-    let mut reader = std::fs::File::open(file)
-        .map_err(|e| AppError::Internal(format!("reading {}: {e}", file.display())))?;
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .map_err(|e| AppError::Internal(format!("reading {}: {e}", file.display())))?;
+    let failed = |e: std::io::Error| AppError::Internal(format!("reading {}: {e}", file.display()));
+    let mut reader = std::fs::File::open(file).map_err(failed)?;
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(failed)?;
     Ok(())
 }
 
