@@ -1266,6 +1266,37 @@ impl Table {
         note: CommitNote,
     ) -> Result<u64> {
         self.check_batches(&batches)?;
+        let actions = self.marked_actions(remove, marks, &note).await?;
+        let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
+        self.commit_with_files(actions, batches, note, operation)
+            .await
+    }
+
+    /// [`Table::replace_files_marking`] where each new file's rows are made by a function
+    /// called when a writer is ready for them, as [`Table::replace_files_made`] makes them.
+    /// The table must be partitioned, and each file's rows must share their partition values.
+    pub async fn replace_files_marking_made(
+        &mut self,
+        remove: &[DataFile],
+        marks: Vec<(DataFile, roaring::RoaringTreemap)>,
+        files: Vec<FileRows>,
+        note: CommitNote,
+    ) -> Result<u64> {
+        let mut actions = self.marked_actions(remove, marks, &note).await?;
+        let files = files.into_iter().map(one_batch).collect();
+        actions.extend(self.write_partition_files(files).await?);
+        let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
+        self.commit_actions(actions, note, operation).await
+    }
+
+    /// The actions that remove `remove` and add `marks`' positions to the rows their files
+    /// already mark deleted.
+    async fn marked_actions(
+        &mut self,
+        remove: &[DataFile],
+        marks: Vec<(DataFile, roaring::RoaringTreemap)>,
+        note: &CommitNote,
+    ) -> Result<Vec<deltalake::kernel::Action>> {
         let store = self.delta.object_store();
         let mut marked = Vec::with_capacity(marks.len());
         for (file, positions) in &marks {
@@ -1276,10 +1307,7 @@ impl Table {
             deleted |= positions;
             marked.push((file, deleted));
         }
-        let actions = self.marking_actions(remove, marked, &note).await?;
-        let operation = deltalake::protocol::DeltaOperation::Update { predicate: None };
-        self.commit_with_files(actions, batches, note, operation)
-            .await
+        self.marking_actions(remove, marked, note).await
     }
 
     /// The rows `file` (of this table) marks deleted.

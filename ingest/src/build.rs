@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, BinaryArray, Int64Array, Int64Builder, RecordBatch};
-use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::DataType;
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::datasource::MemTable;
@@ -178,20 +177,6 @@ pub async fn build(
     let mut affected = BTreeSet::new();
     // A scoped build folds the identify calls it resolves or moves into the stored traits.
     let mut identified = incremental.then(Vec::new);
-    rewrite_events(
-        catalog,
-        &ctx,
-        &resolved,
-        &moves,
-        options.full,
-        &note,
-        &mut report,
-        &mut affected,
-        identified.as_mut(),
-        progress,
-    )
-    .await?;
-    lap("events", &mut seconds);
     progress("orders", 0, 1);
     resolve_orders(
         catalog,
@@ -204,6 +189,28 @@ pub async fn build(
     )
     .await?;
     lap("orders", &mut seconds);
+    // Every buyer's orders, GMV and RFM scores are counted from `orders` while `events` is
+    // rewritten.
+    let orders = catalog.table("orders").await?;
+    let buyers = tokio::spawn(async move { buyers::Buyers::read(&orders).await });
+    let written = rewrite_events(
+        catalog,
+        &ctx,
+        &resolved,
+        &moves,
+        options.full,
+        &note,
+        &mut report,
+        &mut affected,
+        identified.as_mut(),
+        progress,
+    )
+    .await;
+    if written.is_err() {
+        buyers.abort();
+    }
+    written?;
+    lap("events", &mut seconds);
     progress("users", 0, 1);
     for (from, into) in &moves.merged {
         affected.remove(&i64::from(*from));
@@ -221,6 +228,7 @@ pub async fn build(
     let recomputed = build_users(
         catalog,
         &resolved,
+        buyers,
         as_of,
         started,
         scope.map(|people| Scope {
@@ -913,26 +921,34 @@ async fn rewrite_stale_files(
         }
         let mut remove = Vec::new();
         let mut marks = Vec::new();
-        let mut write = Vec::new();
+        let mut pieces: Vec<shoal_catalog::FileRows> = Vec::new();
         for DayFiles {
             day,
             files: indices,
             marked: marked_here,
         } in chunk
         {
-            let batch = concat_batches(&schema, by_day.get(&day).into_iter().flatten())?;
             let before = (report.events_resolved, report.events_moved);
-            let users = resolve_events(&batch, resolved, moves, report, affected)?;
+            let batches = by_day
+                .remove(&day)
+                .unwrap_or_default()
+                .iter()
+                .map(|b| {
+                    let users = resolve_events(b, resolved, moves, report, affected)?;
+                    with_column(b, "user_id", Arc::new(users))
+                })
+                .collect::<Result<Vec<_>>>()?;
             if before == (report.events_resolved, report.events_moved) {
                 // Nothing would change: rows still waiting for an identity nobody has yet.
                 continue;
             }
-            let batch = sort_events(&with_column(&batch, "user_id", Arc::new(users))?)?;
-            if let Some(identified) = identified.as_deref_mut() {
-                identified.push(features::identify_rows(&batch)?);
+            for batch in &batches {
+                if let Some(identified) = identified.as_deref_mut() {
+                    identified.push(features::identify_rows(batch)?);
+                }
+                collect_day_bitmaps(batch, &mut rewritten)?;
+                report.events_rewritten += batch.num_rows() as u64;
             }
-            collect_day_bitmaps(&batch, &mut rewritten)?;
-            report.events_rewritten += batch.num_rows() as u64;
             report.days_rewritten += 1;
             remove.extend(indices.iter().map(|i| files[*i].clone()));
             marks.extend(
@@ -940,11 +956,26 @@ async fn rewrite_stale_files(
                     .iter()
                     .map(|i| (files[*i].clone(), stale[*i].clone())),
             );
-            write.extend(split_batch(&batch, EVENT_FILE_ROWS));
+            // The day's rows are sorted as references and gathered straight into their
+            // files by the writers, one copy each, made while others are encoded.
+            let mut rows: Vec<RowRef> = batches
+                .iter()
+                .enumerate()
+                .flat_map(|(b, batch)| (0..batch.num_rows() as u32).map(move |i| (b as u32, i)))
+                .collect();
+            sort_event_rows(&batches, &mut rows)?;
+            let batches = Arc::new(batches);
+            for part in rows.chunks(EVENT_FILE_ROWS) {
+                let (batches, part) = (batches.clone(), part.to_vec());
+                pieces.push(Box::new(move || {
+                    gather(&batches, &part)
+                        .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))
+                }));
+            }
         }
         if !remove.is_empty() || !marks.is_empty() {
             events
-                .replace_files_marking(&remove, marks, write, note.clone())
+                .replace_files_marking_made(&remove, marks, pieces, note.clone())
                 .await?;
         }
     }
@@ -1076,11 +1107,12 @@ fn resolve_events(
     Ok(out.finish())
 }
 
+#[cfg(test)]
 fn sort_events(batch: &RecordBatch) -> Result<RecordBatch> {
     let mut rows: Vec<RowRef> = (0..batch.num_rows() as u32).map(|i| (0, i)).collect();
     sort_event_rows(std::slice::from_ref(batch), &mut rows)?;
     let order: arrow::array::UInt32Array = rows.into_iter().map(|(_, i)| i).collect();
-    Ok(take_record_batch(batch, &order)?)
+    Ok(arrow::compute::take_record_batch(batch, &order)?)
 }
 
 /// A row of one of several batches: (batch, row).
@@ -1138,7 +1170,7 @@ fn lexsort_events(batch: &RecordBatch) -> Result<RecordBatch> {
         &[by("user_id")?, by("event_time")?, by("event_id")?],
         None,
     )?;
-    Ok(take_record_batch(batch, &indices)?)
+    Ok(arrow::compute::take_record_batch(batch, &indices)?)
 }
 
 /// Sorts `rows` (of `batches`) by (user_id, event_time, event_id), nulls last: the two
@@ -1430,6 +1462,7 @@ struct Recomputed {
 async fn build_users(
     catalog: &Catalog,
     resolved: &Resolved,
+    buyers: tokio::task::JoinHandle<Result<buyers::Buyers>>,
     as_of: NaiveDate,
     now: DateTime<Utc>,
     scoped: Option<Scope<'_>>,
@@ -1460,7 +1493,6 @@ async fn build_users(
 
     let ctx = shoal_catalog::write_session();
     let events = catalog.table("events").await?;
-    let orders = catalog.table("orders").await?;
     let links = catalog.table("identity_links").await?;
     match scope {
         // A scoped build reads its people's identities alone, with a row filter on
@@ -1581,7 +1613,9 @@ async fn build_users(
     // Every buyer's orders, GMV and RFM scores (percent ranks among all buyers), counted
     // once: a scoped build joins its own people's rows, and finds the others whose scores
     // moved.
-    let buyers = buyers::Buyers::read(&orders).await?;
+    let buyers = buyers
+        .await
+        .map_err(|e| Error::Internal(format!("counting buyers: {e}")))??;
     let scope_ids: Option<Vec<i64>> = scope.map(|people| people.iter().copied().collect());
     ctx.register_table(
         "buyers",
@@ -2110,6 +2144,7 @@ async fn build_orders_wide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::compute::{concat_batches, take_record_batch};
 
     /// A seeded pseudo-random sequence: `next(m)` draws from 0..m.
     fn draws(seed: u64) -> impl FnMut(u64) -> u64 {
