@@ -1494,6 +1494,19 @@ async fn build_users(
     let ctx = shoal_catalog::write_session();
     let events = catalog.table("events").await?;
     let links = catalog.table("identity_links").await?;
+    let mut users = catalog.table("users").await?;
+    let buyers = Arc::new(
+        buyers
+            .await
+            .map_err(|e| Error::Internal(format!("counting buyers: {e}")))??,
+    );
+    // A scoped build compares every stored person's RFM scores with the new ones on a task
+    // of its own, while it reads its people's rows.
+    let moved = scope.map(|people| {
+        let skip: HashSet<i64> = people.iter().chain(removed).copied().collect();
+        let (users, buyers) = (users.clone(), buyers.clone());
+        tokio::spawn(async move { moved_scores(&users, &buyers, &skip).await })
+    });
     match scope {
         // A scoped build reads its people's identities alone, with a row filter on
         // `user_id`: the other people's identity values are not decoded.
@@ -1613,9 +1626,6 @@ async fn build_users(
     // Every buyer's orders, GMV and RFM scores (percent ranks among all buyers), counted
     // once: a scoped build joins its own people's rows, and finds the others whose scores
     // moved.
-    let buyers = buyers
-        .await
-        .map_err(|e| Error::Internal(format!("counting buyers: {e}")))??;
     let scope_ids: Option<Vec<i64>> = scope.map(|people| people.iter().copied().collect());
     ctx.register_table(
         "buyers",
@@ -1668,19 +1678,20 @@ async fn build_users(
     let frame = joined
         .select(projection)?
         .sort(vec![col("user_id").sort(true, false)])?;
-    let mut users = catalog.table("users").await?;
     let users_before = users.version();
     let mut recomputed = None;
     let mut rescored = Vec::new();
-    if let Some(people) = scope {
+    if let Some(moved) = moved {
         // The rows of these people (and of people merged away) are marked deleted where
         // they are, and their new rows written as one new file, in one commit: a rewrite
         // would rewrite every file, the recomputed people being spread over all of them.
         // The people whose RFM scores moved join them, their other columns as stored.
         let mut batches = frame.collect().await?;
         lap("computed", report);
-        let skip: HashSet<i64> = people.iter().chain(removed).copied().collect();
-        let moved = rescored_rows(&ctx, &users, &buyers, &users_def.fields, &skip, now).await?;
+        let moved = moved
+            .await
+            .map_err(|e| Error::Internal(format!("comparing RFM scores: {e}")))??;
+        let moved = rescored_rows(&ctx, &users, moved, &users_def.fields, now).await?;
         for batch in &moved {
             rescored.extend(ints(batch, "user_id")?.iter().flatten());
         }
@@ -1924,18 +1935,20 @@ async fn write_scoped(
 /// Columns of `users` that follow from the RFM scores.
 const RFM_COLUMNS: [&str; 4] = ["rfm_r", "rfm_f", "rfm_m", "rfm_segment"];
 
-/// The rows of `users` (as stored) of the people outside a scoped build whose RFM scores
-/// moved, with their new scores (from `buyers`): percent ranks shift for every buyer when
-/// buyers come, go or change, not only for the build's people. Nobody of `skip` (the build's
-/// people and those merged away) is among them.
-async fn rescored_rows(
-    ctx: &SessionContext,
+/// The people outside a scoped build whose RFM scores moved, with their new scores.
+struct MovedScores {
+    ids: Vec<i64>,
+    scores: [Vec<Option<i64>>; 3],
+}
+
+/// The people of `users` whose stored RFM scores differ from those of `buyers`: percent
+/// ranks shift for every buyer when buyers come, go or change, not only for the build's
+/// people. Nobody of `skip` (the build's people and those merged away) is among them.
+async fn moved_scores(
     users: &shoal_catalog::Table,
     buyers: &buyers::Buyers,
-    fields: &[FieldStandard],
     skip: &HashSet<i64>,
-    now: DateTime<Utc>,
-) -> Result<Vec<RecordBatch>> {
+) -> Result<MovedScores> {
     let mut ids = Vec::new();
     let mut new_scores: [Vec<Option<i64>>; 3] = Default::default();
     users
@@ -1962,7 +1975,25 @@ async fn rescored_rows(
             },
         )
         .await?;
-    let [r, f, m] = new_scores;
+    Ok(MovedScores {
+        ids,
+        scores: new_scores,
+    })
+}
+
+/// The rows of `users` (as stored) of the people whose RFM scores `moved`, with their new
+/// scores.
+async fn rescored_rows(
+    ctx: &SessionContext,
+    users: &shoal_catalog::Table,
+    moved: MovedScores,
+    fields: &[FieldStandard],
+    now: DateTime<Utc>,
+) -> Result<Vec<RecordBatch>> {
+    let MovedScores {
+        ids,
+        scores: [r, f, m],
+    } = moved;
     // Scores may be missing (a buyer no more), whether or not any is in this batch.
     let scores = RecordBatch::try_from_iter_with_nullable(vec![
         (

@@ -484,13 +484,30 @@ impl Graph {
     pub fn add_existing_many(&mut self, kinds: &[u8], keys: &[Key], users: &[u32]) {
         assert_eq!(keys.len(), users.len(), "one user per key");
         let nodes = self.nodes(kinds, keys);
+        let groups = 1 + users.windows(2).filter(|w| w[0] != w[1]).count();
+        self.user_node.reserve(groups);
         let mut previous: Option<(u32, u32)> = None;
         for (n, user) in nodes.into_iter().zip(users.iter().copied()) {
             match previous {
                 Some((p, u)) if u == user => {
-                    let (a, b) = (self.find(n), self.find(p));
-                    if a != b {
-                        self.union_roots(a, b);
+                    let root = self.nodes[p as usize].parent;
+                    let node = self.nodes[n as usize];
+                    if self.nodes[root as usize].parent == root
+                        && node.parent == n
+                        && node.slot == NO_SLOT
+                        && n > root
+                    {
+                        // A new identity alone joins the person's root, as `union_roots`
+                        // would join them (the root is the larger, or the lower of two alone),
+                        // without finding either root or sizing them.
+                        let at = self.slot_of(root);
+                        self.roots[at + node.kind as usize] += 1;
+                        self.nodes[n as usize].parent = root;
+                    } else {
+                        let (a, b) = (self.find(n), self.find(p));
+                        if a != b {
+                            self.union_roots(a, b);
+                        }
                     }
                 }
                 _ => self.attach(n, user),
@@ -870,6 +887,14 @@ mod tests {
         bulk.add_existing_many(&kinds, &keys, &users);
         assert_eq!(one.len(), bulk.len());
         assert_eq!(one.max_user(), bulk.max_user());
+        // Each person counts the same identities of every type (what caps are checked on).
+        for (_, k, _) in &rows {
+            let ra = one.find(one.find_key(*k).expect("known"));
+            let rb = bulk.find(bulk.find_key(*k).expect("known"));
+            for ty in 0..one.rules.len() {
+                assert_eq!(one.count(ra, ty), bulk.count(rb, ty));
+            }
+        }
         let (a, b) = (one.finish(), bulk.finish());
         for (_, k, _) in &rows {
             let (na, nb) = (one.find_key(*k), bulk.find_key(*k));
