@@ -302,7 +302,10 @@ impl TableDefinition {
     ///   column (and not written as deltas), whose values are nearly all distinct;
     /// - written without statistics or compression: the key when it is one text column, an
     ///   id drawn at random (a message id, a hash) that neither prunes files nor compresses;
-    /// - written without statistics: JSON documents.
+    /// - written without statistics: JSON documents, and text the files are not sorted by
+    ///   and that is not part of a key of several columns. Rows of every person and every
+    ///   hour share a page, so such a page's least and greatest texts span nearly all
+    ///   values and skip nothing, while finding them compares every value written.
     pub fn column_layout(&self) -> ColumnLayout {
         let key = match self.key.as_slice() {
             [only] => Some(only),
@@ -310,6 +313,12 @@ impl TableDefinition {
         };
         let random_id =
             |f: &&FieldStandard| f.value_type == ValueType::String && Some(&f.name) == key;
+        let unordered_text = |f: &&FieldStandard| {
+            matches!(f.value_type, ValueType::String | ValueType::Enum)
+                && !self.sort_by.contains(&f.name)
+                && !self.partition_by.contains(&f.name)
+                && (key.is_some() || !self.key.contains(&f.name))
+        };
         let delta = |f: &&FieldStandard| match f.value_type {
             ValueType::Time => true,
             ValueType::Int | ValueType::Date => self.sort_by.contains(&f.name),
@@ -332,7 +341,7 @@ impl TableDefinition {
             unindexed: self
                 .fields
                 .iter()
-                .filter(|f| f.value_type == ValueType::Json || random_id(f))
+                .filter(|f| f.value_type == ValueType::Json || unordered_text(f))
                 .map(|f| f.name.clone())
                 .collect(),
             uncompressed: self

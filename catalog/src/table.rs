@@ -55,8 +55,9 @@ pub struct ColumnLayout {
     /// a sorted id takes a few bits a row instead of eight bytes, and times close to each
     /// other little more than their differences.
     pub delta: Vec<String>,
-    /// Columns written without statistics: JSON documents and ids drawn at random, whose
-    /// least and greatest values prune nothing, and finding them compares every value.
+    /// Columns written without statistics: JSON documents, ids drawn at random and text in
+    /// no order, whose least and greatest values prune nothing, while finding them compares
+    /// every value.
     pub unindexed: Vec<String>,
     /// Columns of ids drawn at random (message ids, hashes), written without compression:
     /// Snappy finds a tenth of such text to spare, for a pass over the largest column of a
