@@ -218,7 +218,7 @@ pub async fn ingest_segment_requests(
         };
         count_rejected(&mut counts, &part.rejected);
         let (kept, repeated) = lander.unseen(part.rows, &part.fingerprints)?;
-        counts.duplicates += repeated;
+        counts.duplicates += part.repeated + repeated;
         rejected.extend(part.rejected);
         owners.push(files.len());
         batches.push(kept);
@@ -538,7 +538,7 @@ impl<'a> Lander<'a> {
         pending.rejected.extend(part.rejected);
         let (kept, repeated) = self.unseen(part.rows, &part.fingerprints)?;
         pending.bytes += kept.get_array_memory_size();
-        pending.counts.duplicates += repeated;
+        pending.counts.duplicates += part.repeated + repeated;
         pending.rows += kept.num_rows();
         pending.batches.push(kept);
         if pending.rows >= pending.chunk || pending.bytes >= CHUNK_BYTES {
@@ -1117,8 +1117,45 @@ struct Part {
     rows: RecordBatch,
     /// The fingerprint of each row's message id.
     fingerprints: Vec<u128>,
+    /// Clean records left out as repeats of a message cleaned just before (see
+    /// [`RecentIds`]): duplicates.
+    repeated: u64,
     /// Records for quarantine.
     rejected: Vec<Rejected>,
+}
+
+/// Slots of [`RecentIds`]: a repeat a few hundred lines after its first copy is nearly
+/// always still there.
+const RECENT_SLOTS: usize = 4096;
+
+/// The fingerprints of the last messages a cleaner kept, one per slot by their low bits, a
+/// newer one taking an older one's slot. A message found here repeats one kept earlier in
+/// file order, so it is left out before its row is built. Trackers resend a message within
+/// a few dozen lines, so nearly every part then reaches the lander without repeats, and is
+/// not copied to leave them out; the repeats this misses (slot taken since, first copy in
+/// another worker's run) are left out by the lander's set of every id of the batch.
+#[derive(Default)]
+struct RecentIds {
+    slots: Vec<u128>,
+}
+
+impl RecentIds {
+    /// Whether `fingerprint` was kept recently; records it if not.
+    fn repeats(&mut self, fingerprint: u128) -> bool {
+        // 0 marks an empty slot; a message with that fingerprint is left to the lander.
+        if fingerprint == 0 {
+            return false;
+        }
+        if self.slots.is_empty() {
+            self.slots = vec![0; RECENT_SLOTS];
+        }
+        let slot = &mut self.slots[fingerprint as usize % RECENT_SLOTS];
+        if *slot == fingerprint {
+            return true;
+        }
+        *slot = fingerprint;
+        false
+    }
 }
 
 /// What a part's records are cleaned with.
@@ -1135,6 +1172,8 @@ struct PartBuilder {
     received: u64,
     rows: EventColumns,
     fingerprints: Vec<u128>,
+    repeated: u64,
+    recent: RecentIds,
     rejected: Vec<Rejected>,
 }
 
@@ -1149,6 +1188,7 @@ impl PartBuilder {
             bytes: 0,
             rows: self.rows.finish(schema)?,
             fingerprints: self.fingerprints,
+            repeated: self.repeated,
             rejected: self.rejected,
         })
     }
@@ -1348,9 +1388,13 @@ impl PartBuilder {
         };
         match parsed {
             Ok(row) => {
-                self.fingerprints
-                    .push(twox_hash::XxHash3_128::oneshot(row.event_id.as_bytes()));
-                self.rows.push(&row, source);
+                let fingerprint = twox_hash::XxHash3_128::oneshot(row.event_id.as_bytes());
+                if self.recent.repeats(fingerprint) {
+                    self.repeated += 1;
+                } else {
+                    self.fingerprints.push(fingerprint);
+                    self.rows.push(&row, source);
+                }
             }
             Err(rejection) => self.rejected.push(Rejected {
                 location: location(),
@@ -1791,6 +1835,7 @@ mod tests {
             bytes: 0,
             rows: RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty())),
             fingerprints: Vec::new(),
+            repeated: 0,
             rejected: Vec::new(),
         })
     }
@@ -1799,6 +1844,78 @@ mod tests {
         std::iter::from_fn(|| rx.try_recv().ok())
             .map(|p| p.expect("a part").received)
             .collect()
+    }
+
+    #[test]
+    fn a_message_repeated_lines_later_keeps_its_first_copy_and_counts_as_a_duplicate() {
+        let schema = shoal_catalog::CatalogDefinition::default_definition()
+            .expect("catalog")
+            .table("events")
+            .expect("events")
+            .arrow_schema();
+        let context = PartContext {
+            label: "t.jsonl",
+            source: "segment",
+            clock: Clock {
+                received_at: DateTime::parse_from_rfc3339("2026-11-23T00:00:00Z")
+                    .expect("time")
+                    .with_timezone(&Utc),
+                zone: clean::zone_offset("Asia/Shanghai").expect("zone"),
+            },
+            schema: &schema,
+        };
+        let message = |id: &str, event: &str| {
+            format!(
+                r#"{{"type":"track","event":"{event}","messageId":"{id}","anonymousId":"a1","timestamp":"2026-11-01T10:00:00Z"}}"#
+            )
+        };
+        // m1 comes back twice with other contents, m2 once; a bad copy of m3 is quarantined
+        // and does not hide the good one after it.
+        let lines = [
+            message("m1", "first"),
+            message("m2", "x"),
+            message("m1", "second"),
+            r#"{"type":"track","messageId":"m3","anonymousId":"a1"}"#.to_string(),
+            message("m3", "y"),
+            message("m2", "again"),
+            message("m1", "third"),
+        ];
+        let part = clean_lines(
+            lines.join("\n").as_bytes(),
+            1,
+            &context,
+            &mut Room::default(),
+        )
+        .expect("part");
+        assert_eq!(part.received, 7);
+        assert_eq!(part.rejected.len(), 1);
+        assert_eq!(part.repeated, 3);
+        assert_eq!(part.fingerprints.len(), 3);
+        let names = part
+            .rows
+            .column_by_name("event_name")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .expect("event names");
+        let names: Vec<_> = names.iter().flatten().collect();
+        assert_eq!(names, ["first", "x", "y"]);
+        let ids = event_ids(&part.rows).expect("ids");
+        for (id, fingerprint) in ids.iter().flatten().zip(&part.fingerprints) {
+            assert_eq!(*fingerprint, twox_hash::XxHash3_128::oneshot(id.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn recent_ids_find_a_kept_id_until_its_slot_is_taken() {
+        let mut recent = RecentIds::default();
+        assert!(!recent.repeats(7));
+        assert!(recent.repeats(7));
+        // Another id of the same slot takes it: 7 is no longer found (the lander finds it).
+        let other = 7 + RECENT_SLOTS as u128;
+        assert!(!recent.repeats(other));
+        assert!(!recent.repeats(7));
+        // 0 marks an empty slot and is never found.
+        assert!(!recent.repeats(0));
+        assert!(!recent.repeats(0));
     }
 
     #[test]
