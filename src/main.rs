@@ -72,9 +72,10 @@ fn builds(command: &Command) -> bool {
 
 /// The allocator's purge delay for `command`.
 fn purge_delay(command: &Command) -> std::ffi::c_long {
-    match builds(command) {
-        true => BUILD_PURGE_DELAY_MS,
-        false => PURGE_DELAY_MS,
+    if builds(command) {
+        BUILD_PURGE_DELAY_MS
+    } else {
+        PURGE_DELAY_MS
     }
 }
 
