@@ -1122,6 +1122,24 @@ struct Part {
     repeated: u64,
     /// Records for quarantine.
     rejected: Vec<Rejected>,
+    /// Lines (blank ones included) of a run of a file; 0 for records not read as lines.
+    lines: usize,
+    /// For a run of a file, the line of each record of `rejected` counted from the run's
+    /// first (0): their locations are written once the run's place in the file is known
+    /// ([`Part::number`]), so the reader need not count the lines of each run ahead of its
+    /// worker.
+    rejected_lines: Vec<usize>,
+}
+
+impl Part {
+    /// Writes the locations of the rejected records of a run of `label` whose first line is
+    /// line `first` of the file.
+    fn number(&mut self, first: usize, label: &str) {
+        for (rejected, line) in self.rejected.iter_mut().zip(&self.rejected_lines) {
+            rejected.location = Where::Line(first + line).text(label);
+        }
+        self.rejected_lines.clear();
+    }
 }
 
 /// Slots of [`RecentIds`]: a repeat a few hundred lines after its first copy is nearly
@@ -1190,6 +1208,8 @@ impl PartBuilder {
             fingerprints: self.fingerprints,
             repeated: self.repeated,
             rejected: self.rejected,
+            lines: 0,
+            rejected_lines: Vec::new(),
         })
     }
 }
@@ -1354,7 +1374,9 @@ impl PartBuilder {
     /// Cleans one Segment record.
     fn record(&mut self, location: Where, record: Item, label: &str, source: &str, clock: Clock) {
         match record {
-            Item::Line(line) => self.line(&line, || location.text(label), source, clock),
+            Item::Line(line) => {
+                self.line(&line, || location.text(label), source, clock);
+            }
             Item::Broken { raw, rejection } => {
                 self.received += 1;
                 self.rejected.push(Rejected {
@@ -1367,26 +1389,44 @@ impl PartBuilder {
     }
 
     /// Cleans one line of JSON; `location` names it if it is quarantined. Blank lines are
-    /// not records.
-    fn line(&mut self, line: &[u8], location: impl FnOnce() -> String, source: &str, clock: Clock) {
-        let (text, utf8) = match simdutf8::basic::from_utf8(line) {
-            Ok(text) => (std::borrow::Cow::Borrowed(text), true),
-            Err(_) => (String::from_utf8_lossy(line), false),
-        };
+    /// not records. Whether the line was quarantined.
+    fn line(
+        &mut self,
+        line: &[u8],
+        location: impl FnOnce() -> String,
+        source: &str,
+        clock: Clock,
+    ) -> bool {
+        match simdutf8::basic::from_utf8(line) {
+            Ok(text) => self.text_line(text, location, source, clock),
+            Err(_) => {
+                let text = String::from_utf8_lossy(line);
+                let text = text.trim_end_matches('\r');
+                self.received += 1;
+                self.rejected.push(Rejected {
+                    location: location(),
+                    rejection: Rejection::new(reason::INVALID_JSON, "line is not valid UTF-8"),
+                    raw: text.to_string(),
+                });
+                true
+            }
+        }
+    }
+
+    /// [`PartBuilder::line`] for a line known to be UTF-8.
+    fn text_line(
+        &mut self,
+        text: &str,
+        location: impl FnOnce() -> String,
+        source: &str,
+        clock: Clock,
+    ) -> bool {
         let text = text.trim_end_matches('\r');
         if text.trim().is_empty() {
-            return;
+            return false;
         }
         self.received += 1;
-        let parsed = if utf8 {
-            segment::parse_line(text, clock)
-        } else {
-            Err(Rejection::new(
-                reason::INVALID_JSON,
-                "line is not valid UTF-8",
-            ))
-        };
-        match parsed {
+        match segment::parse_line(text, clock) {
             Ok(row) => {
                 let fingerprint = twox_hash::XxHash3_128::oneshot(row.event_id.as_bytes());
                 if self.recent.repeats(fingerprint) {
@@ -1395,12 +1435,16 @@ impl PartBuilder {
                     self.fingerprints.push(fingerprint);
                     self.rows.push(&row, source);
                 }
+                false
             }
-            Err(rejection) => self.rejected.push(Rejected {
-                location: location(),
-                rejection,
-                raw: text.to_string(),
-            }),
+            Err(rejection) => {
+                self.rejected.push(Rejected {
+                    location: location(),
+                    rejection,
+                    raw: text.to_string(),
+                });
+                true
+            }
         }
     }
 }
@@ -1408,34 +1452,37 @@ impl PartBuilder {
 /// Bytes read per block of a JSON-lines file (a block is extended to the end of its last line).
 const BLOCK_BYTES: usize = 4 << 20;
 
-/// Cleans the lines of `text` (whole lines; the first is line `first` of the file) into one
-/// part.
-fn clean_lines(text: &[u8], first: usize, context: &PartContext, room: &mut Room) -> Result<Part> {
+/// Cleans a run of whole lines of a file into one part, its rejected records numbered from
+/// the run's first line (see [`Part::number`]). The run is checked to be UTF-8 at once, and
+/// its lines one by one only when it is not.
+fn clean_lines(text: &[u8], context: &PartContext, room: &mut Room) -> Result<Part> {
     let mut builder = PartBuilder {
         rows: EventColumns::with_room(room, text.len()),
         ..PartBuilder::default()
     };
-    let mut clean = |number: usize, line: &[u8]| {
-        builder.line(
-            line,
-            || Where::Line(number).text(context.label),
-            context.source,
-            context.clock,
-        );
-    };
+    let whole = simdutf8::basic::from_utf8(text).ok();
+    let unfinished = text.last().is_some_and(|b| *b != b'\n');
+    let ends = memchr::memchr_iter(b'\n', text).chain(unfinished.then_some(text.len()));
+    let mut rejected_lines = Vec::new();
     let mut from = 0;
-    let mut number = first;
-    for end in memchr::memchr_iter(b'\n', text) {
-        clean(number, &text[from..end]);
+    let mut lines = 0;
+    for end in ends {
+        // Lines end at an ASCII newline, so they are cut at character boundaries.
+        let rejected = match whole.and_then(|whole| whole.get(from..end)) {
+            Some(line) => builder.text_line(line, String::new, context.source, context.clock),
+            None => builder.line(&text[from..end], String::new, context.source, context.clock),
+        };
+        if rejected {
+            rejected_lines.push(lines);
+        }
         from = end + 1;
-        number += 1;
-    }
-    if from < text.len() {
-        clean(number, &text[from..]);
+        lines += 1;
     }
     builder.rows.measure(room, text.len());
     let mut part = builder.finish(context.schema)?;
     part.bytes = text.len();
+    part.lines = lines;
+    part.rejected_lines = rejected_lines;
     Ok(part)
 }
 
@@ -1480,7 +1527,7 @@ fn clean_json_blocks(
                         run,
                         block,
                         lines,
-                        first,
+                        at,
                     }) = job
                     else {
                         return;
@@ -1488,11 +1535,11 @@ fn clean_json_blocks(
                     // A worker that panicked would leave its run unanswered and the
                     // reader waiting for it: its run fails instead.
                     let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        clean_lines(&block[lines], first, context, &mut room)
+                        clean_lines(&block[lines], context, &mut room)
                     }))
                     .unwrap_or_else(|_| {
                         Err(Error::Internal(format!(
-                            "cleaning {label}: a worker failed on the lines from {first}"
+                            "cleaning {label}: a worker failed on the lines from byte {at}"
                         )))
                     });
                     // The block goes back to the reader before its part is answered.
@@ -1504,12 +1551,13 @@ fn clean_json_blocks(
             });
         }
         drop(part_tx);
-        let mut parts = InOrder::new(part_rx, tx);
+        let mut parts = InOrder::new(part_rx, tx, label);
         // Blocks being read or cleaned, reused once their runs are done with them. The
         // unfinished line at the end of a block starts the next one.
         let mut buffers: Vec<Arc<Vec<u8>>> = Vec::new();
         let mut carry: Vec<u8> = Vec::new();
-        let mut next_line = 1usize;
+        // Where the block being read starts in the file (with the carried text).
+        let mut block_at = 0u64;
         let mut first = true;
         let mut runs = 0usize;
         loop {
@@ -1578,21 +1626,18 @@ fn clean_json_blocks(
                 } else {
                     memchr::memchr(b'\n', &block[target - 1..]).map_or(block.len(), |i| target + i)
                 };
-                let lines = &block[from..to];
-                let numbered = memchr::memchr_iter(b'\n', lines).count()
-                    + usize::from(lines.last().is_some_and(|b| *b != b'\n'));
                 job_tx
                     .send(Job {
                         run: runs,
                         block: buffers[slot].clone(),
                         lines: start + from..start + to,
-                        first: next_line,
+                        at: block_at + (start + from) as u64,
                     })
                     .map_err(|_| failed())?;
                 runs += 1;
-                next_line += numbered;
                 from = to;
             }
+            block_at += end as u64;
             if !parts.send_ready() {
                 return Ok(());
             }
@@ -1611,34 +1656,41 @@ fn clean_json_blocks(
 }
 
 /// A run of lines for a cleaning worker: its place in the file's runs, the block holding
-/// it, where the lines are in the block, and the number of the first line.
+/// it, where the lines are in the block, and where they start in the file (bytes).
 struct Job {
     run: usize,
     block: Arc<Vec<u8>>,
     lines: std::ops::Range<usize>,
-    first: usize,
+    at: u64,
 }
 
-/// Parts answered by the workers in any order, sent on in the order of their runs.
+/// Parts answered by the workers in any order, sent on in the order of their runs, their
+/// rejected records numbered by their lines in the file `label`.
 struct InOrder<'a> {
     answers: std::sync::mpsc::Receiver<(usize, Result<Part>)>,
     tx: &'a tokio::sync::mpsc::Sender<Result<Part>>,
+    label: &'a str,
     /// Parts answered ahead of one still being cleaned, by run.
     early: BTreeMap<usize, Result<Part>>,
     /// Runs whose parts were sent on.
     sent: usize,
+    /// The number of the first line of the next run to send.
+    next_line: usize,
 }
 
 impl<'a> InOrder<'a> {
     fn new(
         answers: std::sync::mpsc::Receiver<(usize, Result<Part>)>,
         tx: &'a tokio::sync::mpsc::Sender<Result<Part>>,
+        label: &'a str,
     ) -> Self {
         InOrder {
             answers,
             tx,
+            label,
             early: BTreeMap::new(),
             sent: 0,
+            next_line: 1,
         }
     }
 
@@ -1656,7 +1708,11 @@ impl<'a> InOrder<'a> {
         while let Ok((run, part)) = self.answers.try_recv() {
             self.early.insert(run, part);
         }
-        while let Some(part) = self.early.remove(&self.sent) {
+        while let Some(mut part) = self.early.remove(&self.sent) {
+            if let Ok(part) = &mut part {
+                part.number(self.next_line, self.label);
+                self.next_line += part.lines;
+            }
             if self.tx.blocking_send(part).is_err() {
                 return false;
             }
@@ -1837,6 +1893,8 @@ mod tests {
             fingerprints: Vec::new(),
             repeated: 0,
             rejected: Vec::new(),
+            lines: 0,
+            rejected_lines: Vec::new(),
         })
     }
 
@@ -1846,14 +1904,16 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_message_repeated_lines_later_keeps_its_first_copy_and_counts_as_a_duplicate() {
-        let schema = shoal_catalog::CatalogDefinition::default_definition()
+    fn events_schema() -> SchemaRef {
+        shoal_catalog::CatalogDefinition::default_definition()
             .expect("catalog")
             .table("events")
             .expect("events")
-            .arrow_schema();
-        let context = PartContext {
+            .arrow_schema()
+    }
+
+    fn context(schema: &SchemaRef) -> PartContext<'_> {
+        PartContext {
             label: "t.jsonl",
             source: "segment",
             clock: Clock {
@@ -1862,8 +1922,74 @@ mod tests {
                     .with_timezone(&Utc),
                 zone: clean::zone_offset("Asia/Shanghai").expect("zone"),
             },
-            schema: &schema,
+            schema,
+        }
+    }
+
+    #[test]
+    fn rejected_lines_are_numbered_by_their_place_in_the_file_whatever_order_runs_finish_in() {
+        let schema = events_schema();
+        let context = context(&schema);
+        let good = |id: &str| {
+            format!(
+                r#"{{"type":"track","event":"e","messageId":"{id}","anonymousId":"a1","timestamp":"2026-11-01T10:00:00Z"}}"#
+            )
         };
+        // Lines 1-4: a blank line 2 (not a record) and a broken line 3.
+        let first = format!("{}\n\n{{not json\n{}\n", good("a"), good("b"));
+        // Lines 5-8: CRLF, a line that is not UTF-8 (so the run is checked line by line),
+        // and a last line without its newline that is not an object.
+        let mut second = format!("{}\r\n", good("c")).into_bytes();
+        second.extend_from_slice(b"{\"type\":\"track\",\"event\":\"\xff\"}\n");
+        second.extend_from_slice(format!("{}\n[1]", good("d")).as_bytes());
+        let clean = |run: &[u8]| clean_lines(run, &context, &mut Room::default());
+
+        let (answer, answers) = std::sync::mpsc::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let mut parts = InOrder::new(answers, &tx, "t.jsonl");
+        answer.send((1, clean(&second))).expect("send");
+        answer.send((0, clean(first.as_bytes()))).expect("send");
+        let failed = || Error::Internal("a worker failed".into());
+        assert!(parts.wait_one(&failed).expect("waited"));
+        assert!(parts.send_ready());
+        let sent: Vec<Part> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|p| p.expect("a part"))
+            .collect();
+        assert_eq!(sent.iter().map(|p| p.lines).collect::<Vec<_>>(), [4, 4]);
+        assert_eq!(sent.iter().map(|p| p.received).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(
+            sent.iter().map(|p| p.rows.num_rows()).collect::<Vec<_>>(),
+            [2, 2],
+            "a, b, then c (CRLF) and d land"
+        );
+        let rejected: Vec<(&str, &str, &str)> = sent
+            .iter()
+            .flat_map(|p| &p.rejected)
+            .map(|r| (r.location.as_str(), r.rejection.code, r.raw.as_str()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                ("t.jsonl:3", reason::INVALID_JSON, "{not json"),
+                (
+                    "t.jsonl:6",
+                    reason::INVALID_JSON,
+                    "{\"type\":\"track\",\"event\":\"\u{fffd}\"}"
+                ),
+                ("t.jsonl:8", reason::INVALID_JSON, "[1]"),
+            ]
+        );
+        assert!(
+            sent[1].rejected[0].rejection.message.contains("UTF-8"),
+            "{}",
+            sent[1].rejected[0].rejection.message
+        );
+    }
+
+    #[test]
+    fn a_message_repeated_lines_later_keeps_its_first_copy_and_counts_as_a_duplicate() {
+        let schema = events_schema();
+        let context = context(&schema);
         let message = |id: &str, event: &str| {
             format!(
                 r#"{{"type":"track","event":"{event}","messageId":"{id}","anonymousId":"a1","timestamp":"2026-11-01T10:00:00Z"}}"#
@@ -1880,13 +2006,8 @@ mod tests {
             message("m2", "again"),
             message("m1", "third"),
         ];
-        let part = clean_lines(
-            lines.join("\n").as_bytes(),
-            1,
-            &context,
-            &mut Room::default(),
-        )
-        .expect("part");
+        let part = clean_lines(lines.join("\n").as_bytes(), &context, &mut Room::default())
+            .expect("part");
         assert_eq!(part.received, 7);
         assert_eq!(part.rejected.len(), 1);
         assert_eq!(part.repeated, 3);
@@ -1922,7 +2043,7 @@ mod tests {
     fn parts_answered_out_of_order_are_sent_in_run_order() {
         let (answer, answers) = std::sync::mpsc::channel();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let mut parts = InOrder::new(answers, &tx);
+        let mut parts = InOrder::new(answers, &tx, "t.jsonl");
         let failed = || Error::Internal("a worker failed".into());
         let answer = |run: usize| answer.send((run, part(run as u64))).expect("send");
 
@@ -1947,7 +2068,7 @@ mod tests {
     fn a_run_never_answered_is_an_error_and_a_gone_receiver_stops_quietly() {
         let (answer, answers) = std::sync::mpsc::channel();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let mut parts = InOrder::new(answers, &tx);
+        let mut parts = InOrder::new(answers, &tx, "t.jsonl");
         let failed = || Error::Internal("a worker failed".into());
         answer.send((1, part(1))).expect("send");
         drop(answer);
@@ -1955,7 +2076,7 @@ mod tests {
         assert!(parts.wait_one(&failed).is_err(), "run 0 never will");
 
         let (answer, answers) = std::sync::mpsc::channel();
-        let mut parts = InOrder::new(answers, &tx);
+        let mut parts = InOrder::new(answers, &tx, "t.jsonl");
         drop(rx);
         answer.send((0, part(0))).expect("send");
         assert!(!parts.wait_one(&failed).expect("no error"));
