@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Decimal128Builder, Int64Array,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use chrono::{DateTime, Utc};
@@ -1230,9 +1230,9 @@ struct EventColumns {
     page: StringBuilder,
     item_id: StringBuilder,
     category: StringBuilder,
-    price: Vec<Option<i128>>,
-    quantity: Vec<Option<i64>>,
-    revenue: Vec<Option<i128>>,
+    price: Decimal128Builder,
+    quantity: Int64Builder,
+    revenue: Decimal128Builder,
     channel: StringBuilder,
     campaign_id: StringBuilder,
     order_id: StringBuilder,
@@ -1251,11 +1251,18 @@ struct Room {
     bytes: [f64; TEXT_COLUMNS],
 }
 
+impl Room {
+    /// What `json` bytes of messages will hold at `per_byte`, and a tenth more, so a part a
+    /// little fuller than the last does not grow.
+    fn foresee(per_byte: f64, json: usize) -> usize {
+        (per_byte * json as f64 * 1.1) as usize
+    }
+}
+
 impl EventColumns {
     /// Columns with room for the rows of `json` bytes of messages, as `room` foresees.
     fn with_room(room: &Room, json: usize) -> Self {
-        // A tenth more than foreseen, so a part a little fuller than the last does not grow.
-        let foresee = |per_byte: f64| (per_byte * json as f64 * 1.1) as usize;
+        let foresee = |per_byte: f64| Room::foresee(per_byte, json);
         let rows = foresee(room.rows);
         let text = |i: usize| StringBuilder::with_capacity(rows, foresee(room.bytes[i]));
         EventColumns {
@@ -1272,9 +1279,9 @@ impl EventColumns {
             page: text(6),
             item_id: text(7),
             category: text(8),
-            price: Vec::with_capacity(rows),
-            quantity: Vec::with_capacity(rows),
-            revenue: Vec::with_capacity(rows),
+            price: Decimal128Builder::with_capacity(rows),
+            quantity: Int64Builder::with_capacity(rows),
+            revenue: Decimal128Builder::with_capacity(rows),
             channel: text(9),
             campaign_id: text(10),
             order_id: text(11),
@@ -1324,9 +1331,9 @@ impl EventColumns {
         self.page.append_option(row.page.as_deref());
         self.item_id.append_option(row.item_id.as_deref());
         self.category.append_option(row.category.as_deref());
-        self.price.push(row.price.map(i128::from));
-        self.quantity.push(row.quantity);
-        self.revenue.push(row.revenue.map(i128::from));
+        self.price.append_option(row.price.map(i128::from));
+        self.quantity.append_option(row.quantity);
+        self.revenue.append_option(row.revenue.map(i128::from));
         self.channel.append_option(row.channel.as_deref());
         self.campaign_id.append_option(row.campaign_id.as_deref());
         self.order_id.append_option(row.order_id.as_deref());
@@ -1349,9 +1356,9 @@ impl EventColumns {
                 "page" => Arc::new(self.page.finish()),
                 "item_id" => Arc::new(self.item_id.finish()),
                 "category" => Arc::new(self.category.finish()),
-                "price" => decimals(std::mem::take(&mut self.price))?,
-                "quantity" => Arc::new(Int64Array::from(std::mem::take(&mut self.quantity))),
-                "revenue" => decimals(std::mem::take(&mut self.revenue))?,
+                "price" => amounts(self.price.finish())?,
+                "quantity" => Arc::new(self.quantity.finish()),
+                "revenue" => amounts(self.revenue.finish())?,
                 "channel" => Arc::new(self.channel.finish()),
                 "campaign_id" => Arc::new(self.campaign_id.finish()),
                 "order_id" => Arc::new(self.order_id.finish()),
@@ -1458,6 +1465,7 @@ const BLOCK_BYTES: usize = 4 << 20;
 fn clean_lines(text: &[u8], context: &PartContext, room: &mut Room) -> Result<Part> {
     let mut builder = PartBuilder {
         rows: EventColumns::with_room(room, text.len()),
+        fingerprints: Vec::with_capacity(Room::foresee(room.rows, text.len())),
         ..PartBuilder::default()
     };
     let whole = simdutf8::basic::from_utf8(text).ok();
@@ -1789,7 +1797,12 @@ where
 
 /// Amounts in the warehouse's decimal type, from fen.
 fn decimals(values: Vec<Option<i128>>) -> Option<ArrayRef> {
-    Decimal128Array::from(values)
+    amounts(Decimal128Array::from(values))
+}
+
+/// Amounts in fen, in the warehouse's decimal type.
+fn amounts(values: Decimal128Array) -> Option<ArrayRef> {
+    values
         .with_precision_and_scale(DECIMAL_PRECISION, DECIMAL_SCALE)
         .ok()
         .map(|a| Arc::new(a) as ArrayRef)
