@@ -1057,22 +1057,16 @@ impl Table {
             .iter()
             .map(|b| conform(b, &schema))
             .collect::<Result<Vec<_>>>()?;
-        let encoder = KeyEncoder::new(&schema, keys)?;
-        let mut replaced: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
-        let mut duplicates = 0usize;
+        let mut replaced = WrittenKeys::new(KeyEncoder::new(&schema, keys)?);
         for batch in &given {
-            let (rows, valid) = encoder.encode(batch)?;
-            for r in (0..batch.num_rows()).filter(|r| valid[*r]) {
-                if !replaced.insert(rows.row(r).data().to_vec()) {
-                    duplicates += 1;
-                }
-            }
+            replaced.add(batch)?;
         }
-        self.refuse_shared_keys(duplicates, keys)?;
+        self.refuse_shared_keys(replaced.duplicates, keys)?;
         let matches = |batch: &RecordBatch| -> Result<Vec<bool>> {
-            let (rows, valid) = encoder.encode(batch)?;
-            Ok((0..batch.num_rows())
-                .map(|r| valid[r] && replaced.contains(rows.row(r).data()))
+            Ok(replaced
+                .find(batch)?
+                .into_iter()
+                .map(|at| at.is_some())
                 .collect())
         };
         let order = |batch: &RecordBatch| -> Result<arrow::array::UInt32Array> {
@@ -1088,7 +1082,8 @@ impl Table {
                 .ok_or_else(|| Error::Internal("a key column is not in the batch".into()))?;
             Ok(arrow::compute::lexsort_to_indices(&columns, None)?)
         };
-        self.mark_replaced(given, keys, !replaced.is_empty(), &matches, &order, note)
+        let any = !replaced.is_empty();
+        self.mark_replaced(given, keys, any, &matches, &order, note)
             .await
     }
 
@@ -1720,25 +1715,16 @@ impl Table {
         if given.num_rows() == 0 {
             return Ok(unchanged);
         }
-        let encoder = KeyEncoder::new(&schema, keys)?;
-        let (rows, valid) = encoder.encode(&given)?;
-        let mut index: HashMap<&[u8], u32> = HashMap::with_capacity(given.num_rows());
-        let mut duplicates = 0usize;
-        for i in (0..given.num_rows()).filter(|i| valid[*i]) {
-            if index.insert(rows.row(i).data(), i as u32).is_some() {
-                duplicates += 1;
-            }
-        }
-        self.refuse_shared_keys(duplicates, keys)?;
+        let mut index = WrittenKeys::new(KeyEncoder::new(&schema, keys)?);
+        index.add(&given)?;
+        self.refuse_shared_keys(index.duplicates, keys)?;
         // The files holding a key of the write.
         let files = self.data_files()?;
         let mut hit = vec![false; files.len()];
         if !index.is_empty() {
             self.read_files(&files, Some(keys), |i, batch| {
                 if !hit[i] {
-                    let (found, valid) = encoder.encode(&batch)?;
-                    hit[i] = (0..batch.num_rows())
-                        .any(|r| valid[r] && index.contains_key(found.row(r).data()));
+                    hit[i] = index.find(&batch)?.iter().any(Option::is_some);
                 }
                 Ok(())
             })
@@ -1776,13 +1762,10 @@ impl Table {
         let mut matched_rows = vec![0usize; rewritten.len()];
         self.read_files(&rewritten, None, |file, batch| {
             let batch = conform(&batch, &schema)?;
-            let (found, valid) = encoder.encode(&batch)?;
-            let at: Vec<Option<usize>> = (0..batch.num_rows())
-                .map(|r| {
-                    valid[r]
-                        .then(|| index.get(found.row(r).data()).map(|g| *g as usize))
-                        .flatten()
-                })
+            let at: Vec<Option<usize>> = index
+                .find(&batch)?
+                .into_iter()
+                .map(|g| g.map(|g| g as usize))
                 .collect();
             for g in at.iter().flatten() {
                 matched_in[*g] = Some(file);
@@ -2089,12 +2072,9 @@ impl KeyEncoder {
         Ok(KeyEncoder { fields, converter })
     }
 
-    /// The keys of `batch`'s rows, and whether each row has all of them (a null key part
-    /// matches nothing).
-    fn encode(&self, batch: &RecordBatch) -> Result<(arrow::row::Rows, Vec<bool>)> {
-        use arrow::array::Array;
-        let columns = self
-            .fields
+    /// The key columns of `batch`, in the table's types.
+    fn columns(&self, batch: &RecordBatch) -> Result<Vec<arrow::array::ArrayRef>> {
+        self.fields
             .iter()
             .map(|f| {
                 let column = batch.column_by_name(f.name()).ok_or_else(|| {
@@ -2105,11 +2085,140 @@ impl KeyEncoder {
                     false => arrow::compute::cast(column, f.data_type())?,
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        let valid = (0..batch.num_rows())
-            .map(|r| columns.iter().all(|c| c.is_valid(r)))
-            .collect();
+            .collect()
+    }
+
+    /// The keys of `batch`'s rows, and whether each row has all of them (a null key part
+    /// matches nothing).
+    fn encode(&self, batch: &RecordBatch) -> Result<(arrow::row::Rows, Vec<bool>)> {
+        let columns = self.columns(batch)?;
+        let valid = whole_keys(&columns, batch.num_rows());
         Ok((self.converter.convert_columns(&columns)?, valid))
+    }
+}
+
+/// Whether each of the `rows` rows has every part of its key (`columns`).
+fn whole_keys(columns: &[arrow::array::ArrayRef], rows: usize) -> Vec<bool> {
+    use arrow::array::Array;
+    let nulls = columns.iter().fold(None, |nulls, column| {
+        arrow::buffer::NullBuffer::union(nulls.as_ref(), column.nulls())
+    });
+    match nulls {
+        None => vec![true; rows],
+        Some(nulls) => nulls.iter().collect(),
+    }
+}
+
+/// Hashes are their own hash in [`WrittenKeys`]' set of them.
+#[derive(Default)]
+struct HashIsKey(u64);
+
+impl std::hash::Hasher for HashIsKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// The keys of the rows a write brings, to be found among stored rows. A stored batch's key
+/// columns are hashed whole, and only its rows whose hash is a written key's are encoded and
+/// compared: a write of a few thousand rows into a table of millions otherwise encoded every
+/// stored row's key and looked each one up.
+struct WrittenKeys {
+    encoder: KeyEncoder,
+    /// Hash of each written key.
+    hashes: std::collections::HashSet<u64, std::hash::BuildHasherDefault<HashIsKey>>,
+    /// Each written key (encoded), with the index of the first row among those added that
+    /// has it.
+    keys: HashMap<Vec<u8>, u32>,
+    /// Rows added so far.
+    added: u32,
+    /// Rows added whose key an earlier one had.
+    duplicates: usize,
+}
+
+impl WrittenKeys {
+    fn new(encoder: KeyEncoder) -> WrittenKeys {
+        WrittenKeys {
+            encoder,
+            hashes: Default::default(),
+            keys: HashMap::new(),
+            added: 0,
+            duplicates: 0,
+        }
+    }
+
+    /// The hash of each row's key: equal keys hash equal.
+    fn hashes(columns: &[arrow::array::ArrayRef], rows: usize) -> Result<Vec<u64>> {
+        use datafusion::common::hash_utils::{RandomState, create_hashes};
+        let mut hashes = vec![0u64; rows];
+        create_hashes(columns, &RandomState::with_seed(0), &mut hashes)?;
+        Ok(hashes)
+    }
+
+    /// Adds the keys of `batch`'s rows (a row without its whole key has none), numbering
+    /// its rows on from those added before.
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let columns = self.encoder.columns(batch)?;
+        let rows = batch.num_rows();
+        let valid = whole_keys(&columns, rows);
+        let hashes = Self::hashes(&columns, rows)?;
+        let encoded = self.encoder.converter.convert_columns(&columns)?;
+        for r in (0..rows).filter(|r| valid[*r]) {
+            self.hashes.insert(hashes[r]);
+            match self.keys.entry(encoded.row(r).data().to_vec()) {
+                std::collections::hash_map::Entry::Occupied(_) => self.duplicates += 1,
+                std::collections::hash_map::Entry::Vacant(place) => {
+                    place.insert(self.added + r as u32);
+                }
+            }
+        }
+        self.added += u32::try_from(rows)
+            .map_err(|_| Error::Internal(format!("{rows} rows in one write")))?;
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// For each row of `batch` (holding at least the key columns), the written row with its
+    /// key, if any.
+    fn find(&self, batch: &RecordBatch) -> Result<Vec<Option<u32>>> {
+        let rows = batch.num_rows();
+        let mut found = vec![None; rows];
+        if self.keys.is_empty() {
+            return Ok(found);
+        }
+        let columns = self.encoder.columns(batch)?;
+        let valid = whole_keys(&columns, rows);
+        let hashes = Self::hashes(&columns, rows)?;
+        let candidates: Vec<u32> = (0..rows)
+            .filter(|r| valid[*r] && self.hashes.contains(&hashes[*r]))
+            .map(|r| r as u32)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(found);
+        }
+        let picked = arrow::array::UInt32Array::from(candidates);
+        let columns = columns
+            .iter()
+            .map(|c| arrow::compute::take(c, &picked, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let encoded = self.encoder.converter.convert_columns(&columns)?;
+        for (k, r) in picked.values().iter().enumerate() {
+            found[*r as usize] = self.keys.get(encoded.row(k).data()).copied();
+        }
+        Ok(found)
     }
 }
 
@@ -2372,4 +2481,93 @@ fn types_compatible(
 fn is_missing_version(e: &DeltaTableError) -> bool {
     let text = e.to_string().to_lowercase();
     text.contains("version") || text.contains("not found") || text.contains("no files")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int32Array, Int64Array, LargeStringArray, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("shop", DataType::Utf8, true),
+            Field::new("id", DataType::Int64, true),
+            Field::new("note", DataType::Utf8, true),
+        ]))
+    }
+
+    fn batch(shops: Vec<Option<&str>>, ids: Vec<Option<i64>>) -> RecordBatch {
+        let notes: ArrayRef = Arc::new(StringArray::from(vec!["x"; ids.len()]));
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(shops)),
+                Arc::new(Int64Array::from(ids)),
+                notes,
+            ],
+        )
+        .expect("batch")
+    }
+
+    #[test]
+    fn written_keys_are_found_whole_and_in_the_tables_types_and_nothing_else_is() {
+        let mut written =
+            WrittenKeys::new(KeyEncoder::new(&schema(), &["shop", "id"]).expect("keys"));
+        written
+            .add(&batch(
+                vec![Some("tmall"), Some("youzan"), None],
+                vec![Some(1), Some(1), Some(2)],
+            ))
+            .expect("add");
+        // Rows of a second batch are numbered on; a key seen before is a duplicate.
+        written
+            .add(&batch(
+                vec![Some("tmall"), Some("tmall")],
+                vec![Some(2), Some(1)],
+            ))
+            .expect("add");
+        assert_eq!(written.duplicates, 1);
+        assert!(!written.is_empty());
+
+        let found = written
+            .find(&batch(
+                vec![
+                    Some("youzan"),
+                    Some("tmall"),
+                    Some("tmall"),
+                    None,
+                    Some("youzan"),
+                    Some("tmall"),
+                ],
+                vec![Some(1), Some(2), Some(1), Some(2), Some(2), None],
+            ))
+            .expect("find");
+        // tmall/1 was written first as row 0 (its repeat, row 4, is the duplicate); a key
+        // with a null part matches nothing, even a written row with the same null.
+        assert_eq!(found, [Some(1), Some(3), Some(0), None, None, None]);
+
+        // Stored rows read back in other types (a large string, a narrower integer) are
+        // cast to the table's before they are hashed, so they still match.
+        let stored = RecordBatch::try_from_iter(vec![
+            (
+                "shop",
+                Arc::new(LargeStringArray::from(vec!["tmall", "youzan", "youzan"])) as ArrayRef,
+            ),
+            ("id", Arc::new(Int32Array::from(vec![2, 1, 3])) as ArrayRef),
+        ])
+        .expect("stored");
+        assert_eq!(
+            written.find(&stored).expect("find"),
+            [Some(3), Some(1), None]
+        );
+
+        let none = WrittenKeys::new(KeyEncoder::new(&schema(), &["id"]).expect("keys"));
+        assert!(none.is_empty());
+        assert_eq!(
+            none.find(&batch(vec![Some("a")], vec![Some(1)]))
+                .expect("find"),
+            [None]
+        );
+    }
 }

@@ -2019,8 +2019,8 @@ mod tests {
             message("m2", "again"),
             message("m1", "third"),
         ];
-        let part = clean_lines(lines.join("\n").as_bytes(), &context, &mut Room::default())
-            .expect("part");
+        let part =
+            clean_lines(lines.join("\n").as_bytes(), &context, &mut Room::default()).expect("part");
         assert_eq!(part.received, 7);
         assert_eq!(part.rejected.len(), 1);
         assert_eq!(part.repeated, 3);
