@@ -470,6 +470,41 @@ impl Table {
             .collect())
     }
 
+    /// The data files that may hold one of `values` in the integer column `column`: those
+    /// whose least and greatest values in the log's statistics bound one of them, and those
+    /// without such statistics. Files sorted by the column hold narrow ranges of it, so a
+    /// few values pass over most of them unread.
+    pub fn data_files_bounding(
+        &self,
+        column: &str,
+        values: &std::collections::HashSet<i64>,
+    ) -> Result<Vec<DataFile>> {
+        use deltalake::kernel::scalars::ScalarExt;
+        let snapshot = self
+            .delta
+            .snapshot()
+            .map_err(|e| Error::delta(&self.name, e))?;
+        let mut sorted: Vec<i64> = values.iter().copied().collect();
+        sorted.sort_unstable();
+        let bound = |stats: Option<delta_kernel::expressions::Scalar>| {
+            stats.and_then(|stats| stats.to_json().get(column)?.as_i64())
+        };
+        Ok(snapshot
+            .log_data()
+            .into_iter()
+            .filter(
+                |add| match (bound(add.min_values()), bound(add.max_values())) {
+                    (Some(least), Some(greatest)) => {
+                        let first = sorted.partition_point(|v| *v < least);
+                        sorted.get(first).is_some_and(|v| *v <= greatest)
+                    }
+                    _ => true,
+                },
+            )
+            .map(data_file)
+            .collect())
+    }
+
     /// Reads `columns` (all of them when `None`) of some of the table's data files (from
     /// [`Table::data_files`]), a few files at a time, handing each batch to `each` with the
     /// index of its file in `files` as it is decoded. Rows marked deleted are skipped.
@@ -1389,7 +1424,7 @@ impl Table {
         let files = if values.is_empty() {
             Vec::new()
         } else {
-            self.data_files()?
+            self.data_files_bounding(column, values)?
         };
         let mut hit = vec![false; files.len()];
         self.read_files(&files, Some(&[column]), |i, batch| {

@@ -1477,6 +1477,24 @@ async fn rewriting_rows_by_value_touches_only_their_files_in_files_of_bounded_si
         .collect();
     assert_eq!(ids_of(&table, new).await, vec![3, 4, 6], "sorted by id");
 
+    // The files now hold ids 1-2, 5, and 3-6: the log's least and greatest ids of each tell
+    // which may hold some ids, and a file no value falls within is never read.
+    let bounding = |values: &[i64]| {
+        let values: std::collections::HashSet<i64> = values.iter().copied().collect();
+        let files = table.data_files_bounding("id", &values).expect("files");
+        let table = table.clone();
+        async move {
+            let mut ids = ids_of(&table, files).await;
+            ids.sort_unstable();
+            ids
+        }
+    };
+    assert_eq!(bounding(&[2]).await, vec![1, 2]);
+    assert_eq!(bounding(&[5]).await, vec![3, 4, 5, 6]);
+    assert_eq!(bounding(&[0, 2, 7]).await, vec![1, 2]);
+    assert_eq!(bounding(&[0, 7, 100]).await, Vec::<i64>::new());
+    assert_eq!(bounding(&[]).await, Vec::<i64>::new());
+
     // No value to find: the rows are appended, in files of at most FILE_ROWS rows.
     let n = 2 * shoal_catalog::FILE_ROWS + 1;
     let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
