@@ -223,8 +223,63 @@ pub struct Graph {
     stride: usize,
     free_slots: Vec<u32>,
     /// A node of each existing user.
-    user_node: HashMap<u32, u32, BuildHasherDefault<KeyHasher>>,
+    user_node: UserNodes,
     max_user: Option<u32>,
+}
+
+/// Users given their ids past this many more than they number are kept in a map.
+const SPARSE_USERS: usize = 1 << 20;
+
+/// A node of each existing user. User ids are dense, so a node is found by the id's place
+/// in a vector, and existing people, loaded in order of their ids, fill it in order rather
+/// than at scattered places of a hash table. An id far beyond the number of users (the
+/// vector would be mostly empty) is kept in a map instead.
+#[derive(Default)]
+struct UserNodes {
+    /// The node of each user id below its length (`NO_SLOT`: none).
+    dense: Vec<u32>,
+    sparse: HashMap<u32, u32, BuildHasherDefault<KeyHasher>>,
+    len: usize,
+}
+
+impl UserNodes {
+    fn get(&self, user: u32) -> Option<u32> {
+        match self.dense.get(user as usize) {
+            Some(&NO_SLOT) => None,
+            Some(&node) => Some(node),
+            None => self.sparse.get(&user).copied(),
+        }
+    }
+
+    /// Room for users up to `highest`, `count` of them, when they are dense enough.
+    fn reserve(&mut self, highest: u32, count: usize) {
+        let wanted = highest as usize + 1;
+        if wanted > self.dense.len() && wanted <= 2 * (self.len + count) + SPARSE_USERS {
+            self.dense.resize(wanted, NO_SLOT);
+        }
+    }
+
+    /// Records `node` for `user`, who has none yet.
+    fn insert(&mut self, user: u32, node: u32) {
+        self.len += 1;
+        self.reserve(user, 1);
+        match self.dense.get_mut(user as usize) {
+            Some(slot) => *slot = node,
+            None => {
+                self.sparse.insert(user, node);
+            }
+        }
+    }
+
+    /// Every (user, node).
+    fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.dense
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| **node != NO_SLOT)
+            .map(|(user, node)| (user as u32, *node))
+            .chain(self.sparse.iter().map(|(u, n)| (*u, *n)))
+    }
 }
 
 impl Graph {
@@ -238,7 +293,7 @@ impl Graph {
             roots: Vec::new(),
             stride,
             free_slots: Vec::new(),
-            user_node: HashMap::default(),
+            user_node: UserNodes::default(),
             max_user: None,
         }
     }
@@ -485,7 +540,9 @@ impl Graph {
         assert_eq!(keys.len(), users.len(), "one user per key");
         let nodes = self.nodes(kinds, keys);
         let groups = 1 + users.windows(2).filter(|w| w[0] != w[1]).count();
-        self.user_node.reserve(groups);
+        if let Some(highest) = users.iter().max() {
+            self.user_node.reserve(*highest, groups);
+        }
         let mut previous: Option<(u32, u32)> = None;
         for (n, user) in nodes.into_iter().zip(users.iter().copied()) {
             match previous {
@@ -519,7 +576,7 @@ impl Graph {
     /// Joins node `n` to existing person `user`.
     fn attach(&mut self, n: u32, user: u32) {
         self.max_user = Some(self.max_user.map_or(user, |m| m.max(user)));
-        match self.user_node.get(&user).copied() {
+        match self.user_node.get(user) {
             None => {
                 self.user_node.insert(user, n);
                 let root = self.find(n);
@@ -729,8 +786,7 @@ impl Graph {
             user_of[n as usize] = self.nodes[root].slot;
         }
         let mut merges: Vec<(u32, u32)> = Vec::new();
-        let pairs: Vec<(u32, u32)> = self.user_node.iter().map(|(u, n)| (*u, *n)).collect();
-        for (user, node) in pairs {
+        for (user, node) in self.user_node.iter() {
             let into = user_of[node as usize];
             if into != user {
                 merges.push((user, into));
@@ -780,6 +836,33 @@ mod tests {
             TypeRule::new("phone", 2),
             TypeRule::new("anonymous_id", 3),
         ]
+    }
+
+    #[test]
+    fn user_nodes_are_found_by_id_and_a_stray_large_id_does_not_size_the_vector() {
+        let mut users = UserNodes::default();
+        users.reserve(9, 5);
+        for (user, node) in [(0, 10), (3, 13), (9, 19)] {
+            users.insert(user, node);
+        }
+        // Beyond the reserved ids, near enough: the vector grows.
+        users.insert(12, 22);
+        // Far beyond the number of users: kept aside.
+        users.insert(4_000_000_000, 7);
+        assert!(users.dense.len() <= 13, "{}", users.dense.len());
+        assert_eq!(users.get(0), Some(10));
+        assert_eq!(users.get(3), Some(13));
+        assert_eq!(users.get(12), Some(22));
+        assert_eq!(users.get(4_000_000_000), Some(7));
+        for none in [1, 10, 13, 100, u32::MAX] {
+            assert_eq!(users.get(none), None, "{none}");
+        }
+        let mut all: Vec<_> = users.iter().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            [(0, 10), (3, 13), (9, 19), (12, 22), (4_000_000_000, 7)]
+        );
     }
 
     #[test]
