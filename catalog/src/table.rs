@@ -152,6 +152,17 @@ fn data_file(add: deltalake::kernel::LogicalFileView) -> DataFile {
     }
 }
 
+/// The statistic of `column` in one of a file's statistics in the log (null counts, least or
+/// greatest values). The log keeps its statistics parsed: they are read as they are rather
+/// than written out as JSON text and parsed again.
+fn column_stat(
+    stats: Option<delta_kernel::expressions::Scalar>,
+    column: &str,
+) -> Option<serde_json::Value> {
+    use deltalake::kernel::scalars::ScalarExt;
+    stats?.to_json().get(column).cloned()
+}
+
 /// A Parquet file in an object store, read by ranges: the footer first, then the column
 /// chunks a read asks for.
 struct StoredFile {
@@ -440,16 +451,14 @@ impl Table {
 
     /// The data files of this snapshot: path from the table's root, and size in bytes.
     pub fn data_files(&self) -> Result<Vec<DataFile>> {
-        let snapshot = self
-            .delta
-            .snapshot()
-            .map_err(|e| Error::delta(&self.name, e))?;
-        Ok(snapshot.log_data().into_iter().map(data_file).collect())
+        self.data_files_where(|_| true)
     }
 
-    /// The data files that may hold nulls in `column`: those whose statistics in the log
-    /// count some, and those without statistics for it.
-    pub fn data_files_with_nulls(&self, column: &str) -> Result<Vec<DataFile>> {
+    /// The data files of this snapshot whose add action in the log passes `keep`.
+    fn data_files_where(
+        &self,
+        keep: impl FnMut(&deltalake::kernel::LogicalFileView) -> bool,
+    ) -> Result<Vec<DataFile>> {
         let snapshot = self
             .delta
             .snapshot()
@@ -457,17 +466,17 @@ impl Table {
         Ok(snapshot
             .log_data()
             .into_iter()
-            .filter(|add| {
-                use deltalake::kernel::scalars::ScalarExt;
-                // The log keeps its statistics parsed: read them as they are rather than
-                // written out as JSON text and parsed again.
-                let nulls = add
-                    .null_counts()
-                    .and_then(|counts| counts.to_json().get(column)?.as_u64());
-                nulls != Some(0)
-            })
+            .filter(keep)
             .map(data_file)
             .collect())
+    }
+
+    /// The data files that may hold nulls in `column`: those whose statistics in the log
+    /// count some, and those without statistics for it.
+    pub fn data_files_with_nulls(&self, column: &str) -> Result<Vec<DataFile>> {
+        self.data_files_where(|add| {
+            column_stat(add.null_counts(), column).and_then(|n| n.as_u64()) != Some(0)
+        })
     }
 
     /// The data files that may hold one of `values` in the integer column `column`: those
@@ -479,30 +488,18 @@ impl Table {
         column: &str,
         values: &std::collections::HashSet<i64>,
     ) -> Result<Vec<DataFile>> {
-        use deltalake::kernel::scalars::ScalarExt;
-        let snapshot = self
-            .delta
-            .snapshot()
-            .map_err(|e| Error::delta(&self.name, e))?;
         let mut sorted: Vec<i64> = values.iter().copied().collect();
         sorted.sort_unstable();
-        let bound = |stats: Option<delta_kernel::expressions::Scalar>| {
-            stats.and_then(|stats| stats.to_json().get(column)?.as_i64())
-        };
-        Ok(snapshot
-            .log_data()
-            .into_iter()
-            .filter(
-                |add| match (bound(add.min_values()), bound(add.max_values())) {
-                    (Some(least), Some(greatest)) => {
-                        let first = sorted.partition_point(|v| *v < least);
-                        sorted.get(first).is_some_and(|v| *v <= greatest)
-                    }
-                    _ => true,
-                },
-            )
-            .map(data_file)
-            .collect())
+        let bound = |stats| column_stat(stats, column).and_then(|v| v.as_i64());
+        self.data_files_where(
+            |add| match (bound(add.min_values()), bound(add.max_values())) {
+                (Some(least), Some(greatest)) => {
+                    let first = sorted.partition_point(|v| *v < least);
+                    sorted.get(first).is_some_and(|v| *v <= greatest)
+                }
+                _ => true,
+            },
+        )
     }
 
     /// Reads `columns` (all of them when `None`) of some of the table's data files (from
