@@ -468,13 +468,21 @@ pub(crate) async fn ingest_world(catalog: &Catalog, dir: &Path) -> AppResult<u64
     Ok(landed)
 }
 
+/// Where `shoal bench build` keeps copies (hard links) of its warehouse.
+pub struct Keep<'a> {
+    /// As it stands before the incremental build.
+    pub warehouse: Option<&'a Path>,
+    /// As it stands before the full build: ingested, never built.
+    pub ingested: Option<&'a Path>,
+}
+
 /// `shoal bench build`: a full build of the sample world of `users` people over 90 days, then
 /// an incremental build after a 1% delta (a second world of users/100 people active on the
 /// last day, whose logins partly meet the first world's, so some people merge).
 pub async fn build(
     users: u32,
     data: Option<PathBuf>,
-    keep_warehouse: Option<&Path>,
+    keep: Keep<'_>,
     json_out: bool,
 ) -> AppResult<()> {
     use shoal_ingest::build::{BuildOptions, build as run};
@@ -505,6 +513,11 @@ pub async fn build(
         as_of: chrono::NaiveDate::from_ymd_opt(2026, 11, 20),
     };
 
+    if let Some(keep) = keep.ingested {
+        link_tree(&wh_path, keep).map_err(|e| {
+            AppError::Internal(format!("keeping the warehouse in {}: {e}", keep.display()))
+        })?;
+    }
     reset_peak_rss();
     let started = Instant::now();
     let full = run(&catalog, &options, &mut |_, _, _| {}).await?;
@@ -512,7 +525,7 @@ pub async fn build(
     let full_rss = peak_rss_mib();
 
     let delta_landed = ingest_world(&catalog, &delta).await?;
-    if let Some(keep) = keep_warehouse {
+    if let Some(keep) = keep.warehouse {
         link_tree(&wh_path, keep).map_err(|e| {
             AppError::Internal(format!("keeping the warehouse in {}: {e}", keep.display()))
         })?;

@@ -279,6 +279,10 @@ pub enum BenchCommand {
         /// --as-of 2026-11-20` on a hard-linked copy of DIR.
         #[arg(long)]
         keep_warehouse: Option<PathBuf>,
+        /// Also keep the warehouse as it stands before the full build (ingested, never
+        /// built) here, as hard links, so the first build can be run again the same way.
+        #[arg(long)]
+        keep_ingested: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

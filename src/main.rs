@@ -219,9 +219,14 @@ async fn run(cli: Cli) -> AppResult<i32> {
             users,
             data,
             keep_warehouse,
+            keep_ingested,
             json,
         }) => {
-            bench::build(*users, data.clone(), keep_warehouse.as_deref(), *json).await?;
+            let keep = bench::Keep {
+                warehouse: keep_warehouse.as_deref(),
+                ingested: keep_ingested.as_deref(),
+            };
+            bench::build(*users, data.clone(), keep, *json).await?;
             Ok(0)
         }
         Command::Bench(cli::BenchCommand::Query {

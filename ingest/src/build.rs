@@ -39,6 +39,7 @@ use crate::identity::{MergeReport, Resolved, merge_identities};
 
 mod buyers;
 mod features;
+mod held;
 
 /// Rows of `events` rewritten per commit, unless `SHOAL_BUILD_CHUNK_ROWS` says otherwise.
 /// Measured on 2.1M events: 2M rows per commit peaked at 3.0 GB and took 8.8 s; 500k rows
@@ -1507,46 +1508,44 @@ async fn build_users(
         let (users, buyers) = (users.clone(), buyers.clone());
         tokio::spawn(async move { moved_scores(&users, &buyers, &skip).await })
     });
-    match scope {
-        // A scoped build reads its people's identities alone, with a row filter on
-        // `user_id`: the other people's identity values are not decoded.
-        Some(users) => {
-            let rows = rows_of_users(
-                &links,
-                UserSet::new(users.iter().copied()),
-                Some(&["user_id", "id_type", "id_value", "first_seen"]),
-            )
-            .await?;
-            let schema = match rows.first() {
-                Some(batch) => batch.schema(),
-                None => links.schema()?,
-            };
-            ctx.register_table(
-                "identity_links",
-                Arc::new(MemTable::try_new(schema, vec![rows])?),
-            )?;
-        }
-        None => {
-            ctx.register_table("identity_links", links.provider().await?)?;
-        }
-    }
-    let only = match scope {
-        Some(users) => {
-            let ids = Int64Array::from_iter_values(users.iter().copied());
-            let batch = RecordBatch::try_from_iter(vec![("user_id", Arc::new(ids) as ArrayRef)])?;
-            ctx.register_table(
-                "affected",
-                Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
-            )?;
-            " AND user_id IN (SELECT user_id FROM affected)"
-        }
-        None => "",
-    };
-
     // Profile traits (latest non-null value per key, by event time, in a (person, key) map)
     // and activity (in per-person arrays), each counted in one pass over `events`.
     let clock = Instant::now();
     let people = features::People::new(scope);
+    // The identities each person holds; a scoped build reads its people's alone, with a
+    // row filter on `user_id`: the other people's identity values are not decoded.
+    let shown: Vec<String> = identity_types
+        .iter()
+        .filter(|t| users_def.field(t).is_some())
+        .cloned()
+        .collect();
+    let mut held = held::Held::new(&people, &shown);
+    let link_columns = ["user_id", "id_type", "id_value", "first_seen"];
+    match scope {
+        Some(users) => {
+            let rows = rows_of_users(
+                &links,
+                UserSet::new(users.iter().copied()),
+                Some(&link_columns),
+            )
+            .await?;
+            for batch in &rows {
+                held.add(batch)?;
+            }
+        }
+        None => {
+            let read = SessionContext::new();
+            let filter = Some(col("user_id").is_not_null());
+            for_each_batch(scan(&read, &links, &link_columns, filter).await?, |batch| {
+                held.add(batch)
+            })
+            .await?;
+        }
+    }
+    ctx.register_table("people", Arc::new(features::table(held.finish()?)?))?;
+    report
+        .seconds
+        .insert("users.held".to_string(), clock.elapsed().as_secs_f64());
     // A scoped build folds what it resolved into its people's stored traits, when those are
     // current and nobody was split (whose stored traits mix two people's); otherwise it reads
     // its people's rows of `events`, once for both traits and activity.
@@ -1614,15 +1613,6 @@ async fn build_users(
     };
     lap("features", report);
 
-    let identity_columns: Vec<String> = identity_types
-        .iter()
-        .filter(|t| users_def.field(t).is_some())
-        .map(|t| {
-            format!(
-                "first_value(id_value ORDER BY first_seen DESC, id_value) FILTER (WHERE id_type = '{t}') AS \"{t}\""
-            )
-        })
-        .collect();
     // Every buyer's orders, GMV and RFM scores (percent ranks among all buyers), counted
     // once: a scoped build joins its own people's rows, and finds the others whose scores
     // moved.
@@ -1632,17 +1622,11 @@ async fn build_users(
         Arc::new(features::table(buyers.batch(scope_ids.as_deref())?)?),
     )?;
     lap("buyers", report);
-    let sql = format!(
-        "WITH people AS (
-            SELECT user_id, count(*) AS identity_count{identity_columns}
-            FROM identity_links WHERE user_id IS NOT NULL{only} GROUP BY user_id)
-         SELECT * FROM people
+    let sql = "SELECT * FROM people
            LEFT JOIN ev ON ev_user_id = user_id
            LEFT JOIN buyers ON od_user_id = user_id
-           LEFT JOIN profile ON profile_user_id = user_id",
-        identity_columns = prefixed(&identity_columns),
-    );
-    let joined = ctx.sql(&sql).await?;
+           LEFT JOIN profile ON profile_user_id = user_id";
+    let joined = ctx.sql(sql).await?;
     let available: HashSet<String> = joined
         .schema()
         .fields()
@@ -2045,10 +2029,6 @@ async fn rescored_rows(
         .select(projection)?
         .collect()
         .await?)
-}
-
-fn prefixed(columns: &[String]) -> String {
-    columns.iter().map(|c| format!(",\n {c}")).collect()
 }
 
 fn rfm_segment() -> datafusion::prelude::Expr {

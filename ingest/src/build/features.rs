@@ -39,7 +39,7 @@ impl People {
         }
     }
 
-    fn slot(&self, user: i64) -> Option<usize> {
+    pub(crate) fn slot(&self, user: i64) -> Option<usize> {
         let user = u32::try_from(user).ok()?;
         match &self.scope {
             None => Some(user as usize),
@@ -47,7 +47,7 @@ impl People {
         }
     }
 
-    fn user(&self, slot: usize) -> i64 {
+    pub(crate) fn user(&self, slot: usize) -> i64 {
         match &self.scope {
             None => slot as i64,
             Some(scope) => i64::from(scope[slot]),
@@ -59,7 +59,7 @@ impl People {
         UserSet::new(self.scope.iter().flatten().map(|u| i64::from(*u)))
     }
 
-    fn slots(&self) -> usize {
+    pub(crate) fn slots(&self) -> usize {
         self.scope.as_ref().map_or(0, Vec::len)
     }
 }
