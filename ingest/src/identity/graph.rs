@@ -597,6 +597,18 @@ impl Graph {
         self.max_user = Some(self.max_user.map_or(user, |m| m.max(user)));
     }
 
+    /// The root of `n`'s set, as [`Graph::find`] finds it but without shortening paths, so
+    /// that several threads can ask at once.
+    pub fn root(&self, mut n: u32) -> u32 {
+        loop {
+            let parent = self.nodes[n as usize].parent;
+            if parent == n {
+                return n;
+            }
+            n = parent;
+        }
+    }
+
     /// The root of node `n`.
     pub fn find(&mut self, mut n: u32) -> u32 {
         loop {

@@ -167,13 +167,28 @@ struct Seen {
     name: Box<str>,
 }
 
-#[derive(Default)]
+/// The identities seen in this run's rows and the links drawn between them, in shards by
+/// key: several threads fold the same rows at once, each into its own shard. What a shard
+/// ends up holding does not depend on the order rows come in (the earliest sighting wins).
 struct Observed {
-    seen: KeyMap<Seen>,
-    /// Links drawn (centre, other): first sighting and the two types.
-    edges: HashMap<(Key, Key), Drawn, std::hash::BuildHasherDefault<graph::KeyHasher>>,
+    shards: Vec<Shard>,
     sources: Vec<String>,
     rows: u64,
+}
+
+/// The identities of one shard, and the links drawn to them.
+#[derive(Default)]
+struct Shard {
+    seen: KeyMap<Seen>,
+    /// Links drawn (centre, other), kept in the other's shard: first sighting and the two
+    /// types.
+    edges: HashMap<(Key, Key), Drawn, std::hash::BuildHasherDefault<graph::KeyHasher>>,
+}
+
+/// The shard of identity `k` among `count`: by bits of the key that the maps' hashes leave
+/// out, so each shard's map still spreads its keys.
+fn shard_of(k: Key, count: usize) -> usize {
+    ((k >> 64) as u64 % count as u64) as usize
 }
 
 /// A link drawn: when and where first seen, and its ends' types.
@@ -189,7 +204,73 @@ fn earlier(a: (i64, u16), b: (i64, u16), sources: &[String]) -> bool {
     a.0 < b.0 || (a.0 == b.0 && sources[a.1 as usize] < sources[b.1 as usize])
 }
 
+/// One row's identities (sorted and without repeats) seen together at `sighting`, folded
+/// into `shard` (number `index` of `count`): each of its identities is looked up in the
+/// graph and among those seen, and drawn towards the row's first (the strongest).
+fn fold_row(
+    shard: &mut Shard,
+    (index, count): (usize, usize),
+    graph: &Graph,
+    sources: &[String],
+    ids: &[(u8, Key, &str)],
+    sighting: (i64, u16),
+) {
+    let mut centre: Option<(u8, Key, Option<u32>)> = None;
+    for &(ty, k, value) in ids {
+        let mine = shard_of(k, count) == index;
+        if centre.is_some() && !mine {
+            continue;
+        }
+        let node = graph.find_key(k);
+        if mine {
+            let seen = shard.seen.entry(k).or_insert_with(|| Seen {
+                ty,
+                first: None,
+                name: Box::from(value),
+            });
+            if node.is_none()
+                && seen
+                    .first
+                    .is_none_or(|first| earlier(sighting, first, sources))
+            {
+                seen.first = Some(sighting);
+            }
+        }
+        let Some((c_ty, c, c_node)) = centre else {
+            centre = Some((ty, k, node));
+            continue;
+        };
+        if let (Some(a), Some(b)) = (c_node, node)
+            && graph.root(a) == graph.root(b)
+        {
+            continue;
+        }
+        let entry = shard.edges.entry((c, k)).or_insert(Drawn {
+            at: sighting,
+            types: (c_ty, ty),
+        });
+        if earlier(sighting, entry.at, sources) {
+            entry.at = sighting;
+        }
+    }
+}
+
+/// A row's identities in the order [`fold_row`] takes them: sorted, without repeats.
+fn order_ids(ids: &mut Vec<(u8, Key, &str)>) {
+    ids.sort_unstable_by_key(|(ty, k, _)| (*ty, *k));
+    ids.dedup_by_key(|(_, k, _)| *k);
+}
+
 impl Observed {
+    /// Nothing seen yet, in `shards` shards.
+    fn new(shards: usize) -> Observed {
+        Observed {
+            shards: (0..shards.max(1)).map(|_| Shard::default()).collect(),
+            sources: Vec::new(),
+            rows: 0,
+        }
+    }
+
     fn source(&mut self, name: &str) -> u16 {
         match self.sources.iter().position(|s| s == name) {
             Some(i) => i as u16,
@@ -200,49 +281,40 @@ impl Observed {
         }
     }
 
-    /// The value of identity `k` ("" if it was not seen).
-    fn name(&self, k: &Key) -> &str {
-        self.seen.get(k).map_or("", |s| &s.name)
+    /// Identity `k`, if it was seen.
+    fn seen(&self, k: &Key) -> Option<&Seen> {
+        self.shards[shard_of(*k, self.shards.len())].seen.get(k)
     }
 
-    /// One row's identities seen together at `at`: each is looked up once, in the graph
-    /// and among those seen, and drawn towards the first (the strongest).
-    fn group(&mut self, graph: &mut Graph, ids: &mut Vec<(u8, Key, &str)>, at: i64, source: u16) {
+    /// The value of identity `k` ("" if it was not seen).
+    fn name(&self, k: &Key) -> &str {
+        self.seen(k).map_or("", |s| &s.name)
+    }
+
+    /// Every identity seen, with its key.
+    fn all_seen(&self) -> impl Iterator<Item = (&Key, &Seen)> {
+        self.shards.iter().flat_map(|s| s.seen.iter())
+    }
+
+    /// Every link drawn.
+    fn edges(&self) -> impl Iterator<Item = (&(Key, Key), &Drawn)> {
+        self.shards.iter().flat_map(|s| s.edges.iter())
+    }
+
+    /// One row's identities seen together at `at`, folded into every shard on this thread.
+    fn group(&mut self, graph: &Graph, ids: &mut Vec<(u8, Key, &str)>, at: i64, source: u16) {
         self.rows += 1;
-        ids.sort_unstable_by_key(|(ty, k, _)| (*ty, *k));
-        ids.dedup_by_key(|(_, k, _)| *k);
-        let sighting = (at, source);
-        let mut centre: Option<(u8, Key, Option<u32>)> = None;
-        for &(ty, k, value) in ids.iter() {
-            let node = graph.find_key(k);
-            let seen = self.seen.entry(k).or_insert_with(|| Seen {
-                ty,
-                first: None,
-                name: Box::from(value),
-            });
-            if node.is_none()
-                && seen
-                    .first
-                    .is_none_or(|first| earlier(sighting, first, &self.sources))
-            {
-                seen.first = Some(sighting);
-            }
-            let Some((c_ty, c, c_node)) = centre else {
-                centre = Some((ty, k, node));
-                continue;
-            };
-            if let (Some(a), Some(b)) = (c_node, node)
-                && graph.find(a) == graph.find(b)
-            {
-                continue;
-            }
-            let entry = self.edges.entry((c, k)).or_insert(Drawn {
-                at: sighting,
-                types: (c_ty, ty),
-            });
-            if earlier(sighting, entry.at, &self.sources) {
-                entry.at = sighting;
-            }
+        order_ids(ids);
+        let count = self.shards.len();
+        for (index, shard) in self.shards.iter_mut().enumerate() {
+            fold_row(
+                shard,
+                (index, count),
+                graph,
+                &self.sources,
+                ids,
+                (at, source),
+            );
         }
     }
 }
@@ -331,13 +403,15 @@ pub async fn merge_identities(
     let mut edges_table = catalog.table("identity_edges").await?;
     // Each run records in its `identity_links` commit the version of `identity_edges` it left;
     // any other version means a run wrote edges and stopped before its links.
-    let edges_finished = links_table
-        .history(Some(1))
-        .await?
-        .first()
-        .and_then(|c| c.metadata.get("shoal.edges_version"))
-        .and_then(|v| v.as_u64())
-        == Some(edges_table.version());
+    // No edges stored (a first run) is as good: none can be drawn twice.
+    let edges_finished = edges_table.data_files()?.is_empty()
+        || links_table
+            .history(Some(1))
+            .await?
+            .first()
+            .and_then(|c| c.metadata.get("shoal.edges_version"))
+            .and_then(|v| v.as_u64())
+            == Some(edges_table.version());
     let mut settled: HashSet<(Key, Key), std::hash::BuildHasherDefault<graph::KeyHasher>> =
         HashSet::default();
     // Only the refused and removed edges, a few among millions: the other columns are
@@ -387,16 +461,15 @@ pub async fn merge_identities(
     lap("loaded");
 
     // New observations.
-    let mut observed = Observed::default();
+    let mut observed = Observed::new(observing_threads());
     observe_events(catalog, &rules, &mut graph, &mut observed).await?;
-    observe_orders(catalog, &ctx, &rules, &mut graph, &mut observed).await?;
+    observe_orders(catalog, &ctx, &rules, &graph, &mut observed).await?;
     report.rows_read = observed.rows;
     lap("observed");
 
     // New identities become nodes in the order they were first seen.
     let mut fresh: Vec<(i64, u8, Key)> = observed
-        .seen
-        .iter()
+        .all_seen()
         .filter_map(|(k, s)| s.first.map(|(at, _)| (at, s.ty, *k)))
         .collect();
     fresh.sort_unstable();
@@ -406,8 +479,7 @@ pub async fn merge_identities(
     report.identities_new = fresh.len() as u64;
 
     let links: Vec<(Link, u16, Key, Key)> = observed
-        .edges
-        .iter()
+        .edges()
         .filter(|((a, b), _)| !settled.contains(&((*a).min(*b), (*a).max(*b))))
         .filter_map(|((a, b), drawn)| {
             let (na, nb) = (graph.find_key(*a)?, graph.find_key(*b)?);
@@ -511,7 +583,7 @@ pub async fn merge_identities(
         let Some(node) = graph.find_key(*k) else {
             continue;
         };
-        let (at, source) = observed.seen.get(k).and_then(|s| s.first).unwrap_or((0, 0));
+        let (at, source) = observed.seen(k).and_then(|s| s.first).unwrap_or((0, 0));
         let value = observed.name(k);
         link_rows.push(
             rules.name(*ty),
@@ -576,8 +648,87 @@ fn remap_users(batch: &RecordBatch, merged: &HashMap<u32, u32>) -> Result<Record
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
-/// Observes the events without a person, read from the files whose statistics count some
-/// (text as stored, not cast); only identify and alias calls have their properties parsed.
+/// Threads that fold the rows of `events` into identities and links (each into its shard).
+fn observing_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
+}
+
+/// What a thread folding rows of `events` needs: the rules, and the source of each event
+/// type.
+struct EventSources {
+    kinds: [&'static str; 6],
+    ids: Vec<u16>,
+    other: u16,
+}
+
+impl EventSources {
+    fn of(&self, kind: &str) -> u16 {
+        self.kinds
+            .iter()
+            .position(|t| *t == kind)
+            .map_or(self.other, |p| self.ids[p])
+    }
+}
+
+/// Folds the rows of a batch of `events` into `shard` (number `index` of `count`).
+fn fold_events(
+    batch: &RecordBatch,
+    rules: &Rules,
+    graph: &Graph,
+    (sources, names): (&EventSources, &[String]),
+    shard: &mut Shard,
+    place: (usize, usize),
+) -> Result<()> {
+    let times = ints(batch, "event_time")?;
+    let kinds = text(batch, "event_type")?;
+    let properties = text(batch, "properties")?;
+    let id_columns: Vec<(arrow::array::StringArray, u8)> = rules
+        .event_columns
+        .iter()
+        .map(|(c, ty)| Ok((text(batch, c)?, *ty)))
+        .collect::<Result<_>>()?;
+    let mut extra: Vec<(u8, String)> = Vec::new();
+    for i in 0..batch.num_rows() {
+        let at = get_int(&times, i).unwrap_or_default();
+        let kind = get(&kinds, i).unwrap_or_default();
+        extra.clear();
+        if matches!(kind, "identify" | "alias")
+            && let Some(p) = get(&properties, i)
+            && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(p)
+        {
+            if kind == "identify" {
+                for (k, v) in &map {
+                    if let Some(ty) = rules.traits.get(k)
+                        && let Some(s) = identity_text(v)
+                    {
+                        extra.push((*ty, s));
+                    }
+                }
+            } else if let (Some(ty), Some(s)) =
+                (rules.alias, map.get("previousId").and_then(identity_text))
+            {
+                extra.push((ty, s));
+            }
+        }
+        let mut ids: Vec<(u8, Key, &str)> = Vec::with_capacity(4);
+        for (array, ty) in &id_columns {
+            if let Some(v) = get(array, i) {
+                ids.push((*ty, key(*ty, v), v));
+            }
+        }
+        for (ty, v) in &extra {
+            ids.push((*ty, key(*ty, v), v.as_str()));
+        }
+        order_ids(&mut ids);
+        fold_row(shard, place, graph, names, &ids, (at, sources.of(kind)));
+    }
+    Ok(())
+}
+
+/// Observes the events without a person, read from the files whose statistics count some:
+/// every batch goes to the thread of each of `observed`'s shards. Only their identity columns
+/// are read (text as stored, not cast); only identify and alias calls have their properties
+/// parsed.
 async fn observe_events(
     catalog: &Catalog,
     rules: &Rules,
@@ -587,73 +738,86 @@ async fn observe_events(
     let events = catalog.table("events").await?;
     let files = events.data_files_with_nulls("user_id")?;
     let kinds = ["track", "page", "screen", "identify", "alias", "group"];
-    let sources: Vec<u16> = kinds
-        .iter()
-        .map(|t| observed.source(&format!("events:{t}")))
-        .collect();
-    let other = observed.source("events");
-    let source_of = |kind: &str| {
-        kinds
+    let sources = EventSources {
+        kinds,
+        ids: kinds
             .iter()
-            .position(|t| *t == kind)
-            .map_or(other, |p| sources[p])
+            .map(|t| observed.source(&format!("events:{t}")))
+            .collect(),
+        other: observed.source("events"),
     };
     let mut columns: Vec<&str> = vec!["event_time", "event_type", "properties"];
     columns.extend(rules.event_columns.iter().map(|(c, _)| c.as_str()));
-    let mut each = |batch: &RecordBatch| -> Result<()> {
-        let times = ints(batch, "event_time")?;
-        let kinds = text(batch, "event_type")?;
-        let properties = text(batch, "properties")?;
-        let id_columns: Vec<(arrow::array::StringArray, u8)> = rules
-            .event_columns
-            .iter()
-            .map(|(c, ty)| Ok((text(batch, c)?, *ty)))
-            .collect::<Result<_>>()?;
-        let mut extra: Vec<(u8, String)> = Vec::new();
-        for i in 0..batch.num_rows() {
-            let at = get_int(&times, i).unwrap_or_default();
-            let kind = get(&kinds, i).unwrap_or_default();
-            extra.clear();
-            if matches!(kind, "identify" | "alias")
-                && let Some(p) = get(&properties, i)
-                && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(p)
-            {
-                if kind == "identify" {
-                    for (k, v) in &map {
-                        if let Some(ty) = rules.traits.get(k)
-                            && let Some(s) = identity_text(v)
-                        {
-                            extra.push((*ty, s));
-                        }
-                    }
-                } else if let (Some(ty), Some(s)) =
-                    (rules.alias, map.get("previousId").and_then(identity_text))
-                {
-                    extra.push((ty, s));
-                }
+
+    // The graph is only read while rows are folded: the threads share it, and it comes back.
+    let shared = Arc::new(std::mem::replace(graph, Graph::new(Vec::new())));
+    let context = Arc::new((rules.clone(), sources, observed.sources.clone()));
+    let count = observed.shards.len();
+    let mut senders = Vec::with_capacity(count);
+    let mut threads = Vec::with_capacity(count);
+    for (index, mut shard) in std::mem::take(&mut observed.shards).into_iter().enumerate() {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<RecordBatch>>(4);
+        let (graph, context) = (shared.clone(), context.clone());
+        threads.push(std::thread::spawn(move || -> Result<Shard> {
+            let (rules, sources, names) = &*context;
+            for batch in rx {
+                fold_events(
+                    &batch,
+                    rules,
+                    &graph,
+                    (sources, names),
+                    &mut shard,
+                    (index, count),
+                )?;
             }
-            let mut ids: Vec<(u8, Key, &str)> = Vec::with_capacity(4);
-            for (array, ty) in &id_columns {
-                if let Some(v) = get(array, i) {
-                    ids.push((*ty, key(*ty, v), v));
-                }
-            }
-            for (ty, v) in &extra {
-                ids.push((*ty, key(*ty, v), v.as_str()));
-            }
-            observed.group(graph, &mut ids, at, source_of(kind));
-        }
-        Ok(())
-    };
-    events
+            Ok(shard)
+        }));
+        senders.push(tx);
+    }
+    let mut rows = 0u64;
+    let read = events
         .read_files_where(
             &files,
             Some(&columns),
             "user_id",
             Arc::new(|batch: &RecordBatch| arrow::compute::is_null(batch.column(0))),
-            |_, batch| each(&batch).map_err(|e| shoal_catalog::Error::Internal(e.to_string())),
+            |_, batch| {
+                rows += batch.num_rows() as u64;
+                let batch = Arc::new(batch);
+                for tx in &senders {
+                    // A thread that stopped gives its reason when it is joined.
+                    if tx.send(batch.clone()).is_err() {
+                        return Err(shoal_catalog::Error::Internal(
+                            "a thread folding events stopped".into(),
+                        ));
+                    }
+                }
+                Ok(())
+            },
         )
-        .await?;
+        .await;
+    drop(senders);
+    let mut failed = None;
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(shard)) => observed.shards.push(shard),
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(_) => {
+                failed = failed.or(Some(Error::Internal(
+                    "a thread folding events panicked".into(),
+                )))
+            }
+        }
+    }
+    drop(context);
+    *graph = Arc::try_unwrap(shared).map_err(|_| {
+        Error::Internal("the identity graph is still shared after folding events".into())
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    read?;
+    observed.rows += rows;
     Ok(())
 }
 
@@ -669,7 +833,7 @@ async fn observe_orders(
     catalog: &Catalog,
     ctx: &SessionContext,
     rules: &Rules,
-    graph: &mut Graph,
+    graph: &Graph,
     observed: &mut Observed,
 ) -> Result<()> {
     let orders = catalog.table("orders").await?;
@@ -848,5 +1012,83 @@ impl LinkRows {
             ("first_seen", time_array(self.first)),
             ("source", Arc::new(self.sources.finish())),
         ])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What rows folded into `shards` shards leave: each identity's type, first sighting and
+    /// value, and each link's first sighting and types, sorted.
+    type Folded = (
+        Vec<(Key, u8, Option<(i64, u16)>, String)>,
+        Vec<((Key, Key), (i64, u16), (u8, u8))>,
+    );
+
+    fn fold(shards: usize, graph: &Graph, rows: &[(i64, u16, Vec<(u8, &str)>)]) -> Folded {
+        let mut observed = Observed::new(shards);
+        observed.source("b");
+        observed.source("a");
+        for (at, source, row) in rows {
+            let mut ids: Vec<(u8, Key, &str)> =
+                row.iter().map(|(ty, v)| (*ty, key(*ty, v), *v)).collect();
+            observed.group(graph, &mut ids, *at, *source);
+        }
+        let mut seen: Vec<_> = observed
+            .all_seen()
+            .map(|(k, s)| (*k, s.ty, s.first, s.name.to_string()))
+            .collect();
+        seen.sort();
+        let mut edges: Vec<_> = observed.edges().map(|(k, d)| (*k, d.at, d.types)).collect();
+        edges.sort();
+        (seen, edges)
+    }
+
+    #[test]
+    fn rows_fold_alike_in_any_number_of_shards_and_any_order() {
+        // Type 0 is the strongest. "known" is stored already: it is seen but not new.
+        let mut graph = Graph::new(Vec::new());
+        graph.nodes(&[1], &[key(1, "known")]);
+        let rows: Vec<(i64, u16, Vec<(u8, &str)>)> = vec![
+            (30, 0, vec![(1, "d1"), (0, "L1")]),
+            (10, 0, vec![(1, "d1"), (1, "d2"), (0, "L1"), (1, "d1")]),
+            // A tie at 10 from source "a" (number 1) comes before "b" (number 0).
+            (10, 1, vec![(1, "d2"), (0, "L1")]),
+            (5, 0, vec![(1, "known"), (1, "d3")]),
+            (7, 0, vec![(1, "d3")]),
+            (50, 0, vec![(2, "p1")]),
+        ];
+        let one = fold(1, &graph, &rows);
+        let (seen, edges) = &one;
+        let first = |v: &str, ty: u8| {
+            seen.iter()
+                .find(|s| s.0 == key(ty, v))
+                .map(|s| (s.2, s.3.clone()))
+        };
+        assert_eq!(first("L1", 0), Some((Some((10, 1)), "L1".to_string())));
+        assert_eq!(first("d1", 1), Some((Some((10, 0)), "d1".to_string())));
+        assert_eq!(first("d3", 1), Some((Some((5, 0)), "d3".to_string())));
+        assert_eq!(first("known", 1), Some((None, "known".to_string())));
+        assert_eq!(seen.len(), 6);
+        // Links drawn towards L1 (the strongest in its rows), and d3 towards "known".
+        let drawn = |a: (u8, &str), b: (u8, &str)| {
+            edges
+                .iter()
+                .find(|e| e.0 == (key(a.0, a.1), key(b.0, b.1)))
+                .map(|e| e.1)
+        };
+        assert_eq!(drawn((0, "L1"), (1, "d1")), Some((10, 0)));
+        assert_eq!(drawn((0, "L1"), (1, "d2")), Some((10, 1)));
+        assert_eq!(edges.len(), 3);
+        for shards in [2, 3, 4] {
+            assert_eq!(fold(shards, &graph, &rows), one, "{shards} shards");
+            let reversed: Vec<_> = rows.iter().rev().cloned().collect();
+            assert_eq!(
+                fold(shards, &graph, &reversed),
+                one,
+                "{shards} shards, reversed"
+            );
+        }
     }
 }
