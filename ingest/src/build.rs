@@ -103,6 +103,10 @@ pub struct BuildReport {
     /// (`user_traits`) and the identify calls this build resolved, rather than read from
     /// every event of theirs.
     pub traits_folded: bool,
+    /// Where the profile traits were folded from: `state` (as for `traits_folded`), `rows`
+    /// (the recomputed people's rows of `events`), `calls` (every identify call, met while
+    /// `events` was rewritten whole) or `events` (every identify call, read from `events`).
+    pub traits_from: &'static str,
     /// Seconds per step (`users.<part>`: from the start of the users step to the end of that part).
     pub seconds: BTreeMap<String, f64>,
     /// Table versions after the build.
@@ -167,6 +171,7 @@ pub async fn build(
         column_bitmaps_patched: false,
         rfm_rescored: 0,
         traits_folded: false,
+        traits_from: "",
         seconds: BTreeMap::new(),
         versions: BTreeMap::new(),
     };
@@ -175,9 +180,13 @@ pub async fn build(
     // Windowed counts and RFM count back from `as_of`: a new day (or --full) recomputes
     // everyone; otherwise only the people whose rows or identities changed.
     let incremental = !options.full && users_as_of(catalog, &ctx).await? == Some(as_of);
-    let mut affected = BTreeSet::new();
-    // A scoped build folds the identify calls it resolves or moves into the stored traits.
-    let mut identified = incremental.then(Vec::new);
+    // The people whose rows this build resolves or moves, as a bitmap: a first build adds
+    // everyone, once per batch of events.
+    let mut affected = RoaringBitmap::new();
+    // The identify calls the events step rewrites: a scoped build folds them into the stored
+    // traits; a build that rewrites every row of `events` folds them all, without reading
+    // `events` again.
+    let mut identified = Vec::new();
     progress("orders", 0, 1);
     resolve_orders(
         catalog,
@@ -203,21 +212,26 @@ pub async fn build(
         &note,
         &mut report,
         &mut affected,
-        identified.as_mut(),
+        &mut identified,
         progress,
     )
     .await;
     if written.is_err() {
         buyers.abort();
     }
-    written?;
+    let every_row = written?;
     lap("events", &mut seconds);
     progress("users", 0, 1);
     for (from, into) in &moves.merged {
-        affected.remove(&i64::from(*from));
-        affected.insert(i64::from(*into));
+        affected.remove(*from);
+        affected.insert(*into);
     }
-    affected.extend(moves.split.iter().map(|u| i64::from(*u)));
+    affected.extend(moves.split.iter().copied());
+    // Only a scoped build works with its people one by one.
+    let affected: BTreeSet<i64> = match incremental {
+        true => affected.iter().map(i64::from).collect(),
+        false => BTreeSet::new(),
+    };
     let removed: Vec<i64> = moves.merged.keys().map(|u| i64::from(*u)).collect();
     report.users_incremental = incremental;
     report.users_recomputed = if incremental {
@@ -235,8 +249,9 @@ pub async fn build(
         scope.map(|people| Scope {
             people,
             moves: &moves,
-            identified: identified.as_deref().unwrap_or_default(),
+            identified: &identified,
         }),
+        every_row.then_some(identified.as_slice()),
         &removed,
         &note,
         &mut report,
@@ -513,14 +528,17 @@ async fn rewrite_events(
     full: bool,
     note: &CommitNote,
     report: &mut BuildReport,
-    affected: &mut BTreeSet<i64>,
-    mut identified: Option<&mut Vec<RecordBatch>>,
+    affected: &mut RoaringBitmap,
+    identified: &mut Vec<RecordBatch>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
-) -> Result<()> {
+) -> Result<bool> {
     let mut events = catalog.table("events").await?;
+    let rewritten_before = report.events_rewritten;
+    let live_rows: u64;
     let day_bitmaps = if full {
         let frame = ctx.read_table(events.provider().await?)?;
         let all_days = rows_per_day(frame).await?;
+        live_rows = all_days.values().sum();
         rewrite_days(
             &mut events,
             &all_days,
@@ -529,7 +547,7 @@ async fn rewrite_events(
             note,
             report,
             affected,
-            identified.as_deref_mut(),
+            identified,
             progress,
         )
         .await?
@@ -541,6 +559,7 @@ async fn rewrite_events(
                 .insert(format!("events.{name}"), clock.elapsed().as_secs_f64());
         };
         let stale = stale_files(&events, moves).await?;
+        live_rows = stale.rows.iter().sum();
         lap("stale", report);
         // Days all of whose files change (new days, a first build) are rewritten whole,
         // each commit overlapping the next chunk's work; on the others, only their files.
@@ -552,7 +571,7 @@ async fn rewrite_events(
             note,
             report,
             affected,
-            identified.as_deref_mut(),
+            identified,
             progress,
         )
         .await?;
@@ -588,7 +607,8 @@ async fn rewrite_events(
         )
         .await?;
     }
-    Ok(())
+    // Each row is read once, so as many rows rewritten as live means all of them.
+    Ok(report.events_rewritten - rewritten_before == live_rows)
 }
 
 /// Rewrites `days` (with their row counts) of `events` whole, resolved and sorted, in commits
@@ -601,8 +621,8 @@ async fn rewrite_days(
     moves: &Moves,
     note: &CommitNote,
     report: &mut BuildReport,
-    affected: &mut BTreeSet<i64>,
-    mut identified: Option<&mut Vec<RecordBatch>>,
+    affected: &mut RoaringBitmap,
+    identified: &mut Vec<RecordBatch>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<BitmapRows> {
     let limit = chunk_rows() as u64;
@@ -658,9 +678,7 @@ async fn rewrite_days(
             continue;
         }
         for batch in &batches {
-            if let Some(identified) = identified.as_deref_mut() {
-                identified.push(features::identify_rows(batch)?);
-            }
+            identified.push(features::identify_rows(batch)?);
             collect_day_bitmaps(batch, &mut day_bitmaps)?;
             report.events_rewritten += batch.num_rows() as u64;
         }
@@ -846,8 +864,8 @@ async fn rewrite_stale_files(
     moves: &Moves,
     note: &CommitNote,
     report: &mut BuildReport,
-    affected: &mut BTreeSet<i64>,
-    mut identified: Option<&mut Vec<RecordBatch>>,
+    affected: &mut RoaringBitmap,
+    identified: &mut Vec<RecordBatch>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<BitmapRows> {
     let StaleFiles {
@@ -944,9 +962,7 @@ async fn rewrite_stale_files(
                 continue;
             }
             for batch in &batches {
-                if let Some(identified) = identified.as_deref_mut() {
-                    identified.push(features::identify_rows(batch)?);
-                }
+                identified.push(features::identify_rows(batch)?);
                 collect_day_bitmaps(batch, &mut rewritten)?;
                 report.events_rewritten += batch.num_rows() as u64;
             }
@@ -1073,7 +1089,7 @@ fn resolve_events(
     resolved: &Resolved,
     moves: &Moves,
     report: &mut BuildReport,
-    affected: &mut BTreeSet<i64>,
+    affected: &mut RoaringBitmap,
 ) -> Result<Int64Array> {
     let current = ints(batch, "user_id")?;
     let ids: Vec<(arrow::array::StringArray, u8)> = resolved
@@ -1104,7 +1120,7 @@ fn resolve_events(
         }
         out.append_option(step.user());
     }
-    affected.extend(touched.iter().map(i64::from));
+    *affected |= touched;
     Ok(out.finish())
 }
 
@@ -1320,7 +1336,7 @@ async fn resolve_orders(
     moves: &Moves,
     note: &CommitNote,
     report: &mut BuildReport,
-    affected: &mut BTreeSet<i64>,
+    affected: &mut RoaringBitmap,
 ) -> Result<()> {
     let mut orders = catalog.table("orders").await?;
     let mut columns: Vec<&str> = vec!["platform", "order_id", "user_id"];
@@ -1350,7 +1366,7 @@ async fn resolve_orders(
                         .find_map(|(a, _, ty)| get(a, i).and_then(|v| resolved.user(*ty, v)))
                 });
                 if let Step::Moved(u) | Step::Resolved(u) = step {
-                    affected.insert(i64::from(u));
+                    affected.insert(u);
                     platforms.push(p.to_string());
                     order_ids.push(get(&order_id, i).unwrap_or_default().to_string());
                     users.push(step.user());
@@ -1467,6 +1483,7 @@ async fn build_users(
     as_of: NaiveDate,
     now: DateTime<Utc>,
     scoped: Option<Scope<'_>>,
+    every_identify: Option<&[RecordBatch]>,
     removed: &[i64],
     note: &CommitNote,
     report: &mut BuildReport,
@@ -1572,7 +1589,16 @@ async fn build_users(
             identified: s.identified,
         },
         (_, Some(rows)) => features::TraitSource::Rows(rows),
-        _ => features::TraitSource::Events,
+        _ => match every_identify {
+            Some(calls) => features::TraitSource::Calls(calls),
+            None => features::TraitSource::Events,
+        },
+    };
+    report.traits_from = match source {
+        features::TraitSource::State { .. } => "state",
+        features::TraitSource::Rows(_) => "rows",
+        features::TraitSource::Calls(_) => "calls",
+        features::TraitSource::Events => "events",
     };
     let features::Profile {
         profile,

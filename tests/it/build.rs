@@ -1192,12 +1192,31 @@ fn incremental_builds_fold_traits_by_event_time_through_late_calls_and_merges() 
     assert_eq!(int(merged, "age"), Some(30));
     assert_eq!(merged["has_job"], json!(true));
     assert!(text(merged, "traits").is_some_and(|t| t.contains("bee")));
-    // Equal to a full recomputation from every event.
-    json_ok(&shoal(
+    // Equal to a full recomputation from every identify call, met while every row of
+    // `events` is rewritten.
+    let r = json_ok(&shoal(
         &wh,
         &["build", "--full", "--json", "--as-of", "2026-11-20"],
     ));
+    assert_eq!(r["traits_from"], "calls", "{r}");
     assert_eq!(users_by_id(&wh), users);
+    // A new day recomputes everyone's features, but rewrites only the new row of `events`:
+    // traits are read from `events`, with the same result.
+    let fourth = segment_file(dir.path(), "4.jsonl", &[track("t6", "06", "dz", None)]);
+    ingest_segment(&wh, &fourth);
+    let r = json_ok(&shoal(&wh, &["build", "--json", "--as-of", "2026-11-21"]));
+    assert_eq!(r["users_incremental"], false, "{r}");
+    assert_eq!(r["events_rewritten"], 1, "{r}");
+    assert_eq!(r["traits_from"], "events", "{r}");
+    let after = users_by_id(&wh);
+    for (user, row) in &users {
+        for trait_column in ["city", "age", "has_job", "traits"] {
+            assert_eq!(
+                after[user][trait_column], row[trait_column],
+                "{user} {trait_column}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! latest profile traits from identify calls.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -369,7 +370,7 @@ impl<'a> ActivityCounter<'a> {
     }
 }
 
-/// A hasher for the (slot, key) words of [`profile`].
+/// A hasher for the (slot, key) words of [`profile`] and its interned texts.
 #[derive(Default)]
 struct Mix(u64);
 
@@ -390,7 +391,7 @@ impl Hasher for Mix {
 /// Interned texts: each distinct one stored once.
 #[derive(Default)]
 struct Interned {
-    ids: HashMap<Arc<str>, u32>,
+    ids: HashMap<Arc<str>, u32, BuildHasherDefault<Mix>>,
     texts: Vec<Arc<str>>,
 }
 
@@ -411,6 +412,8 @@ impl Interned {
 pub(crate) enum TraitSource<'a> {
     /// Every identify call in `events`.
     Events,
+    /// Every identify call in `events`, already read (see [`identify_rows`]).
+    Calls(&'a [RecordBatch]),
     /// The people's rows of `events`, already read (see [`scoped_events`]).
     Rows(&'a [(Option<i32>, RecordBatch)]),
     /// The stored state (`user_traits` rows) of the people and of the people merged into
@@ -448,6 +451,11 @@ pub(crate) async fn profile(
                 fold.add(&identify_rows(batch)?, people, identity_traits)?;
             }
         }
+        TraitSource::Calls(calls) => {
+            for batch in calls {
+                fold.add(batch, people, identity_traits)?;
+            }
+        }
         TraitSource::State {
             stored,
             merged,
@@ -481,7 +489,7 @@ pub(crate) async fn profile(
     Ok(Profile { profile, state })
 }
 
-/// The identify calls among rows of `events`.
+/// The identify calls among rows of `events`: their `user_id`, `event_time` and `properties`.
 pub(crate) fn identify_rows(batch: &RecordBatch) -> Result<RecordBatch> {
     let types = column(batch, "event_type")?;
     let identify = arrow::compute::kernels::cmp::eq(
@@ -491,7 +499,15 @@ pub(crate) fn identify_rows(batch: &RecordBatch) -> Result<RecordBatch> {
             types.data_type(),
         )?),
     )?;
-    Ok(arrow::compute::filter_record_batch(batch, &identify)?)
+    let schema = batch.schema();
+    let kept = ["user_id", "event_time", "properties"]
+        .iter()
+        .map(|name| schema.index_of(name))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(arrow::compute::filter_record_batch(
+        &batch.project(&kept)?,
+        &identify,
+    )?)
 }
 
 /// The stored `user_traits` rows of `people` and of the people merged into them.
@@ -611,8 +627,26 @@ impl TraitFold {
             .map(|(w, (at, v))| (*w, *at, *v))
             .collect();
         entries.sort_unstable_by_key(|(w, _, _)| *w);
-        let mut ids = Int64Builder::new();
-        let mut traits = StringBuilder::new();
+        // Each key as a JSON string, once.
+        let keys: Vec<String> = self
+            .keys
+            .texts
+            .iter()
+            .map(|k| Value::String(k.to_string()).to_string())
+            .collect();
+        // The texts are sized before they are written: a builder grown by doubling copied
+        // (and faulted in) hundreds of megabytes at a time. A time takes at most 20 bytes.
+        let size: usize = entries
+            .iter()
+            .map(|(word, _, value)| {
+                keys[(*word & 0xffff_ffff) as usize].len()
+                    + self.values.texts[*value as usize].len()
+                    + 26
+            })
+            .sum();
+        let people_count = entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32).count();
+        let mut ids = Int64Builder::with_capacity(people_count);
+        let mut traits = StringBuilder::with_capacity(people_count, size + 2 * people_count);
         let mut text = String::new();
         for person in entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32) {
             text.clear();
@@ -621,9 +655,8 @@ impl TraitFold {
                 if n > 0 {
                     text.push(',');
                 }
-                let key = &self.keys.texts[(*word & 0xffff_ffff) as usize];
-                text.push_str(&Value::String(key.to_string()).to_string());
-                text.push_str(&format!(":[{at},{}]", self.values.texts[*value as usize]));
+                text.push_str(&keys[(*word & 0xffff_ffff) as usize]);
+                let _ = write!(text, ":[{at},{}]", self.values.texts[*value as usize]);
             }
             text.push('}');
             ids.append_value(people.user((person[0].0 >> 32) as usize));
