@@ -518,6 +518,7 @@ pub async fn build(
             AppError::Internal(format!("keeping the warehouse in {}: {e}", keep.display()))
         })?;
     }
+    crate::huge_pages_for_build(true);
     reset_peak_rss();
     let started = Instant::now();
     let full = run(&catalog, &options, &mut |_, _, _| {}).await?;
@@ -530,6 +531,7 @@ pub async fn build(
             AppError::Internal(format!("keeping the warehouse in {}: {e}", keep.display()))
         })?;
     }
+    crate::huge_pages_for_build(false);
     reset_peak_rss();
     let started = Instant::now();
     let incremental = run(&catalog, &options, &mut |_, _, _| {}).await?;

@@ -43,6 +43,7 @@ pub async fn build_command(catalog: &Catalog, args: &BuildArgs, quiet: bool) -> 
         full: args.full,
         as_of: args.as_of,
     };
+    crate::huge_pages_for_build(shoal_ingest::build::rewrites_everything(catalog, &options).await?);
     let report = run_build(catalog, &options, quiet).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());

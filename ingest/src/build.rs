@@ -313,6 +313,16 @@ pub async fn build(
     Ok(report)
 }
 
+/// Whether a build with `options` rewrites every row of `events` and every person: `--full`,
+/// or no build has finished yet. Such a build holds its largest structures at once (every
+/// identity seen, a chunk of days of events), where an incremental one holds a few.
+pub async fn rewrites_everything(catalog: &Catalog, options: &BuildOptions) -> Result<bool> {
+    if options.full {
+        return Ok(true);
+    }
+    Ok(catalog.table("builds").await?.data_files()?.is_empty())
+}
+
 /// Whether events or orders are waiting for a person (a build has work to do). Orders that
 /// no identity names (a guest checkout) stay without one: only those landed or changed since
 /// the last build started count.
