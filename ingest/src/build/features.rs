@@ -626,7 +626,14 @@ impl TraitFold {
             .iter()
             .map(|(w, (at, v))| (*w, *at, *v))
             .collect();
-        entries.sort_unstable_by_key(|(w, _, _)| *w);
+        // A person's traits in the order of their names, whatever order the calls came in.
+        let mut by_name: Vec<u32> = (0..self.keys.texts.len() as u32).collect();
+        by_name.sort_unstable_by_key(|k| &self.keys.texts[*k as usize]);
+        let mut rank = vec![0u64; by_name.len()];
+        for (r, k) in by_name.iter().enumerate() {
+            rank[*k as usize] = r as u64;
+        }
+        entries.sort_unstable_by_key(|(w, _, _)| (w >> 32, rank[(w & 0xffff_ffff) as usize]));
         // Each key as a JSON string, once.
         let keys: Vec<String> = self
             .keys
@@ -865,5 +872,65 @@ mod tests {
         assert_eq!(array.value(0), 35);
         assert_eq!(array.value(1), 41);
         assert!(array.is_null(2) && array.is_null(3) && array.is_null(4));
+    }
+
+    fn calls(rows: &[(i64, i64, &str)]) -> RecordBatch {
+        RecordBatch::try_from_iter(vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+            ),
+            (
+                "event_time",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ),
+            (
+                "properties",
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+            ),
+        ])
+        .expect("a batch of calls")
+    }
+
+    /// The stored traits of each person, as text.
+    fn state_of(batches: &[RecordBatch]) -> Vec<(i64, String)> {
+        let people = People::new(None);
+        let mut fold = TraitFold::default();
+        for batch in batches {
+            fold.add(batch, &people, &HashSet::from(["phone".to_string()]))
+                .expect("folded");
+        }
+        let state = fold.state(&people).expect("state");
+        let ids = ints(&state, "user_id").expect("ids");
+        let traits = text(&state, "traits").expect("traits");
+        (0..state.num_rows())
+            .map(|i| (ids.value(i), traits.value(i).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn stored_traits_are_the_latest_by_time_in_the_order_of_their_names_whatever_the_order_of_calls()
+     {
+        let first = calls(&[
+            (
+                2,
+                10,
+                r#"{"zone": "east", "age": 30, "phone": "+8613800000000"}"#,
+            ),
+            (1, 10, r#"{"city": "Hangzhou"}"#),
+        ]);
+        let second = calls(&[
+            (2, 20, r#"{"age": 31, "city": "Wuxi", "note": null}"#),
+            (1, 5, r#"{"city": "Ningbo", "b": [1, 2]}"#),
+        ]);
+        let expected = vec![
+            (1, r#"{"b":[5,[1,2]],"city":[10,"Hangzhou"]}"#.to_string()),
+            (
+                2,
+                r#"{"age":[20,31],"city":[20,"Wuxi"],"zone":[10,"east"]}"#.to_string(),
+            ),
+        ];
+        assert_eq!(state_of(&[first.clone(), second.clone()]), expected);
+        assert_eq!(state_of(&[second, first]), expected);
     }
 }
