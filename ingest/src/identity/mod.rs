@@ -468,14 +468,20 @@ pub async fn merge_identities(
     lap("observed");
 
     // New identities become nodes in the order they were first seen.
-    let mut fresh: Vec<(i64, u8, Key)> = observed
+    // Each with its first sighting and value, taken in one walk over the shards, so writing
+    // them looks nothing up.
+    let mut fresh: Vec<((i64, u8, Key), u16, &str)> = observed
         .all_seen()
-        .filter_map(|(k, s)| s.first.map(|(at, _)| (at, s.ty, *k)))
+        .filter_map(|(k, s)| {
+            s.first
+                .map(|(at, source)| ((at, s.ty, *k), source, s.name.as_ref()))
+        })
         .collect();
-    fresh.sort_unstable();
+    fresh.sort_unstable_by_key(|(order, ..)| *order);
     graph.reserve(fresh.len());
-    let (kinds, keys): (Vec<u8>, Vec<Key>) = fresh.iter().map(|(_, ty, k)| (*ty, *k)).unzip();
-    graph.nodes(&kinds, &keys);
+    let (kinds, keys): (Vec<u8>, Vec<Key>) = fresh.iter().map(|((_, ty, k), ..)| (*ty, *k)).unzip();
+    let fresh_nodes = graph.nodes(&kinds, &keys);
+    drop((kinds, keys));
     report.identities_new = fresh.len() as u64;
 
     let links: Vec<(Link, u16, Key, Key)> = observed
@@ -579,18 +585,13 @@ pub async fn merge_identities(
             .await?;
     }
     let mut link_rows = LinkRows::default();
-    for (_, ty, k) in &fresh {
-        let Some(node) = graph.find_key(*k) else {
-            continue;
-        };
-        let (at, source) = observed.seen(k).and_then(|s| s.first).unwrap_or((0, 0));
-        let value = observed.name(k);
+    for (((at, ty, _), source, value), node) in fresh.iter().zip(&fresh_nodes) {
         link_rows.push(
             rules.name(*ty),
             value,
-            resolution.user_of[node as usize],
-            at,
-            &observed.sources[source as usize],
+            resolution.user_of[*node as usize],
+            *at,
+            &observed.sources[*source as usize],
         );
     }
     let merged: HashMap<u32, u32> = resolution.merges.iter().copied().collect();
