@@ -176,7 +176,10 @@ mod tests {
 
     use super::*;
 
-    fn links(rows: &[(Option<i64>, &str, Option<&str>, Option<i64>)]) -> RecordBatch {
+    /// A row of `identity_links`: user, type, value, first seen.
+    type LinkRow<'a> = (Option<i64>, &'a str, Option<&'a str>, Option<i64>);
+
+    fn links(rows: &[LinkRow]) -> RecordBatch {
         RecordBatch::try_from_iter(vec![
             (
                 "user_id",

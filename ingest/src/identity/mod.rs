@@ -1027,7 +1027,10 @@ mod tests {
         Vec<((Key, Key), (i64, u16), (u8, u8))>,
     );
 
-    fn fold(shards: usize, graph: &Graph, rows: &[(i64, u16, Vec<(u8, &str)>)]) -> Folded {
+    /// A row: when, which source, and its identities (type, value).
+    type Row<'a> = (i64, u16, Vec<(u8, &'a str)>);
+
+    fn fold(shards: usize, graph: &Graph, rows: &[Row]) -> Folded {
         let mut observed = Observed::new(shards);
         observed.source("b");
         observed.source("a");
@@ -1051,7 +1054,7 @@ mod tests {
         // Type 0 is the strongest. "known" is stored already: it is seen but not new.
         let mut graph = Graph::new(Vec::new());
         graph.nodes(&[1], &[key(1, "known")]);
-        let rows: Vec<(i64, u16, Vec<(u8, &str)>)> = vec![
+        let rows: Vec<Row> = vec![
             (30, 0, vec![(1, "d1"), (0, "L1")]),
             (10, 0, vec![(1, "d1"), (1, "d2"), (0, "L1"), (1, "d1")]),
             // A tie at 10 from source "a" (number 1) comes before "b" (number 0).
