@@ -654,8 +654,8 @@ fn observing_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
 }
 
-/// What a thread folding rows of `events` needs: the rules, and the source of each event
-/// type.
+/// The source number of each event type, registered before the threads folding `events`
+/// start (they compare sightings by source name, so the numbers cannot change under them).
 struct EventSources {
     kinds: [&'static str; 6],
     ids: Vec<u16>,
