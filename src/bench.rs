@@ -265,6 +265,7 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
             }
         },
     );
+    let linked = start.elapsed().as_secs_f64();
     let resolution = graph.finish();
     let total = start.elapsed().as_secs_f64();
     let persons = resolution.next_user - 1;
@@ -279,6 +280,7 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
                 "links_per_second": n / total, "spell_seconds": spelled,
                 "index_seconds": hashed - spelled, "hash_seconds": hashed,
                 "sort_seconds": sorted - hashed, "union_seconds": total - sorted,
+                "link_seconds": linked - sorted, "finish_seconds": total - linked,
                 "peak_rss_mib": rss,
             })
         );
@@ -296,6 +298,8 @@ pub fn identity(links: u64, json: bool) -> AppResult<()> {
         );
         println!("| draw + sort links | {:.2} |", sorted - hashed);
         println!("| union-find with caps + ids | {:.2} |", total - sorted);
+        println!("| … link in order | {:.2} |", linked - sorted);
+        println!("| … number the people | {:.2} |", total - linked);
         println!(
             "| **total** | **{total:.2}** ({:.2} M links/s; {joined} joined, {refused} refused by caps) |",
             n / total / 1e6

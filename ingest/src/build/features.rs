@@ -444,31 +444,31 @@ pub(crate) async fn profile(
     identity_traits: &HashSet<String>,
     source: TraitSource<'_>,
 ) -> Result<Profile> {
-    let mut fold = TraitFold::default();
-    match source {
+    let folds = match source {
         TraitSource::Rows(rows) => {
+            let mut fold = TraitFold::default();
             for (_, batch) in rows {
                 fold.add(&identify_rows(batch)?, people, identity_traits)?;
             }
+            vec![fold]
         }
-        TraitSource::Calls(calls) => {
-            for batch in calls {
-                fold.add(batch, people, identity_traits)?;
-            }
-        }
+        TraitSource::Calls(calls) => fold_on_cores(calls, people, identity_traits)?,
         TraitSource::State {
             stored,
             merged,
             identified,
         } => {
+            let mut fold = TraitFold::default();
             for batch in stored {
                 fold.add_stored(batch, people, merged)?;
             }
             for batch in identified {
                 fold.add(batch, people, identity_traits)?;
             }
+            vec![fold]
         }
         TraitSource::Events => {
+            let mut fold = TraitFold::default();
             let ctx = SessionContext::new();
             let filter = col("event_type")
                 .eq(lit("identify"))
@@ -482,11 +482,74 @@ pub(crate) async fn profile(
             )
             .await?;
             for_each_batch(stream, |batch| fold.add(batch, people, identity_traits)).await?;
+            vec![fold]
+        }
+    };
+    let folded = Folded::new(&folds);
+    let state = folded.state(people)?;
+    let profile = folded.finish(people, fields)?;
+    Ok(Profile { profile, state })
+}
+
+/// Identify calls folded on every core: each core takes the people of one range of slots, so
+/// every person's traits are folded by one core, and the folds, in the order of their
+/// ranges, hold the people in order.
+fn fold_on_cores(
+    calls: &[RecordBatch],
+    people: &People,
+    identity_traits: &HashSet<String>,
+) -> Result<Vec<TraitFold>> {
+    let mut slots = 0usize;
+    for batch in calls {
+        let users = ints(batch, "user_id")?;
+        for i in 0..batch.num_rows() {
+            if let Some(slot) = get_int(&users, i).and_then(|u| people.slot(u)) {
+                slots = slots.max(slot + 1);
+            }
         }
     }
-    let state = fold.state(people)?;
-    let profile = fold.finish(people, fields)?;
-    Ok(Profile { profile, state })
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    fold_in_parts(
+        calls,
+        people,
+        identity_traits,
+        slots,
+        threads.clamp(1, slots.div_ceil(1 << 12).max(1)),
+    )
+}
+
+/// [`fold_on_cores`] with the slots below `slots` cut into `parts` ranges.
+fn fold_in_parts(
+    calls: &[RecordBatch],
+    people: &People,
+    identity_traits: &HashSet<String>,
+    slots: usize,
+    parts: usize,
+) -> Result<Vec<TraitFold>> {
+    let ranges: Vec<std::ops::Range<usize>> = (0..parts)
+        .map(|t| t * slots / parts..(t + 1) * slots / parts)
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranges
+            .into_iter()
+            .map(|range| {
+                scope.spawn(move || {
+                    let mut fold = TraitFold {
+                        range: Some(range),
+                        ..TraitFold::default()
+                    };
+                    for batch in calls {
+                        fold.add(batch, people, identity_traits)?;
+                    }
+                    Ok(fold)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// The identify calls among rows of `events`: their `user_id`, `event_time` and `properties`.
@@ -527,12 +590,27 @@ pub(crate) async fn stored_traits(
     rows_of_users(table, wanted, Some(&["user_id", "traits"])).await
 }
 
-/// The latest value of each trait of each person.
+/// A kept value: when it was set, and where its text is in the fold's `texts`.
+#[derive(Clone, Copy)]
+struct Kept {
+    at: i64,
+    start: usize,
+    len: usize,
+}
+
+/// The latest value of each trait of each person (of the people whose slots are in `range`,
+/// when it is set).
 #[derive(Default)]
 struct TraitFold {
+    range: Option<std::ops::Range<usize>>,
     keys: Interned,
-    values: Interned,
-    latest: HashMap<u64, (i64, u32), BuildHasherDefault<Mix>>,
+    /// The texts of the kept values, one after another; a value replaced by a later one
+    /// stays, unread. Values are compared as texts where their times tie, and never looked
+    /// up, so they are not interned.
+    texts: String,
+    latest: HashMap<u64, Kept, BuildHasherDefault<Mix>>,
+    /// The value being folded, as JSON text.
+    value: String,
 }
 
 impl TraitFold {
@@ -549,10 +627,13 @@ impl TraitFold {
             text(batch, "properties")?,
         );
         for i in 0..batch.num_rows() {
-            let (Some(slot), Some(t)) = (
-                get_int(&users, i).and_then(|u| people.slot(u)),
-                get(&traits, i),
-            ) else {
+            let Some(slot) = get_int(&users, i).and_then(|u| people.slot(u)) else {
+                continue;
+            };
+            if self.range.as_ref().is_some_and(|r| !r.contains(&slot)) {
+                continue;
+            }
+            let Some(t) = get(&traits, i) else {
                 continue;
             };
             let Ok(Value::Object(map)) = serde_json::from_str::<Value>(t) else {
@@ -563,7 +644,7 @@ impl TraitFold {
                 if v.is_null() || identity_traits.contains(&k) {
                     continue;
                 }
-                self.fold(slot, &k, at, &v.to_string());
+                self.fold(slot, &k, at, &v);
             }
         }
         Ok(())
@@ -600,73 +681,142 @@ impl TraitFold {
                         "user_traits of user {user}: trait '{k}' is not [time, value]"
                     )));
                 };
-                self.fold(slot, &k, at, &v.to_string());
+                self.fold(slot, &k, at, v);
             }
         }
         Ok(())
     }
 
     /// Keeps `value` for trait `key` of the person in `slot` if it is later than the kept one
-    /// (or as late and greater).
-    fn fold(&mut self, slot: usize, key: &str, at: i64, value: &str) {
-        let word = ((slot as u64) << 32) | u64::from(self.keys.id(key));
-        let value = self.values.id(value);
-        let kept = self.latest.entry(word).or_insert((at, value));
-        let values = &self.values.texts;
-        if at > kept.0 || (at == kept.0 && values[value as usize] > values[kept.1 as usize]) {
-            *kept = (at, value);
+    /// (or as late and greater, as JSON text).
+    fn fold(&mut self, slot: usize, key: &str, at: i64, value: &Value) {
+        let TraitFold {
+            keys,
+            texts,
+            latest,
+            value: text,
+            ..
+        } = self;
+        let word = ((slot as u64) << 32) | u64::from(keys.id(key));
+        text.clear();
+        let _ = write!(text, "{value}");
+        let keep = |texts: &mut String| {
+            let start = texts.len();
+            texts.push_str(text);
+            Kept {
+                at,
+                start,
+                len: text.len(),
+            }
+        };
+        match latest.entry(word) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(keep(texts));
+            }
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                let kept = *slot.get();
+                if at > kept.at
+                    || (at == kept.at && text.as_str() > &texts[kept.start..kept.start + kept.len])
+                {
+                    slot.insert(keep(texts));
+                }
+            }
         }
+    }
+}
+
+/// The traits of folds, each person's in the order of their names, people in order.
+struct Folded<'a> {
+    /// Trait names, in order.
+    names: Vec<&'a str>,
+    /// (slot, name, time, value as JSON text), by slot, then name.
+    entries: Vec<(u32, u32, i64, &'a str)>,
+}
+
+impl<'a> Folded<'a> {
+    /// `folds` holding people of ranges in order, or one fold: each fold's traits are
+    /// sorted on a core of their own.
+    fn new(folds: &'a [TraitFold]) -> Folded<'a> {
+        let mut names: Vec<&str> = folds
+            .iter()
+            .flat_map(|f| f.keys.texts.iter().map(|k| k.as_ref()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let parts: Vec<Vec<(u32, u32, i64, &str)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = folds
+                .iter()
+                .map(|fold| {
+                    let names = &names;
+                    scope.spawn(move || {
+                        let rank: Vec<u32> = fold
+                            .keys
+                            .texts
+                            .iter()
+                            .map(|k| names.partition_point(|n| *n < k.as_ref()) as u32)
+                            .collect();
+                        let mut entries: Vec<(u32, u32, i64, &str)> = fold
+                            .latest
+                            .iter()
+                            .map(|(word, kept)| {
+                                (
+                                    (word >> 32) as u32,
+                                    rank[(word & 0xffff_ffff) as usize],
+                                    kept.at,
+                                    &fold.texts[kept.start..kept.start + kept.len],
+                                )
+                            })
+                            .collect();
+                        entries.sort_unstable_by_key(|(slot, name, ..)| (*slot, *name));
+                        entries
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut entries = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for part in parts {
+            entries.extend(part);
+        }
+        debug_assert!(entries.is_sorted_by_key(|(slot, name, ..)| (*slot, *name)));
+        Folded { names, entries }
     }
 
     /// The `user_traits` rows of the people folded: their user id and an object of trait
     /// name → [time, value].
     fn state(&self, people: &People) -> Result<RecordBatch> {
-        let mut entries: Vec<(u64, i64, u32)> = self
-            .latest
-            .iter()
-            .map(|(w, (at, v))| (*w, *at, *v))
-            .collect();
-        // A person's traits in the order of their names, whatever order the calls came in.
-        let mut by_name: Vec<u32> = (0..self.keys.texts.len() as u32).collect();
-        by_name.sort_unstable_by_key(|k| &self.keys.texts[*k as usize]);
-        let mut rank = vec![0u64; by_name.len()];
-        for (r, k) in by_name.iter().enumerate() {
-            rank[*k as usize] = r as u64;
-        }
-        entries.sort_unstable_by_key(|(w, _, _)| (w >> 32, rank[(w & 0xffff_ffff) as usize]));
         // Each key as a JSON string, once.
         let keys: Vec<String> = self
-            .keys
-            .texts
+            .names
             .iter()
             .map(|k| Value::String(k.to_string()).to_string())
             .collect();
         // The texts are sized before they are written: a builder grown by doubling copied
         // (and faulted in) hundreds of megabytes at a time. A time takes at most 20 bytes.
-        let size: usize = entries
+        let size: usize = self
+            .entries
             .iter()
-            .map(|(word, _, value)| {
-                keys[(*word & 0xffff_ffff) as usize].len()
-                    + self.values.texts[*value as usize].len()
-                    + 26
-            })
+            .map(|(_, name, _, value)| keys[*name as usize].len() + value.len() + 26)
             .sum();
-        let people_count = entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32).count();
+        let people_count = self.people().count();
         let mut ids = Int64Builder::with_capacity(people_count);
         let mut traits = StringBuilder::with_capacity(people_count, size + 2 * people_count);
         let mut text = String::new();
-        for person in entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32) {
+        for person in self.people() {
             text.clear();
             text.push('{');
-            for (n, (word, at, value)) in person.iter().enumerate() {
+            for (n, (_, name, at, value)) in person.iter().enumerate() {
                 if n > 0 {
                     text.push(',');
                 }
-                text.push_str(&keys[(*word & 0xffff_ffff) as usize]);
-                let _ = write!(text, ":[{at},{}]", self.values.texts[*value as usize]);
+                text.push_str(&keys[*name as usize]);
+                let _ = write!(text, ":[{at},{value}]");
             }
             text.push('}');
-            ids.append_value(people.user((person[0].0 >> 32) as usize));
+            ids.append_value(people.user(person[0].0 as usize));
             traits.append_value(&text);
         }
         Ok(RecordBatch::try_from_iter(vec![
@@ -675,29 +825,23 @@ impl TraitFold {
         ])?)
     }
 
-    /// One row per person with traits.
-    fn finish(self, people: &People, fields: &[&FieldStandard]) -> Result<RecordBatch> {
-        let TraitFold {
-            keys,
-            values,
-            latest,
-        } = self;
-        let mut entries: Vec<(u64, u32)> = latest.into_iter().map(|(w, (_, v))| (w, v)).collect();
-        entries.sort_unstable_by_key(|(w, _)| *w);
+    /// Each person's entries.
+    fn people(&self) -> impl Iterator<Item = &[(u32, u32, i64, &'a str)]> {
+        self.entries.chunk_by(|a, b| a.0 == b.0)
+    }
 
+    /// One row per person with traits.
+    fn finish(&self, people: &People, fields: &[&FieldStandard]) -> Result<RecordBatch> {
         let mut ids = Int64Builder::new();
         let mut columns: Vec<Typed> = fields.iter().map(|f| Typed::new(f)).collect();
         let mut rest = StringBuilder::new();
-        for person in entries.chunk_by(|a, b| a.0 >> 32 == b.0 >> 32) {
-            let slot = (person[0].0 >> 32) as usize;
+        for person in self.people() {
             let mut traits = Map::new();
-            for (word, value) in person {
-                let key = &keys.texts[(*word & 0xffff_ffff) as usize];
-                let value =
-                    serde_json::from_str(&values.texts[*value as usize]).unwrap_or(Value::Null);
-                traits.insert(key.to_string(), value);
+            for (_, name, _, value) in person {
+                let value = serde_json::from_str(value).unwrap_or(Value::Null);
+                traits.insert(self.names[*name as usize].to_string(), value);
             }
-            ids.append_value(people.user(slot));
+            ids.append_value(people.user(person[0].0 as usize));
             for (f, column) in fields.iter().zip(columns.iter_mut()) {
                 if column.push(traits.get(&f.name)) {
                     traits.remove(&f.name);
@@ -900,12 +1044,83 @@ mod tests {
             fold.add(batch, &people, &HashSet::from(["phone".to_string()]))
                 .expect("folded");
         }
-        let state = fold.state(&people).expect("state");
+        let state = Folded::new(&[fold]).state(&people).expect("state");
         let ids = ints(&state, "user_id").expect("ids");
         let traits = text(&state, "traits").expect("traits");
         (0..state.num_rows())
             .map(|i| (ids.value(i), traits.value(i).to_string()))
             .collect()
+    }
+
+    #[test]
+    fn calls_folded_in_ranges_of_people_give_what_one_fold_gives() {
+        // 3,000 people, each called four times with traits whose times tie now and then;
+        // person 7's traits are worked out below by a plain loop over their calls.
+        let names = ["city", "age", "zone", "b"];
+        let mut rows = Vec::new();
+        for n in 0..12_000i64 {
+            let user = n * 7919 % 3000;
+            let at = n * 13 % 7;
+            let name = names[(n / 7 % 4) as usize];
+            rows.push((
+                user,
+                at,
+                format!(r#"{{"{name}": "v{}", "phone": "x"}}"#, n % 11),
+            ));
+        }
+        let batches: Vec<RecordBatch> = rows
+            .chunks(1000)
+            .map(|chunk| {
+                let chunk: Vec<(i64, i64, &str)> =
+                    chunk.iter().map(|(u, t, p)| (*u, *t, p.as_str())).collect();
+                calls(&chunk)
+            })
+            .collect();
+        let people = People::new(None);
+        let traits = HashSet::from(["phone".to_string()]);
+        let folded = |parts: usize| {
+            let folds = fold_in_parts(&batches, &people, &traits, 3000, parts).expect("folded");
+            assert_eq!(folds.len(), parts);
+            let folded = Folded::new(&folds);
+            let state = folded.state(&people).expect("state");
+            let profile = folded.finish(&people, &[]).expect("profile");
+            let ids = ints(&state, "user_id").expect("ids");
+            let texts = text(&state, "traits").expect("traits");
+            let rest = text(&profile, "traits").expect("traits");
+            (0..state.num_rows())
+                .map(|i| {
+                    (
+                        ids.value(i),
+                        texts.value(i).to_string(),
+                        rest.value(i).to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let one = folded(1);
+        assert_eq!(one.len(), 3000);
+        for parts in [2, 3, 4] {
+            assert_eq!(folded(parts), one, "{parts} parts");
+        }
+        // Person 7: the calls n with n * 7919 % 3000 == 7.
+        let mut latest: std::collections::BTreeMap<&str, (i64, String)> = Default::default();
+        for n in (0..12_000i64).filter(|n| n * 7919 % 3000 == 7) {
+            let (name, at) = (names[(n / 7 % 4) as usize], n * 13 % 7);
+            let value = format!("\"v{}\"", n % 11);
+            let kept = latest.entry(name).or_insert((at, value.clone()));
+            if at > kept.0 || (at == kept.0 && value > kept.1) {
+                *kept = (at, value);
+            }
+        }
+        let expected = format!(
+            "{{{}}}",
+            latest
+                .iter()
+                .map(|(name, (at, value))| format!("\"{name}\":[{at},{value}]"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(one[7].1, expected);
     }
 
     #[test]
