@@ -725,12 +725,17 @@ impl TraitFold {
     }
 }
 
+/// A person's trait: (slot, name, time, value as JSON text).
+type Entry<'a> = (u32, u32, i64, &'a str);
+
 /// The traits of folds, each person's in the order of their names, people in order.
 struct Folded<'a> {
     /// Trait names, in order.
     names: Vec<&'a str>,
-    /// (slot, name, time, value as JSON text), by slot, then name.
-    entries: Vec<(u32, u32, i64, &'a str)>,
+    /// By slot, then name.
+    entries: Vec<Entry<'a>>,
+    /// Runs of people whose rows are made side by side: one per core.
+    runs: usize,
 }
 
 impl<'a> Folded<'a> {
@@ -782,7 +787,11 @@ impl<'a> Folded<'a> {
             entries.extend(part);
         }
         debug_assert!(entries.is_sorted_by_key(|(slot, name, ..)| (*slot, *name)));
-        Folded { names, entries }
+        Folded {
+            names,
+            entries,
+            runs: std::thread::available_parallelism().map_or(1, usize::from),
+        }
     }
 
     /// The `user_traits` rows of the people folded: their user id and an object of trait
@@ -794,48 +803,62 @@ impl<'a> Folded<'a> {
             .iter()
             .map(|k| Value::String(k.to_string()).to_string())
             .collect();
-        // The texts are sized before they are written: a builder grown by doubling copied
-        // (and faulted in) hundreds of megabytes at a time. A time takes at most 20 bytes.
-        let size: usize = self
-            .entries
-            .iter()
-            .map(|(_, name, _, value)| keys[*name as usize].len() + value.len() + 26)
-            .sum();
-        let people_count = self.people().count();
-        let mut ids = Int64Builder::with_capacity(people_count);
-        let mut traits = StringBuilder::with_capacity(people_count, size + 2 * people_count);
-        let mut text = String::new();
-        for person in self.people() {
-            text.clear();
-            text.push('{');
-            for (n, (_, name, at, value)) in person.iter().enumerate() {
-                if n > 0 {
-                    text.push(',');
-                }
-                text.push_str(&keys[*name as usize]);
-                let _ = write!(text, ":[{at},{value}]");
-            }
-            text.push('}');
-            ids.append_value(people.user(person[0].0 as usize));
-            traits.append_value(&text);
-        }
-        Ok(RecordBatch::try_from_iter(vec![
-            ("user_id", Arc::new(ids.finish()) as ArrayRef),
-            ("traits", Arc::new(traits.finish()) as ArrayRef),
-        ])?)
+        self.on_cores(|entries| state_rows(entries, &keys, people))
     }
 
-    /// Each person's entries.
-    fn people(&self) -> impl Iterator<Item = &[(u32, u32, i64, &'a str)]> {
-        self.entries.chunk_by(|a, b| a.0 == b.0)
+    /// `rows` of the entries of a run of people, on every core: the entries cut into one
+    /// run per core between two people, the rows of each run made on its own thread.
+    fn on_cores(
+        &self,
+        rows: impl Fn(&[Entry<'a>]) -> Result<RecordBatch> + Sync,
+    ) -> Result<RecordBatch> {
+        let mut runs = Vec::with_capacity(self.runs);
+        let mut rest = self.entries.as_slice();
+        for t in (1..=self.runs.max(1)).rev() {
+            let mut cut = rest.len() / t;
+            while cut > 0 && cut < rest.len() && rest[cut - 1].0 == rest[cut].0 {
+                cut += 1;
+            }
+            let (run, tail) = rest.split_at(cut);
+            runs.push(run);
+            rest = tail;
+        }
+        let batches: Vec<RecordBatch> = std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .into_iter()
+                .map(|run| {
+                    let rows = &rows;
+                    scope.spawn(move || rows(run))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect::<Result<_>>()
+        })?;
+        let schema = batches
+            .first()
+            .map(RecordBatch::schema)
+            .ok_or_else(|| Error::Internal("no rows of traits made".into()))?;
+        Ok(arrow::compute::concat_batches(&schema, &batches)?)
     }
 
     /// One row per person with traits.
     fn finish(&self, people: &People, fields: &[&FieldStandard]) -> Result<RecordBatch> {
+        self.on_cores(|entries| self.profile_rows(entries, people, fields))
+    }
+
+    /// The profile rows of the people of `entries`.
+    fn profile_rows(
+        &self,
+        entries: &[Entry<'a>],
+        people: &People,
+        fields: &[&FieldStandard],
+    ) -> Result<RecordBatch> {
         let mut ids = Int64Builder::new();
         let mut columns: Vec<Typed> = fields.iter().map(|f| Typed::new(f)).collect();
         let mut rest = StringBuilder::new();
-        for person in self.people() {
+        for person in people_of(entries) {
             let mut traits = Map::new();
             for (_, name, _, value) in person {
                 let value = serde_json::from_str(value).unwrap_or(Value::Null);
@@ -861,6 +884,43 @@ impl<'a> Folded<'a> {
         arrays.push(("traits".into(), Arc::new(rest.finish())));
         Ok(RecordBatch::try_from_iter(arrays)?)
     }
+}
+
+/// The `user_traits` rows of the people of `entries` (`keys`: each name as JSON text).
+fn state_rows(entries: &[Entry<'_>], keys: &[String], people: &People) -> Result<RecordBatch> {
+    // The texts are sized before they are written: a builder grown by doubling copied
+    // (and faulted in) hundreds of megabytes at a time. A time takes at most 20 bytes.
+    let size: usize = entries
+        .iter()
+        .map(|(_, name, _, value)| keys[*name as usize].len() + value.len() + 26)
+        .sum();
+    let people_count = people_of(entries).count();
+    let mut ids = Int64Builder::with_capacity(people_count);
+    let mut traits = StringBuilder::with_capacity(people_count, size + 2 * people_count);
+    let mut text = String::new();
+    for person in people_of(entries) {
+        text.clear();
+        text.push('{');
+        for (n, (_, name, at, value)) in person.iter().enumerate() {
+            if n > 0 {
+                text.push(',');
+            }
+            text.push_str(&keys[*name as usize]);
+            let _ = write!(text, ":[{at},{value}]");
+        }
+        text.push('}');
+        ids.append_value(people.user(person[0].0 as usize));
+        traits.append_value(&text);
+    }
+    Ok(RecordBatch::try_from_iter(vec![
+        ("user_id", Arc::new(ids.finish()) as ArrayRef),
+        ("traits", Arc::new(traits.finish()) as ArrayRef),
+    ])?)
+}
+
+/// Each person's entries of `entries`.
+fn people_of<'e, 'a>(entries: &'e [Entry<'a>]) -> impl Iterator<Item = &'e [Entry<'a>]> {
+    entries.chunk_by(|a, b| a.0 == b.0)
 }
 
 /// `batch` as a table in two partitions, so both cores work on the joins it feeds.
@@ -1081,7 +1141,9 @@ mod tests {
         let folded = |parts: usize| {
             let folds = fold_in_parts(&batches, &people, &traits, 3000, parts).expect("folded");
             assert_eq!(folds.len(), parts);
-            let folded = Folded::new(&folds);
+            let mut folded = Folded::new(&folds);
+            // Rows made in as many runs of people as there are folds, plus one.
+            folded.runs = parts + 1;
             let state = folded.state(&people).expect("state");
             let profile = folded.finish(&people, &[]).expect("profile");
             let ids = ints(&state, "user_id").expect("ids");
@@ -1099,7 +1161,7 @@ mod tests {
         };
         let one = folded(1);
         assert_eq!(one.len(), 3000);
-        for parts in [2, 3, 4] {
+        for parts in [2, 3, 4, 7] {
             assert_eq!(folded(parts), one, "{parts} parts");
         }
         // Person 7: the calls n with n * 7919 % 3000 == 7.
