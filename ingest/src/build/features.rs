@@ -25,6 +25,7 @@ use crate::columns::{
     UserSet, column, for_each_batch, get, get_int, int_test, ints, rows_of_users, scan, text,
 };
 use crate::error::{Error, Result};
+use crate::identity::graph::join;
 
 /// Whose features are counted: everyone, or the people of a scoped build. Each person has a
 /// slot in the dense arrays the features are counted in.
@@ -545,10 +546,7 @@ fn fold_in_parts(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+        handles.into_iter().map(join).collect()
     })
 }
 
@@ -748,7 +746,7 @@ impl<'a> Folded<'a> {
             .collect();
         names.sort_unstable();
         names.dedup();
-        let parts: Vec<Vec<(u32, u32, i64, &str)>> = std::thread::scope(|scope| {
+        let parts: Vec<Vec<Entry<'a>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = folds
                 .iter()
                 .map(|fold| {
@@ -760,7 +758,7 @@ impl<'a> Folded<'a> {
                             .iter()
                             .map(|k| names.partition_point(|n| *n < k.as_ref()) as u32)
                             .collect();
-                        let mut entries: Vec<(u32, u32, i64, &str)> = fold
+                        let mut entries: Vec<Entry<'a>> = fold
                             .latest
                             .iter()
                             .map(|(word, kept)| {
@@ -777,10 +775,7 @@ impl<'a> Folded<'a> {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+            handles.into_iter().map(join).collect()
         });
         let mut entries = Vec::with_capacity(parts.iter().map(Vec::len).sum());
         for part in parts {
@@ -831,10 +826,7 @@ impl<'a> Folded<'a> {
                     scope.spawn(move || rows(run))
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<Result<_>>()
+            handles.into_iter().map(join).collect::<Result<_>>()
         })?;
         let schema = batches
             .first()
@@ -876,13 +868,15 @@ impl<'a> Folded<'a> {
                 rest.append_value(Value::Object(traits).to_string());
             }
         }
-        let mut arrays: Vec<(String, ArrayRef)> =
-            vec![("profile_user_id".into(), Arc::new(ids.finish()))];
+        // Every run's rows take one schema, whichever columns of a run hold a null: every
+        // column but the id may.
+        let mut arrays: Vec<(String, ArrayRef, bool)> =
+            vec![("profile_user_id".into(), Arc::new(ids.finish()), false)];
         for (f, column) in fields.iter().zip(columns) {
-            arrays.push((f.name.clone(), column.finish()));
+            arrays.push((f.name.clone(), column.finish(), true));
         }
-        arrays.push(("traits".into(), Arc::new(rest.finish())));
-        Ok(RecordBatch::try_from_iter(arrays)?)
+        arrays.push(("traits".into(), Arc::new(rest.finish()), true));
+        Ok(RecordBatch::try_from_iter_with_nullable(arrays)?)
     }
 }
 
@@ -912,9 +906,9 @@ fn state_rows(entries: &[Entry<'_>], keys: &[String], people: &People) -> Result
         ids.append_value(people.user(person[0].0 as usize));
         traits.append_value(&text);
     }
-    Ok(RecordBatch::try_from_iter(vec![
-        ("user_id", Arc::new(ids.finish()) as ArrayRef),
-        ("traits", Arc::new(traits.finish()) as ArrayRef),
+    Ok(RecordBatch::try_from_iter_with_nullable(vec![
+        ("user_id", Arc::new(ids.finish()) as ArrayRef, false),
+        ("traits", Arc::new(traits.finish()) as ArrayRef, false),
     ])?)
 }
 
@@ -1115,19 +1109,36 @@ mod tests {
     #[test]
     fn calls_folded_in_ranges_of_people_give_what_one_fold_gives() {
         // 3,000 people, each called four times with traits whose times tie now and then;
-        // person 7's traits are worked out below by a plain loop over their calls.
-        let names = ["city", "age", "zone", "b"];
-        let mut rows = Vec::new();
-        for n in 0..12_000i64 {
-            let user = n * 7919 % 3000;
-            let at = n * 13 % 7;
-            let name = names[(n / 7 % 4) as usize];
-            rows.push((
-                user,
-                at,
-                format!(r#"{{"{name}": "v{}", "phone": "x"}}"#, n % 11),
-            ));
-        }
+        // person 7's traits are worked out below by a plain loop over their calls. People
+        // from 2,000 on have a city alone, so the last rows hold nulls the first do not.
+        let names = ["city", "age", "note", "b"];
+        let call = |n: i64| {
+            let (user, at) = (n * 7919 % 3000, n * 13 % 7);
+            let value = format!("\"v{}\"", n % 11);
+            let traits = if user < 2000 {
+                vec![
+                    (names[(n / 7 % 4) as usize], value),
+                    ("zone", format!("\"z{}\"", n % 3)),
+                ]
+            } else {
+                vec![("city", value)]
+            };
+            (user, at, traits)
+        };
+        let rows: Vec<(i64, i64, String)> = (0..12_000i64)
+            .map(|n| {
+                let (user, at, traits) = call(n);
+                let traits: Vec<String> = traits
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\": {v}"))
+                    .collect();
+                (
+                    user,
+                    at,
+                    format!("{{{}, \"phone\": \"x\"}}", traits.join(", ")),
+                )
+            })
+            .collect();
         let batches: Vec<RecordBatch> = rows
             .chunks(1000)
             .map(|chunk| {
@@ -1138,6 +1149,12 @@ mod tests {
             .collect();
         let people = People::new(None);
         let traits = HashSet::from(["phone".to_string()]);
+        // A typed column: people without a city have a null there, people with no other
+        // trait a null in `traits`.
+        let city: FieldStandard = serde_json::from_value(serde_json::json!({
+            "name": "city", "zh": "城市", "en": "City", "type": "string"
+        }))
+        .expect("field");
         let folded = |parts: usize| {
             let folds = fold_in_parts(&batches, &people, &traits, 3000, parts).expect("folded");
             assert_eq!(folds.len(), parts);
@@ -1145,7 +1162,8 @@ mod tests {
             // Rows made in as many runs of people as there are folds, plus one.
             folded.runs = parts + 1;
             let state = folded.state(&people).expect("state");
-            let profile = folded.finish(&people, &[]).expect("profile");
+            let profile = folded.finish(&people, &[&city]).expect("profile");
+            let cities = text(&profile, "city").expect("cities");
             let ids = ints(&state, "user_id").expect("ids");
             let texts = text(&state, "traits").expect("traits");
             let rest = text(&profile, "traits").expect("traits");
@@ -1154,24 +1172,29 @@ mod tests {
                     (
                         ids.value(i),
                         texts.value(i).to_string(),
-                        rest.value(i).to_string(),
+                        cities.is_valid(i).then(|| cities.value(i).to_string()),
+                        rest.is_valid(i).then(|| rest.value(i).to_string()),
                     )
                 })
                 .collect::<Vec<_>>()
         };
         let one = folded(1);
         assert_eq!(one.len(), 3000);
+        assert!(
+            one[..2000].iter().all(|p| p.3.is_some()) && one[2000..].iter().all(|p| p.3.is_none())
+        );
+        assert!(one.iter().any(|p| p.2.is_none()) && one.iter().any(|p| p.2.is_some()));
         for parts in [2, 3, 4, 7] {
             assert_eq!(folded(parts), one, "{parts} parts");
         }
         // Person 7: the calls n with n * 7919 % 3000 == 7.
         let mut latest: std::collections::BTreeMap<&str, (i64, String)> = Default::default();
-        for n in (0..12_000i64).filter(|n| n * 7919 % 3000 == 7) {
-            let (name, at) = (names[(n / 7 % 4) as usize], n * 13 % 7);
-            let value = format!("\"v{}\"", n % 11);
-            let kept = latest.entry(name).or_insert((at, value.clone()));
-            if at > kept.0 || (at == kept.0 && value > kept.1) {
-                *kept = (at, value);
+        for (_, at, traits) in (0..12_000i64).map(call).filter(|(user, ..)| *user == 7) {
+            for (name, value) in traits {
+                let kept = latest.entry(name).or_insert((at, value.clone()));
+                if at > kept.0 || (at == kept.0 && value > kept.1) {
+                    *kept = (at, value);
+                }
             }
         }
         let expected = format!(

@@ -189,7 +189,7 @@ const LINK_BLOCK: usize = 64;
 const NEW: u32 = 1 << 31;
 
 /// The result of a scoped thread; a panic in it is raised again here.
-fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+pub(crate) fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
