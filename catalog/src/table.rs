@@ -115,6 +115,9 @@ pub fn write_session() -> SessionContext {
     deltalake::delta_datafusion::create_session().into_inner()
 }
 
+/// Which rows of a batch a marking write replaces.
+type Matches = Arc<dyn Fn(&RecordBatch) -> Result<Vec<bool>> + Send + Sync>;
+
 /// Which rows of a batch (of one column) a filtered read keeps.
 pub type RowTest = Arc<
     dyn Fn(
@@ -515,6 +518,31 @@ impl Table {
         self.read_stored(files, columns, true, None, each).await
     }
 
+    /// [`Table::read_files`], each batch first turned into a `T` by `map` on the thread that
+    /// decoded it, so work done on every row keeps pace with decoding on every core; `each`
+    /// then takes the files' results in the order of `files`.
+    pub async fn read_files_mapped<T: Send + 'static>(
+        &self,
+        files: &[DataFile],
+        columns: Option<&[&str]>,
+        map: Arc<dyn Fn(RecordBatch) -> Result<T> + Send + Sync>,
+        mut each: impl FnMut(usize, T) -> Result<()>,
+    ) -> Result<()> {
+        let mut done: Vec<Option<Vec<T>>> = (0..files.len()).map(|_| None).collect();
+        let mut next = 0;
+        self.read_stored_mapped(files, columns, true, None, map, |index, results| {
+            done[index] = Some(results);
+            while let Some(results) = done.get_mut(next).and_then(Option::take) {
+                for result in results {
+                    each(next, result)?;
+                }
+                next += 1;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// [`Table::read_files`] keeping only the rows whose `key` column passes `keep` (given
     /// batches of that column alone, it answers which rows to keep). The other columns are
     /// decoded only for kept rows (a Parquet row filter), so picking a few people's rows out
@@ -542,6 +570,33 @@ impl Table {
         filter: Option<(&str, RowTest)>,
         mut each: impl FnMut(usize, RecordBatch) -> Result<()>,
     ) -> Result<()> {
+        self.read_stored_mapped(
+            files,
+            columns,
+            live,
+            filter,
+            Arc::new(Ok),
+            |index, batches| {
+                for batch in batches {
+                    each(index, batch)?;
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// [`Table::read_stored`], each file's batches turned into `T`s by `map` on the task that
+    /// decoded them; `each` takes a file's results (with the file's index) as its read ends.
+    async fn read_stored_mapped<T: Send + 'static>(
+        &self,
+        files: &[DataFile],
+        columns: Option<&[&str]>,
+        live: bool,
+        filter: Option<(&str, RowTest)>,
+        map: Arc<dyn Fn(RecordBatch) -> Result<T> + Send + Sync>,
+        mut each: impl FnMut(usize, Vec<T>) -> Result<()>,
+    ) -> Result<()> {
         use deltalake::parquet::arrow::ParquetRecordBatchStreamBuilder;
         use deltalake::parquet::arrow::ProjectionMask;
         use deltalake::parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
@@ -558,8 +613,13 @@ impl Table {
                     path: file.path.as_str().into(),
                     size: file.size,
                 };
-                let (store, name, columns, filter) =
-                    (store.clone(), name.clone(), columns.clone(), filter.clone());
+                let (store, name, columns, filter, map) = (
+                    store.clone(),
+                    name.clone(),
+                    columns.clone(),
+                    filter.clone(),
+                    map.clone(),
+                );
                 let read = async move {
                     let deleted = match &file.deleted {
                         Some(dv) if live => {
@@ -598,7 +658,8 @@ impl Table {
                             .map_err(|e: deltalake::parquet::errors::ParquetError| {
                                 Error::Internal(format!("{name}: {e}"))
                             })?;
-                    Ok::<_, Error>((index, batches))
+                    let results = batches.into_iter().map(|b| map(b)).collect::<Result<_>>()?;
+                    Ok::<_, Error>((index, results))
                 };
                 async move {
                     tokio::spawn(read)
@@ -608,10 +669,8 @@ impl Table {
             })
             .buffer_unordered(4);
         while let Some(read) = reads.next().await {
-            let (index, batches) = read?;
-            for batch in batches {
-                each(index, batch)?;
-            }
+            let (index, results) = read?;
+            each(index, results)?;
         }
         Ok(())
     }
@@ -1047,13 +1106,16 @@ impl Table {
         note: CommitNote,
     ) -> Result<u64> {
         let (given, replaced) = self.keyed_write(&batches, key, removed)?;
+        let any = !replaced.is_empty();
         let name = self.name.clone();
-        let matches = |batch: &RecordBatch| -> Result<Vec<bool>> {
-            Ok(int_column(&name, batch, key)?
+        let column = key.to_string();
+        let matches: Matches = Arc::new(move |batch: &RecordBatch| -> Result<Vec<bool>> {
+            Ok(int_column(&name, batch, &column)?
                 .iter()
                 .map(|k| k.is_some_and(|k| replaced.contains(&k)))
                 .collect())
-        };
+        });
+        let name = self.name.clone();
         let order = |batch: &RecordBatch| -> Result<arrow::array::UInt32Array> {
             Ok(arrow::compute::sort_to_indices(
                 &int_column(&name, batch, key)?,
@@ -1061,7 +1123,7 @@ impl Table {
                 None,
             )?)
         };
-        self.mark_replaced(given, &[key], !replaced.is_empty(), &matches, &order, note)
+        self.mark_replaced(given, &[key], any, matches, &order, note)
             .await
     }
 
@@ -1094,13 +1156,14 @@ impl Table {
             replaced.add(batch)?;
         }
         self.refuse_shared_keys(replaced.duplicates, keys)?;
-        let matches = |batch: &RecordBatch| -> Result<Vec<bool>> {
+        let any = !replaced.is_empty();
+        let matches: Matches = Arc::new(move |batch: &RecordBatch| -> Result<Vec<bool>> {
             Ok(replaced
                 .find(batch)?
                 .into_iter()
                 .map(|at| at.is_some())
                 .collect())
-        };
+        });
         let order = |batch: &RecordBatch| -> Result<arrow::array::UInt32Array> {
             let columns = keys
                 .iter()
@@ -1114,8 +1177,7 @@ impl Table {
                 .ok_or_else(|| Error::Internal("a key column is not in the batch".into()))?;
             Ok(arrow::compute::lexsort_to_indices(&columns, None)?)
         };
-        let any = !replaced.is_empty();
-        self.mark_replaced(given, keys, any, &matches, &order, note)
+        self.mark_replaced(given, keys, any, matches, &order, note)
             .await
     }
 
@@ -1128,7 +1190,7 @@ impl Table {
         given: Vec<RecordBatch>,
         keys: &[&str],
         any: bool,
-        matches: &(dyn Fn(&RecordBatch) -> Result<Vec<bool>> + Sync),
+        matches: Matches,
         order: &(dyn Fn(&RecordBatch) -> Result<arrow::array::UInt32Array> + Sync),
         note: CommitNote,
     ) -> Result<u64> {
@@ -1141,13 +1203,22 @@ impl Table {
         let mut hits = vec![RoaringTreemap::new(); files.len()];
         let mut stored = vec![0u64; files.len()];
         if any {
-            self.read_stored(&files, Some(keys), false, None, |i, batch| {
-                for (j, hit) in matches(&batch)?.into_iter().enumerate() {
-                    if hit {
-                        hits[i].insert(stored[i] + j as u64);
-                    }
+            // Each batch is searched on the thread that decoded it: its rows, and the
+            // positions among them of the replaced keys.
+            let search = matches.clone();
+            let find = Arc::new(move |batch: RecordBatch| -> Result<(u64, Vec<u32>)> {
+                let hits = search(&batch)?
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(j, hit)| hit.then_some(j as u32))
+                    .collect();
+                Ok((batch.num_rows() as u64, hits))
+            });
+            self.read_stored_mapped(&files, Some(keys), false, None, find, |i, found| {
+                for (rows, at) in found {
+                    hits[i].extend(at.into_iter().map(|j| stored[i] + u64::from(j)));
+                    stored[i] += rows;
                 }
-                stored[i] += batch.num_rows() as u64;
                 Ok(())
             })
             .await?;
@@ -1750,14 +1821,18 @@ impl Table {
         let mut index = WrittenKeys::new(KeyEncoder::new(&schema, keys)?);
         index.add(&given)?;
         self.refuse_shared_keys(index.duplicates, keys)?;
-        // The files holding a key of the write.
+        let index = Arc::new(index);
+        // The files holding a key of the write, each batch searched on the thread that
+        // decoded it.
         let files = self.data_files()?;
         let mut hit = vec![false; files.len()];
         if !index.is_empty() {
-            self.read_files(&files, Some(keys), |i, batch| {
-                if !hit[i] {
-                    hit[i] = index.find(&batch)?.iter().any(Option::is_some);
-                }
+            let search = index.clone();
+            let find = Arc::new(move |batch: RecordBatch| -> Result<bool> {
+                Ok(search.find(&batch)?.iter().any(Option::is_some))
+            });
+            self.read_stored_mapped(&files, Some(keys), true, None, find, |i, found| {
+                hit[i] = found.contains(&true);
                 Ok(())
             })
             .await?;

@@ -219,7 +219,7 @@ pub async fn build(
     if written.is_err() {
         buyers.abort();
     }
-    let every_row = written?;
+    let (every_row, day_bitmaps_written) = written?;
     lap("events", &mut seconds);
     progress("users", 0, 1);
     for (from, into) in &moves.merged {
@@ -240,7 +240,33 @@ pub async fn build(
         0
     };
     let scope = incremental.then_some(&affected);
-    let recomputed = build_users(
+    // A scoped build writes `orders_wide` on a task of its own from the rows `build_users`
+    // computed, as soon as they are (the rescored people's orders join: they take the
+    // buyer's RFM segment), while `users` and its bitmaps are written.
+    let (computed, wide) = match incremental {
+        true => {
+            let (send, rows) = tokio::sync::oneshot::channel::<Recomputed>();
+            let (catalog, note, mut people) = (catalog.clone(), note.clone(), affected.clone());
+            let wide = tokio::spawn(async move {
+                let mut seconds = BTreeMap::new();
+                let Ok(Recomputed { rows, rescored }) = rows.await else {
+                    // `build_users` stopped before its rows: its error is the build's.
+                    return Ok((0, seconds));
+                };
+                people.extend(rescored);
+                let scope = WideScope {
+                    people: &people,
+                    rows: &rows,
+                    since,
+                };
+                let written = build_orders_wide(&catalog, Some(scope), &note, &mut seconds).await?;
+                Ok::<_, Error>((written, seconds))
+            });
+            (Some(send), Some(wide))
+        }
+        false => (None, None),
+    };
+    let users = build_users(
         catalog,
         &resolved,
         buyers,
@@ -255,27 +281,28 @@ pub async fn build(
         &removed,
         &note,
         &mut report,
+        computed,
+        day_bitmaps_written,
     )
-    .await?;
+    .await;
+    if users.is_err()
+        && let Some(wide) = &wide
+    {
+        wide.abort();
+    }
+    users?;
     lap("users", &mut seconds);
     progress("orders_wide", 0, 1);
-    // orders_wide takes the buyer's RFM segment: the rescored people's orders join.
-    let scoped = recomputed.map(|r| {
-        let mut people = affected.clone();
-        people.extend(r.rescored);
-        (people, r.rows)
-    });
-    build_orders_wide(
-        catalog,
-        scoped.as_ref().map(|(people, rows)| WideScope {
-            people,
-            rows,
-            since,
-        }),
-        &note,
-        &mut report,
-    )
-    .await?;
+    report.orders_wide = match wide {
+        Some(wide) => {
+            let (written, wide_seconds) = wide
+                .await
+                .map_err(|e| Error::Internal(format!("writing orders_wide: {e}")))??;
+            seconds.extend(wide_seconds);
+            written
+        }
+        None => build_orders_wide(catalog, None, &note, &mut seconds).await?,
+    };
     lap("orders_wide", &mut seconds);
 
     for name in [
@@ -541,7 +568,7 @@ async fn rewrite_events(
     affected: &mut RoaringBitmap,
     identified: &mut Vec<RecordBatch>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
-) -> Result<bool> {
+) -> Result<(bool, DayBitmapsWritten)> {
     let mut events = catalog.table("events").await?;
     let rewritten_before = report.events_rewritten;
     let live_rows: u64;
@@ -607,18 +634,25 @@ async fn rewrite_events(
     };
     progress("events", 1, 1);
     let source_version = events.version();
+    // The (event, day) bitmaps are merged on a task of their own while `users` is built,
+    // which writes its column bitmaps to the same table once they are in.
+    let mut written = None;
     if !day_bitmaps.is_empty() {
         report.tag_bitmaps.1 = day_bitmaps.len() as u64;
         let mut tags = catalog.table("tag_bitmaps").await?;
-        tags.merge(
-            vec![day_bitmaps.batch("event_day", source_version)?],
-            &["kind", "name", "value"],
-            note.clone(),
-        )
-        .await?;
+        let batch = day_bitmaps.batch("event_day", source_version)?;
+        let note = note.clone();
+        written = Some(tokio::spawn(async move {
+            tags.merge(vec![batch], &["kind", "name", "value"], note)
+                .await?;
+            Ok(())
+        }));
     }
     // Each row is read once, so as many rows rewritten as live means all of them.
-    Ok(report.events_rewritten - rewritten_before == live_rows)
+    Ok((
+        report.events_rewritten - rewritten_before == live_rows,
+        written,
+    ))
 }
 
 /// Rewrites `days` (with their row counts) of `events` whole, resolved and sorted, in commits
@@ -790,11 +824,36 @@ fn marks_stale_rows(rows: u64, stale: u64) -> bool {
 async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<StaleFiles> {
     let files = events.data_files()?;
     let stale_row = Stale::new(moves);
-    let mut seen = vec![0u64; files.len()];
+    // Only files whose statistics in the log allow a stale row are read: those that may
+    // hold rows without a person, and those whose range of people bounds a touched one.
+    // Files are sorted by person, so a few touched people pass over most files unread.
+    let mut may_hold: HashSet<String> = events
+        .data_files_with_nulls("user_id")?
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    let touched: HashSet<i64> = moves.touched().into_iter().collect();
+    if !touched.is_empty() {
+        may_hold.extend(
+            events
+                .data_files_bounding("user_id", &touched)?
+                .into_iter()
+                .map(|f| f.path),
+        );
+    }
+    let read: Vec<usize> = (0..files.len())
+        .filter(|i| files[*i].rows.is_none() || may_hold.contains(&files[*i].path))
+        .collect();
+    let to_read: Vec<shoal_catalog::DataFile> = read.iter().map(|i| files[*i].clone()).collect();
+    let mut seen: Vec<u64> = files.iter().map(|f| f.rows.unwrap_or(0)).collect();
+    for i in &read {
+        seen[*i] = 0;
+    }
     let mut stale = vec![RoaringTreemap::new(); files.len()];
     // Stored rows, so positions are those the files' deletion vectors count in.
     events
-        .read_stored_rows(&files, Some(&["user_id"]), |i, batch| {
+        .read_stored_rows(&to_read, Some(&["user_id"]), |k, batch| {
+            let i = read[k];
             let users = ints(&batch, "user_id")
                 .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
             if users.null_count() > 0 || !stale_row.touched.is_empty() {
@@ -810,7 +869,11 @@ async fn stale_files(events: &shoal_catalog::Table, moves: &Moves) -> Result<Sta
         .await?;
     let mut rows = seen;
     for (i, file) in files.iter().enumerate() {
-        if file.deleted.is_some() {
+        let Some(dv) = &file.deleted else { continue };
+        // The rows a deletion vector marks are counted in it; only stale rows need it read.
+        if stale[i].is_empty() {
+            rows[i] = rows[i].saturating_sub(dv.cardinality.max(0) as u64);
+        } else {
             let deleted = events.deleted_rows(file).await?;
             stale[i] -= &deleted;
             rows[i] = rows[i].saturating_sub(deleted.len());
@@ -1478,6 +1541,9 @@ fn left_out(identity_traits: &HashSet<String>) -> serde_json::Value {
     serde_json::json!(names)
 }
 
+/// The merge of a build's (event, day) bitmaps into `tag_bitmaps`, when it has any.
+type DayBitmapsWritten = Option<tokio::task::JoinHandle<Result<()>>>;
+
 /// What a scoped build wrote to `users`: its people's new rows and those of the people
 /// outside it whose RFM scores moved (`rescored`).
 struct Recomputed {
@@ -1497,7 +1563,9 @@ async fn build_users(
     removed: &[i64],
     note: &CommitNote,
     report: &mut BuildReport,
-) -> Result<Option<Recomputed>> {
+    rows_out: Option<tokio::sync::oneshot::Sender<Recomputed>>,
+    day_bitmaps_written: DayBitmapsWritten,
+) -> Result<()> {
     let scope = scoped.as_ref().map(|s| s.people);
     let definition = catalog.definition();
     let users_def = definition.table("users")?;
@@ -1528,12 +1596,17 @@ async fn build_users(
             .await
             .map_err(|e| Error::Internal(format!("counting buyers: {e}")))??,
     );
-    // A scoped build compares every stored person's RFM scores with the new ones on a task
-    // of its own, while it reads its people's rows.
+    // A scoped build compares every stored person's RFM scores with the new ones, and reads
+    // the rows of those whose scores moved, on a task of its own, while it reads its
+    // people's rows.
     let moved = scope.map(|people| {
         let skip: HashSet<i64> = people.iter().chain(removed).copied().collect();
         let (users, buyers) = (users.clone(), buyers.clone());
-        tokio::spawn(async move { moved_scores(&users, &buyers, &skip).await })
+        let fields = users_def.fields.clone();
+        tokio::spawn(async move {
+            let moved = moved_scores(&users, &buyers, &skip).await?;
+            rescored_rows(&shoal_catalog::write_session(), &users, moved, &fields, now).await
+        })
     });
     // Profile traits (latest non-null value per key, by event time, in a (person, key) map)
     // and activity (in per-person arrays), each counted in one pass over `events`.
@@ -1548,31 +1621,6 @@ async fn build_users(
         .collect();
     let mut held = held::Held::new(&people, &shown);
     let link_columns = ["user_id", "id_type", "id_value", "first_seen"];
-    match scope {
-        Some(users) => {
-            let rows = rows_of_users(
-                &links,
-                UserSet::new(users.iter().copied()),
-                Some(&link_columns),
-            )
-            .await?;
-            for batch in &rows {
-                held.add(batch)?;
-            }
-        }
-        None => {
-            let read = SessionContext::new();
-            let filter = Some(col("user_id").is_not_null());
-            for_each_batch(scan(&read, &links, &link_columns, filter).await?, |batch| {
-                held.add(batch)
-            })
-            .await?;
-        }
-    }
-    ctx.register_table("people", Arc::new(features::table(held.finish()?)?))?;
-    report
-        .seconds
-        .insert("users.held".to_string(), clock.elapsed().as_secs_f64());
     // A scoped build folds what it resolved into its people's stored traits, when those are
     // current and nobody was split (whose stored traits mix two people's); otherwise it reads
     // its people's rows of `events`, once for both traits and activity.
@@ -1582,16 +1630,45 @@ async fn build_users(
         .is_some_and(|s| s.moves.split.is_empty() && state_current);
     report.traits_folded = from_state;
     let mut traits_table = catalog.table("user_traits").await?;
-    let stored = match &scoped {
-        Some(s) if from_state => {
-            features::stored_traits(&traits_table, &people, &s.moves.merged).await?
+    // A scoped build reads its people's identities, stored traits and events at once: each
+    // read decodes its files on every core, and the three keep them busy together.
+    let (stored, scoped_rows) = match scope {
+        Some(users) => {
+            let (held_rows, stored, rows) = futures::try_join!(
+                rows_of_users(
+                    &links,
+                    UserSet::new(users.iter().copied()),
+                    Some(&link_columns),
+                ),
+                async {
+                    match &scoped {
+                        Some(s) if from_state => {
+                            features::stored_traits(&traits_table, &people, &s.moves.merged).await
+                        }
+                        _ => Ok(Vec::new()),
+                    }
+                },
+                features::scoped_events(&events, &people, !from_state),
+            )?;
+            for batch in &held_rows {
+                held.add(batch)?;
+            }
+            (stored, Some(rows))
         }
-        _ => Vec::new(),
+        None => {
+            let read = SessionContext::new();
+            let filter = Some(col("user_id").is_not_null());
+            for_each_batch(scan(&read, &links, &link_columns, filter).await?, |batch| {
+                held.add(batch)
+            })
+            .await?;
+            (Vec::new(), None)
+        }
     };
-    let scoped_rows = match scope {
-        Some(_) => Some(features::scoped_events(&events, &people, !from_state).await?),
-        None => None,
-    };
+    ctx.register_table("people", Arc::new(features::table(held.finish()?)?))?;
+    report
+        .seconds
+        .insert("users.held".to_string(), clock.elapsed().as_secs_f64());
     let source = match (&scoped, &scoped_rows) {
         (Some(s), _) if from_state => features::TraitSource::State {
             stored: &stored,
@@ -1615,6 +1692,39 @@ async fn build_users(
         state: traits_state,
     } = features::profile(&events, &people, &trait_fields, &identity_traits, source).await?;
     drop(stored);
+    // The traits as folded, for the next scoped build: every person's after a full build;
+    // a scoped build's people's when the stored ones were current (otherwise they stay out
+    // of date, and scoped builds read `events`, until a full build writes them all). They
+    // are written on a task of their own while `users` is computed and written: a build
+    // stopped between the two leaves them marked with another build than `users`, so
+    // the next scoped build does not take them as current.
+    let traits_note = note
+        .clone()
+        .with(TRAITS_LEFT_OUT, left_out(&identity_traits));
+    let traits_written = {
+        let scope: Option<Vec<i64>> = scope.map(|people| people.iter().copied().collect());
+        let removed = removed.to_vec();
+        tokio::spawn(async move {
+            match scope {
+                None => {
+                    traits_table
+                        .overwrite(vec![traits_state], traits_note)
+                        .await?;
+                }
+                Some(people) if state_current => {
+                    let kept: HashSet<i64> =
+                        ints(&traits_state, "user_id")?.iter().flatten().collect();
+                    let mut gone: Vec<i64> = removed;
+                    gone.extend(people.into_iter().filter(|u| !kept.contains(u)));
+                    traits_table
+                        .replace_keys_marking(vec![traits_state], "user_id", &gone, traits_note)
+                        .await?;
+                }
+                Some(_) => {}
+            }
+            Ok::<_, Error>(())
+        })
+    };
     ctx.register_table("profile", Arc::new(features::table(profile)?))?;
     report
         .seconds
@@ -1711,13 +1821,19 @@ async fn build_users(
         let moved = moved
             .await
             .map_err(|e| Error::Internal(format!("comparing RFM scores: {e}")))??;
-        let moved = rescored_rows(&ctx, &users, moved, &users_def.fields, now).await?;
         for batch in &moved {
             rescored.extend(ints(batch, "user_id")?.iter().flatten());
         }
         report.rfm_rescored = rescored.len() as u64;
         batches.extend(moved);
         lap("rescored", report);
+        if let Some(rows_out) = rows_out {
+            // `orders_wide` is written from these rows while `users` and its bitmaps are.
+            let _ = rows_out.send(Recomputed {
+                rows: batches.clone(),
+                rescored: rescored.clone(),
+            });
+        }
         recomputed = Some(batches.clone());
         users
             .replace_keys_marking(batches, "user_id", removed, note.clone())
@@ -1732,28 +1848,9 @@ async fn build_users(
         }
     }
     report.users = users.row_count().await?;
-    // The traits as folded, for the next scoped build: every person's after a full build;
-    // a scoped build's people's when the stored ones were current (otherwise they stay out
-    // of date, and scoped builds read `events`, until a full build writes them all).
-    let traits_note = note
-        .clone()
-        .with(TRAITS_LEFT_OUT, left_out(&identity_traits));
-    match scope {
-        None => {
-            traits_table
-                .overwrite(vec![traits_state], traits_note)
-                .await?;
-        }
-        Some(people) if state_current => {
-            let kept: HashSet<i64> = ints(&traits_state, "user_id")?.iter().flatten().collect();
-            let mut gone: Vec<i64> = removed.to_vec();
-            gone.extend(people.iter().filter(|u| !kept.contains(u)));
-            traits_table
-                .replace_keys_marking(vec![traits_state], "user_id", &gone, traits_note)
-                .await?;
-        }
-        Some(_) => {}
-    }
+    traits_written
+        .await
+        .map_err(|e| Error::Internal(format!("writing user_traits: {e}")))??;
     lap("written", report);
 
     // Tag bitmaps of enum and bool columns, and of the buckets of bucketed numeric ones.
@@ -1816,12 +1913,17 @@ async fn build_users(
         .await?;
     }
     report.tag_bitmaps.0 = rows.len() as u64;
+    if let Some(written) = day_bitmaps_written {
+        written
+            .await
+            .map_err(|e| Error::Internal(format!("writing the day bitmaps: {e}")))??;
+    }
     let mut tags = catalog.table("tag_bitmaps").await?;
     let batch = rows.batch("column", users.version())?;
     tags.replace_where(vec![batch], col("kind").eq(lit("column")), note.clone())
         .await?;
     lap("bitmaps", report);
-    Ok(recomputed.map(|rows| Recomputed { rows, rescored }))
+    Ok(())
 }
 
 /// Adds the people of `batch` (rows of `users`) to the bitmaps of the `tagged` columns'
@@ -1926,7 +2028,7 @@ async fn write_scoped(
     scoped: bool,
     keys: &[&str],
     note: &CommitNote,
-    report: &mut BuildReport,
+    seconds: &mut BTreeMap<String, f64>,
 ) -> Result<()> {
     let clock = Instant::now();
     let step = table.name().to_string();
@@ -1940,15 +2042,11 @@ async fn write_scoped(
         .into_iter()
         .filter(|b| b.num_rows() > 0)
         .collect();
-    report
-        .seconds
-        .insert(format!("{step}.computed"), clock.elapsed().as_secs_f64());
+    seconds.insert(format!("{step}.computed"), clock.elapsed().as_secs_f64());
     if !batches.is_empty() {
         table.merge_marking(batches, keys, note.clone()).await?;
     }
-    report
-        .seconds
-        .insert(format!("{step}.written"), clock.elapsed().as_secs_f64());
+    seconds.insert(format!("{step}.written"), clock.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -2107,8 +2205,8 @@ async fn build_orders_wide(
     catalog: &Catalog,
     scoped: Option<WideScope<'_>>,
     note: &CommitNote,
-    report: &mut BuildReport,
-) -> Result<()> {
+    seconds: &mut BTreeMap<String, f64>,
+) -> Result<u64> {
     let definition = catalog.definition().table("orders_wide")?;
     let orders_def = catalog.definition().table("orders")?;
     let ctx = shoal_catalog::write_session();
@@ -2181,11 +2279,10 @@ async fn build_orders_wide(
         scoped_build,
         &["platform", "order_id"],
         note,
-        report,
+        seconds,
     )
     .await?;
-    report.orders_wide = wide.row_count().await?;
-    Ok(())
+    Ok(wide.row_count().await?)
 }
 
 #[cfg(test)]

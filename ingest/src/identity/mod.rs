@@ -331,6 +331,9 @@ fn stored_identities(
         text(batch, "id_value")?,
         ints(batch, "user_id")?,
     );
+    out.0.reserve(batch.num_rows());
+    out.1.reserve(batch.num_rows());
+    out.2.reserve(batch.num_rows());
     let mut last: Option<(&str, Option<u8>)> = None;
     for i in 0..batch.num_rows() {
         let (Some(t), Some(v), Some(u)) = (get(&types, i), get(&values, i), get_int(&users, i))
@@ -373,16 +376,31 @@ pub async fn merge_identities(
 
     // Stored state: every identity with its person, indexed at once.
     let mut links_table = catalog.table("identity_links").await?;
-    // The files are decoded side by side; hashing keeps pace on this thread.
-    let mut stored = (Vec::new(), Vec::new(), Vec::new());
+    // The files are decoded side by side, each batch hashed on the thread that decoded it,
+    // and laid end to end in the files' order.
     let files = links_table.data_files()?;
+    let expected: u64 = files.iter().filter_map(|f| f.rows).sum();
+    let mut stored = (
+        Vec::with_capacity(expected as usize),
+        Vec::with_capacity(expected as usize),
+        Vec::with_capacity(expected as usize),
+    );
+    let hashing = rules.clone();
     links_table
-        .read_files(
+        .read_files_mapped(
             &files,
             Some(&["id_type", "id_value", "user_id"]),
-            |_, batch| {
-                stored_identities(&batch, &rules, &mut stored)
-                    .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))
+            Arc::new(move |batch| {
+                let mut out = (Vec::new(), Vec::new(), Vec::new());
+                stored_identities(&batch, &hashing, &mut out)
+                    .map_err(|e| shoal_catalog::Error::Internal(e.to_string()))?;
+                Ok(out)
+            }),
+            |_, (kinds, keys, owners)| {
+                stored.0.extend_from_slice(&kinds);
+                stored.1.extend_from_slice(&keys);
+                stored.2.extend_from_slice(&owners);
+                Ok(())
             },
         )
         .await?;
