@@ -143,6 +143,11 @@ pub struct DataFile {
 }
 
 /// The data file an add action of the log names.
+/// Where derived file `name` of a table is, from the table's root.
+fn derived_path(name: &str) -> object_store::path::Path {
+    object_store::path::Path::from(format!("_shoal/{name}"))
+}
+
 fn data_file(add: deltalake::kernel::LogicalFileView) -> DataFile {
     DataFile {
         path: add.object_store_path().to_string(),
@@ -1407,6 +1412,38 @@ impl Table {
             marked.push((file, deleted));
         }
         self.marking_actions(remove, marked, note).await
+    }
+
+    /// The bytes of `name`, a file derived from this table and kept in the table's folder
+    /// under `_shoal/` (a folder Delta readers and cleanup leave alone), or None when there is
+    /// none. What such a file says about the table is for its reader to check.
+    pub async fn read_derived(&self, name: &str) -> Result<Option<bytes::Bytes>> {
+        let store = self.delta.object_store();
+        let path = derived_path(name);
+        let found = match object_store::ObjectStoreExt::get(&store, &path).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "{}: reading {path}: {e}",
+                    self.name
+                )));
+            }
+        };
+        let bytes = found
+            .bytes()
+            .await
+            .map_err(|e| Error::Internal(format!("{}: reading {path}: {e}", self.name)))?;
+        Ok(Some(bytes))
+    }
+
+    /// Writes derived file `name` (see [`Table::read_derived`]) whole, replacing any before.
+    pub async fn write_derived(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = derived_path(name);
+        object_store::ObjectStoreExt::put(&self.delta.object_store(), &path, bytes.into())
+            .await
+            .map_err(|e| Error::Internal(format!("{}: writing {path}: {e}", self.name)))?;
+        Ok(())
     }
 
     /// The rows `file` (of this table) marks deleted.

@@ -148,7 +148,7 @@ pub async fn build(
 
     progress("identity", 0, 1);
     let since = last_build_start(catalog, &ctx).await?;
-    let (resolved, identity) = merge_identities(catalog, started, &mut seconds).await?;
+    let (resolved, identity, saving) = merge_identities(catalog, started, &mut seconds).await?;
     let moves = Moves::load(catalog, &ctx, &resolved, since).await?;
     lap("identity", &mut seconds);
 
@@ -304,6 +304,9 @@ pub async fn build(
         None => build_orders_wide(catalog, None, &note, &mut seconds).await?,
     };
     lap("orders_wide", &mut seconds);
+    // Usually saved long before: waited for so the next build finds it.
+    saving.finish().await;
+    lap("identity_saved", &mut seconds);
 
     for name in [
         "events",

@@ -577,6 +577,7 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
     ingest_segment(&wh, &first);
     let r = build(&wh);
     assert_eq!(r["identity"]["people_new"], 3, "{r}");
+    assert_eq!(r["identity"]["stored_from"], "tables", "{r}");
     let l = links(&wh);
     let id =
         |l: &HashMap<(String, String), i64>, t: &str, v: &str| l[&(t.to_string(), v.to_string())];
@@ -600,6 +601,7 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
     ingest_segment(&wh, &second);
     let r = build(&wh);
     assert_eq!(r["identity"]["people_merged"], 2, "{r}");
+    assert_eq!(r["identity"]["stored_from"], "index", "{r}");
     assert_eq!(r["events_moved"], 2, "m2 and m3 move to the survivor: {r}");
     let l = links(&wh);
     for (t, v) in [
@@ -723,6 +725,10 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
         r["events_moved"], 1,
         "m3 (a3, no login) moves; m5 keeps L1's person: {r}"
     );
+    assert_eq!(
+        r["identity"]["stored_from"], "tables",
+        "the unlink changed the tables after the state was saved: {r}"
+    );
     let m3 = rows(&wh, "events")
         .into_iter()
         .find(|e| text(e, "event_id") == Some("m3"))
@@ -737,7 +743,8 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
         &[identify("m8", "08", "a9", Some("L1"), "13800000001")],
     );
     ingest_segment(&wh, &fourth);
-    build(&wh);
+    let r = build(&wh);
+    assert_eq!(r["identity"]["stored_from"], "index", "{r}");
     assert_eq!(id(&links(&wh), "phone", "+8613800000001"), 6);
 
     // Bad input: clear errors, nothing changed.
@@ -778,6 +785,118 @@ fn incremental_runs_keep_ids_merge_to_the_lower_refuse_over_caps_and_unlink_spli
         ],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no joined link"));
+}
+
+/// An edge (a_type, a_value, b_type, b_value, status) and a merge (from, into, kind).
+type EdgesAndMerges = (BTreeSet<[String; 5]>, BTreeSet<(i64, i64, String)>);
+
+/// `identity_edges` and `identity_merges`, as sets.
+fn edges_and_merges(wh: &Path) -> EdgesAndMerges {
+    let field = |r: &Row, name: &str| text(r, name).unwrap_or_default().to_string();
+    let edges = rows(wh, "identity_edges")
+        .iter()
+        .map(|e| ["a_type", "a_value", "b_type", "b_value", "status"].map(|name| field(e, name)))
+        .collect();
+    let merges = rows(wh, "identity_merges")
+        .iter()
+        .map(|m| {
+            (
+                int(m, "from_user_id").expect("from"),
+                int(m, "into_user_id").expect("into"),
+                field(m, "kind"),
+            )
+        })
+        .collect();
+    (edges, merges)
+}
+
+#[test]
+fn a_saved_identity_state_stands_for_the_tables_and_a_damaged_one_is_ignored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (saved, damaged) = (dir.path().join("saved"), dir.path().join("damaged"));
+    let batches = [
+        vec![
+            track("m1", "01", "a1", None),
+            track("m2", "02", "a2", Some("L1")),
+            identify("m3", "03", "a3", None, "138-0000-0001"),
+            track("m4", "04", "a4", Some("L4")),
+        ],
+        // Three people become one (id 1); a second login on a2 is refused.
+        vec![
+            track("m5", "05", "a1", Some("L1")),
+            identify("m6", "06", "a5", Some("L1"), "+86 138 0000 0001"),
+            track("m7", "07", "a2", Some("L2")),
+            track("m8", "08", "b1", None),
+        ],
+        // The refused link seen again, and a new device of L4.
+        vec![
+            track("m9", "09", "a2", Some("L2")),
+            track("m10", "10", "a6", Some("L4")),
+        ],
+    ];
+    let state = |wh: &Path| wh.join("identity_links/_shoal/identities");
+    for (i, batch) in batches.iter().enumerate() {
+        let file = segment_file(dir.path(), &format!("{i}.jsonl"), batch);
+        let mut reports = Vec::new();
+        for wh in [&saved, &damaged] {
+            ingest_segment(wh, &file);
+            if i > 0 && wh == &damaged {
+                // Every other byte of the saved state's keys changed: the build must not
+                // trust it.
+                let mut bytes = std::fs::read(state(wh)).expect("the state was saved");
+                let middle = bytes.len() / 2;
+                for b in &mut bytes[64..middle] {
+                    *b ^= 0x5a;
+                }
+                std::fs::write(state(wh), bytes).expect("write");
+            }
+            reports.push(build(wh));
+        }
+        let [from_saved, from_damaged] = [&reports[0], &reports[1]].map(|r| {
+            let mut identity = r["identity"].clone();
+            identity
+                .as_object_mut()
+                .expect("identity report")
+                .remove("stored_from");
+            identity
+        });
+        if i > 0 {
+            // A small state gathers each run's change after its base.
+            let change = saved.join(format!("identity_links/_shoal/identities.{i}"));
+            assert!(change.exists(), "{}", change.display());
+        }
+        let expected_from = if i == 0 { "tables" } else { "index" };
+        assert_eq!(reports[0]["identity"]["stored_from"], expected_from);
+        assert_eq!(reports[1]["identity"]["stored_from"], "tables");
+        assert_eq!(from_saved, from_damaged, "batch {i}");
+        assert_eq!(links(&saved), links(&damaged), "batch {i}");
+        assert_eq!(
+            edges_and_merges(&saved),
+            edges_and_merges(&damaged),
+            "batch {i}"
+        );
+        assert_eq!(users_by_id(&saved), users_by_id(&damaged), "batch {i}");
+    }
+    // By hand: a1, a2, a3, a5, L1 and the phone are person 1; the refused link stays refused
+    // (drawn once, not again), and L4's new device joins person 4.
+    let l = links(&saved);
+    let id = |t: &str, v: &str| l[&(t.to_string(), v.to_string())];
+    for (t, v) in [
+        ("anonymous_id", "a1"),
+        ("anonymous_id", "a2"),
+        ("anonymous_id", "a3"),
+        ("anonymous_id", "a5"),
+        ("login_id", "L1"),
+        ("phone", "+8613800000001"),
+    ] {
+        assert_eq!(id(t, v), 1, "{t}:{v}");
+    }
+    assert_eq!(id("login_id", "L4"), 4);
+    assert_eq!(id("anonymous_id", "a6"), 4);
+    let (edges, _) = edges_and_merges(&saved);
+    let refused: Vec<_> = edges.iter().filter(|e| e[4] == "refused").collect();
+    assert_eq!(refused.len(), 1, "{edges:?}");
+    assert!(refused[0].contains(&"L2".to_string()), "{refused:?}");
 }
 
 #[tokio::test]

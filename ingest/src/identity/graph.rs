@@ -322,6 +322,11 @@ impl Graph {
         self.max_user
     }
 
+    /// Every identity's key and node.
+    pub(super) fn identities(&self) -> impl Iterator<Item = (Key, u32)> + '_ {
+        self.index.entries()
+    }
+
     /// The node of `key`, if known.
     pub fn find_key(&self, key: Key) -> Option<u32> {
         self.index.get(key)

@@ -184,6 +184,14 @@ impl KeyIndex {
         *self = grown;
     }
 
+    /// Every (key, value) held, shard by shard.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (Key, u32)> + '_ {
+        self.slots
+            .iter()
+            .filter(|slot| slot[4] != 0)
+            .map(|slot| (slot_key(slot), slot[4] - 1))
+    }
+
     /// The value of `key`, if present.
     pub(super) fn get(&self, key: Key) -> Option<u32> {
         let mask = (1usize << self.bits) - 1;
@@ -296,6 +304,11 @@ mod tests {
         for i in 0..1000u32 {
             assert_eq!(index.get(key(1, &format!("k{i}"))), None);
         }
+        let mut entries: Vec<(Key, u32)> = index.entries().collect();
+        entries.sort_unstable();
+        let mut wanted: Vec<(Key, u32)> = keys.iter().copied().zip(0..).collect();
+        wanted.sort_unstable();
+        assert_eq!(entries, wanted);
     }
 
     #[test]

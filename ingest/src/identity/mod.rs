@@ -13,6 +13,7 @@
 pub mod graph;
 mod index;
 mod manage;
+mod saved;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -132,14 +133,18 @@ pub struct MergeReport {
     pub people_new: u64,
     /// Existing people merged into another.
     pub people_merged: u64,
+    /// Where the stored identities came from: `index`, the state the previous run saved
+    /// (`identity_links/_shoal/identities`), or `tables`, `identity_links` and the settled
+    /// links of `identity_edges`.
+    pub stored_from: &'static str,
 }
 
 /// The identity state after a run: every identity's person, in memory, for the build.
 pub struct Resolved {
     /// The rules used.
     pub rules: Rules,
-    graph: Graph,
-    user_of: Vec<u32>,
+    graph: Arc<Graph>,
+    user_of: Arc<Vec<u32>>,
     /// Every merge of this run: absorbed user → surviving user.
     pub merged: HashMap<u32, u32>,
 }
@@ -356,28 +361,21 @@ fn stored_identities(
     Ok(())
 }
 
-/// Runs identity merge: reads stored identities and the events and orders without a person,
-/// applies the new links, and writes `identity_edges`, `identity_merges`, `identity_links`.
-/// `seconds` hears how long each part took, counted from the start (`identity.links`,
-/// `identity.loaded`, `identity.observed`, `identity.linked`, `identity.written`).
-pub async fn merge_identities(
-    catalog: &Catalog,
-    now: DateTime<Utc>,
-    seconds: &mut BTreeMap<String, f64>,
-) -> Result<(Resolved, MergeReport)> {
-    let clock = std::time::Instant::now();
-    let mut lap = |name: &str| {
-        seconds.insert(format!("identity.{name}"), clock.elapsed().as_secs_f64());
-    };
-    let rules = Rules::new(catalog.definition());
-    let mut graph = Graph::new(rules.graph_rules());
-    let ctx = SessionContext::new();
-    let mut report = MergeReport::default();
+/// The version of `table` and the time (milliseconds) of `last`, its newest commit.
+fn stamp_of(table: &shoal_catalog::Table, last: Option<&shoal_catalog::Commit>) -> (u64, i64) {
+    let at = last
+        .and_then(|c| c.timestamp)
+        .map_or(-1, |t| t.timestamp_millis());
+    (table.version(), at)
+}
 
-    // Stored state: every identity with its person, indexed at once.
-    let mut links_table = catalog.table("identity_links").await?;
-    // The files are decoded side by side, each batch hashed on the thread that decoded it,
-    // and laid end to end in the files' order.
+/// Every stored identity of a type the catalog still links: type numbers, keys and users.
+/// The files are decoded side by side, each batch hashed on the thread that decoded it, and
+/// laid end to end in the files' order.
+async fn stored_identities_of(
+    links_table: &shoal_catalog::Table,
+    rules: &Rules,
+) -> Result<(Vec<u8>, Vec<Key>, Vec<u32>)> {
     let files = links_table.data_files()?;
     let expected: u64 = files.iter().filter_map(|f| f.rows).sum();
     let mut stored = (
@@ -404,36 +402,16 @@ pub async fn merge_identities(
             },
         )
         .await?;
-    let (kinds, keys, owners) = stored;
-    report.identities_before = keys.len() as u64;
-    graph.reserve(keys.len());
-    graph.add_existing_many(&kinds, &keys, &owners);
-    drop((kinds, keys, owners));
-    lap("links");
-    let mut recorded_merges = HashSet::new();
-    for m in manage::merge_log(catalog, &ctx, None).await? {
-        graph.reserve_user(m.from);
-        graph.reserve_user(m.into);
-        if m.kind == "merge" {
-            recorded_merges.insert((m.from, m.into));
-        }
-    }
-    let mut edges_table = catalog.table("identity_edges").await?;
-    // Each run records in its `identity_links` commit the version of `identity_edges` it left;
-    // any other version means a run wrote edges and stopped before its links.
-    // No edges stored (a first run) is as good: none can be drawn twice.
-    let edges_finished = edges_table.data_files()?.is_empty()
-        || links_table
-            .history(Some(1))
-            .await?
-            .first()
-            .and_then(|c| c.metadata.get("shoal.edges_version"))
-            .and_then(|v| v.as_u64())
-            == Some(edges_table.version());
-    let mut settled: HashSet<(Key, Key), std::hash::BuildHasherDefault<graph::KeyHasher>> =
-        HashSet::default();
-    // Only the refused and removed edges, a few among millions: the other columns are
-    // decoded for their rows alone.
+    Ok(stored)
+}
+
+/// The links of `identity_edges` never drawn again: refused or removed, a few among millions,
+/// so the other columns are decoded for their rows alone.
+async fn settled_links(
+    edges_table: &shoal_catalog::Table,
+    rules: &Rules,
+) -> Result<saved::Settled> {
+    let mut settled = saved::Settled::default();
     let settled_only: shoal_catalog::RowTest = Arc::new(|batch: &RecordBatch| {
         let status = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
         let status = status
@@ -475,6 +453,87 @@ pub async fn merge_identities(
             },
         )
         .await?;
+    Ok(settled)
+}
+
+/// Runs identity merge: reads stored identities and the events and orders without a person,
+/// applies the new links, and writes `identity_edges`, `identity_merges`, `identity_links`.
+/// The state it leaves is saved on a task of its own (see [`Saving`]), for the next run to
+/// load instead of the tables. `seconds` hears how long each part took, counted from the
+/// start (`identity.read` when the tables are read, `identity.links`, `identity.loaded`,
+/// `identity.observed`, `identity.linked`, `identity.edges`, `identity.written`).
+pub async fn merge_identities(
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+    seconds: &mut BTreeMap<String, f64>,
+) -> Result<(Resolved, MergeReport, Saving)> {
+    let clock = std::time::Instant::now();
+    let mut lap = |name: &str| {
+        seconds.insert(format!("identity.{name}"), clock.elapsed().as_secs_f64());
+    };
+    let rules = Rules::new(catalog.definition());
+    let mut graph = Graph::new(rules.graph_rules());
+    let ctx = SessionContext::new();
+    let mut report = MergeReport::default();
+
+    // Stored state: every identity with its person, indexed at once, and the settled links.
+    let mut links_table = catalog.table("identity_links").await?;
+    let mut edges_table = catalog.table("identity_edges").await?;
+    let links_last = links_table.history(Some(1)).await?.into_iter().next();
+    let stamp = saved::Stamp {
+        types: rules.types.iter().map(|t| t.name.clone()).collect(),
+        links: stamp_of(&links_table, links_last.as_ref()),
+        edges: stamp_of(&edges_table, edges_table.history(Some(1)).await?.first()),
+    };
+    let loaded = saved::load(&links_table, &stamp)
+        .await
+        .inspect_err(|reason| tracing::info!("the saved identity state is not used: {reason}"))
+        .ok()
+        .flatten();
+    let mut settled = saved::Settled::default();
+    // How the state read was saved (its columns emptied), when it was.
+    let mut chain = None;
+    match loaded {
+        Some(mut state) => {
+            report.stored_from = "index";
+            report.identities_before = state.keys.len() as u64;
+            graph.reserve(state.keys.len());
+            graph.add_existing_many(&state.kinds, &state.keys, &state.users);
+            settled.extend(std::mem::take(&mut state.settled));
+            (state.kinds, state.keys, state.users) = Default::default();
+            chain = Some(state);
+            lap("links");
+        }
+        None => {
+            report.stored_from = "tables";
+            let identities = stored_identities_of(&links_table, &rules).await?;
+            report.identities_before = identities.1.len() as u64;
+            lap("read");
+            let (kinds, keys, owners) = identities;
+            graph.reserve(keys.len());
+            graph.add_existing_many(&kinds, &keys, &owners);
+            drop((kinds, keys, owners));
+            lap("links");
+            settled = settled_links(&edges_table, &rules).await?;
+        }
+    }
+    let mut recorded_merges = HashSet::new();
+    for m in manage::merge_log(catalog, &ctx, None).await? {
+        graph.reserve_user(m.from);
+        graph.reserve_user(m.into);
+        if m.kind == "merge" {
+            recorded_merges.insert((m.from, m.into));
+        }
+    }
+    // Each run records in its `identity_links` commit the version of `identity_edges` it left;
+    // any other version means a run wrote edges and stopped before its links.
+    // No edges stored (a first run) is as good: none can be drawn twice.
+    let edges_finished = edges_table.data_files()?.is_empty()
+        || links_last
+            .as_ref()
+            .and_then(|c| c.metadata.get("shoal.edges_version"))
+            .and_then(|v| v.as_u64())
+            == Some(edges_table.version());
 
     lap("loaded");
 
@@ -515,6 +574,7 @@ pub async fn merge_identities(
     let links = graph::sorted_runs(links);
 
     let mut edge_rows = EdgeRows::default();
+    let mut newly_settled = Vec::new();
     let mut merge_reasons: HashMap<u32, String> = HashMap::new();
     graph.link_each(
         graph::merged(&links),
@@ -542,6 +602,9 @@ pub async fn merge_identities(
                 Outcome::Refused(reason) => {
                     let kind = reason.split(" (").next().unwrap_or(reason).to_string();
                     *report.links_refused.entry(kind).or_insert(0) += 1;
+                    let pair = ((*key_a).min(*key_b), (*key_a).max(*key_b));
+                    settled.insert(pair);
+                    newly_settled.push(pair);
                     ("refused", Some(reason.as_str()))
                 }
             };
@@ -636,15 +699,76 @@ pub async fn merge_identities(
             .await?;
     }
     lap("written");
+    // The state this run leaves is saved for the next while the build goes on: as a change
+    // after the state it read, or whole.
+    let change = match &chain {
+        Some(chain) if !chain.due_for_base(fresh.len()) => {
+            let identities: Vec<(Key, u32, u8)> = fresh
+                .iter()
+                .zip(&fresh_nodes)
+                .map(|(((_, ty, key), ..), node)| (*key, resolution.user_of[*node as usize], *ty))
+                .collect();
+            Some((chain.changes + 1, identities, resolution.merges.clone()))
+        }
+        _ => None,
+    };
+    let (graph, user_of) = (Arc::new(graph), Arc::new(resolution.user_of));
+    let saving = {
+        let (graph, user_of) = (graph.clone(), user_of.clone());
+        tokio::spawn(async move {
+            let after = saved::Stamp {
+                types: stamp.types.clone(),
+                links: stamp_of(&links_table, links_table.history(Some(1)).await?.first()),
+                edges: stamp_of(&edges_table, edges_table.history(Some(1)).await?.first()),
+            };
+            let (name, bytes) = match change {
+                // Nothing written: the state read still stands.
+                Some(_) if after == stamp => return Ok(()),
+                Some((k, identities, merges)) => (
+                    saved::part_name(k),
+                    saved::encode_change(&stamp, &after, &identities, &merges, &newly_settled),
+                ),
+                None => {
+                    let bytes = tokio::task::spawn_blocking(move || {
+                        saved::encode_base(&after, &graph, &user_of, &settled)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(format!("saving the identity state: {e}")))?;
+                    (saved::part_name(0), bytes)
+                }
+            };
+            links_table.write_derived(&name, bytes).await?;
+            Ok(())
+        })
+    };
     Ok((
         Resolved {
             rules,
             graph,
-            user_of: resolution.user_of,
+            user_of,
             merged,
         },
         report,
+        Saving(saving),
     ))
+}
+
+/// The identity state a run is saving for the next (see `saved`).
+pub struct Saving(tokio::task::JoinHandle<Result<()>>);
+
+impl Saving {
+    /// Waits until the state is saved. A state that could not be saved only makes the next
+    /// run read the tables: the reason is logged, not returned.
+    pub async fn finish(self) {
+        let failed = match self.0.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(
+            "the identity state was not saved, the next build reads the tables: {failed}"
+        );
+    }
 }
 
 /// `batch` with its `user_id` of every person merged away replaced by the person they joined.
