@@ -39,7 +39,8 @@ pub use standard::{
     MonitorConfig, PAID_STATUSES, Sensitivity, TableDefinition, Thresholds, ValueType,
 };
 pub use table::{
-    ColumnLayout, Commit, CommitNote, DataFile, FILE_ROWS, FileRows, MergeOutcome, ROW_GROUP_ROWS,
-    RowTest, Table, TableSummary, conform, stored_text_config, table_summaries, write_session,
+    ColumnLayout, Commit, CommitNote, DataFile, DerivedFile, FILE_ROWS, FileRows, MergeOutcome,
+    ROW_GROUP_ROWS, RowTest, Table, TableSummary, conform, stored_text_config, table_summaries,
+    write_session,
 };
 pub use warehouse::{DEFAULT_WAREHOUSE, Warehouse, validate_table_name};

@@ -143,6 +143,58 @@ pub struct DataFile {
 }
 
 /// The data file an add action of the log names.
+/// A derived file of a table, read in parts (see [`Table::open_derived`]).
+#[derive(Debug)]
+pub struct DerivedFile {
+    size: u64,
+    source: DerivedSource,
+}
+
+#[derive(Debug)]
+enum DerivedSource {
+    Local(std::fs::File),
+    Store(Arc<dyn object_store::ObjectStore>, object_store::path::Path),
+}
+
+impl DerivedFile {
+    /// Its length in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Fills `buf` with the file's bytes from `offset`.
+    pub async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        if end > self.size {
+            return Err(Error::Internal(format!(
+                "reading bytes {offset}..{end} of a derived file of {} bytes",
+                self.size
+            )));
+        }
+        match &self.source {
+            DerivedSource::Local(file) => {
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(buf, offset)
+                    .map_err(|e| Error::Internal(format!("reading a derived file: {e}")))
+            }
+            DerivedSource::Store(store, path) => {
+                let bytes = object_store::ObjectStoreExt::get_range(store, path, offset..end)
+                    .await
+                    .map_err(|e| Error::Internal(format!("reading {path}: {e}")))?;
+                if bytes.len() != buf.len() {
+                    return Err(Error::Internal(format!(
+                        "reading {path}: {} bytes where {} were asked for",
+                        bytes.len(),
+                        buf.len()
+                    )));
+                }
+                buf.copy_from_slice(&bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Where derived file `name` of a table is, from the table's root.
 fn derived_path(name: &str) -> object_store::path::Path {
     object_store::path::Path::from(format!("_shoal/{name}"))
@@ -1414,30 +1466,43 @@ impl Table {
         self.marking_actions(remove, marked, note).await
     }
 
-    /// The bytes of `name`, a file derived from this table and kept in the table's folder
-    /// under `_shoal/` (a folder Delta readers and cleanup leave alone), or None when there is
-    /// none. What such a file says about the table is for its reader to check.
-    pub async fn read_derived(&self, name: &str) -> Result<Option<bytes::Bytes>> {
-        let store = self.delta.object_store();
+    /// `name`, a file derived from this table and kept in the table's folder under `_shoal/`
+    /// (a folder Delta readers and cleanup leave alone), opened to be read in parts, or None
+    /// when there is none. What such a file says about the table is for its reader to check.
+    pub async fn open_derived(&self, name: &str) -> Result<Option<DerivedFile>> {
         let path = derived_path(name);
-        let found = match object_store::ObjectStoreExt::get(&store, &path).await {
-            Ok(found) => found,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "{}: reading {path}: {e}",
-                    self.name
-                )));
-            }
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::Internal(format!("{}: opening {path}: {e}", self.name))
         };
-        let bytes = found
-            .bytes()
-            .await
-            .map_err(|e| Error::Internal(format!("{}: reading {path}: {e}", self.name)))?;
-        Ok(Some(bytes))
+        let url = self.delta.table_url();
+        if url.scheme() == "file" {
+            // Read in place, into the reader's own buffers.
+            let Ok(dir) = url.to_file_path() else {
+                return Err(failed(&"not a local path"));
+            };
+            let file = match std::fs::File::open(dir.join("_shoal").join(name)) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(failed(&e)),
+            };
+            let size = file.metadata().map_err(|e| failed(&e))?.len();
+            return Ok(Some(DerivedFile {
+                size,
+                source: DerivedSource::Local(file),
+            }));
+        }
+        let store = self.delta.object_store();
+        match object_store::ObjectStoreExt::head(&store, &path).await {
+            Ok(meta) => Ok(Some(DerivedFile {
+                size: meta.size,
+                source: DerivedSource::Store(store, path),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(failed(&e)),
+        }
     }
 
-    /// Writes derived file `name` (see [`Table::read_derived`]) whole, replacing any before.
+    /// Writes derived file `name` (see [`Table::open_derived`]) whole, replacing any before.
     pub async fn write_derived(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         let path = derived_path(name);
         object_store::ObjectStoreExt::put(&self.delta.object_store(), &path, bytes.into())

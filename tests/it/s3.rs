@@ -127,4 +127,59 @@ async fn the_warehouse_works_on_s3() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+
+    // Builds save the identity state in the bucket, and the next build reads it from there.
+    let batches = [
+        [("m1", "a1", Some("L1")), ("m2", "a2", None)],
+        [("m3", "a2", Some("L1")), ("m4", "a3", None)],
+    ];
+    let mut reports = Vec::new();
+    for (i, batch) in batches.iter().enumerate() {
+        let lines: Vec<String> = batch
+            .iter()
+            .map(|(id, anon, login)| {
+                let mut m = serde_json::json!({"type": "track", "messageId": id,
+                    "event": "view_item", "timestamp": "2026-11-01T00:00:00Z", "anonymousId": anon});
+                if let Some(login) = login {
+                    m["userId"] = serde_json::json!(login);
+                }
+                m.to_string()
+            })
+            .collect();
+        let file = dir.path().join(format!("{i}.jsonl"));
+        std::fs::write(&file, lines.join("\n") + "\n").expect("write");
+        crate::json_ok(&shoal(
+            &server,
+            &[
+                "ingest",
+                "--source",
+                "segment",
+                "--json",
+                file.to_str().expect("path"),
+            ],
+        ));
+        reports.push(crate::json_ok(&shoal(
+            &server,
+            &["build", "--json", "--as-of", "2026-11-20"],
+        )));
+    }
+    assert_eq!(reports[0]["identity"]["stored_from"], "tables");
+    assert_eq!(reports[1]["identity"]["stored_from"], "index");
+    // a2 joins L1's person (1); a3 is new.
+    assert_eq!(reports[1]["identity"]["people_merged"], 1, "{}", reports[1]);
+    assert_eq!(reports[1]["identity"]["identities_before"], 3);
+    let listing = client
+        .get(format!(
+            "{}/shoal-test?list-type=2&prefix=warehouse/identity_links/_shoal/",
+            server.endpoint
+        ))
+        .send()
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("body");
+    for name in ["identities</Key>", "identities.1</Key>"] {
+        assert!(listing.contains(name), "{listing}");
+    }
 }

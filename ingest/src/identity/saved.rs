@@ -243,26 +243,66 @@ fn grouped_by_user(user_of: &[u32]) -> Vec<u32> {
     place
 }
 
-/// One file read back.
+/// Where the parts of a state are read from: a table's derived files, or memory in tests.
+pub(super) trait Source {
+    type File: SourceFile;
+    /// Part `name`, None when there is none.
+    async fn open(&self, name: &str) -> Result<Option<Self::File>, String>;
+}
+
+/// One part, read in pieces.
+pub(super) trait SourceFile {
+    fn size(&self) -> u64;
+    /// Fills `buf` with the part's bytes from `offset`.
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String>;
+}
+
+impl Source for Table {
+    type File = shoal_catalog::DerivedFile;
+    async fn open(&self, name: &str) -> Result<Option<Self::File>, String> {
+        self.open_derived(name).await.map_err(|e| e.to_string())
+    }
+}
+
+impl SourceFile for shoal_catalog::DerivedFile {
+    fn size(&self) -> u64 {
+        shoal_catalog::DerivedFile::size(self)
+    }
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        shoal_catalog::DerivedFile::read_at(self, offset, buf)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A part's header, read back.
 #[derive(Debug)]
-struct Part {
+struct Header {
     /// The state a change follows; None for a base.
     from: Option<Stamp>,
     to: Stamp,
-    /// Where the identities are in `bytes`, and how many.
-    records: (usize, usize),
-    merges: Vec<(u32, u32)>,
-    settled: Vec<(Key, Key)>,
+    /// Its bytes, which the checksum covers first.
+    bytes: Vec<u8>,
+    /// Identities, merges and settled pairs that follow.
+    counts: (usize, usize, usize),
 }
 
-/// The file in `bytes`, when it is whole; otherwise why not.
-fn decode(bytes: &[u8]) -> Result<Part, String> {
-    if bytes.len() < MAGIC.len() + CHECK || &bytes[..MAGIC.len()] != MAGIC {
+/// The most bytes a header is read in.
+const HEADER_READ: u64 = 64 << 10;
+
+/// Identities read and decoded at once: the buffer a part is read through.
+const RECORDS_AT_ONCE: usize = 1 << 18;
+
+/// The header of `file`, checked against the file's length.
+async fn read_header<F: SourceFile>(file: &F) -> Result<Header, String> {
+    let size = file.size();
+    let mut bytes = vec![0; size.min(HEADER_READ) as usize];
+    file.read_at(0, &mut bytes).await?;
+    if size < (MAGIC.len() + CHECK) as u64 || &bytes[..MAGIC.len()] != MAGIC {
         return Err("it is not a saved identity state".into());
     }
-    let (body, check) = bytes.split_at(bytes.len() - CHECK);
     let mut r = Reader {
-        bytes: body,
+        bytes: &bytes,
         at: MAGIC.len(),
     };
     let format = r.u32()?;
@@ -275,57 +315,90 @@ fn decode(bytes: &[u8]) -> Result<Part, String> {
     };
     let to = Stamp::read(&mut r)?;
     let (n, k, m) = (r.u64()? as usize, r.u64()? as usize, r.u64()? as usize);
-    let wanted = [(n, RECORD), (k, MERGE), (m, PAIR)]
+    let length = r.at;
+    let wanted = [(n, RECORD), (k, MERGE), (m, PAIR), (1, CHECK)]
         .iter()
-        .try_fold(0usize, |sum, (count, size)| {
+        .try_fold(length, |sum, (count, size)| {
             count.checked_mul(*size).and_then(|b| sum.checked_add(b))
         });
-    let left = body.len() - r.at;
-    if wanted != Some(left) {
+    if wanted.map(|w| w as u64) != Some(size) {
         return Err(format!(
-            "it holds {left} bytes for {n} identities, {k} merges and {m} settled links"
+            "it holds {size} bytes for {n} identities, {k} merges and {m} settled links"
         ));
     }
-    if XxHash3_128::oneshot(body).to_le_bytes() != check {
-        return Err("its checksum does not match its contents".into());
-    }
-    let records = (r.at, n);
-    r.take(n * RECORD)?;
-    let merges = r
-        .take(k * MERGE)?
-        .chunks_exact(MERGE)
-        .map(|m| (word(&m[..4]), word(&m[4..])))
-        .collect();
-    let settled = r
-        .take(m * PAIR)?
-        .chunks_exact(PAIR)
-        .map(|p| (key_at(&p[..16]), key_at(&p[16..])))
-        .collect();
-    Ok(Part {
+    bytes.truncate(length);
+    Ok(Header {
         from,
         to,
-        records,
-        merges,
-        settled,
+        bytes,
+        counts: (n, k, m),
     })
 }
 
-/// Appends the `n` identities at `bytes[at..]` to `saved`'s columns, decoded on every core,
-/// each writing (and so first touching) its own part of the columns.
-fn append_records(saved: &mut Saved, bytes: &[u8], (at, n): (usize, usize)) {
+/// Reads the body of `file` (whose header is `header`) into `saved`, after what it holds,
+/// and returns its merges. The identities are read through one buffer, a piece at a time,
+/// each decoded on every core; the checksum is checked at the end.
+async fn read_body<F: SourceFile>(
+    file: &F,
+    header: &Header,
+    saved: &mut Saved,
+) -> Result<Vec<(u32, u32)>, String> {
+    let (n, k, m) = header.counts;
+    let mut hasher = XxHash3_128::new();
+    hasher.write(&header.bytes);
+    let mut at = header.bytes.len() as u64;
     let first = saved.keys.len();
     saved.kinds.resize(first + n, 0);
     saved.keys.resize(first + n, 0);
     saved.users.resize(first + n, 0);
-    let records = &bytes[at..at + n * RECORD];
+    let mut buf = vec![0u8; n.min(RECORDS_AT_ONCE) * RECORD];
+    let mut done = 0;
+    while done < n {
+        let count = (n - done).min(RECORDS_AT_ONCE);
+        let piece = &mut buf[..count * RECORD];
+        file.read_at(at, piece).await?;
+        at += piece.len() as u64;
+        hasher.write(piece);
+        let to = first + done..first + done + count;
+        decode_records(
+            piece,
+            &mut saved.kinds[to.clone()],
+            &mut saved.keys[to.clone()],
+            &mut saved.users[to],
+        );
+        done += count;
+    }
+    let mut tail = vec![0u8; k * MERGE + m * PAIR + CHECK];
+    file.read_at(at, &mut tail).await?;
+    let (body, check) = tail.split_at(tail.len() - CHECK);
+    hasher.write(body);
+    if hasher.finish_128().to_le_bytes() != check {
+        return Err("its checksum does not match its contents".into());
+    }
+    let (merges, pairs) = body.split_at(k * MERGE);
+    saved.settled.extend(
+        pairs
+            .chunks_exact(PAIR)
+            .map(|p| (key_at(&p[..16]), key_at(&p[16..]))),
+    );
+    Ok(merges
+        .chunks_exact(MERGE)
+        .map(|m| (word(&m[..4]), word(&m[4..])))
+        .collect())
+}
+
+/// Decodes `records` into the columns, on every core, each writing (and so first touching)
+/// its own part of them.
+fn decode_records(records: &[u8], kinds: &mut [u8], keys: &mut [Key], users: &mut [u32]) {
+    let n = kinds.len();
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let chunk = n.div_ceil(threads).max(1 << 16);
+    let chunk = n.div_ceil(threads).max(1 << 14);
     std::thread::scope(|scope| {
         for (((records, kinds), keys), users) in records
             .chunks(chunk * RECORD)
-            .zip(saved.kinds[first..].chunks_mut(chunk))
-            .zip(saved.keys[first..].chunks_mut(chunk))
-            .zip(saved.users[first..].chunks_mut(chunk))
+            .zip(kinds.chunks_mut(chunk))
+            .zip(keys.chunks_mut(chunk))
+            .zip(users.chunks_mut(chunk))
         {
             scope.spawn(move || {
                 for (i, record) in records.chunks_exact(RECORD).enumerate() {
@@ -338,74 +411,60 @@ fn append_records(saved: &mut Saved, bytes: &[u8], (at, n): (usize, usize)) {
     });
 }
 
-/// The state saved for `table` (`identity_links`) when it stands for `stamp`, None when none
-/// is saved, or why the one saved does not.
-pub(super) async fn load(table: &Table, stamp: &Stamp) -> Result<Option<Saved>, String> {
-    let read =
-        |name: String| async move { table.read_derived(&name).await.map_err(|e| e.to_string()) };
-    load_parts(read, stamp).await
-}
-
-/// [`load`], each part read by `read`.
-async fn load_parts<F, R, B>(read: F, stamp: &Stamp) -> Result<Option<Saved>, String>
-where
-    F: Fn(String) -> R,
-    R: std::future::Future<Output = Result<Option<B>, String>>,
-    B: AsRef<[u8]>,
-{
-    let Some(bytes) = read(NAME.to_string()).await? else {
+/// The state saved for `source` (`identity_links`) when it stands for `stamp`, None when
+/// none is saved, or why the one saved does not.
+///
+/// The headers come first: the base's, then its changes' as long as each follows the state
+/// before it, until one leaves the tables' state. Only then are the bodies read, the base's
+/// first (`Graph::add_existing_many` takes its identities grouped by person).
+pub(super) async fn load<S: Source>(source: &S, stamp: &Stamp) -> Result<Option<Saved>, String> {
+    let Some(base) = source.open(NAME).await? else {
         return Ok(None);
     };
-    let bytes = bytes.as_ref();
-    let base = decode(bytes).map_err(|e| format!("{NAME}: {e}"))?;
-    if base.from.is_some() {
+    let base_header = read_header(&base)
+        .await
+        .map_err(|e| format!("{NAME}: {e}"))?;
+    if base_header.from.is_some() {
         return Err(format!("{NAME}: it is a change, not a base"));
     }
-    let mut saved = Saved {
-        base: base.records.1,
-        settled: base.settled,
-        ..Saved::default()
-    };
-    let mut at = base.to;
-    let mut merged: HashMap<u32, u32> = HashMap::new();
-    if at != *stamp {
-        // The changes in turn, as long as each follows the state before it.
-        for k in 1.. {
-            let name = part_name(k);
-            let Some(bytes) = read(name.clone()).await? else {
-                break;
-            };
-            let part = decode(bytes.as_ref()).map_err(|e| format!("{name}: {e}"))?;
-            if part.from.as_ref() != Some(&at) {
-                break;
-            }
-            append_records(&mut saved, bytes.as_ref(), part.records);
-            saved.changes = k;
-            saved.changed += part.records.1;
-            merged.extend(part.merges);
-            saved.settled.extend(part.settled);
-            at = part.to;
-            if at == *stamp {
-                break;
-            }
+    let mut at = base_header.to.clone();
+    let mut parts = vec![(NAME.to_string(), base, base_header)];
+    for k in 1.. {
+        if at == *stamp {
+            break;
         }
-        if at != *stamp {
-            return Err(format!(
-                "it was saved for {at:?}, and the tables are at {stamp:?}"
-            ));
+        let name = part_name(k);
+        let Some(file) = source.open(&name).await? else {
+            break;
+        };
+        let header = read_header(&file)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        if header.from.as_ref() != Some(&at) {
+            break;
         }
+        at = header.to.clone();
+        parts.push((name, file, header));
     }
-    // The base's identities go first: add_existing_many takes them grouped by person.
-    let changes = Saved {
-        kinds: std::mem::take(&mut saved.kinds),
-        keys: std::mem::take(&mut saved.keys),
-        users: std::mem::take(&mut saved.users),
+    if at != *stamp {
+        return Err(format!(
+            "it was saved for {at:?}, and the tables are at {stamp:?}"
+        ));
+    }
+    let mut saved = Saved {
+        base: parts[0].2.counts.0,
+        changes: parts.len() - 1,
         ..Saved::default()
     };
-    append_records(&mut saved, bytes, base.records);
-    saved.kinds.extend(changes.kinds);
-    saved.keys.extend(changes.keys);
-    saved.users.extend(changes.users);
+    let mut merged: HashMap<u32, u32> = HashMap::new();
+    for (name, file, header) in &parts {
+        merged.extend(
+            read_body(file, header, &mut saved)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?,
+        );
+    }
+    saved.changed = saved.keys.len() - saved.base;
     if !merged.is_empty() {
         // Every person merged away, followed to the person they are part of now (ids are
         // never reused, so a later merge applies to earlier identities alike).
@@ -498,13 +557,32 @@ mod tests {
         (g, r.user_of)
     }
 
-    /// Parts by name, read as the warehouse would give them.
+    /// Parts in memory, by name.
+    struct Memory(HashMap<String, Vec<u8>>);
+
+    impl Source for Memory {
+        type File = Vec<u8>;
+        async fn open(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.get(name).cloned())
+        }
+    }
+
+    impl SourceFile for Vec<u8> {
+        fn size(&self) -> u64 {
+            self.len() as u64
+        }
+        async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self[at..at + buf.len()]);
+            Ok(())
+        }
+    }
+
     async fn load_from(
         parts: &HashMap<String, Vec<u8>>,
         stamp: &Stamp,
     ) -> Result<Option<Saved>, String> {
-        let read = |name: String| async move { Ok(parts.get(&name).cloned()) };
-        load_parts(read, stamp).await
+        load(&Memory(parts.clone()), stamp).await
     }
 
     fn rows(saved: &Saved) -> Vec<(u32, u8, Key)> {
@@ -662,6 +740,30 @@ mod tests {
             .await
             .expect_err("no base");
         assert!(err.contains("not a base"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_base_larger_than_the_read_buffer_reads_back_whole() {
+        let n = RECORDS_AT_ONCE * 2 + 1234;
+        let mut g = Graph::new(vec![TypeRule::new("anonymous_id", 5)]);
+        let keys: Vec<Key> = (0..n).map(|i| key(0, &format!("d{i}"))).collect();
+        let kinds = vec![0u8; n];
+        let users: Vec<u32> = (0..n as u32).map(|i| i / 3 + 1).collect();
+        g.add_existing_many(&kinds, &keys, &users);
+        let r = g.finish();
+        let parts = HashMap::from([(
+            part_name(0),
+            encode_base(&stamp(1), &g, &r.user_of, &Settled::default()),
+        )]);
+        let saved = load_from(&parts, &stamp(1))
+            .await
+            .expect("whole")
+            .expect("saved");
+        let mut got: Vec<(Key, u32)> = saved.keys.iter().copied().zip(saved.users).collect();
+        got.sort_unstable();
+        let mut wanted: Vec<(Key, u32)> = keys.into_iter().zip(users).collect();
+        wanted.sort_unstable();
+        assert_eq!(got, wanted);
     }
 
     #[test]
