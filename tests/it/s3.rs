@@ -62,6 +62,21 @@ fn shoal(server: &S3Server, args: &[&str]) -> Output {
         .expect("run shoal")
 }
 
+/// The bucket's listing of the objects under `prefix`, as S3 gives it (XML).
+async fn list(client: &reqwest::Client, server: &S3Server, prefix: &str) -> String {
+    client
+        .get(format!(
+            "{}/shoal-test?list-type=2&prefix={prefix}",
+            server.endpoint
+        ))
+        .send()
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("body")
+}
+
 #[tokio::test]
 #[ignore = "needs moto_server; ./scripts/test installs it and runs this"]
 async fn the_warehouse_works_on_s3() {
@@ -86,17 +101,7 @@ async fn the_warehouse_works_on_s3() {
         names.contains(&"events") && names.contains(&"shoal_catalog"),
         "{names:?}"
     );
-    let listing = client
-        .get(format!(
-            "{}/shoal-test?list-type=2&prefix=warehouse/events/_delta_log/",
-            server.endpoint
-        ))
-        .send()
-        .await
-        .expect("list")
-        .text()
-        .await
-        .expect("body");
+    let listing = list(&client, &server, "warehouse/events/_delta_log/").await;
     assert!(listing.contains("00000000000000000000.json"), "{listing}");
 
     // A catalog change is a second commit, readable by the next process.
@@ -168,17 +173,7 @@ async fn the_warehouse_works_on_s3() {
     // a2 joins L1's person (1); a3 is new.
     assert_eq!(reports[1]["identity"]["people_merged"], 1, "{}", reports[1]);
     assert_eq!(reports[1]["identity"]["identities_before"], 3);
-    let listing = client
-        .get(format!(
-            "{}/shoal-test?list-type=2&prefix=warehouse/identity_links/_shoal/",
-            server.endpoint
-        ))
-        .send()
-        .await
-        .expect("list")
-        .text()
-        .await
-        .expect("body");
+    let listing = list(&client, &server, "warehouse/identity_links/_shoal/").await;
     for name in ["identities</Key>", "identities.1</Key>"] {
         assert!(listing.contains(name), "{listing}");
     }

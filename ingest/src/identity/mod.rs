@@ -628,13 +628,14 @@ pub async fn merge_identities(
 
     // Writes, each idempotent, in an order that a later run can complete.
     let note = CommitNote::new("operation", "identity merge");
-    if !edge_rows.is_empty() && edges_finished {
+    let edges_written = !edge_rows.is_empty();
+    if edges_written && edges_finished {
         // Edges stored are never drawn again (their identities are joined, or the edge is
         // settled), so the new ones are appended.
         edges_table
             .append(vec![edge_rows.batch()?], note.clone())
             .await?;
-    } else if !edge_rows.is_empty() {
+    } else if edges_written {
         // A run stopped between its edges and its links: this one draws those edges again.
         edges_table
             .merge(
@@ -677,7 +678,8 @@ pub async fn merge_identities(
     }
     let merged: HashMap<u32, u32> = resolution.merges.iter().copied().collect();
     let froms: HashSet<i64> = merged.keys().map(|u| i64::from(*u)).collect();
-    if !link_rows.is_empty() || !froms.is_empty() {
+    let links_written = !link_rows.is_empty() || !froms.is_empty();
+    if links_written {
         // New identities are added and the files holding people merged away are rewritten
         // with their new ids, in one commit that records the edges this run left behind.
         let added = match link_rows.is_empty() {
@@ -712,6 +714,12 @@ pub async fn merge_identities(
         }
         _ => None,
     };
+    // The versions the tables reach by this run's commits alone (a table grows one version a
+    // commit).
+    let reached = (
+        stamp.links.0 + u64::from(links_written),
+        stamp.edges.0 + u64::from(edges_written),
+    );
     let (graph, user_of) = (Arc::new(graph), Arc::new(resolution.user_of));
     let saving = {
         let (graph, user_of) = (graph.clone(), user_of.clone());
@@ -721,6 +729,16 @@ pub async fn merge_identities(
                 links: stamp_of(&links_table, links_table.history(Some(1)).await?.first()),
                 edges: stamp_of(&edges_table, edges_table.history(Some(1)).await?.first()),
             };
+            if (after.links.0, after.edges.0) != reached {
+                // Another process committed between this run's reads and its commits: the
+                // graph does not hold what it wrote. Nothing is saved, and the next run,
+                // finding no state for the tables, reads them.
+                tracing::info!(
+                    "identity state not saved: the tables moved past this run's commits \
+                     ({after:?}, expected versions {reached:?})"
+                );
+                return Ok(());
+            }
             let (name, bytes) = match change {
                 // Nothing written: the state read still stands.
                 Some(_) if after == stamp => return Ok(()),
