@@ -1592,7 +1592,7 @@ async fn build_users(
 
     let ctx = shoal_catalog::write_session();
     let events = catalog.table("events").await?;
-    let links = catalog.table("identity_links").await?;
+    let links_table = catalog.table("identity_links").await?;
     let mut users = catalog.table("users").await?;
     let buyers = Arc::new(
         buyers
@@ -1637,22 +1637,32 @@ async fn build_users(
     // read decodes its files on every core, and the three keep them busy together.
     let (stored, scoped_rows) = match scope {
         Some(users) => {
-            let (held_rows, stored, rows) = futures::try_join!(
-                rows_of_users(
-                    &links,
-                    UserSet::new(users.iter().copied()),
-                    Some(&link_columns),
-                ),
+            // Each read's finishing time goes to the report (`users.held.identities`,
+            // `users.held.traits`, `users.held.events`).
+            let at = || clock.elapsed().as_secs_f64();
+            let ((held_rows, a), (stored, b), (rows, c)) = futures::try_join!(
                 async {
-                    match &scoped {
-                        Some(s) if from_state => {
-                            features::stored_traits(&traits_table, &people, &s.moves.merged).await
-                        }
-                        _ => Ok(Vec::new()),
-                    }
+                    let links = UserSet::new(users.iter().copied());
+                    let rows = rows_of_users(&links_table, links, Some(&link_columns)).await?;
+                    Ok::<_, Error>((rows, at()))
                 },
-                features::scoped_events(&events, &people, !from_state),
+                async {
+                    let stored = match &scoped {
+                        Some(s) if from_state => {
+                            features::stored_traits(&traits_table, &people, &s.moves.merged).await?
+                        }
+                        _ => Vec::new(),
+                    };
+                    Ok((stored, at()))
+                },
+                async {
+                    let rows = features::scoped_events(&events, &people, !from_state).await?;
+                    Ok((rows, at()))
+                },
             )?;
+            for (read, at) in [("identities", a), ("traits", b), ("events", c)] {
+                report.seconds.insert(format!("users.held.{read}"), at);
+            }
             for batch in &held_rows {
                 held.add(batch)?;
             }
@@ -1661,9 +1671,10 @@ async fn build_users(
         None => {
             let read = SessionContext::new();
             let filter = Some(col("user_id").is_not_null());
-            for_each_batch(scan(&read, &links, &link_columns, filter).await?, |batch| {
-                held.add(batch)
-            })
+            for_each_batch(
+                scan(&read, &links_table, &link_columns, filter).await?,
+                |batch| held.add(batch),
+            )
             .await?;
             (Vec::new(), None)
         }
