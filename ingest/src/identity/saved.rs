@@ -585,10 +585,18 @@ mod tests {
         load(&Memory(parts.clone()), stamp).await
     }
 
+    /// `saved`'s identities as (user, type, key), in order.
     fn rows(saved: &Saved) -> Vec<(u32, u8, Key)> {
-        (0..saved.keys.len())
-            .map(|i| (saved.users[i], saved.kinds[i], saved.keys[i]))
-            .collect()
+        sorted(
+            (0..saved.keys.len())
+                .map(|i| (saved.users[i], saved.kinds[i], saved.keys[i]))
+                .collect(),
+        )
+    }
+
+    fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+        items.sort_unstable();
+        items
     }
 
     #[tokio::test]
@@ -605,17 +613,14 @@ mod tests {
             .expect("whole and stamped alike")
             .expect("saved");
         assert_eq!(saved.users, [2, 4, 4, 4, 9], "grouped by person, in order");
-        let mut got = rows(&saved);
-        got.sort_unstable();
-        let mut wanted = vec![
+        let wanted = sorted(vec![
             (2, 1, key(1, "d1")),
             (4, 0, key(0, "u4")),
             (4, 1, key(1, "d4a")),
             (4, 1, key(1, "d4b")),
             (9, 0, key(0, "u9")),
-        ];
-        wanted.sort_unstable();
-        assert_eq!(got, wanted);
+        ]);
+        assert_eq!(rows(&saved), wanted);
         assert_eq!(saved.settled, [(key(1, "x"), key(1, "y"))]);
         assert_eq!((saved.base, saved.changes, saved.changed), (5, 0, 0));
         assert!(
@@ -658,9 +663,7 @@ mod tests {
             .await
             .expect("a chain to the tables' state")
             .expect("saved");
-        let mut got = rows(&saved);
-        got.sort_unstable();
-        let mut wanted = vec![
+        let wanted = sorted(vec![
             (2, 1, key(1, "d1")),
             (2, 0, key(0, "u4")),
             (2, 1, key(1, "d4a")),
@@ -668,9 +671,8 @@ mod tests {
             (2, 0, key(0, "u9")),
             (2, 1, key(1, "d4c")),
             (10, 0, key(0, "u10")),
-        ];
-        wanted.sort_unstable();
-        assert_eq!(got, wanted);
+        ]);
+        assert_eq!(rows(&saved), wanted);
         assert_eq!(
             saved.users,
             [2, 2, 2, 2, 2, 2, 10],
@@ -759,11 +761,8 @@ mod tests {
             .await
             .expect("whole")
             .expect("saved");
-        let mut got: Vec<(Key, u32)> = saved.keys.iter().copied().zip(saved.users).collect();
-        got.sort_unstable();
-        let mut wanted: Vec<(Key, u32)> = keys.into_iter().zip(users).collect();
-        wanted.sort_unstable();
-        assert_eq!(got, wanted);
+        let got = sorted(saved.keys.iter().copied().zip(saved.users).collect());
+        assert_eq!(got, sorted(keys.into_iter().zip(users).collect()));
     }
 
     #[test]
