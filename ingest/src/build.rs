@@ -180,8 +180,8 @@ pub async fn build(
     // Windowed counts and RFM count back from `as_of`: a new day (or --full) recomputes
     // everyone; otherwise only the people whose rows or identities changed.
     let incremental = !options.full && users_as_of(catalog, &ctx).await? == Some(as_of);
-    // The people whose rows this build resolves or moves, as a bitmap: a first build adds
-    // everyone, once per batch of events.
+    // The people whose rows this build resolves or moves, as a bitmap: gathered only for a
+    // scoped build, the only one that works with its people one by one.
     let mut affected = RoaringBitmap::new();
     // The identify calls the events step rewrites: a scoped build folds them into the stored
     // traits; a build that rewrites every row of `events` folds them all, without reading
@@ -211,7 +211,7 @@ pub async fn build(
         options.full,
         &note,
         &mut report,
-        &mut affected,
+        incremental.then_some(&mut affected),
         &mut identified,
         progress,
     )
@@ -568,7 +568,7 @@ async fn rewrite_events(
     full: bool,
     note: &CommitNote,
     report: &mut BuildReport,
-    affected: &mut RoaringBitmap,
+    mut affected: Option<&mut RoaringBitmap>,
     identified: &mut Vec<RecordBatch>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<(bool, DayBitmapsWritten)> {
@@ -586,7 +586,7 @@ async fn rewrite_events(
             moves,
             note,
             report,
-            affected,
+            affected.as_deref_mut(),
             identified,
             progress,
         )
@@ -610,7 +610,7 @@ async fn rewrite_events(
             moves,
             note,
             report,
-            affected,
+            affected.as_deref_mut(),
             identified,
             progress,
         )
@@ -668,7 +668,7 @@ async fn rewrite_days(
     moves: &Moves,
     note: &CommitNote,
     report: &mut BuildReport,
-    affected: &mut RoaringBitmap,
+    mut affected: Option<&mut RoaringBitmap>,
     identified: &mut Vec<RecordBatch>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<BitmapRows> {
@@ -713,29 +713,28 @@ async fn rewrite_days(
             .filter(predicate)?
             .collect()
             .await?;
-        let batches = batches
-            .iter()
-            .map(|b| {
-                let b = shoal_catalog::conform(b, &schema)?;
-                let users = resolve_events(&b, resolved, moves, report, affected)?;
-                with_column(&b, "user_id", Arc::new(users))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let chunk_rows = resolve_chunk(
+            batches,
+            Some(&schema),
+            resolved,
+            moves,
+            affected.as_deref_mut(),
+        )?;
+        chunk_rows.counts.add_to(report);
+        let batches = chunk_rows.batches;
         if batches.is_empty() {
             continue;
         }
-        for batch in &batches {
-            identified.push(features::identify_rows(batch)?);
-            collect_day_bitmaps(batch, &mut day_bitmaps)?;
-            report.events_rewritten += batch.num_rows() as u64;
-        }
+        identified.extend(chunk_rows.identified);
+        report.events_rewritten += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         // Each day's rows are sorted here and gathered into its files by the writers, each
         // file's copy made while others are encoded.
         let mut pieces: Vec<shoal_catalog::FileRows> = Vec::new();
         let days = rows_by_day(&batches)?;
         let batches = Arc::new(batches);
-        for (_, mut rows) in days {
+        for (day, mut rows) in days {
             sort_event_rows(&batches, &mut rows)?;
+            add_day_bitmaps(&batches, &rows, day, &mut day_bitmaps)?;
             for part in rows.chunks(EVENT_FILE_ROWS) {
                 let (batches, part) = (batches.clone(), part.to_vec());
                 pieces.push(Box::new(move || {
@@ -940,7 +939,7 @@ async fn rewrite_stale_files(
     moves: &Moves,
     note: &CommitNote,
     report: &mut BuildReport,
-    affected: &mut RoaringBitmap,
+    mut affected: Option<&mut RoaringBitmap>,
     identified: &mut Vec<RecordBatch>,
     progress: &mut (dyn FnMut(&str, u64, u64) + Send),
 ) -> Result<BitmapRows> {
@@ -1023,25 +1022,21 @@ async fn rewrite_stale_files(
             marked: marked_here,
         } in chunk
         {
-            let before = (report.events_resolved, report.events_moved);
-            let batches = by_day
-                .remove(&day)
-                .unwrap_or_default()
-                .iter()
-                .map(|b| {
-                    let users = resolve_events(b, resolved, moves, report, affected)?;
-                    with_column(b, "user_id", Arc::new(users))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if before == (report.events_resolved, report.events_moved) {
+            let chunk_rows = resolve_chunk(
+                by_day.remove(&day).unwrap_or_default(),
+                None,
+                resolved,
+                moves,
+                affected.as_deref_mut(),
+            )?;
+            chunk_rows.counts.add_to(report);
+            if chunk_rows.counts.resolved == 0 && chunk_rows.counts.moved == 0 {
                 // Nothing would change: rows still waiting for an identity nobody has yet.
                 continue;
             }
-            for batch in &batches {
-                identified.push(features::identify_rows(batch)?);
-                collect_day_bitmaps(batch, &mut rewritten)?;
-                report.events_rewritten += batch.num_rows() as u64;
-            }
+            let batches = chunk_rows.batches;
+            identified.extend(chunk_rows.identified);
+            report.events_rewritten += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
             report.days_rewritten += 1;
             remove.extend(indices.iter().map(|i| files[*i].clone()));
             marks.extend(
@@ -1057,6 +1052,9 @@ async fn rewrite_stale_files(
                 .flat_map(|(b, batch)| (0..batch.num_rows() as u32).map(move |i| (b as u32, i)))
                 .collect();
             sort_event_rows(&batches, &mut rows)?;
+            if let Some(day) = day {
+                add_day_bitmaps(&batches, &rows, day, &mut rewritten)?;
+            }
             let batches = Arc::new(batches);
             for part in rows.chunks(EVENT_FILE_ROWS) {
                 let (batches, part) = (batches.clone(), part.to_vec());
@@ -1160,12 +1158,30 @@ fn with_column(batch: &RecordBatch, name: &str, column: ArrayRef) -> Result<Reco
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
+/// How a chunk's rows were resolved, added up across the threads resolving it.
+#[derive(Default)]
+struct Resolving {
+    resolved: u64,
+    moved: u64,
+    unresolved: u64,
+}
+
+impl Resolving {
+    fn add_to(&self, report: &mut BuildReport) {
+        report.events_resolved += self.resolved;
+        report.events_moved += self.moved;
+        report.events_unresolved += self.unresolved;
+    }
+}
+
+/// The person of every row of `batch`, counted in `counts`; the people given or moved to
+/// are added to `touched` when the build needs them (a scoped build).
 fn resolve_events(
     batch: &RecordBatch,
     resolved: &Resolved,
     moves: &Moves,
-    report: &mut BuildReport,
-    affected: &mut RoaringBitmap,
+    counts: &mut Resolving,
+    mut touched: Option<&mut RoaringBitmap>,
 ) -> Result<Int64Array> {
     let current = ints(batch, "user_id")?;
     let ids: Vec<(arrow::array::StringArray, u8)> = resolved
@@ -1175,29 +1191,115 @@ fn resolve_events(
         .map(|(c, ty)| Ok((text(batch, c)?, *ty)))
         .collect::<Result<_>>()?;
     let mut out = Int64Builder::with_capacity(batch.num_rows());
-    // A person has many events: their ids are gathered in a bitmap, then added once each.
-    let mut touched = RoaringBitmap::new();
     for i in 0..batch.num_rows() {
         let step = moves.resolve(get_int(&current, i), || {
             ids.iter()
                 .find_map(|(array, ty)| get(array, i).and_then(|v| resolved.user(*ty, v)))
         });
-        match step {
+        let user = match step {
             Step::Resolved(u) => {
-                report.events_resolved += 1;
-                touched.insert(u);
+                counts.resolved += 1;
+                Some(u)
             }
             Step::Moved(u) => {
-                report.events_moved += 1;
-                touched.insert(u);
+                counts.moved += 1;
+                Some(u)
             }
-            Step::Unresolved => report.events_unresolved += 1,
-            Step::Kept(_) => {}
+            Step::Unresolved => {
+                counts.unresolved += 1;
+                None
+            }
+            Step::Kept(_) => None,
+        };
+        if let (Some(u), Some(touched)) = (user, touched.as_deref_mut()) {
+            touched.insert(u);
         }
         out.append_option(step.user());
     }
-    *affected |= touched;
     Ok(out.finish())
+}
+
+/// A chunk's batches resolved on every core: each batch with its `user_id` (conformed to
+/// `schema` first when given), and its identify calls.
+struct ResolvedChunk {
+    batches: Vec<RecordBatch>,
+    identified: Vec<RecordBatch>,
+    counts: Resolving,
+}
+
+/// One thread's run of a chunk's batches: each resolved with its identify calls, the
+/// counts, and the people given or moved to.
+type ResolvedRun = (Vec<(RecordBatch, RecordBatch)>, Resolving, RoaringBitmap);
+
+/// Resolves `batches` on every core, each thread a run of them in order; the people given
+/// or moved to are added to `affected` when it is given.
+fn resolve_chunk(
+    batches: Vec<RecordBatch>,
+    schema: Option<&arrow::datatypes::SchemaRef>,
+    resolved: &Resolved,
+    moves: &Moves,
+    affected: Option<&mut RoaringBitmap>,
+) -> Result<ResolvedChunk> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let per = batches.len().div_ceil(cores).max(1);
+    let track = affected.is_some();
+    let runs: Vec<Result<ResolvedRun>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = batches
+            .chunks(per)
+            .map(|run| {
+                scope.spawn(move || {
+                    let mut counts = Resolving::default();
+                    let mut touched = RoaringBitmap::new();
+                    let mut out = Vec::with_capacity(run.len());
+                    for batch in run {
+                        let batch = match schema {
+                            Some(schema) => shoal_catalog::conform(batch, schema)?,
+                            None => batch.clone(),
+                        };
+                        let users = resolve_events(
+                            &batch,
+                            resolved,
+                            moves,
+                            &mut counts,
+                            track.then_some(&mut touched),
+                        )?;
+                        let batch = with_column(&batch, "user_id", Arc::new(users))?;
+                        let identify = features::identify_rows(&batch)?;
+                        out.push((batch, identify));
+                    }
+                    Ok((out, counts, touched))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Internal("a thread resolving events panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut chunk = ResolvedChunk {
+        batches: Vec::with_capacity(batches.len()),
+        identified: Vec::with_capacity(batches.len()),
+        counts: Resolving::default(),
+    };
+    let mut affected = affected;
+    for run in runs {
+        let (rows, counts, touched) = run?;
+        for (batch, identify) in rows {
+            chunk.batches.push(batch);
+            chunk.identified.push(identify);
+        }
+        chunk.counts.resolved += counts.resolved;
+        chunk.counts.moved += counts.moved;
+        chunk.counts.unresolved += counts.unresolved;
+        if let Some(affected) = affected.as_deref_mut() {
+            *affected |= touched;
+        }
+    }
+    Ok(chunk)
 }
 
 #[cfg(test)]
@@ -1267,7 +1369,8 @@ fn lexsort_events(batch: &RecordBatch) -> Result<RecordBatch> {
 }
 
 /// Sorts `rows` (of `batches`) by (user_id, event_time, event_id), nulls last: the two
-/// numbers packed into one sort key, the ids compared only between rows that tie on both.
+/// numbers and the row's place packed into one sort key, the ids compared only between rows
+/// that tie on both.
 fn sort_event_rows(batches: &[RecordBatch], rows: &mut [RowRef]) -> Result<()> {
     let columns = batches
         .iter()
@@ -1279,11 +1382,40 @@ fn sort_event_rows(batches: &[RecordBatch], rows: &mut [RowRef]) -> Result<()> {
             ))
         })
         .collect::<Result<Vec<_>>>()?;
+    let id = |(b, i): RowRef| get(&columns[b as usize].2, i as usize);
+    let by_id = |a: RowRef, b: RowRef| match (id(a), id(b)) {
+        (Some(x), Some(y)) => x.cmp(y).then(a.cmp(&b)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.cmp(&b),
+    };
     // A null sorts after every value: one bit above the value's.
     let number_key = |values: &Int64Array, i: usize| match values.is_null(i) {
         true => 1u128 << 64,
         false => u128::from(values.value(i) as u64 ^ (1 << 63)),
     };
+    if let Some(mut packed) = packed_keys(&columns, rows) {
+        packed.sort_unstable();
+        let read: Vec<RowRef> = rows.to_vec();
+        let place = |k: u128| read[(k & PLACE_MASK) as usize];
+        let mut start = 0;
+        while start < packed.len() {
+            let tie = packed[start] >> PLACE_BITS;
+            let end = start
+                + packed[start..]
+                    .iter()
+                    .take_while(|k| *k >> PLACE_BITS == tie)
+                    .count();
+            if end - start > 1 {
+                packed[start..end].sort_by(|a, b| by_id(place(*a), place(*b)));
+            }
+            start = end;
+        }
+        for (row, k) in rows.iter_mut().zip(packed) {
+            *row = place(k);
+        }
+        return Ok(());
+    }
     let mut keyed: Vec<(u128, u128, RowRef)> = rows
         .iter()
         .map(|&(b, i)| {
@@ -1293,7 +1425,6 @@ fn sort_event_rows(batches: &[RecordBatch], rows: &mut [RowRef]) -> Result<()> {
         })
         .collect();
     keyed.sort_unstable();
-    let id = |(b, i): RowRef| get(&columns[b as usize].2, i as usize);
     let mut start = 0;
     while start < keyed.len() {
         let (u, t, _) = keyed[start];
@@ -1303,12 +1434,7 @@ fn sort_event_rows(batches: &[RecordBatch], rows: &mut [RowRef]) -> Result<()> {
                 .take_while(|(u2, t2, _)| (*u2, *t2) == (u, t))
                 .count();
         if end - start > 1 {
-            keyed[start..end].sort_by(|a, b| match (id(a.2), id(b.2)) {
-                (Some(x), Some(y)) => x.cmp(y).then(a.2.cmp(&b.2)),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => a.2.cmp(&b.2),
-            });
+            keyed[start..end].sort_by(|a, b| by_id(a.2, b.2));
         }
         start = end;
     }
@@ -1316,6 +1442,38 @@ fn sort_event_rows(batches: &[RecordBatch], rows: &mut [RowRef]) -> Result<()> {
         *row = r;
     }
     Ok(())
+}
+
+/// Bits of a packed sort key holding the row's place among the rows sorted.
+const PLACE_BITS: u32 = 30;
+const PLACE_MASK: u128 = (1 << PLACE_BITS) - 1;
+
+/// One 128-bit key per row, in the order (user_id, event_time, place) with nulls last: the
+/// person in the top 33 bits (a null one above every id), the time in the next 65 (a null
+/// one above every time), the row's place in `rows` in the low 30. None when a person is
+/// not a `u32` id or there are too many rows to number.
+fn packed_keys(
+    columns: &[(Int64Array, Int64Array, arrow::array::StringArray)],
+    rows: &[RowRef],
+) -> Option<Vec<u128>> {
+    if rows.len() as u128 > PLACE_MASK {
+        return None;
+    }
+    let mut packed = Vec::with_capacity(rows.len());
+    for (place, &(b, i)) in rows.iter().enumerate() {
+        let (users, times, _) = &columns[b as usize];
+        let i = i as usize;
+        let user = match users.is_null(i) {
+            true => 1u128 << 32,
+            false => u128::from(u32::try_from(users.value(i)).ok()?),
+        };
+        let time = match times.is_null(i) {
+            true => 1u128 << 64,
+            false => u128::from(times.value(i) as u64 ^ (1 << 63)),
+        };
+        packed.push(user << 95 | time << PLACE_BITS | place as u128);
+    }
+    Some(packed)
 }
 
 fn split_batch(batch: &RecordBatch, rows: usize) -> Vec<RecordBatch> {
@@ -1385,22 +1543,47 @@ fn day_text(days: i32) -> String {
         .to_string()
 }
 
-fn collect_day_bitmaps(batch: &RecordBatch, out: &mut BitmapRows) -> Result<()> {
-    let names = text(batch, "event_name")?;
-    let days = ints(batch, "event_date")?;
-    let users = ints(batch, "user_id")?;
-    let mut seen: HashMap<(&str, i64), RoaringBitmap> = HashMap::new();
-    for i in 0..batch.num_rows() {
-        if let (Some(n), Some(d), Some(u)) = (get(&names, i), get_int(&days, i), get_int(&users, i))
-        {
-            seen.entry((n, d)).or_default().insert(u as u32);
+/// Adds the people of day `day`'s `rows` (of `batches`), sorted by person, to the day's
+/// (event, day) bitmaps in `out`: each person is appended in order, not inserted.
+fn add_day_bitmaps(
+    batches: &[RecordBatch],
+    rows: &[RowRef],
+    day: i32,
+    out: &mut BitmapRows,
+) -> Result<()> {
+    let columns = batches
+        .iter()
+        .map(|b| Ok((text(b, "event_name")?, ints(b, "user_id")?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut seen: HashMap<&str, RoaringBitmap> = HashMap::new();
+    let mut last: Option<i64> = None;
+    for &(b, i) in rows {
+        let (names, users) = &columns[b as usize];
+        let (Some(name), Some(user)) = (get(names, i as usize), get_int(users, i as usize)) else {
+            continue;
+        };
+        let user = u32::try_from(user).map_err(|_| {
+            Error::Internal(format!("an event's user_id {user} is not a person's id"))
+        })?;
+        if last.is_some_and(|l| l > i64::from(user)) {
+            return Err(Error::Internal(
+                "a day's rows reached its bitmaps out of order".into(),
+            ));
         }
+        last = Some(i64::from(user));
+        // Rows come by person, so `user` is the bitmap's last or above it: refused only when
+        // it is already the last.
+        let _ = seen.entry(name).or_default().try_push(user);
     }
     // A day written in several pieces adds each piece's people.
-    for ((name, day), bitmap) in seen {
-        *out.maps
-            .entry((name.to_string(), day_text(day as i32)))
-            .or_default() |= bitmap;
+    let day = day_text(day);
+    for (name, bitmap) in seen {
+        match out.maps.entry((name.to_string(), day.clone())) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(bitmap);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => *slot.get_mut() |= bitmap,
+        }
     }
     Ok(())
 }
@@ -2340,6 +2523,125 @@ mod tests {
         let fast = sort_events(&batch).expect("sorted");
         let reference = lexsort_events(&batch).expect("sorted");
         assert_eq!(fast, reference);
+    }
+
+    #[test]
+    fn events_of_people_beyond_u32_or_at_extreme_times_sort_as_lexsort() {
+        let mut next = draws(13);
+        let n = 3_000;
+        let wide = [
+            i64::MIN,
+            -1,
+            0,
+            1,
+            i64::from(u32::MAX),
+            i64::from(u32::MAX) + 1,
+            i64::MAX,
+        ];
+        let pick = |next: &mut dyn FnMut(u64) -> u64| wide[next(wide.len() as u64) as usize];
+        // People within u32 and extreme times take the packed keys; some people beyond it
+        // take the general path.
+        for beyond in [false, true] {
+            let users: Int64Array = (0..n)
+                .map(|_| match (next(10), beyond) {
+                    (0, _) => None,
+                    (1, true) => Some(pick(&mut next)),
+                    _ => Some(next(3) as i64 + i64::from(u32::MAX) - 2),
+                })
+                .collect();
+            let times: Int64Array = (0..n)
+                .map(|_| match next(10) {
+                    0 => None,
+                    1 | 2 => Some(pick(&mut next)),
+                    _ => Some(next(5) as i64),
+                })
+                .collect();
+            let ids: arrow::array::StringArray = (0..n)
+                .map(|_| (next(10) > 0).then(|| format!("e{}", next(5))))
+                .collect();
+            let batch = RecordBatch::try_from_iter(vec![
+                ("user_id", Arc::new(users) as ArrayRef),
+                ("event_time", Arc::new(times) as ArrayRef),
+                ("event_id", Arc::new(ids) as ArrayRef),
+            ])
+            .expect("a batch");
+            let cols = [(
+                ints(&batch, "user_id").expect("ints"),
+                ints(&batch, "event_time").expect("ints"),
+                text(&batch, "event_id").expect("text"),
+            )];
+            let rows: Vec<RowRef> = (0..n as u32).map(|i| (0, i)).collect();
+            assert_eq!(packed_keys(&cols, &rows).is_some(), !beyond);
+            let fast = sort_events(&batch).expect("sorted");
+            let reference = lexsort_events(&batch).expect("sorted");
+            assert_eq!(fast, reference);
+        }
+    }
+
+    #[test]
+    fn day_bitmaps_appended_in_sorted_order_hold_each_events_people() {
+        let mut next = draws(17);
+        let batches: Vec<RecordBatch> = [900, 1_500]
+            .into_iter()
+            .map(|n| {
+                let users: Int64Array = (0..n)
+                    .map(|_| (next(8) > 0).then(|| next(70_000) as i64 * 3))
+                    .collect();
+                let names: arrow::array::StringArray = (0..n)
+                    .map(|_| (next(9) > 0).then(|| format!("ev{}", next(4))))
+                    .collect();
+                let times: Int64Array = (0..n).map(|_| Some(next(100) as i64)).collect();
+                let ids: arrow::array::StringArray =
+                    (0..n).map(|i| Some(format!("id{i}"))).collect();
+                RecordBatch::try_from_iter(vec![
+                    ("user_id", Arc::new(users) as ArrayRef),
+                    ("event_time", Arc::new(times) as ArrayRef),
+                    ("event_id", Arc::new(ids) as ArrayRef),
+                    ("event_name", Arc::new(names) as ArrayRef),
+                ])
+                .expect("a batch")
+            })
+            .collect();
+        let mut rows: Vec<RowRef> = batches
+            .iter()
+            .enumerate()
+            .flat_map(|(b, batch)| (0..batch.num_rows() as u32).map(move |i| (b as u32, i)))
+            .collect();
+        sort_event_rows(&batches, &mut rows).expect("sorted");
+        let mut out = BitmapRows::default();
+        // Two pieces of one day, as a day written in two chunks.
+        let (first, second) = rows.split_at(1_000);
+        let mut first = first.to_vec();
+        let mut second = second.to_vec();
+        sort_event_rows(&batches, &mut first).expect("sorted");
+        sort_event_rows(&batches, &mut second).expect("sorted");
+        add_day_bitmaps(&batches, &first, 20_000, &mut out).expect("added");
+        add_day_bitmaps(&batches, &second, 20_000, &mut out).expect("added");
+        let mut reference: BTreeMap<(String, String), BTreeSet<u32>> = BTreeMap::new();
+        for batch in &batches {
+            let users = ints(batch, "user_id").expect("ints");
+            let names = text(batch, "event_name").expect("text");
+            for i in 0..batch.num_rows() {
+                if let (Some(u), Some(n)) = (get_int(&users, i), get(&names, i)) {
+                    reference
+                        .entry((n.to_string(), "2024-10-04".to_string()))
+                        .or_default()
+                        .insert(u as u32);
+                }
+            }
+        }
+        let got: BTreeMap<(String, String), BTreeSet<u32>> = out
+            .maps
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got, reference);
+        // Rows out of person order are an error, not a wrong bitmap.
+        let mut unsorted = rows.clone();
+        unsorted.reverse();
+        let mut out = BitmapRows::default();
+        assert!(add_day_bitmaps(&batches, &unsorted, 20_000, &mut out).is_err());
     }
 
     #[test]
