@@ -164,12 +164,66 @@ impl Resolved {
     }
 }
 
-/// An identity seen in this run's rows.
+/// An identity seen in this run's rows (32 bytes: millions are held at once).
 struct Seen {
+    /// The time of its first sighting, when it is new (see `source`).
+    at: i64,
+    /// The source of its first sighting; [`NOT_NEW`] while it is stored or not yet sighted
+    /// as new.
+    source: u16,
     ty: u8,
-    /// Its first sighting (time, source) when it is new, not stored.
-    first: Option<(i64, u16)>,
     name: Box<str>,
+}
+
+/// The source number of a [`Seen`] without a first sighting.
+const NOT_NEW: u16 = u16::MAX;
+
+impl Seen {
+    /// Its first sighting (time, source) when it is new, not stored.
+    fn first(&self) -> Option<(i64, u16)> {
+        (self.source != NOT_NEW).then_some((self.at, self.source))
+    }
+}
+
+/// Parts each map of a shard is split in (by bits of the key that neither the shard nor the
+/// map's hash use). Each part grows on its own: a map never holds its old and new tables
+/// whole at once, and the table a part leaves is taken by the next part to grow, where one
+/// large map would take fresh pages for every doubling.
+const PARTS: usize = 64;
+
+fn part_of(k: Key) -> usize {
+    (k >> 96) as usize & (PARTS - 1)
+}
+
+/// A map of identity keys (or pairs of them) split in [`PARTS`].
+struct Parted<K, V> {
+    parts: Vec<HashMap<K, V, std::hash::BuildHasherDefault<graph::KeyHasher>>>,
+}
+
+impl<K: std::hash::Hash + Eq, V> Default for Parted<K, V> {
+    fn default() -> Self {
+        Parted {
+            parts: (0..PARTS).map(|_| HashMap::default()).collect(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Parted<K, V> {
+    /// The part of `part_key`'s entries.
+    fn part(
+        &mut self,
+        part_key: Key,
+    ) -> &mut HashMap<K, V, std::hash::BuildHasherDefault<graph::KeyHasher>> {
+        &mut self.parts[part_of(part_key)]
+    }
+
+    fn get(&self, part_key: Key, k: &K) -> Option<&V> {
+        self.parts[part_of(part_key)].get(k)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.parts.iter().flat_map(|p| p.iter())
+    }
 }
 
 /// The identities seen in this run's rows and the links drawn between them, in shards by
@@ -184,10 +238,10 @@ struct Observed {
 /// The identities of one shard, and the links drawn to them.
 #[derive(Default)]
 struct Shard {
-    seen: KeyMap<Seen>,
-    /// Links drawn (centre, other), kept in the other's shard: first sighting and the two
-    /// types.
-    edges: HashMap<(Key, Key), Drawn, std::hash::BuildHasherDefault<graph::KeyHasher>>,
+    seen: Parted<Key, Seen>,
+    /// Links drawn (centre, other), kept in the other's shard (and part): first sighting and
+    /// the two types.
+    edges: Parted<(Key, Key), Drawn>,
 }
 
 /// The shard of identity `k` among `count`: by bits of the key that the maps' hashes leave
@@ -196,11 +250,19 @@ fn shard_of(k: Key, count: usize) -> usize {
     ((k >> 64) as u64 % count as u64) as usize
 }
 
-/// A link drawn: when and where first seen, and its ends' types.
+/// A link drawn: when and where first seen, and its ends' types (16 bytes).
 #[derive(Clone, Copy)]
 struct Drawn {
-    at: (i64, u16),
+    at: i64,
+    source: u16,
     types: (u8, u8),
+}
+
+impl Drawn {
+    /// Its first sighting (time, source).
+    fn sighting(&self) -> (i64, u16) {
+        (self.at, self.source)
+    }
 }
 
 /// Whether sighting `a` comes before `b`: by time, then by source name (so ties do not
@@ -228,17 +290,18 @@ fn fold_row(
         }
         let node = graph.find_key(k);
         if mine {
-            let seen = shard.seen.entry(k).or_insert_with(|| Seen {
+            let seen = shard.seen.part(k).entry(k).or_insert_with(|| Seen {
+                at: 0,
+                source: NOT_NEW,
                 ty,
-                first: None,
                 name: Box::from(value),
             });
             if node.is_none()
                 && seen
-                    .first
+                    .first()
                     .is_none_or(|first| earlier(sighting, first, sources))
             {
-                seen.first = Some(sighting);
+                (seen.at, seen.source) = sighting;
             }
         }
         let Some((c_ty, c, c_node)) = centre else {
@@ -250,12 +313,13 @@ fn fold_row(
         {
             continue;
         }
-        let entry = shard.edges.entry((c, k)).or_insert(Drawn {
-            at: sighting,
+        let entry = shard.edges.part(k).entry((c, k)).or_insert(Drawn {
+            at: sighting.0,
+            source: sighting.1,
             types: (c_ty, ty),
         });
-        if earlier(sighting, entry.at, sources) {
-            entry.at = sighting;
+        if earlier(sighting, entry.sighting(), sources) {
+            (entry.at, entry.source) = sighting;
         }
     }
 }
@@ -288,7 +352,7 @@ impl Observed {
 
     /// Identity `k`, if it was seen.
     fn seen(&self, k: &Key) -> Option<&Seen> {
-        self.shards[shard_of(*k, self.shards.len())].seen.get(k)
+        self.shards[shard_of(*k, self.shards.len())].seen.get(*k, k)
     }
 
     /// The value of identity `k` ("" if it was not seen).
@@ -550,7 +614,7 @@ pub async fn merge_identities(
     let mut fresh: Vec<((i64, u8, Key), u16, &str)> = observed
         .all_seen()
         .filter_map(|(k, s)| {
-            s.first
+            s.first()
                 .map(|(at, source)| ((at, s.ty, *k), source, s.name.as_ref()))
         })
         .collect();
@@ -566,7 +630,7 @@ pub async fn merge_identities(
         .filter(|((a, b), _)| !settled.contains(&((*a).min(*b), (*a).max(*b))))
         .filter_map(|((a, b), drawn)| {
             let (na, nb) = (graph.find_key(*a)?, graph.find_key(*b)?);
-            let ((at, source), (ta, tb)) = (drawn.at, drawn.types);
+            let ((at, source), (ta, tb)) = (drawn.sighting(), drawn.types);
             Some((Link::new(at, (ta, *a, na), (tb, *b, nb)), source, *a, *b))
         })
         .collect();
@@ -1201,12 +1265,22 @@ mod tests {
         }
         let mut seen: Vec<_> = observed
             .all_seen()
-            .map(|(k, s)| (*k, s.ty, s.first, s.name.to_string()))
+            .map(|(k, s)| (*k, s.ty, s.first(), s.name.to_string()))
             .collect();
         seen.sort();
-        let mut edges: Vec<_> = observed.edges().map(|(k, d)| (*k, d.at, d.types)).collect();
+        let mut edges: Vec<_> = observed
+            .edges()
+            .map(|(k, d)| (*k, d.sighting(), d.types))
+            .collect();
         edges.sort();
         (seen, edges)
+    }
+
+    #[test]
+    fn identities_and_links_seen_stay_small() {
+        // Millions are held at once in a build: their size is the memory it takes.
+        assert_eq!(std::mem::size_of::<Seen>(), 32);
+        assert_eq!(std::mem::size_of::<Drawn>(), 16);
     }
 
     #[test]
