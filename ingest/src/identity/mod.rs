@@ -637,13 +637,16 @@ pub async fn merge_identities(
     report.links_seen = links.len() as u64;
     let links = graph::sorted_runs(links);
 
-    let mut edge_rows = EdgeRows::default();
+    // Each link applied (not already joined), with its status and reason: written as rows of
+    // `identity_edges` on every core once all are applied.
+    let mut applied: Vec<Applied> = Vec::new();
     let mut newly_settled = Vec::new();
     let mut merge_reasons: HashMap<u32, String> = HashMap::new();
     graph.link_each(
         graph::merged(&links),
         |(link, ..)| (link.a, link.b),
         |graph, (link, source, key_a, key_b)| {
+            let item = (link, *source, *key_a, *key_b);
             let (a, b) = (link.a, link.b);
             let (ua, ub) = (graph.root_user(a), graph.root_user(b));
             let outcome = graph.link(a, b);
@@ -669,19 +672,10 @@ pub async fn merge_identities(
                     let pair = ((*key_a).min(*key_b), (*key_a).max(*key_b));
                     settled.insert(pair);
                     newly_settled.push(pair);
-                    ("refused", Some(reason.as_str()))
+                    ("refused", Some(reason.clone()))
                 }
             };
-            edge_rows.push(
-                rules.name(link.a_type()),
-                observed.name(key_a),
-                rules.name(link.b_type()),
-                observed.name(key_b),
-                link.at(),
-                &observed.sources[*source as usize],
-                status,
-                reason,
-            );
+            applied.push((item, status, reason));
         },
     );
     let before_max = graph.max_user();
@@ -692,18 +686,18 @@ pub async fn merge_identities(
 
     // Writes, each idempotent, in an order that a later run can complete.
     let note = CommitNote::new("operation", "identity merge");
-    let edges_written = !edge_rows.is_empty();
+    let edges_written = !applied.is_empty();
     if edges_written && edges_finished {
         // Edges stored are never drawn again (their identities are joined, or the edge is
         // settled), so the new ones are appended.
         edges_table
-            .append(vec![edge_rows.batch()?], note.clone())
+            .append(edge_batches(&applied, &observed, &rules)?, note.clone())
             .await?;
     } else if edges_written {
         // A run stopped between its edges and its links: this one draws those edges again.
         edges_table
             .merge(
-                vec![edge_rows.batch()?],
+                edge_batches(&applied, &observed, &rules)?,
                 &["a_type", "a_value", "b_type", "b_value"],
                 note.clone(),
             )
@@ -730,26 +724,20 @@ pub async fn merge_identities(
             )
             .await?;
     }
-    let mut link_rows = LinkRows::default();
-    for (((at, ty, _), source, value), node) in fresh.iter().zip(&fresh_nodes) {
-        link_rows.push(
-            rules.name(*ty),
-            value,
-            resolution.user_of[*node as usize],
-            *at,
-            &observed.sources[*source as usize],
-        );
-    }
+    let link_rows = link_batches(
+        &fresh,
+        &fresh_nodes,
+        &resolution.user_of,
+        &rules,
+        &observed.sources,
+    )?;
     let merged: HashMap<u32, u32> = resolution.merges.iter().copied().collect();
     let froms: HashSet<i64> = merged.keys().map(|u| i64::from(*u)).collect();
-    let links_written = !link_rows.is_empty() || !froms.is_empty();
+    let links_written = !fresh.is_empty() || !froms.is_empty();
     if links_written {
         // New identities are added and the files holding people merged away are rewritten
         // with their new ids, in one commit that records the edges this run left behind.
-        let added = match link_rows.is_empty() {
-            true => Vec::new(),
-            false => vec![link_rows.batch()?],
-        };
+        let added = link_rows;
         let note = note.with("edges_version", edges_table.version());
         links_table
             .rewrite_rows(
@@ -1148,6 +1136,89 @@ pub(crate) fn merges_batch(
     ])?)
 }
 
+/// A link applied: the link with its source and keys, its status and the reason it was
+/// refused.
+type Applied<'a> = ((&'a Link, u16, Key, Key), &'static str, Option<String>);
+
+/// Splits `items` into a run for each core, made into a batch by `make` on each.
+fn batches_on_every_core<T: Sync>(
+    items: &[T],
+    make: impl Fn(&[T]) -> Result<RecordBatch> + Sync,
+) -> Result<Vec<RecordBatch>> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let per = items.len().div_ceil(cores).max(1);
+    std::thread::scope(|scope| {
+        let make = &make;
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|run| scope.spawn(move || make(run)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Internal(
+                        "a thread making identity rows panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    })
+}
+
+/// The rows of `identity_edges` for the links `applied`, made on every core (each looks up
+/// its identities' values among those `observed`).
+fn edge_batches(
+    applied: &[Applied],
+    observed: &Observed,
+    rules: &Rules,
+) -> Result<Vec<RecordBatch>> {
+    batches_on_every_core(applied, |run| {
+        let mut rows = EdgeRows::with_capacity(run.len());
+        for ((link, source, key_a, key_b), status, reason) in run {
+            rows.push(
+                rules.name(link.a_type()),
+                observed.name(key_a),
+                rules.name(link.b_type()),
+                observed.name(key_b),
+                link.at(),
+                &observed.sources[*source as usize],
+                status,
+                reason.as_deref(),
+            );
+        }
+        rows.batch()
+    })
+}
+
+/// A new identity: (first seen, type number, key), source of that sighting, value.
+type Fresh<'a> = ((i64, u8, Key), u16, &'a str);
+
+/// The rows of `identity_links` for the new identities `fresh` (their nodes `nodes`, whose
+/// users are in `user_of`), made on every core.
+fn link_batches(
+    fresh: &[Fresh],
+    nodes: &[u32],
+    user_of: &[u32],
+    rules: &Rules,
+    sources: &[String],
+) -> Result<Vec<RecordBatch>> {
+    let rows: Vec<(&Fresh, u32)> = fresh.iter().zip(nodes.iter().copied()).collect();
+    batches_on_every_core(&rows, |run| {
+        let mut out = LinkRows::with_capacity(run.len());
+        for (((at, ty, _), source, value), node) in run {
+            out.push(
+                rules.name(*ty),
+                value,
+                user_of[*node as usize],
+                *at,
+                &sources[*source as usize],
+            );
+        }
+        out.batch()
+    })
+}
+
 /// Rows of `identity_edges`, built column by column.
 #[derive(Default)]
 pub(crate) struct EdgeRows {
@@ -1162,6 +1233,21 @@ pub(crate) struct EdgeRows {
 }
 
 impl EdgeRows {
+    /// Room for `n` rows (their values' text is sized as it comes).
+    fn with_capacity(n: usize) -> EdgeRows {
+        let text = || StringBuilder::with_capacity(n, n * 8);
+        EdgeRows {
+            a_type: text(),
+            a_value: text(),
+            b_type: text(),
+            b_value: text(),
+            at: Vec::with_capacity(n),
+            source: text(),
+            status: text(),
+            reason: StringBuilder::with_capacity(n, 0),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn push(
         &mut self,
@@ -1182,10 +1268,6 @@ impl EdgeRows {
         self.source.append_value(source);
         self.status.append_value(status);
         self.reason.append_option(reason);
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.at.is_empty()
     }
 
     pub(crate) fn batch(mut self) -> Result<RecordBatch> {
@@ -1214,16 +1296,24 @@ pub(crate) struct LinkRows {
 }
 
 impl LinkRows {
+    /// Room for `n` rows (their values' text is sized as it comes).
+    fn with_capacity(n: usize) -> LinkRows {
+        let text = || StringBuilder::with_capacity(n, n * 8);
+        LinkRows {
+            types: text(),
+            values: text(),
+            users: Vec::with_capacity(n),
+            first: Vec::with_capacity(n),
+            sources: text(),
+        }
+    }
+
     pub(crate) fn push(&mut self, ty: &str, value: &str, user: u32, first: i64, source: &str) {
         self.types.append_value(ty);
         self.values.append_value(value);
         self.users.push(i64::from(user));
         self.first.push(first);
         self.sources.append_value(source);
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.users.is_empty()
     }
 
     pub(crate) fn batch(mut self) -> Result<RecordBatch> {
