@@ -1238,56 +1238,37 @@ fn resolve_chunk(
     schema: Option<&arrow::datatypes::SchemaRef>,
     resolved: &Resolved,
     moves: &Moves,
-    affected: Option<&mut RoaringBitmap>,
+    mut affected: Option<&mut RoaringBitmap>,
 ) -> Result<ResolvedChunk> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let per = batches.len().div_ceil(cores).max(1);
     let track = affected.is_some();
-    let runs: Vec<Result<ResolvedRun>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = batches
-            .chunks(per)
-            .map(|run| {
-                scope.spawn(move || {
-                    let mut counts = Resolving::default();
-                    let mut touched = RoaringBitmap::new();
-                    let mut out = Vec::with_capacity(run.len());
-                    for batch in run {
-                        let batch = match schema {
-                            Some(schema) => shoal_catalog::conform(batch, schema)?,
-                            None => batch.clone(),
-                        };
-                        let users = resolve_events(
-                            &batch,
-                            resolved,
-                            moves,
-                            &mut counts,
-                            track.then_some(&mut touched),
-                        )?;
-                        let batch = with_column(&batch, "user_id", Arc::new(users))?;
-                        let identify = features::identify_rows(&batch)?;
-                        out.push((batch, identify));
-                    }
-                    Ok((out, counts, touched))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Internal("a thread resolving events panicked".into()))
-                })
-            })
-            .collect()
-    });
+    let runs = crate::cores::on_every_core(&batches, "resolving events", |run| {
+        let mut counts = Resolving::default();
+        let mut touched = RoaringBitmap::new();
+        let mut out = Vec::with_capacity(run.len());
+        for batch in run {
+            let batch = match schema {
+                Some(schema) => shoal_catalog::conform(batch, schema)?,
+                None => batch.clone(),
+            };
+            let users = resolve_events(
+                &batch,
+                resolved,
+                moves,
+                &mut counts,
+                track.then_some(&mut touched),
+            )?;
+            let batch = with_column(&batch, "user_id", Arc::new(users))?;
+            let identify = features::identify_rows(&batch)?;
+            out.push((batch, identify));
+        }
+        Ok::<ResolvedRun, Error>((out, counts, touched))
+    })?;
     let mut chunk = ResolvedChunk {
         batches: Vec::with_capacity(batches.len()),
         identified: Vec::with_capacity(batches.len()),
         counts: Resolving::default(),
     };
-    let mut affected = affected;
-    for run in runs {
-        let (rows, counts, touched) = run?;
+    for (rows, counts, touched) in runs {
         for (batch, identify) in rows {
             chunk.batches.push(batch);
             chunk.identified.push(identify);

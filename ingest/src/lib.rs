@@ -12,6 +12,7 @@
 pub mod build;
 pub mod clean;
 mod columns;
+mod cores;
 mod error;
 pub mod identity;
 mod known_ids;

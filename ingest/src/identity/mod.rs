@@ -1140,32 +1140,6 @@ pub(crate) fn merges_batch(
 /// refused.
 type Applied<'a> = ((&'a Link, u16, Key, Key), &'static str, Option<String>);
 
-/// Splits `items` into a run for each core, made into a batch by `make` on each.
-fn batches_on_every_core<T: Sync>(
-    items: &[T],
-    make: impl Fn(&[T]) -> Result<RecordBatch> + Sync,
-) -> Result<Vec<RecordBatch>> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let per = items.len().div_ceil(cores).max(1);
-    std::thread::scope(|scope| {
-        let make = &make;
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|run| scope.spawn(move || make(run)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Internal(
-                        "a thread making identity rows panicked".into(),
-                    ))
-                })
-            })
-            .collect()
-    })
-}
-
 /// The rows of `identity_edges` for the links `applied`, made on every core (each looks up
 /// its identities' values among those `observed`).
 fn edge_batches(
@@ -1173,7 +1147,7 @@ fn edge_batches(
     observed: &Observed,
     rules: &Rules,
 ) -> Result<Vec<RecordBatch>> {
-    batches_on_every_core(applied, |run| {
+    crate::cores::on_every_core(applied, "making identity_edges rows", |run| {
         let mut rows = EdgeRows::with_capacity(run.len());
         for ((link, source, key_a, key_b), status, reason) in run {
             rows.push(
@@ -1204,7 +1178,7 @@ fn link_batches(
     sources: &[String],
 ) -> Result<Vec<RecordBatch>> {
     let rows: Vec<(&Fresh, u32)> = fresh.iter().zip(nodes.iter().copied()).collect();
-    batches_on_every_core(&rows, |run| {
+    crate::cores::on_every_core(&rows, "making identity_links rows", |run| {
         let mut out = LinkRows::with_capacity(run.len());
         for (((at, ty, _), source, value), node) in run {
             out.push(
