@@ -1167,6 +1167,12 @@ struct Resolving {
 }
 
 impl Resolving {
+    fn add(&mut self, other: &Resolving) {
+        self.resolved += other.resolved;
+        self.moved += other.moved;
+        self.unresolved += other.unresolved;
+    }
+
     fn add_to(&self, report: &mut BuildReport) {
         report.events_resolved += self.resolved;
         report.events_moved += self.moved;
@@ -1273,9 +1279,7 @@ fn resolve_chunk(
             chunk.batches.push(batch);
             chunk.identified.push(identify);
         }
-        chunk.counts.resolved += counts.resolved;
-        chunk.counts.moved += counts.moved;
-        chunk.counts.unresolved += counts.unresolved;
+        chunk.counts.add(&counts);
         if let Some(affected) = affected.as_deref_mut() {
             *affected |= touched;
         }
